@@ -1,0 +1,1 @@
+"""Serving engines: the engine interface, the built-in multi-LoRA engine, the baselines and the HTTP server."""

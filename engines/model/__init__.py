@@ -1,0 +1,1 @@
+"""Llama-family model: arguments and presets, the model, checkpoint loading."""

@@ -1,0 +1,1 @@
+"""The harness: CLI, workloads and traces, load generation, metrics, run storage, sweeps, planning, gates."""

@@ -1,0 +1,35 @@
+"""Dispatch: Triton kernels on CUDA tensors, the torch references elsewhere (same signatures)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels import reference
+
+_FORCE_REF = os.environ.get("LORA_FLEET_TORCH_OPS") == "1"
+
+
+def _triton_ok(t: torch.Tensor) -> bool:
+    return t.is_cuda and not _FORCE_REF
+
+
+def lora_shrink(x, lora_a, meta, scales, ranks, out):
+    if _triton_ok(x):
+        from kernels.lora_shrink import lora_shrink as k
+        return k(x, lora_a, meta, scales, ranks, out)
+    return reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, out)
+
+
+def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y):
+    if _triton_ok(y):
+        from kernels.lora_expand import lora_expand as k
+        return k(buf, lora_b, meta, ranks, slice_offsets, y)
+    return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
+
+
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale):
+    if _triton_ok(q):
+        from kernels.paged_attention import paged_decode_attention as k
+        return k(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return reference.paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale)

@@ -1,0 +1,78 @@
+"""Pure-torch reference ops with the same signatures as the Triton kernels; used on machines without CUDA."""
+from __future__ import annotations
+
+import torch
+
+from kernels.meta import LoRAMeta
+
+
+def lora_shrink_ref(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: torch.Tensor,
+                    ranks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Shrink, reference loop:
+
+        for t with slot[t] = s >= 0, for each slice i, r = ranks[s]:
+            out[i, t, :r] = scales[s] * x[t] @ lora_a[s, i, :r, :].T
+
+    x: [T, H_in]; lora_a: [num_slots, S, R_max, H_in]; scales: [num_slots] float32;
+    ranks: [num_slots] int32; out: [S, T, R_max] float32. Elements of `out` past a slot's rank,
+    and rows of tokens without an adapter, are not written.
+    """
+    idx_all = meta.token_indices
+    for start, length, slot in meta.segments():
+        r = int(ranks[slot])
+        idx = idx_all[start:start + length].long()
+        xs = x.index_select(0, idx).float()  # (n, H_in)
+        a = lora_a[slot, :, :r, :].float()  # (S, r, H_in)
+        out[:, idx, :r] = float(scales[slot]) * torch.einsum("nh,srh->snr", xs, a)
+    return out
+
+
+def lora_expand_ref(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
+                    slice_offsets: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Expand, reference loop (adds into y in place):
+
+        for t with slot[t] = s >= 0, for each slice i with columns [off_i, off_{i+1}), r = ranks[s]:
+            y[t, off_i:off_{i+1}] += buf[i, t, :r] @ lora_b[s, off_i:off_{i+1}, :r].T
+
+    buf: [S, T, R_max] float32; lora_b: [num_slots, N_total, R_max] (slices concatenated along N);
+    slice_offsets: [S + 1] int32 (host or device) with slice_offsets[-1] = N_total <= y.shape[1];
+    y: [T, N_total] in the activation dtype.
+    """
+    offs = [int(o) for o in slice_offsets.tolist()]
+    idx_all = meta.token_indices
+    for start, length, slot in meta.segments():
+        r = int(ranks[slot])
+        idx = idx_all[start:start + length].long()
+        for i in range(len(offs) - 1):
+            b = lora_b[slot, offs[i]:offs[i + 1], :r].float()  # (N_i, r)
+            delta = buf[i, idx, :r].float() @ b.T  # (n, N_i)
+            y[idx, offs[i]:offs[i + 1]] += delta.to(y.dtype)
+    return y
+
+
+def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               block_tables: torch.Tensor, context_lens: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """Decode attention over a paged KV cache, one query token per sequence:
+
+        for b: keys = k_cache[block_tables[b, j // B], j % B] for j < context_lens[b] (likewise values)
+               out[b, h] = softmax(scale * q[b, h] @ keys[:, h // G].T) @ values[:, h // G]
+
+    q: [Bt, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]; block_tables: [Bt, max_blocks]
+    int32; context_lens: [Bt] int32; returns [Bt, Hq, D] in q's dtype. G = Hq // Hkv (GQA).
+    """
+    bt, hq, d = q.shape
+    block_size, hkv = k_cache.shape[1], k_cache.shape[2]
+    group = hq // hkv
+    out = torch.empty_like(q)
+    for b in range(bt):
+        n = int(context_lens[b])
+        nblk = (n + block_size - 1) // block_size
+        blocks = block_tables[b, :nblk].long()
+        k = k_cache[blocks].reshape(-1, hkv, d)[:n].float()  # (n, Hkv, D)
+        v = v_cache[blocks].reshape(-1, hkv, d)[:n].float()
+        k = k.repeat_interleave(group, dim=1)  # (n, Hq, D)
+        v = v.repeat_interleave(group, dim=1)
+        scores = torch.einsum("hd,nhd->hn", q[b].float(), k) * scale
+        out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
+    return out
