@@ -1,0 +1,178 @@
+"""Capacity search: the largest load that still meets the SLO, found by doubling then bisection (pure logic)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one run at (rate, n) measured: the SLO attainment and the goodput in output tokens/s."""
+
+    attainment: float
+    goodput_tok_s: float = 0.0
+    run: str = ""  # the run directory (or any label) that produced it
+    note: str = ""  # why a run counts as failed although it may have numbers (invalid, server died, ...)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How the search brackets and when it stops.
+
+    target: a load passes when its SLO attainment >= target.
+    resolution: relative for rates (stop when hi - lo <= resolution * lo), absolute (>= 1) for adapter counts.
+    start: the first load tried; the bracket grows by doubling (or shrinks by halving) from there.
+    lowest / highest: the search never probes below / above these; max_probes bounds the number of runs.
+    """
+
+    target: float = 0.9
+    resolution: float = 0.1
+    start: float = 1.0
+    lowest: float = 1e-3
+    highest: float = 1e6
+    max_probes: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target <= 1.0:
+            raise ValueError(f"target: {self.target} must be in (0, 1] (an SLO attainment fraction)")
+        if self.resolution <= 0:
+            raise ValueError(f"resolution: {self.resolution} must be > 0")
+        if not 0 < self.lowest <= self.start <= self.highest:
+            raise ValueError(f"start: {self.start} must lie in [lowest={self.lowest}, highest={self.highest}], "
+                             "all > 0")
+        if self.max_probes < 2:
+            raise ValueError(f"max_probes: {self.max_probes} must be >= 2 (one to bracket, one to refine)")
+
+
+@dataclass
+class SearchResult:
+    """The answer of one search: the largest passing load and every probe it took to find it."""
+
+    best: float  # largest load seen to pass (0.0 if none passed)
+    upper: float  # smallest load seen to fail (math.inf if none failed)
+    best_probe: Probe | None
+    tried: list[dict] = field(default_factory=list)  # {"load", "attainment", "goodput_tok_s", "run", "note", "pass"}
+    converged: bool = False  # the bracket closed to the resolution (False: max_probes or a limit stopped it)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "best": self.best,
+            "upper": None if math.isinf(self.upper) else self.upper,
+            "goodput_tok_s": self.best_probe.goodput_tok_s if self.best_probe else 0.0,
+            "attainment": self.best_probe.attainment if self.best_probe else None,
+            "run": self.best_probe.run if self.best_probe else "",
+            "converged": self.converged,
+            "reason": self.reason,
+            "tried": self.tried,
+        }
+
+
+def _closed(lo: float, hi: float, cfg: SearchConfig, integer: bool) -> bool:
+    if integer:
+        return hi - lo <= max(1.0, cfg.resolution)
+    return hi - lo <= cfg.resolution * lo
+
+
+def search_max(probe: Callable[[float], Probe], cfg: SearchConfig, *, integer: bool = False) -> SearchResult:
+    """Largest load x with probe(x).attainment >= cfg.target, assuming attainment falls as the load grows.
+
+    Phase 1 brackets: from cfg.start, double while the load passes (or halve while it fails) until one passing
+    and one failing load are known, or a limit (lowest/highest/max_probes) is hit. Phase 2 bisects the bracket
+    [pass, fail] until it is narrower than the resolution. Loads are integers when integer=True (adapter counts).
+    """
+    tried: list[dict] = []
+    seen: dict[float, Probe] = {}
+
+    def run(x: float) -> bool:
+        if x not in seen:
+            p = probe(x)
+            seen[x] = p
+            ok = p.attainment >= cfg.target and not p.note
+            tried.append({"load": x, "attainment": p.attainment, "goodput_tok_s": p.goodput_tok_s,
+                          "run": p.run, "note": p.note, "pass": ok})
+        p = seen[x]
+        return p.attainment >= cfg.target and not p.note
+
+    def snap(x: float) -> float:
+        return float(max(1, round(x))) if integer else x
+
+    lo, hi = 0.0, math.inf  # lo passes (0 = nothing passed yet), hi fails
+    x = snap(cfg.start)
+    reason = ""
+    while True:  # phase 1: bracket
+        if len(seen) >= cfg.max_probes:
+            reason = f"stopped after max_probes={cfg.max_probes} runs while bracketing"
+            break
+        if run(x):
+            lo = max(lo, x)
+            if math.isfinite(hi):
+                break
+            nxt = snap(min(x * 2, cfg.highest))
+            if nxt <= x:
+                reason = f"passes at the highest load searched ({cfg.highest:g}); the capacity may be larger"
+                break
+            x = nxt
+        else:
+            hi = min(hi, x)
+            if lo > 0:
+                break
+            nxt = snap(max(x / 2, cfg.lowest))
+            if nxt >= x:
+                reason = f"fails even at the lowest load searched ({cfg.lowest:g})"
+                break
+            x = nxt
+    while lo > 0 and math.isfinite(hi) and not _closed(lo, hi, cfg, integer):  # phase 2: bisect
+        if len(seen) >= cfg.max_probes:
+            reason = f"stopped after max_probes={cfg.max_probes} runs; bracket [{lo:g}, {hi:g}]"
+            break
+        mid = snap((lo + hi) / 2)
+        if mid <= lo or mid >= hi:
+            break
+        if run(mid):
+            lo = mid
+        else:
+            hi = mid
+    converged = lo > 0 and math.isfinite(hi) and _closed(lo, hi, cfg, integer)
+    if converged:
+        reason = f"bracket [{lo:g}, {hi:g}] within resolution {cfg.resolution:g}"
+    return SearchResult(best=lo, upper=hi, best_probe=seen.get(lo), tried=tried, converged=converged,
+                        reason=reason)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of a capacity curve: with n adapters, lambda_star req/s total still meets the SLO."""
+
+    n: int
+    lambda_star: float
+    goodput_tok_s: float
+    attainment: float | None
+    run: str
+    converged: bool
+    reason: str
+    tried: list
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def capacity_curve(probe: Callable[[float, int], Probe], ns: list[int], cfg: SearchConfig) -> list[CurvePoint]:
+    """λ*(N) for each adapter count N: one rate search per N; each search starts from the previous answer."""
+    points: list[CurvePoint] = []
+    start = cfg.start
+    for n in sorted(set(int(v) for v in ns)):
+        if n < 1:
+            raise ValueError(f"adapters: {n} must be >= 1")
+        step_cfg = SearchConfig(target=cfg.target, resolution=cfg.resolution,
+                                start=min(max(start, cfg.lowest), cfg.highest), lowest=cfg.lowest,
+                                highest=cfg.highest, max_probes=cfg.max_probes)
+        res = search_max(lambda rate, n=n: probe(rate, n), step_cfg)
+        d = res.to_dict()
+        points.append(CurvePoint(n=n, lambda_star=res.best, goodput_tok_s=d["goodput_tok_s"],
+                                 attainment=d["attainment"], run=d["run"], converged=res.converged,
+                                 reason=res.reason, tried=res.tried))
+        if res.best > 0:
+            start = res.best
+    return points
