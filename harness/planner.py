@@ -1,0 +1,203 @@
+"""The capacity planner's arithmetic: adapters per GPU, GPUs needed, $/1M tokens, shared vs dedicated."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+# $/GPU-hour defaults: typical on-demand cloud prices; every one is an input (--gpu-price, the app's table).
+GPU_PRICES = {"h100": 2.50, "h200": 3.50, "a100-80gb": 1.80, "l40s": 1.00, "a10g": 0.75}
+
+FORMULAS = (
+    "total rate = adapters x rate per adapter",
+    "adapters per GPU = largest N with lambda*(N) >= N x rate per adapter (lambda* linear between measured N)",
+    "GPUs = ceil(total rate / per-GPU capacity), per-GPU capacity = adapters per GPU x rate per adapter",
+    "goodput tokens/s = total rate x (goodput at lambda* / lambda*) at that N",
+    "$/1M output tokens = 1e6 x ($/GPU-hour x GPUs / 3600) / goodput tokens/s",
+    "shared base at the peak: the same with the trace's aggregate peak rate / adapters as the rate per adapter",
+    "dedicated: one merged deployment per adapter, GPU share = that adapter's peak rate / lambda*(1)",
+)
+_EPS = 1e-9
+
+
+def gpu_price(gpu: str, price: float | None = None) -> float:
+    """$/GPU-hour: the given price, else the default for that GPU type."""
+    if price is not None:
+        if price <= 0:
+            raise ValueError(f"gpu price: {price} must be > 0 ($ per GPU-hour)")
+        return float(price)
+    key = gpu.lower()
+    if key not in GPU_PRICES:
+        raise ValueError(f"gpu: unknown type {gpu!r}; use one of {sorted(GPU_PRICES)} or give --gpu-price")
+    return GPU_PRICES[key]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A capacity curve of one engine: measured (N, λ*(N), goodput tokens/s at λ*) points, sorted by N."""
+
+    engine: str
+    n: tuple[int, ...]
+    lambda_star: tuple[float, ...]
+    goodput_tok_s: tuple[float, ...]
+
+    @classmethod
+    def from_points(cls, engine: str, points: list[dict]) -> "Curve":
+        """From capacity.json points ({"n", "lambda_star", "goodput_tok_s", ...})."""
+        if not points:
+            raise ValueError(f"capacity curve of {engine!r} has no points; run `harness sweep` for it first")
+        pts = sorted(points, key=lambda p: p["n"])
+        ns = [int(p["n"]) for p in pts]
+        if len(set(ns)) != len(ns) or ns[0] < 1:
+            raise ValueError(f"capacity curve of {engine!r}: adapter counts {ns} must be distinct and >= 1")
+        lam = [float(p["lambda_star"]) for p in pts]
+        if any(v < 0 or not math.isfinite(v) for v in lam):
+            raise ValueError(f"capacity curve of {engine!r}: lambda_star {lam} must be finite and >= 0")
+        return cls(engine, tuple(ns), tuple(lam), tuple(float(p.get("goodput_tok_s") or 0.0) for p in pts))
+
+    @property
+    def n_max(self) -> int:
+        return self.n[-1]
+
+    def _interp(self, values: tuple[float, ...], n: float) -> float | None:
+        if n > self.n_max:
+            return None  # not measured: never extrapolate a capacity
+        if n <= self.n[0]:
+            return values[0]  # fewer adapters than measured: λ* does not fall with fewer, take the first point
+        for i in range(1, len(self.n)):
+            if n <= self.n[i]:
+                f = (n - self.n[i - 1]) / (self.n[i] - self.n[i - 1])
+                return values[i - 1] + f * (values[i] - values[i - 1])
+        return values[-1]
+
+    def lambda_at(self, n: float) -> float | None:
+        """λ*(n), linear between measured points; None beyond the largest measured N."""
+        return self._interp(self.lambda_star, n)
+
+    def goodput_per_request(self, n: float) -> float:
+        """Output tokens per request that met the SLO at λ*(n): goodput tokens/s / λ*, interpolated."""
+        per = tuple(g / lam if lam > 0 else 0.0 for g, lam in zip(self.goodput_tok_s, self.lambda_star))
+        return self._interp(per, min(n, self.n_max)) or 0.0
+
+
+def adapters_per_gpu(curve: Curve, rate_per_adapter: float) -> int:
+    """Largest N (up to the largest measured N) with λ*(N) >= N·rate_per_adapter; 0 if even N=1 fails."""
+    if rate_per_adapter <= 0:
+        raise ValueError(f"rate per adapter: {rate_per_adapter} must be > 0 (requests/s)")
+    best = 0
+    for n in range(1, curve.n_max + 1):
+        lam = curve.lambda_at(n)
+        if lam is not None and lam + _EPS >= n * rate_per_adapter:
+            best = n
+    return best
+
+
+@dataclass
+class EnginePlan:
+    """How one engine serves the planned fleet on shared GPUs."""
+
+    engine: str
+    adapters_per_gpu: int
+    limited_by_curve: bool  # adapters per GPU hit the largest measured N: the true figure may be larger
+    per_gpu_capacity: float  # req/s
+    gpus: int | None
+    total_rate: float
+    goodput_tok_s: float
+    usd_per_gpu_hour: float
+    usd_per_hour: float | None
+    usd_per_m_tokens: float | None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_engine(curve: Curve, adapters: int, rate_per_adapter: float, usd_per_gpu_hour: float) -> EnginePlan:
+    """GPUs and $/1M output tokens for `adapters` adapters at `rate_per_adapter` req/s each (formulas above)."""
+    if adapters < 1:
+        raise ValueError(f"adapters: {adapters} must be >= 1")
+    total = adapters * rate_per_adapter
+    a = adapters_per_gpu(curve, rate_per_adapter)
+    if a == 0:
+        return EnginePlan(curve.engine, 0, False, 0.0, None, total, 0.0, usd_per_gpu_hour, None, None,
+                          note=f"one adapter at {rate_per_adapter:g} req/s exceeds lambda*(1) = "
+                               f"{curve.lambda_star[0]:g} req/s: an adapter needs more than one GPU")
+    per_gpu = a * rate_per_adapter
+    gpus = max(1, math.ceil(total / per_gpu - _EPS))
+    goodput = total * curve.goodput_per_request(min(a, adapters))
+    usd_hour = usd_per_gpu_hour * gpus
+    usd_m = 1e6 * (usd_hour / 3600.0) / goodput if goodput > 0 else None
+    limited = a == curve.n_max and adapters > a
+    note = (f"adapters per GPU is at least {a}: the curve was measured up to N={curve.n_max}" if limited else "")
+    return EnginePlan(curve.engine, a, limited, per_gpu, gpus, total, goodput, usd_per_gpu_hour, usd_hour,
+                      usd_m, note)
+
+
+@dataclass
+class Peaks:
+    """Peak request rates of a trace over windows of window_s seconds."""
+
+    window_s: float
+    duration_s: float
+    mean_rate: float
+    aggregate_peak: float
+    per_adapter_peak: dict[str, float] = field(default_factory=dict)
+    per_adapter_mean: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sum_of_peaks(self) -> float:
+        return float(sum(self.per_adapter_peak.values()))
+
+
+def trace_peaks(trace: pd.DataFrame, window_s: float = 10.0, adapters: list[str] | None = None) -> Peaks:
+    """Aggregate and per-adapter peak rates (max requests in a window / window_s) of a trace (t, adapter)."""
+    if window_s <= 0:
+        raise ValueError(f"peak window: {window_s} must be > 0 seconds")
+    missing = {"t", "adapter"} - set(trace.columns)
+    if missing:
+        raise ValueError(f"trace: missing columns {sorted(missing)}; a trace has request_id, t, adapter, ...")
+    if trace.empty:
+        raise ValueError("trace: no requests; build it from a workload with a positive rate and duration")
+    t = trace["t"].astype(float)
+    duration = max(float(t.max()), window_s)
+    win = (t // window_s).astype(int)
+    agg_peak = win.value_counts().max() / window_s
+    by = trace.assign(_w=win).groupby(["adapter", "_w"]).size()
+    per_peak = {str(k): float(v) / window_s for k, v in by.groupby(level=0).max().items()}
+    per_mean = {str(k): float(v) / duration for k, v in trace.groupby("adapter").size().items()}
+    for name in adapters or []:  # adapters that never sent a request still exist
+        per_peak.setdefault(name, 0.0)
+        per_mean.setdefault(name, 0.0)
+    return Peaks(window_s, duration, len(trace) / duration, float(agg_peak), per_peak, per_mean)
+
+
+def shared_vs_dedicated(shared: Curve, dedicated_lambda1: float, peaks: Peaks, usd_per_gpu_hour: float) -> dict:
+    """GPUs for the same trace two ways: one shared base sized for the aggregate peak, or one merged
+    deployment per adapter sized for that adapter's own peak (whole GPUs, or GPU shares summed)."""
+    n = len(peaks.per_adapter_peak)
+    if n == 0:
+        raise ValueError("trace peaks: no adapters; the trace must name at least one adapter")
+    if dedicated_lambda1 <= 0:
+        raise ValueError(f"dedicated capacity lambda*(1) = {dedicated_lambda1} must be > 0; the sweep found none")
+    peak_per_adapter = peaks.aggregate_peak / n
+    a = adapters_per_gpu(shared, peak_per_adapter)
+    shared_gpus = max(1, math.ceil(n / a - _EPS)) if a > 0 else None
+    shares = {k: v / dedicated_lambda1 for k, v in peaks.per_adapter_peak.items()}
+    whole = int(sum(max(1, math.ceil(s - _EPS)) for s in shares.values()))
+    fractional = max(1, math.ceil(sum(shares.values()) - _EPS))
+    out = {
+        "adapters": n, "window_s": peaks.window_s, "mean_rate": peaks.mean_rate,
+        "aggregate_peak": peaks.aggregate_peak, "sum_of_peaks": peaks.sum_of_peaks,
+        "peak_ratio": peaks.sum_of_peaks / peaks.aggregate_peak if peaks.aggregate_peak > 0 else None,
+        "shared_adapters_per_gpu": a, "shared_gpus": shared_gpus,
+        "dedicated_lambda1": dedicated_lambda1, "dedicated_gpus_whole": whole,
+        "dedicated_gpus_shares": fractional,
+        "usd_per_hour_shared": None if shared_gpus is None else shared_gpus * usd_per_gpu_hour,
+        "usd_per_hour_dedicated_whole": whole * usd_per_gpu_hour,
+        "usd_per_hour_dedicated_shares": fractional * usd_per_gpu_hour,
+    }
+    if shared_gpus is None:
+        out["note"] = (f"one adapter at the peak share {peak_per_adapter:g} req/s exceeds lambda*(1) of "
+                       f"{shared.engine}")
+    return out

@@ -1,0 +1,102 @@
+"""The planner's arithmetic on known inputs: adapters per GPU, GPUs, $/1M tokens, shared vs dedicated."""
+import math
+
+import pandas as pd
+import pytest
+
+from harness.planner import (GPU_PRICES, Curve, adapters_per_gpu, gpu_price, plan_engine, shared_vs_dedicated,
+                             trace_peaks)
+
+POINTS = [
+    {"n": 100, "lambda_star": 4.0, "goodput_tok_s": 400.0},
+    {"n": 1, "lambda_star": 10.0, "goodput_tok_s": 1000.0},
+    {"n": 10, "lambda_star": 8.0, "goodput_tok_s": 800.0},
+]
+
+
+def curve():
+    return Curve.from_points("multilora", POINTS)
+
+
+def test_interpolation_is_linear_between_points_and_never_extrapolates():
+    c = curve()
+    assert c.n == (1, 10, 100)
+    assert c.lambda_at(55) == pytest.approx(6.0)
+    assert c.lambda_at(1) == 10.0 and c.lambda_at(100) == 4.0
+    assert c.lambda_at(101) is None
+    assert c.goodput_per_request(40) == pytest.approx(100.0)
+
+
+def test_adapters_per_gpu_solves_the_crossing():
+    # between N=10 and N=100: 8 - 4 (N-10)/90 = 0.05 N  ->  N = 89.41
+    assert adapters_per_gpu(curve(), 0.05) == 89
+    # rate 1.0: 10 >= 1*1 ... 8 >= 8 at N=8? λ(8) = 10 - 2*7/9 = 8.44 >= 8; λ(9) = 8.22 < 9
+    assert adapters_per_gpu(curve(), 1.0) == 8
+    assert adapters_per_gpu(curve(), 20.0) == 0
+
+
+def test_plan_known_numbers():
+    p = plan_engine(curve(), adapters=500, rate_per_adapter=0.05, usd_per_gpu_hour=2.5)
+    assert p.total_rate == pytest.approx(25.0)
+    assert p.adapters_per_gpu == 89
+    assert p.per_gpu_capacity == pytest.approx(4.45)
+    assert p.gpus == 6  # ceil(25 / 4.45) = ceil(5.62)
+    assert p.goodput_tok_s == pytest.approx(2500.0)  # 25 req/s x 100 tokens per request
+    assert p.usd_per_hour == pytest.approx(15.0)
+    assert p.usd_per_m_tokens == pytest.approx(1e6 * (2.5 * 6 / 3600) / 2500)
+    assert not p.limited_by_curve and p.note == ""
+
+
+def test_plan_limited_by_measured_range_and_infeasible():
+    p = plan_engine(curve(), adapters=500, rate_per_adapter=0.01, usd_per_gpu_hour=1.0)
+    assert p.adapters_per_gpu == 100 and p.limited_by_curve and p.gpus == 5
+    assert "at least 100" in p.note
+    q = plan_engine(curve(), adapters=3, rate_per_adapter=20.0, usd_per_gpu_hour=1.0)
+    assert q.gpus is None and q.usd_per_m_tokens is None and "more than one GPU" in q.note
+
+
+def test_exact_division_does_not_add_a_gpu():
+    c = Curve.from_points("x", [{"n": 1, "lambda_star": 2.0, "goodput_tok_s": 20.0},
+                                {"n": 10, "lambda_star": 2.0, "goodput_tok_s": 20.0}])
+    p = plan_engine(c, adapters=30, rate_per_adapter=0.2, usd_per_gpu_hour=1.0)
+    assert p.adapters_per_gpu == 10 and p.gpus == 3
+
+
+def test_gpu_prices_defaults_and_overrides():
+    assert set(GPU_PRICES) == {"h100", "h200", "a100-80gb", "l40s", "a10g"}
+    assert gpu_price("H100") == GPU_PRICES["h100"]
+    assert gpu_price("h100", 3.1) == 3.1
+    with pytest.raises(ValueError, match="unknown type 'b200'"):
+        gpu_price("b200")
+    with pytest.raises(ValueError, match="must be > 0"):
+        gpu_price("h100", -1)
+
+
+def test_trace_peaks_and_shared_vs_dedicated():
+    # adapter a bursts in the first 10 s, b in the next 10 s: aggregate peak 1/s, each adapter's peak 1/s
+    trace = pd.DataFrame({"t": [float(i) for i in range(20)], "adapter": ["a"] * 10 + ["b"] * 10})
+    pk = trace_peaks(trace, window_s=10.0, adapters=["a", "b", "c"])
+    assert pk.aggregate_peak == pytest.approx(1.0)
+    assert pk.per_adapter_peak == {"a": 1.0, "b": 1.0, "c": 0.0}
+    assert pk.sum_of_peaks == pytest.approx(2.0)
+    pk2 = trace_peaks(trace, window_s=10.0)
+    out = shared_vs_dedicated(curve(), dedicated_lambda1=0.5, peaks=pk2, usd_per_gpu_hour=2.0)
+    assert out["dedicated_gpus_whole"] == 4 and out["dedicated_gpus_shares"] == 4
+    # shared: 0.5 req/s per adapter at the peak -> 15 adapters per GPU -> 1 GPU for 2 adapters
+    assert out["shared_adapters_per_gpu"] == 15 and out["shared_gpus"] == 1
+    assert out["peak_ratio"] == pytest.approx(2.0)
+    assert out["usd_per_hour_dedicated_whole"] == 8.0 and out["usd_per_hour_shared"] == 2.0
+
+
+def test_bad_inputs_name_the_field():
+    with pytest.raises(ValueError, match="no points"):
+        Curve.from_points("e", [])
+    with pytest.raises(ValueError, match="distinct"):
+        Curve.from_points("e", [{"n": 1, "lambda_star": 1}, {"n": 1, "lambda_star": 2}])
+    with pytest.raises(ValueError, match="rate per adapter"):
+        adapters_per_gpu(curve(), 0)
+    with pytest.raises(ValueError, match="missing columns"):
+        trace_peaks(pd.DataFrame({"t": [1.0]}))
+    with pytest.raises(ValueError, match="adapters: 0"):
+        plan_engine(curve(), 0, 0.1, 1.0)
+    assert math.isfinite(trace_peaks(pd.DataFrame({"t": [0.5], "adapter": ["a"]}), 1.0).aggregate_peak)
