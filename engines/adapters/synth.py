@@ -1,0 +1,146 @@
+"""Synthetic LoRA adapters of chosen ranks and targets for a base, written in PEFT format, reused when present."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from engines.adapters.lora import LoRAAdapter
+from engines.adapters.peft_format import CONFIG_NAME, WEIGHTS_NAME, write_adapter
+from engines.model.config import LORA_TARGETS, ModelArgs
+
+STAMP_KEY = "lora_fleet_synth"  # safetensors metadata entry that says how an adapter was generated
+_OURS = {CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_NAME + ".tmp", CONFIG_NAME + ".tmp"}
+# Each adapter moves a projection's output by about this fraction of what a Normal(0, 0.02) base
+# weight produces, so adapters visibly change the tokens without swamping the base model.
+EFFECT = 0.25
+BASE_STD = 0.02
+
+
+def check_request(count: int, ranks: Sequence[int], targets: Sequence[str], dtype: torch.dtype,
+                  alpha: float | None, prefix: str) -> None:
+    """ValueError naming the argument when a request for synthetic adapters cannot be met."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count={count!r} must be an integer >= 0")
+    if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
+        raise ValueError(f"ranks={list(ranks)!r} must be a non-empty list of integers >= 1")
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if not targets or unknown or len(set(targets)) != len(targets):
+        raise ValueError(f"targets={list(targets)!r} must be distinct names from {list(LORA_TARGETS)}"
+                         + (f" (unknown: {unknown})" if unknown else ""))
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype} must be a floating-point dtype (float16, bfloat16, float32)")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha={alpha!r} must be a positive number (or None for 2 * rank)")
+    if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith("."):
+        raise ValueError(f"prefix={prefix!r} must be a plain folder-name prefix (no slashes, not hidden)")
+
+
+def adapter_nbytes(base: ModelArgs, rank: int, targets: Sequence[str], dtype: torch.dtype) -> int:
+    """Bytes of one adapter of this rank on these targets, on every layer of `base`."""
+    shapes = base.module_shapes()
+    per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+    return base.n_layers * per_layer * torch.empty((), dtype=dtype).element_size()
+
+
+def _stamp(base: ModelArgs, index: int, rank: int, alpha: float, targets: Sequence[str], seed: int,
+           dtype: torch.dtype) -> str:
+    shape = {k: getattr(base, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                                           "intermediate_size")}
+    return json.dumps({"index": index, "rank": rank, "alpha": alpha, "targets": sorted(targets), "seed": seed,
+                       "dtype": str(dtype).removeprefix("torch."), "base": shape}, sort_keys=True)
+
+
+def synth_adapter(base: ModelArgs, index: int, rank: int, targets: Sequence[str], seed: int = 0,
+                  dtype: torch.dtype = torch.float16, alpha: float | None = None, name: str = "") -> LoRAAdapter:
+    """One random adapter: A ~ N(0, 1/in), B random and small but non-zero (unlike PEFT's init, B = 0).
+
+    The values depend only on (seed, index), so adapter i is the same whatever `count` is asked for.
+    """
+    alpha = float(2 * rank if alpha is None else alpha)
+    scaling = alpha / rank
+    digest = hashlib.sha256(f"lora-fleet/{seed}/{index}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    weights = {}
+    for layer in range(base.n_layers):
+        for module in sorted(targets, key=LORA_TARGETS.index):
+            fin, fout = base.module_shapes()[module]
+            # |x| ~ 1 per element gives |A x| ~ 1 per rank; pick B's std for an output change of
+            # EFFECT times the base projection's own output (BASE_STD * sqrt(in))
+            b_std = EFFECT * BASE_STD * math.sqrt(fin) / (scaling * math.sqrt(rank))
+            a = torch.randn(rank, fin, generator=gen) / math.sqrt(fin)
+            b = torch.randn(fout, rank, generator=gen) * b_std
+            weights[(layer, module)] = (a.to(dtype), b.to(dtype))
+    return LoRAAdapter(name=name or f"synth-{index}", path="", rank=rank, alpha=alpha, scaling=scaling,
+                       targets=tuple(sorted(targets, key=LORA_TARGETS.index)), weights=weights)
+
+
+def is_current(folder: Path, stamp: str) -> bool:
+    """Whether `folder` already holds the adapter this stamp describes, from the file header alone."""
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+            found = (f.metadata() or {}).get(STAMP_KEY)
+        return found == stamp and (folder / CONFIG_NAME).is_file()
+    except (SafetensorError, OSError):
+        return False
+
+
+def _clear(folder: Path) -> None:
+    """Remove a stale or half-written synthetic adapter; refuse to delete anything we did not write."""
+    if not folder.exists():
+        return
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in _OURS) if folder.is_dir() else [folder.name]
+    if extra:
+        raise ValueError(f"{folder}: exists and holds {extra[:5]}, which make_adapters did not write; "
+                         "choose another out_dir or prefix, or remove the folder yourself")
+    shutil.rmtree(folder)
+
+
+def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
+                  seed: int = 0, prefix: str = "adapter-", dtype: torch.dtype = torch.float16,
+                  alpha: float | None = None, progress: bool = False) -> list[Path]:
+    """Write `count` adapters out_dir/<prefix>0000 ... (ranks round-robin) and return their folders.
+
+    One adapter is in memory at a time. Folders that already hold the same adapter (same base
+    shape, rank, alpha, targets, seed, index and dtype) are kept as they are, so repeated calls are fast.
+    """
+    ranks, targets = list(ranks), list(targets)
+    check_request(count, ranks, targets, dtype, alpha, prefix)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    reused = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=count, desc="adapters", unit="adapter")
+    try:
+        for i in range(count):
+            rank = ranks[i % len(ranks)]
+            a = float(2 * rank if alpha is None else alpha)
+            folder = out / f"{prefix}{i:04d}"
+            stamp = _stamp(base, i, rank, a, targets, seed, dtype)
+            if is_current(folder, stamp):
+                reused += 1
+            else:
+                _clear(folder)
+                tmp = out / f".{folder.name}.tmp-{os.getpid()}"
+                _clear(tmp)
+                adapter = synth_adapter(base, i, rank, targets, seed, dtype, a, name=folder.name)
+                write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: stamp})
+                os.replace(tmp, folder)
+            paths.append(folder)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reused=reused, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    return paths
