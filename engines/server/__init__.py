@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (aiohttp) that fronts every in-process engine."""

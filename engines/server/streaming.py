@@ -1,0 +1,61 @@
+"""Engine token ids to text deltas (stop strings held back and cut) and Server-Sent Events framing."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from engines.tokenizer import StreamDecoder
+
+
+class TextStream:
+    """Feeds token ids through a streaming decoder; cuts the text at the first stop string.
+
+    While a stop string could still be completing, its possible prefix is held back, so no client ever
+    sees text past a stop string.
+    """
+
+    def __init__(self, decoder: StreamDecoder, stop: list[str]) -> None:
+        self._decoder = decoder
+        self._stop = stop
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._text = ""
+        self._emitted = 0
+        self.stopped = False  # a stop string was found
+        self.text = ""  # everything emitted so far
+
+    def feed(self, ids: list[int], finished: bool) -> str:
+        """The text delta that may be sent now."""
+        if self.stopped:
+            return ""
+        self._text += self._decoder.push(ids)
+        if finished:
+            self._text += self._decoder.flush()
+        end = len(self._text) if finished else max(self._emitted, len(self._text) - self._hold)
+        if self._stop:
+            start = max(0, self._emitted - self._hold)
+            hits = [i for i in (self._text.find(s, start) for s in self._stop) if i >= 0]
+            if hits:
+                end = min(hits)
+                self.stopped = True
+        delta = self._text[self._emitted:end]
+        self._emitted = max(self._emitted, end)
+        self.text += delta
+        return delta
+
+
+async def open_sse(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    return response
+
+
+async def send_event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+async def send_done(response: web.StreamResponse) -> None:
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
