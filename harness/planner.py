@@ -201,3 +201,45 @@ def shared_vs_dedicated(shared: Curve, dedicated_lambda1: float, peaks: Peaks, u
         out["note"] = (f"one adapter at the peak share {peak_per_adapter:g} req/s exceeds lambda*(1) of "
                        f"{shared.engine}")
     return out
+
+
+def planned_trace(spec, adapters: int, rate_per_adapter: float, duration_s: float | None = None) -> pd.DataFrame:
+    """The workload's trace (its popularity and burstiness) at the planned adapter count and total rate."""
+    from harness.spec import load_workload
+    from harness.trace import build_trace
+
+    base = spec if hasattr(spec, "with_overrides") else load_workload(spec)
+    overrides = {"adapters.count": int(adapters), "traffic.rate": float(adapters * rate_per_adapter)}
+    if duration_s is not None:
+        overrides["duration_s"] = float(duration_s)
+    return build_trace(base.with_overrides(overrides))
+
+
+def plan_fleet(curves: dict[str, list[dict]], adapters: int, rate_per_adapter: float, usd_per_gpu_hour: float,
+               trace: pd.DataFrame | None = None, window_s: float = 10.0,
+               dedicated_engine: str = "merged") -> dict:
+    """Every engine's plan, and (given the planned trace) shared base vs dedicated deployments per engine.
+
+    The dedicated alternative uses λ*(1) of `dedicated_engine` when the sweep measured it, else each engine's own.
+    """
+    parsed = {name: Curve.from_points(name, pts) for name, pts in curves.items()}
+    if not parsed:
+        raise ValueError("capacity.json has no curves; run `harness sweep WORKLOAD --over rate` first")
+    plans = [plan_engine(c, adapters, rate_per_adapter, usd_per_gpu_hour) for c in parsed.values()]
+    out: dict = {"adapters": adapters, "rate_per_adapter": rate_per_adapter, "usd_per_gpu_hour": usd_per_gpu_hour,
+                 "formulas": list(FORMULAS), "plans": [p.to_dict() for p in plans], "peaks": None, "comparison": []}
+    if trace is not None:
+        names = sorted(trace["adapter"].astype(str).unique())
+        peaks = trace_peaks(trace, window_s, adapters=names)
+        out["peaks"] = {"window_s": window_s, "mean_rate": peaks.mean_rate, "aggregate_peak": peaks.aggregate_peak,
+                        "sum_of_peaks": peaks.sum_of_peaks}
+        for name, c in parsed.items():
+            ded = parsed.get(dedicated_engine, c)
+            if ded.n[0] != 1:
+                out["comparison"].append({"engine": name, "dedicated_engine": ded.engine,
+                                          "note": f"the {ded.engine} curve has no N=1 point; rerun `harness sweep` "
+                                                  "with --adapters 1,... to size dedicated deployments"})
+                continue
+            row = shared_vs_dedicated(c, ded.lambda_star[0], peaks, usd_per_gpu_hour)
+            out["comparison"].append({"engine": name, "dedicated_engine": ded.engine, **row})
+    return out

@@ -1,0 +1,58 @@
+"""A static HTML page with the report's figures (plotly.js inlined once), for CI artifacts."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from reports import data, views
+
+_HEAD = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}}</style>
+</head><body><h1>{title}</h1>
+"""
+
+
+def _figure_html(fig: go.Figure, first: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=bool(first), default_width="100%", default_height="450px")
+
+
+def build_page(runs_root: str | Path, *, title: str = "LoRA fleet report", sweeps_root: str | Path | None = None,
+               max_compare: int = 8) -> str:
+    """The whole page: runs table, compare (latest workload), timeline and adapters per run, capacity curves."""
+    paths = data.find_runs(runs_root)
+    if not paths:
+        raise FileNotFoundError(f"no run directories under {runs_root}; run `harness run WORKLOAD` first")
+    runs = [data.load(p) for p in paths]
+    table = data.runs_table(runs)
+    parts = [_HEAD.format(title=html.escape(title)), "<h2>Runs</h2>",
+             table.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+    sections: list[tuple[str, list[go.Figure]]] = []
+    by_label = {data.label(r): r for r in runs}
+    for workload, group in table.groupby("workload", sort=False):
+        chosen = [by_label[name] for name in group["run"].head(max_compare)]
+        sections.append((f"Compare: {workload}", views.compare(chosen)))
+    for r in runs:
+        sections.append((f"Timeline: {data.label(r)}", views.timeline(r)))
+        sections.append((f"Adapters: {data.label(r)}", views.adapters(r)))
+    for folder, payload in data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else [])).items():
+        sections.append((f"Capacity: {folder}", views.capacity(payload)))
+    first = True
+    for heading, figs in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for fig in figs:
+            parts.append(_figure_html(fig, first))
+            first = False
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_page(runs_root: str | Path, out: str | Path, **kwargs) -> Path:
+    """Write build_page(...) to out (parents created) and return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_page(runs_root, **kwargs), encoding="utf-8")
+    return out

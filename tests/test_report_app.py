@@ -1,0 +1,125 @@
+"""Each section of the Streamlit report on small run directories: no exception, the expected numbers shown."""
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fixtures_runs import make_runs, make_sweep
+
+APP = str(Path(__file__).resolve().parents[1] / "reports" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    paths = make_runs(runs)
+    sweeps = tmp_path_factory.mktemp("sweeps")
+    make_sweep(sweeps)
+    return runs, sweeps, paths
+
+
+def app(roots, section: str | None = None) -> AppTest:
+    runs, sweeps, _ = roots
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["runs_root"] = str(runs)
+    at.session_state["sweeps_root"] = str(sweeps)
+    at.run()
+    assert not at.exception, at.exception
+    if section:
+        at.sidebar.radio(key="section").set_value(section).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def decode(v):
+    """A plotly JSON array: a plain list, or numpy's typed array {"dtype", "bdata", "shape"}."""
+    if isinstance(v, dict):
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return arr.reshape([int(x) for x in str(v["shape"]).split(",")]) if "shape" in v else arr
+    return np.asarray(v, dtype=float)
+
+
+def summary(path):
+    return json.loads((Path(path) / "summary.json").read_text())
+
+
+def test_runs_page_lists_every_run_and_filters(roots):
+    at = app(roots)
+    df = at.dataframe[0].value
+    assert len(df) == 4 and set(df["engine"]) == {"multilora", "merged", "peft"}
+    # default compare selection: the latest workload's runs
+    assert sorted(at.sidebar.multiselect(key="compare").value) == sorted(
+        p.name for p in roots[2][:3])
+    at.sidebar.multiselect(key="filter_workload").set_value(["steady"]).run()
+    df = at.dataframe[0].value
+    assert list(df["workload"]) == ["steady"]
+    assert df["output_tok_s"].iloc[0] == pytest.approx(summary(roots[2][3])["metrics"]["output_tok_s"])
+    at.sidebar.multiselect(key="filter_workload").set_value([]).run()
+    at.sidebar.multiselect(key="filter_engine").set_value(["peft", "merged"]).run()
+    assert sorted(at.dataframe[0].value["engine"]) == ["merged", "peft"]
+
+
+def test_compare_page_shows_metrics_and_charts(roots):
+    at = app(roots, "Compare")
+    df = at.dataframe[0].value.set_index("run")
+    for p in roots[2][:3]:
+        m = summary(p)["metrics"]
+        assert df.loc[p.name, "output_tok_s"] == pytest.approx(m["output_tok_s"])
+        assert df.loc[p.name, "slo_attainment"] == pytest.approx(m["slo_attainment"])
+        assert df.loc[p.name, "ttft_p99"] == pytest.approx(m["ttft_p99"])
+    charts = at.get("plotly_chart")
+    assert len(charts) == 6  # throughput/goodput, attainment, percentiles, 3 CDFs
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
+    assert "TTFT CDF" in titles and "Throughput and goodput" in titles
+
+
+def test_timeline_page(roots):
+    at = app(roots, "Timeline")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5
+    spec = json.loads(charts[0].proto.spec)
+    assert spec["data"][0]["type"] == "heatmap"
+    # the heatmap counts every request of the chosen run
+    run = at.selectbox(key="timeline_run").value
+    total = summary(next(p for p in roots[2] if p.name == run))["counts"]["total"]
+    count = np.nansum(decode(spec["data"][0]["z"]))
+    assert count == total
+
+
+def test_adapters_page(roots):
+    at = app(roots, "Adapters")
+    run = at.selectbox(key="adapters_run").value
+    s = summary(next(p for p in roots[2] if p.name == run))
+    assert at.metric[0].value == f"{s['metrics']['jain_fairness']:.3f}"
+    df = at.dataframe[0].value
+    assert set(df["adapter"]) == set(s["per_adapter"])
+    assert df["share"].sum() == pytest.approx(1.0)
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_capacity_page_and_planner(roots):
+    at = app(roots, "Capacity")
+    assert len(at.get("plotly_chart")) == 1
+    metrics = {m.label: m.value for m in at.metric}
+    # make_sweep: multilora λ*(N) = 12/(1+N/30); 500 adapters at 0.05/s -> 62 adapters per GPU -> 9 GPUs
+    from harness.planner import Curve, plan_engine
+    payload = json.loads((roots[1] / "sweep-bursty30" / "capacity.json").read_text())
+    want = plan_engine(Curve.from_points("multilora", payload["curves"]["multilora"]), 500, 0.05, 2.5)
+    assert metrics["multilora: GPUs"] == str(want.gpus)
+    assert metrics["multilora: $ / 1M output tokens"] == f"{want.usd_per_m_tokens:.3f}"
+    assert any("ceil(total rate / per-GPU capacity)" in m.value for m in at.markdown)
+    at.number_input(key="plan_price_h100").set_value(5.0).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["multilora: $ / 1M output tokens"] == f"{2 * want.usd_per_m_tokens:.3f}"
+
+
+def test_missing_runs_folder_is_an_error_on_the_page(tmp_path):
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.session_state["runs_root"] = str(tmp_path / "nope")
+    at.session_state["sweeps_root"] = str(tmp_path)
+    at.run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
