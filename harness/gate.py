@@ -208,9 +208,9 @@ def judge(metric: str, engine: str, base, now, worse_when: str, *, max_regressio
     base = np.asarray([v for v in base if v is not None and math.isfinite(v)], dtype=float)
     now = np.asarray([v for v in now if v is not None and math.isfinite(v)], dtype=float)
     label = f"{metric} ({engine})"
-    for side, values in (("baseline", base), ("current runs", now)):
+    for side, values in (("baseline", base), ("current", now)):
         if len(values) < min_samples:
-            raise GateInputError(f"{label}: the {side} give {len(values)} sample(s), fewer than the "
+            raise GateInputError(f"{label}: {len(values)} {side} sample(s), fewer than the "
                                  f"{min_samples} needed; record more runs or a longer measured window")
     if smallest_p(len(base), len(now)) >= alpha:
         raise GateInputError(f"{label}: with {len(base)} baseline and {len(now)} current samples no "

@@ -141,9 +141,9 @@ def test_tiny_samples_are_unusable():
     assert smallest_p(3, 3) == pytest.approx(0.05)
     with pytest.raises(GateInputError, match="no outcome can reach p < 0.05"):
         judge("output_tok_s", "e", [1, 2, 3], [4, 5, 6], "lower")
-    with pytest.raises(GateInputError, match="baseline give 2 sample"):
+    with pytest.raises(GateInputError, match="2 baseline sample"):
         judge("output_tok_s", "e", [1, 2], [4, 5, 6, 7], "lower")
-    with pytest.raises(GateInputError, match="current runs give 1 sample"):
+    with pytest.raises(GateInputError, match="1 current sample"):
         judge("output_tok_s", "e", [1, 2, 3, 4], [4, None, math.nan], "lower")
 
 
@@ -297,3 +297,30 @@ def test_per_run_metrics_need_repeated_runs(tmp_path, capsys):
     assert "| ttft_p99 | multilora | higher | 0.515 (4) | 0.815 (4) |" in out
     assert gate(tmp_path, now[:2], "--metric", "ttft_p99") == 2
     assert "fewer than the 3 needed" in capsys.readouterr().err
+
+
+def test_github_actions_example_uses_valid_gate_commands():
+    import shlex
+
+    import yaml
+
+    from harness.cli import build_parser
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "docs" / "github-actions-gpu.yml").read_text())
+    env = doc["env"]
+    commands = []
+    for job in doc["jobs"].values():
+        for step in job["steps"]:
+            for line in step.get("run", "").replace("\\\n", " ").splitlines():
+                if ".venv/bin/harness gate" in line or ".venv/bin/harness baseline" in line:
+                    line = line.split(">>")[0]
+                    for key, value in env.items():
+                        line = line.replace(f'"${key}"', value)
+                    commands.append(shlex.split(line.split(".venv/bin/harness", 1)[1]))
+    assert {c[0] for c in commands} == {"gate", "baseline"} and len(commands) == 3
+    parser = build_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)
+        assert callable(args.func)
+    gate_args = parser.parse_args(next(c for c in commands if c[0] == "gate"))
+    assert [parse_metric(m).metric for m in gate_args.metric] == ["output_tok_s", "goodput", "ttft_p99"]
