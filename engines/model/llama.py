@@ -1,0 +1,344 @@
+"""Llama-family transformer (Llama 2/3, Mistral, Qwen2) over a flat token batch, a paged KV cache and stacked LoRA slots."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.model.config import ModelArgs
+from kernels import ops
+from kernels.meta import LoRAMeta
+
+# LoRA module groups: the fused weight each group uses and the HF modules it concatenates (in order).
+LORA_GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+MODULE_GROUP = {m: g for g, mods in LORA_GROUPS.items() for m in mods}
+
+
+@dataclass
+class AttnMeta:
+    """Where each token of a step reads and writes the paged KV cache.
+
+    Prefill: every sequence's tokens are contiguous in the batch (seq_lens, host ints) and attend
+    only to each other (no cached prefix: a preempted sequence is recomputed from scratch).
+    Decode: one token per sequence; it attends to context_lens[b] cached tokens through block_tables.
+    """
+
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # (T,) int64: row of the flattened cache (block * block_size + offset)
+    seq_lens: list[int] | None = None  # prefill
+    block_tables: torch.Tensor | None = None  # decode (B, max_blocks) int32
+    context_lens: torch.Tensor | None = None  # decode (B,) int32, including the new token
+
+
+class LoRAStack:
+    """Adapter slots of one module group in every layer: A [L, slots, S, R_max, in], B [L, slots, N, R_max].
+
+    Layer l uses the contiguous views a[l] ([slots, S, R_max, in]) and b[l] ([slots, N_total, R_max]).
+    ranks[slot] is the slot's rank in this group (0: the adapter does not touch this group), scales is
+    shared by all groups. Buffers never move, so CUDA graphs replay over new slot contents.
+    """
+
+    def __init__(self, n_layers: int, slots: int, in_features: int, out_sizes: tuple[int, ...],
+                 max_rank: int, scales: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
+        n_total = sum(out_sizes)
+        self.a = torch.zeros(n_layers, slots, len(out_sizes), max_rank, in_features, dtype=dtype, device=device)
+        self.b = torch.zeros(n_layers, slots, n_total, max_rank, dtype=dtype, device=device)
+        self.ranks = torch.zeros(slots, dtype=torch.int32, device=device)
+        self.scales = scales
+        offs = [0]
+        for n in out_sizes:
+            offs.append(offs[-1] + n)
+        self.slice_offsets = torch.tensor(offs, dtype=torch.int32, device=device)
+        self.max_rank = max_rank
+        self.num_slices = len(out_sizes)
+
+    def nbytes(self) -> int:
+        return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # HF computes the norm in fp32, then casts back before the weight
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) with the checkpoint's theta and rope_scaling (default, linear, llama3)."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    sc = args.rope_scaling
+    kind = (sc or {}).get("rope_type", (sc or {}).get("type", "default"))
+    if sc is None or kind == "default":
+        return inv.float()
+    if kind == "linear":
+        return (inv / float(sc["factor"])).float()
+    if kind == "llama3":
+        factor, lo, hi = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+        old = float(sc["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        return torch.where(medium, smoothed, scaled).float()
+    raise ValueError(f"{args.name}: rope_scaling type {kind!r} is not supported; supported: default, linear, llama3")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (T, H, D); cos/sin (T, 1, D/2); HF's rotate_half layout: the two halves of D are the pairs
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stack: LoRAStack | None, layer: int, lora: LoRAMeta | None) -> torch.Tensor:
+    """y = x W^T (+ b) + sum over slices of scale * x A^T B^T for each token's adapter slot."""
+    y = F.linear(x, weight, bias)  # (T, N_total)
+    if stack is None or lora is None:
+        return y
+    buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
+    ops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+    ops.lora_expand(buf, stack.b[layer], lora, stack.ranks, stack.slice_offsets, y)
+    return y
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.args, self.layer = args, layer
+        self.n_heads, self.n_kv, self.hd = args.n_heads, args.n_kv_heads, args.head_dim
+        self.qkv_proj = nn.Linear(args.dim, args.q_size + 2 * args.kv_size, bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.q_size, args.dim, bias=False)
+        self.k_cache: torch.Tensor | None = None  # (num_blocks, block_size, Hkv, D), bound by the runner
+        self.v_cache: torch.Tensor | None = None
+        self.lora: dict[str, LoRAStack] = {}
+        self._register_load_state_dict_pre_hook(_fuse_hook(("q_proj", "k_proj", "v_proj"), "qkv_proj"))
+
+    def forward(self, x, cos, sin, attn: AttnMeta, lora: LoRAMeta | None) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = lora_linear(x, self.qkv_proj.weight, self.qkv_proj.bias, self.lora.get("qkv"), self.layer, lora)
+        q, k, v = qkv.split([self.args.q_size, self.args.kv_size, self.args.kv_size], dim=-1)
+        q = apply_rope(q.view(t, self.n_heads, self.hd), cos, sin)  # (T, Hq, D)
+        k = apply_rope(k.view(t, self.n_kv, self.hd), cos, sin)  # (T, Hkv, D)
+        v = v.view(t, self.n_kv, self.hd)
+        nb, bs = self.k_cache.shape[:2]
+        self.k_cache.view(nb * bs, self.n_kv, self.hd).index_copy_(0, attn.slot_mapping, k)
+        self.v_cache.view(nb * bs, self.n_kv, self.hd).index_copy_(0, attn.slot_mapping, v)
+        scale = 1.0 / math.sqrt(self.hd)
+        if attn.is_prefill:
+            o = self._prefill(q, k, v, attn.seq_lens, scale)
+        else:
+            o = ops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
+                                           attn.context_lens, scale)
+        o = o.reshape(t, self.args.q_size)
+        return lora_linear(o, self.o_proj.weight, None, self.lora.get("o"), self.layer, lora)
+
+    def _prefill(self, q, k, v, seq_lens: list[int], scale: float) -> torch.Tensor:
+        def sdpa(qs, ks, vs):  # (B, L, H, D) -> (B, L, Hq, D), causal within each sequence
+            out = F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
+                                                 is_causal=True, scale=scale, enable_gqa=self.n_kv != self.n_heads)
+            return out.transpose(1, 2)
+        if len(set(seq_lens)) == 1:  # equal lengths: one batched call
+            b, n = len(seq_lens), seq_lens[0]
+            return sdpa(q.view(b, n, *q.shape[1:]), k.view(b, n, *k.shape[1:]), v.view(b, n, *v.shape[1:])).reshape(q.shape)
+        outs, start = [], 0
+        for n in seq_lens:
+            sl = slice(start, start + n)
+            outs.append(sdpa(q[sl][None], k[sl][None], v[sl][None])[0])
+            start += n
+        return torch.cat(outs, dim=0)
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.layer, self.inter = layer, args.intermediate_size
+        self.gate_up_proj = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+        self.lora: dict[str, LoRAStack] = {}
+        self._register_load_state_dict_pre_hook(_fuse_hook(("gate_proj", "up_proj"), "gate_up_proj"))
+
+    def forward(self, x: torch.Tensor, lora: LoRAMeta | None) -> torch.Tensor:
+        gu = lora_linear(x, self.gate_up_proj.weight, None, self.lora.get("gate_up"), self.layer, lora)
+        gate, up = gu.split(self.inter, dim=-1)  # (T, I) each
+        return lora_linear(F.silu(gate) * up, self.down_proj.weight, None, self.lora.get("down"), self.layer, lora)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(args, layer)
+        self.mlp = MLP(args, layer)
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, cos, sin, attn: AttnMeta, lora: LoRAMeta | None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, lora)
+        return h + self.mlp(self.post_attention_layernorm(h), lora)
+
+
+class Backbone(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+
+
+class Transformer(nn.Module):
+    """State-dict names are Hugging Face's (model.layers.N.self_attn.q_proj.weight, ...): loading fuses
+    q/k/v into qkv_proj and gate/up into gate_up_proj; hf_state_dict() splits them back."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.model = Backbone(args)
+        self.lm_head = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.lora_stacks: dict[str, LoRAStack] = {}
+        self.lora_scales: torch.Tensor | None = None
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnMeta,
+                lora: LoRAMeta | None = None) -> torch.Tensor:
+        """input_ids, positions (T,) -> final hidden states (T, dim); lora None skips the adapter ops."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        cos, sin = freqs.cos()[:, None, :], freqs.sin()[:, None, :]  # (T, 1, D/2)
+        x = self.model.embed_tokens(input_ids)  # (T, dim)
+        for blk in self.model.layers:
+            x = blk(x, cos, sin, attn, lora)
+        return self.model.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, w).float()  # (B, vocab)
+
+    # ---- weights ---------------------------------------------------------------------------------
+    def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(_drop_tied(sd, self.args), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{self.args.name}: checkpoint does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}; is it a {self.args.name}-shaped Llama-family checkpoint?")
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        a, out = self.args, {}
+        for name, t in self.state_dict().items():
+            if ".qkv_proj." in name:
+                for mod, piece in zip(("q_proj", "k_proj", "v_proj"), t.split([a.q_size, a.kv_size, a.kv_size])):
+                    out[name.replace("qkv_proj", mod)] = piece
+            elif ".gate_up_proj." in name:
+                g, u = t.split(a.intermediate_size)
+                out[name.replace("gate_up_proj", "gate_proj")], out[name.replace("gate_up_proj", "up_proj")] = g, u
+            else:
+                out[name] = t
+        return out
+
+    @torch.no_grad()
+    def init_random_(self, seed: int) -> None:
+        """Fill the weights in place on their own device (fast for 8B shapes); values depend on the device."""
+        gen = torch.Generator(device=self.inv_freq.device).manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.01, generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+
+    def linear_weights(self) -> dict[tuple[int, str], torch.Tensor]:
+        """(layer, group) -> the fused weight of that group; what a merged copy replaces."""
+        out = {}
+        for i, blk in enumerate(self.model.layers):
+            out[(i, "qkv")] = blk.self_attn.qkv_proj.weight
+            out[(i, "o")] = blk.self_attn.o_proj.weight
+            out[(i, "gate_up")] = blk.mlp.gate_up_proj.weight
+            out[(i, "down")] = blk.mlp.down_proj.weight
+        return out
+
+    def group_slices(self, group: str) -> tuple[tuple[int, ...], int]:
+        """Output sizes of a group's slices and its input features."""
+        shapes = self.args.module_shapes()
+        mods = LORA_GROUPS[group]
+        return tuple(shapes[m][1] for m in mods), shapes[mods[0]][0]
+
+    # ---- LoRA slots ------------------------------------------------------------------------------
+    def enable_lora(self, slots: int, max_rank: int, groups: tuple[str, ...]) -> None:
+        """Allocate stacked slots for the given module groups (zeros: every slot starts empty)."""
+        p = self.model.embed_tokens.weight
+        self.lora_scales = torch.zeros(slots, dtype=torch.float32, device=p.device)
+        for g in groups:
+            outs, fin = self.group_slices(g)
+            self.lora_stacks[g] = LoRAStack(self.args.n_layers, slots, fin, outs, max_rank, self.lora_scales,
+                                            p.dtype, p.device)
+        for blk in self.model.layers:
+            blk.self_attn.lora = {g: s for g, s in self.lora_stacks.items() if g in ("qkv", "o")}
+            blk.mlp.lora = {g: s for g, s in self.lora_stacks.items() if g in ("gate_up", "down")}
+
+    def set_slot(self, slot: int, packed: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
+                 scaling: float, non_blocking: bool = False) -> None:
+        """Copy a packed adapter into a slot: packed[group] = (A [L, S, r, in], B [L, N_total, r])."""
+        for g, stack in self.lora_stacks.items():
+            if g in packed:
+                a, b = packed[g]
+                stack.a[:, slot, :, :rank, :].copy_(a, non_blocking=non_blocking)
+                stack.b[:, slot, :, :rank].copy_(b, non_blocking=non_blocking)
+                stack.ranks[slot] = rank
+            else:
+                stack.ranks[slot] = 0
+        self.lora_scales[slot] = scaling
+
+    def clear_slot(self, slot: int) -> None:
+        for stack in self.lora_stacks.values():
+            stack.ranks[slot] = 0
+        if self.lora_scales is not None:
+            self.lora_scales[slot] = 0.0
+
+
+def _fuse_hook(parts: tuple[str, ...], fused: str):
+    """load_state_dict pre-hook: concatenate the HF per-module weights (and biases) into the fused one."""
+    def hook(state_dict, prefix, *unused):
+        for kind in ("weight", "bias"):
+            keys = [f"{prefix}{p}.{kind}" for p in parts]
+            if all(k in state_dict for k in keys):
+                state_dict[f"{prefix}{fused}.{kind}"] = torch.cat([state_dict.pop(k) for k in keys], dim=0)
+    return hook
+
+
+def _drop_tied(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    if args.tie_embeddings and "lm_head.weight" in sd:
+        return {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    return dict(sd)
+
+
+def build_model(args: ModelArgs, dtype: torch.dtype, device: torch.device | str,
+                state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0) -> Transformer:
+    """The model on `device` without a host copy: from a state dict, or random (CPU: the same values as
+    engines.model.weights.random_state_dict; CUDA: drawn on the device, fast for 8B shapes)."""
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to_empty(device=device)
+    model.to(dtype)
+    model.inv_freq = rope_inv_freq(args).to(device)
+    if state_dict is None and device.type == "cpu":
+        from engines.model.weights import random_state_dict
+        state_dict = random_state_dict(args, seed=seed, dtype=dtype)
+    if state_dict is None:
+        model.init_random_(seed)
+    else:
+        model.load_hf_state_dict(state_dict)
+    return model.eval().requires_grad_(False)

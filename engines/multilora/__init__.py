@@ -1,0 +1,1 @@
+"""The built-in multi-LoRA engine: scheduler, block manager and adapter LRU (no torch), model runner, adapter pool, sampler."""

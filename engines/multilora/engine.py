@@ -1,0 +1,303 @@
+"""MultiLoRAEngine: continuous batching over a paged KV cache with many LoRA adapters in one batch."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput
+from engines.config import EngineConfig
+from engines.model.config import LORA_TARGETS, ModelArgs
+from engines.model.llama import MODULE_GROUP, Transformer, build_model
+from engines.multilora.adapter_pool import AdapterPool
+from engines.multilora.block_manager import BlockManager
+from engines.multilora.model_runner import ModelRunner, RunnerConfig, kv_block_bytes
+from engines.multilora.sampler import Sampler
+from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
+from engines.multilora.sequence import Sequence, SeqStatus
+
+CPU_KV_BLOCKS = 2048
+# engine-specific knobs in EngineConfig.extra and what they mean
+EXTRA_KEYS = {
+    "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
+    "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
+}
+
+
+def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> Transformer:
+    """A preset with random weights (config.seed) or a local Hugging Face checkpoint folder."""
+    from engines.model.config import PRESETS
+    if config.model in PRESETS:
+        return build_model(ModelArgs.from_name(config.model), dtype, device, seed=config.seed)
+    if Path(config.model).is_dir():
+        from engines.model.checkpoint import load_checkpoint
+        args, sd = load_checkpoint(config.model, dtype=dtype, device=device)
+        return build_model(args, dtype, device, state_dict=sd)
+    raise ValueError(f"engine config: model={config.model!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                     "folder with config.json and safetensors")
+
+
+class MultiLoRAEngine(Engine):
+    name = "multilora"
+    one_adapter_per_step = False  # the merged baseline serves one weight copy per step
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        unknown = sorted(set(config.extra) - set(EXTRA_KEYS))
+        if unknown:
+            raise ValueError(f"engine config: unknown extra key(s) {unknown}; known: {EXTRA_KEYS}")
+        self.device = torch.device(config.resolved_device())
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError("engine config: device=cuda but torch sees no CUDA device; use device=cpu or auto")
+        self.dtype = config.resolved_dtype()
+        self.model = load_model(config, self.device, self.dtype)
+        args = self.model.args
+        self.eos_token_id = args.eos_token_id
+        self.vocab_size = args.vocab_size
+        self.base_model_name = config.model
+        start = self._read_start_adapters()
+        self.pool = self._make_pool(start)
+        num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
+        self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
+                                 num_blocks * config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+            max_loras=self._max_loras(), one_adapter_per_step=self.one_adapter_per_step), self.blocks)
+        self.runner = ModelRunner(self.model, RunnerConfig(
+            block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
+            lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs), self.device, self.dtype)
+        self.sampler = Sampler(self.device, config.seed)
+        self._seqs: dict[str, Sequence] = {}
+        self._pinned: set[str] = set()
+        self._pending_out: list[StepOutput] = []
+        self.steps = 0
+        self.tokens_generated = 0
+        self.last_batch_size = 0
+        self.last_step_s = 0.0
+        for name, (path, adapter) in start.items():
+            self._register(name, path, adapter)
+        if self.runner.graphs is not None and config.extra.get("capture_graphs", True):
+            self._capture_graphs()
+
+    # ---- construction hooks (the merged baseline overrides these) --------------------------------
+    def _read_start_adapters(self) -> dict[str, tuple[str, Any]]:
+        if not self.config.adapters:
+            return {}
+        from engines.adapters.peft_format import read_adapter
+        root = Path(self.config.adapters)
+        if not root.is_dir():
+            raise ValueError(f"engine config: adapters={str(root)!r} is not a folder of adapter folders")
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return {p.name: (str(p), read_adapter(p, self.model.args, max_rank=self.config.max_lora_rank, name=p.name))
+                for p in folders}
+
+    def _lora_targets(self, start: dict[str, tuple[str, Any]]) -> tuple[str, ...]:
+        targets = self.config.extra.get("lora_targets")
+        if targets is None:
+            found = {m for _, a in start.values() for m in a.targets}
+            targets = [m for m in LORA_TARGETS if m in found] or list(LORA_TARGETS)
+        bad = [t for t in targets if t not in LORA_TARGETS]
+        if bad or not targets:
+            raise ValueError(f"engine config: extra.lora_targets={targets!r}; use names from {list(LORA_TARGETS)}")
+        return tuple(targets)
+
+    def _make_pool(self, start):
+        groups = tuple(dict.fromkeys(MODULE_GROUP[m] for m in self._lora_targets(start)))
+        self.model.enable_lora(self.config.gpu_slots, self.config.max_lora_rank, groups)
+        return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank,
+                           self.config.host_adapter_capacity, self.device, self.dtype)
+
+    def _max_loras(self) -> int:
+        return min(self.config.max_loras, self.config.gpu_slots)
+
+    def _lora_slots(self) -> int:
+        return self.config.gpu_slots
+
+    def _weights_for(self, batch: Batch) -> object:
+        """Select the weights this batch runs with; returns the key its decode graphs are cached under."""
+        return None
+
+    def _capture_graphs(self) -> None:
+        self.runner.graphs.capture_all(with_lora=True)
+        self.runner.graphs.capture_all(with_lora=False)
+
+    def _derive_kv_blocks(self) -> int:
+        if self.device.type != "cuda":
+            return CPU_KV_BLOCKS
+        free, total = torch.cuda.mem_get_info(self.device)
+        a, c = self.model.args, self.config
+        # activations of the largest prefill and the logits of the largest decode batch, plus graph pools
+        reserve = (c.max_num_batched_tokens * (6 * a.dim + 3 * a.intermediate_size) * 2
+                   + c.max_num_seqs * a.vocab_size * 8 + (2 << 30))
+        budget = total * c.gpu_memory_utilization - (total - free) - reserve
+        n = int(budget // kv_block_bytes(self.model, c.block_size, self.dtype))
+        if n < 1:
+            raise EngineError(f"no GPU memory left for the KV cache ({budget / 2**30:.1f} GiB after weights and "
+                              "adapter slots); lower gpu_slots or max_lora_rank, or raise gpu_memory_utilization")
+        return n
+
+    # ---- adapters --------------------------------------------------------------------------------
+    def _register(self, name: str, path: str, adapter=None, loader=None) -> None:
+        if loader is None and adapter is not None:
+            first = [adapter]
+
+            def loader(path=path, name=name):
+                if first:
+                    return first.pop()
+                from engines.adapters.peft_format import read_adapter
+                return read_adapter(path, self.model.args, max_rank=self.config.max_lora_rank, name=name)
+        self.pool.register(name, path, loader)
+
+    def register_adapter(self, name: str, path: str) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"adapter name {name!r} must be non-empty and contain no '/'")
+        self._register(name, str(path))
+
+    def register_adapter_loader(self, name: str, loader, label: str = "<memory>") -> None:
+        """Register an adapter produced by loader() (a LoRAAdapter), e.g. synthetic ones in benchmarks."""
+        self._register(name, label, loader=loader)
+
+    def unregister_adapter(self, name: str) -> None:
+        if name not in self.pool.names():
+            raise AdapterNotFoundError(f"adapter {name!r} is not registered")
+        for seq in [s for s in self._seqs.values() if s.adapter == name]:
+            self._finish(seq, "error", error=f"adapter {name!r} was unregistered")
+        self.pool.unregister(name)
+
+    def adapters(self) -> dict[str, str]:
+        return self.pool.names()
+
+    # ---- requests --------------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if request.adapter is not None and request.adapter not in self.pool.names():
+            raise AdapterNotFoundError(f"adapter {request.adapter!r} is not registered; "
+                                       f"registered: {sorted(self.pool.names())[:20]}")
+        if request.request_id in self._seqs:
+            raise ValueError(f"request_id {request.request_id!r} is already in flight")
+        ids = [int(t) for t in request.prompt_ids]
+        if not ids:
+            raise ValueError("prompt_ids is empty; send at least one token")
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            raise ValueError(f"prompt_ids hold a token outside [0, {self.vocab_size}) of {self.base_model_name}")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; this engine takes at most {self.max_model_len - 1} "
+                             "(max_model_len, capped by max_num_batched_tokens and the KV cache)")
+        seq = Sequence(request.request_id, ids, request.adapter, request.params, request.arrival)
+        self._seqs[seq.seq_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        seq = self._seqs.get(request_id)
+        if seq is not None:
+            self._release(seq, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._pending_out)
+
+    def _release(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.remove(seq, reason)
+        if seq.seq_id in self._pinned:
+            self._pinned.discard(seq.seq_id)
+            self.pool.unpin(seq.adapter)
+        self.sampler.forget(seq.seq_id)
+        self._seqs.pop(seq.seq_id, None)
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> StepOutput:
+        self._release(seq, reason)
+        out = StepOutput(seq.seq_id, [], True, reason, seq.num_prompt, seq.num_output, error)
+        if error is not None:
+            self._pending_out.append(out)
+        return out
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        t0 = time.perf_counter()
+        if self.config.step_delay_ms:
+            time.sleep(self.config.step_delay_ms / 1e3)
+        outputs, self._pending_out = self._pending_out, []
+        self.pool.finish_loads()
+        self.pool.want(self.scheduler.waiting_adapters())
+        batch = self.scheduler.schedule(self.pool.is_ready)
+        if batch is None:
+            if self.pool.pending():
+                self.pool.wait_briefly()
+            return outputs
+        for seq in batch.preempted:
+            if seq.seq_id in self._pinned:
+                self._pinned.discard(seq.seq_id)
+                self.pool.unpin(seq.adapter)
+        if batch.seqs:
+            for seq in batch.seqs:
+                if seq.seq_id not in self._pinned:
+                    self._pinned.add(seq.seq_id)
+                    self.pool.pin(seq.adapter)
+            outputs.extend(self._run(batch))
+        self.steps += 1
+        self.last_batch_size = len(batch.seqs)
+        self.last_step_s = time.perf_counter() - t0
+        return outputs
+
+    def _run(self, batch: Batch) -> list[StepOutput]:
+        seqs = batch.seqs
+        key = self._weights_for(batch)
+        logits = self.runner.run(seqs, batch.is_prefill, [self.pool.slot(s.adapter) for s in seqs], key)
+        tokens = self.sampler(logits, [s.seq_id for s in seqs], [s.params for s in seqs],
+                              [self._banned(s) for s in seqs])
+        outs = []
+        for seq, tok in zip(seqs, tokens):
+            seq.output_ids.append(tok)
+            self.tokens_generated += 1
+            reason = self._stop_reason(seq, tok)
+            if reason is None:
+                outs.append(StepOutput(seq.seq_id, [tok], False, None, seq.num_prompt, seq.num_output))
+            else:
+                out = self._finish(seq, reason)
+                out.new_token_ids = [tok]
+                outs.append(out)
+        return outs
+
+    def _banned(self, seq: Sequence) -> tuple[int, ...]:
+        p = seq.params
+        if seq.num_output >= p.min_tokens:
+            return ()
+        return p.stop_token_ids + (() if p.ignore_eos else (self.eos_token_id,))
+
+    def _stop_reason(self, seq: Sequence, tok: int) -> str | None:
+        p = seq.params
+        if seq.num_output >= p.min_tokens:
+            if (tok == self.eos_token_id and not p.ignore_eos) or tok in p.stop_token_ids:
+                return "stop"
+        if seq.num_output >= p.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def stats(self) -> dict[str, float]:
+        out = {
+            "queue_depth": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "batch_size": self.last_batch_size,
+            "kv_blocks_used": self.blocks.num_used,
+            "kv_blocks_total": self.blocks.num_blocks,
+            "preemptions": self.scheduler.num_preemptions,
+            "steps": self.steps,
+            "tokens_generated": self.tokens_generated,
+            "step_ms": round(self.last_step_s * 1e3, 3),
+        }
+        out.update(self.pool.stats())
+        return out
+
+    def close(self) -> None:
+        self.pool.close()
+        for seq in list(self._seqs.values()):
+            self._release(seq, "abort")
+        if self.device.type == "cuda":
+            self.runner.graphs = None
+            torch.cuda.empty_cache()
+
+    def running_status(self) -> dict[str, str]:
+        """request id -> waiting | running (for tests and debugging)."""
+        return {k: ("running" if s.status is SeqStatus.RUNNING else "waiting") for k, s in self._seqs.items()}

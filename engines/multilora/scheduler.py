@@ -1,0 +1,159 @@
+"""Scheduler: iteration-level batching with limits on sequences, tokens and distinct adapters, and recompute preemption (no torch)."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from engines.multilora.block_manager import BlockManager
+from engines.multilora.sequence import Sequence, SeqStatus
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256  # running sequences (and sequences in one step)
+    max_num_batched_tokens: int = 8192  # prompt tokens in one prefill step
+    max_loras: int = 64  # distinct adapters among the running sequences (so in any step)
+    one_adapter_per_step: bool = False  # merged baseline: a step serves one adapter (one weight copy)
+
+
+@dataclass
+class Batch:
+    seqs: list[Sequence]
+    is_prefill: bool
+    preempted: list[Sequence] = field(default_factory=list)  # sent back to the queue by this schedule()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.seqs) if self.is_prefill else len(self.seqs)
+
+
+class Scheduler:
+    """Each step is a prefill of newly admitted sequences if any can be admitted, else one decode token
+    for every running sequence. New requests join the running batch at the next step.
+
+    A waiting sequence is admitted when its adapter is ready (`ready(name)`; None is the base model), the
+    KV blocks for all its tokens are free, and the limits hold; one that is not ready is skipped, not
+    waited on, so a cold adapter never holds up the others. When a decode step finds no free block, the
+    most recently admitted sequence is preempted: its blocks are freed and it is recomputed later.
+    With one_adapter_per_step, steps rotate round-robin over the adapters that have work.
+    """
+
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+        self.config = config
+        self.blocks = blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+        self._rr_last: str | None = None  # last adapter served (one_adapter_per_step)
+
+    # ---- queue ----------------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def find(self, seq_id: str) -> Sequence | None:
+        for s in (*self.running, *self.waiting):
+            if s.seq_id == seq_id:
+                return s
+        return None
+
+    def remove(self, seq: Sequence, reason: str) -> None:
+        """Take a sequence out (finished or aborted) and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+
+    def waiting_adapters(self) -> list[str | None]:
+        """Adapters of waiting sequences, each once, in queue order (the order loads should start in)."""
+        seen: dict[str | None, None] = {}
+        for s in self.waiting:
+            seen.setdefault(s.adapter, None)
+        return list(seen)
+
+    # ---- one step -------------------------------------------------------------------------------
+    def schedule(self, ready: Callable[[str | None], bool]) -> Batch | None:
+        if not self.config.one_adapter_per_step:
+            return self._prefill(ready, None) or self._decode(None)
+        for target in self._adapter_order(ready):
+            batch = self._prefill(ready, target) or self._decode(target)
+            if batch is not None:
+                self._rr_last = target
+                return batch
+        return None
+
+    def _prefill(self, ready, target) -> Batch | None:
+        cfg = self.config
+        adapters = {s.adapter for s in self.running}
+        chosen: list[Sequence] = []
+        tokens = 0
+        for seq in list(self.waiting):
+            if len(self.running) + len(chosen) >= cfg.max_num_seqs:
+                break
+            if self.config.one_adapter_per_step and seq.adapter != target:
+                continue
+            if not ready(seq.adapter):
+                continue
+            if seq.adapter not in adapters and len(adapters) >= cfg.max_loras:
+                continue
+            if tokens + len(seq) > cfg.max_num_batched_tokens:
+                break  # keep arrival order for the token budget: the next step takes it
+            if not self.blocks.can_allocate(seq):
+                break
+            self.blocks.allocate(seq)
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.RUNNING
+            adapters.add(seq.adapter)
+            chosen.append(seq)
+            tokens += len(seq)
+        if not chosen:
+            return None
+        self.running.extend(chosen)
+        return Batch(chosen, is_prefill=True)
+
+    def _decode(self, target) -> Batch | None:
+        pool = [s for s in self.running if not self.config.one_adapter_per_step or s.adapter == target]
+        chosen: list[Sequence] = []
+        preempted: list[Sequence] = []
+        for seq in pool[: self.config.max_num_seqs]:
+            if seq.status is not SeqStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            while not self.blocks.can_append(seq):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq.status is SeqStatus.RUNNING:
+                self.blocks.append(seq)
+                chosen.append(seq)
+        if not chosen and not preempted:
+            return None
+        return Batch(chosen, is_prefill=False, preempted=preempted)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SeqStatus.WAITING
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _adapter_order(self, ready) -> list[str | None]:
+        """Adapters with a running or a ready waiting sequence, round-robin: the one after the last served first."""
+        order: list[str | None] = []
+        for s in (*self.running, *self.waiting):
+            if s.adapter not in order and (s.status is SeqStatus.RUNNING or ready(s.adapter)):
+                order.append(s.adapter)
+        order.sort(key=lambda a: "" if a is None else "\x00" + a)
+        if self._rr_last in order:
+            i = order.index(self._rr_last) + 1
+            order = order[i:] + order[:i]
+        return order
