@@ -31,6 +31,7 @@ class LoRAMeta:
         self.num_segments = 0
         self.num_lora_tokens = 0
         self.max_seg_len = 0
+        self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
         self._host = torch.zeros(max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
 
@@ -67,6 +68,20 @@ class LoRAMeta:
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0
         return self
+
+    def counters(self, n: int) -> torch.Tensor:
+        """Zeroed int32 semaphores (at least n) on the meta's device, kept for the object's lifetime.
+
+        Split-K kernels count arriving programs in them and put each one back to 0, so they stay zero
+        between launches; a larger request allocates a new tensor and keeps the old one (a captured
+        CUDA graph may still point at it).
+        """
+        for t in self._counters:
+            if t.numel() >= n:
+                return t
+        t = torch.zeros(max(n, 256), dtype=torch.int32, device=self.device)
+        self._counters.append(t)
+        return t
 
     def segments(self):
         """(start, length, slot) of each segment, read on the host; for references and tests."""

@@ -1,0 +1,173 @@
+"""Launch configurations as data: kernels/configs/<gpu>.json keyed by shape, defaults when absent, autotune spaces."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class ShrinkConfig:
+    block_m: int = 16  # token rows per tile (tl.dot needs >= 16)
+    block_r: int = 16  # rank columns per inner step; ranks are looped, so padding past a slot's rank costs nothing
+    block_k: int = 256  # hidden columns per step
+    split_k: int = 1  # programs sharing one tile's hidden dimension; the last to finish reduces
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    block_m: int = 16
+    block_n: int = 128  # output columns per program
+    block_r: int = 16
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    pages_per_tile: int = 4  # KV-cache blocks loaded per step
+    num_splits: int = 0  # split-K over the context (flash-decoding); 0: chosen from the batch size
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "attention": AttentionConfig}
+
+
+def gpu_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the JSON file name)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def bucket(n: int) -> int:
+    """Token counts are keyed by the next power of two (at least 16)."""
+    return max(16, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _dtype(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def shrink_key(tokens: int, hidden: int, slices: int, max_rank: int, dtype) -> str:
+    return f"T{bucket(tokens)}-H{hidden}-S{slices}-R{max_rank}-{_dtype(dtype)}"
+
+
+def expand_key(tokens: int, n_total: int, slices: int, max_rank: int, dtype) -> str:
+    return f"T{bucket(tokens)}-N{n_total}-S{slices}-R{max_rank}-{_dtype(dtype)}"
+
+
+def attention_key(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int, dtype) -> str:
+    return (f"B{bucket(batch)}-L{bucket(max_blocks * block_size)}-bs{block_size}-Hq{hq}-Hkv{hkv}"
+            f"-D{head_dim}-{_dtype(dtype)}")
+
+
+def config_path(device_name: str, directory: Path | None = None) -> Path:
+    return (directory or CONFIG_DIR) / f"{gpu_slug(device_name)}.json"
+
+
+def load_table(path: Path) -> dict[str, dict[str, object]]:
+    """Read and validate a config file: {"shrink": {key: {field: value}}, "expand": ..., "attention": ...}."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it or rerun `python -m kernels.tune`") from exc
+    table: dict[str, dict[str, object]] = {}
+    for op, entries in data.items():
+        if op in ("gpu", "versions"):
+            continue
+        if op not in CONFIG_TYPES:
+            raise ValueError(f"{path}: unknown op {op!r}; known: {sorted(CONFIG_TYPES)}")
+        cls = CONFIG_TYPES[op]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        table[op] = {}
+        for key, cfg in entries.items():
+            unknown = sorted(set(cfg) - fields)
+            if unknown:
+                raise ValueError(f"{path}: {op}[{key!r}] has unknown field(s) {unknown}; known: {sorted(fields)}")
+            table[op][key] = cls(**cfg)
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _table_for(device_name: str) -> dict[str, dict[str, object]]:
+    path = config_path(device_name)
+    return load_table(path) if path.exists() else {}
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def lookup(op: str, key: str, device, default):
+    """The tuned config for (op, key) on this device's GPU, else `default`."""
+    return _table_for(_device_name(device)).get(op, {}).get(key, default)
+
+
+def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkConfig:
+    if tokens <= 64:  # decode: one weight stream per adapter, spread over the SMs by splitting the hidden dim
+        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=4 if hidden >= 2048 else 1,
+                            num_warps=4, num_stages=3)
+    if tokens <= 512:
+        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=2 if hidden >= 2048 else 1,
+                            num_warps=4, num_stages=3)
+    return ShrinkConfig(block_m=32, block_r=16 if max_rank <= 16 else 32, block_k=128, split_k=1,
+                        num_warps=4, num_stages=3)
+
+
+def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
+    if tokens <= 64:
+        return ExpandConfig(block_m=16, block_n=128, block_r=16, num_warps=4, num_stages=2)
+    return ExpandConfig(block_m=64, block_n=128, block_r=16 if max_rank <= 16 else 32, num_warps=4, num_stages=2)
+
+
+def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int) -> AttentionConfig:
+    return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
+
+
+def shrink_space() -> list[ShrinkConfig]:
+    """The autotune space of the shrink kernel."""
+    out = []
+    for bm in (16, 32, 64):
+        for bk in (64, 128, 256):
+            for sk in (1, 2, 4, 8):
+                for warps in (4, 8):
+                    if bm == 64 and sk > 2:
+                        continue
+                    out.append(ShrinkConfig(block_m=bm, block_r=16, block_k=bk, split_k=sk, num_warps=warps,
+                                            num_stages=3))
+    return out
+
+
+def expand_space() -> list[ExpandConfig]:
+    """The autotune space of the expand kernel."""
+    out = []
+    for bm in (16, 32, 64):
+        for bn in (64, 128, 256):
+            for warps in (4, 8):
+                for stages in (1, 2):
+                    out.append(ExpandConfig(block_m=bm, block_n=bn, block_r=16, num_warps=warps, num_stages=stages))
+    return out
+
+
+def attention_space() -> list[AttentionConfig]:
+    """The autotune space of paged decode attention."""
+    out = []
+    for pages in (2, 4, 8):
+        for splits in (0, 1, 4, 8, 16):
+            for warps in (4, 8):
+                out.append(AttentionConfig(pages_per_tile=pages, num_splits=splits, num_warps=warps, num_stages=2))
+    return out
+
+
+SPACES = {"shrink": shrink_space, "expand": expand_space, "attention": attention_space}

@@ -1,0 +1,139 @@
+"""Triton LoRA expand: y[t, off_s:off_s+n_s] += buf[s, t, :r] @ B_s[slot[t]].T for mixed adapters, ranks, slices."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.interpret import patch_interpreter
+from kernels.launch import ExpandConfig, default_expand, expand_key, lookup
+from kernels.meta import LoRAMeta
+from kernels.tiles import locate_tile, tile_bound
+
+patch_interpreter()
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_OFFSETS: dict[tuple, torch.Tensor] = {}  # host slice offsets -> their device copy (kept: graphs point at it)
+
+
+@triton.jit
+def _expand_kernel(
+    buf_ptr, b_ptr, y_ptr, off_ptr,
+    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
+    r_max,
+    stride_bs, stride_bt, stride_br,
+    stride_bslot, stride_bn, stride_bk,
+    stride_yt, stride_yn,
+    S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program: BLOCK_M tokens of one segment x BLOCK_N output columns of one slice.
+
+    Axis 0 walks the segments' token tiles, axis 1 the slices' column tiles (both flattened, bounds
+    from the host, the actual counts from the device). The rank loop stops at the slot's own rank.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_seg = tl.load(nseg_ptr)
+    offs_seg = tl.arange(0, SEG_POW2)
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < n_seg, other=0)
+    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
+    offs_s = tl.arange(0, S_POW2)
+    lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
+    hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
+    sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
+    if valid_m & valid_n:
+        slot = tl.load(seg_slot_ptr + seg)
+        rank = tl.minimum(tl.load(rank_ptr + slot), r_max)
+        if rank > 0:
+            start = tl.load(seg_start_ptr + seg)
+            length = tl.load(seg_len_ptr + seg)
+            n_lo = tl.load(off_ptr + sl)
+            n_hi = tl.load(off_ptr + sl + 1)
+            offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < length
+            tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
+            offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_hi
+            offs_r = tl.arange(0, BLOCK_R)
+            bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
+            w = b_ptr + slot.to(tl.int64) * stride_bslot + offs_n[None, :] * stride_bn
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for r0 in range(0, rank, BLOCK_R):
+                r_mask = r0 + offs_r < rank
+                bt = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :],
+                             other=0.0)  # (BLOCK_M, BLOCK_R) float32
+                wt = tl.load(w + (r0 + offs_r)[:, None] * stride_bk, mask=r_mask[:, None] & n_mask[None, :],
+                             other=0.0)  # (BLOCK_R, BLOCK_N); every 16-bit value is exact in float32
+                acc = tl.dot(bt, wt.to(tl.float32), acc, input_precision=PREC)
+            ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+            mask = m_mask[:, None] & n_mask[None, :]
+            y = tl.load(ys, mask=mask, other=0.0)
+            tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if slice_offsets.device == device:
+        return slice_offsets if slice_offsets.dtype == torch.int32 else slice_offsets.to(torch.int32)
+    key = (str(device), tuple(int(v) for v in slice_offsets.tolist()))
+    if key not in _OFFSETS:
+        _OFFSETS[key] = torch.tensor(key[1], dtype=torch.int32, device=device)
+    return _OFFSETS[key]
+
+
+def _check(buf, lora_b, meta, ranks, slice_offsets, y):
+    def fail(msg):
+        raise ValueError(f"lora_expand: {msg}")
+    if buf.dim() != 3 or buf.dtype != torch.float32:
+        fail(f"buf must be float32 [S, T, R_max], got {buf.dtype} {tuple(buf.shape)}")
+    if lora_b.dim() != 3:
+        fail(f"lora_b must be [num_slots, N_total, R_max], got shape {tuple(lora_b.shape)}")
+    if y.dim() != 2 or y.dtype not in _DTYPES or lora_b.dtype != y.dtype:
+        fail(f"y must be [T, N] and share its dtype (one of {_DTYPES}) with lora_b, got y {y.dtype} "
+             f"{tuple(y.shape)} and lora_b {lora_b.dtype}")
+    if slice_offsets.dim() != 1 or slice_offsets.numel() != buf.shape[0] + 1:
+        fail(f"slice_offsets must have S+1={buf.shape[0] + 1} entries, got shape {tuple(slice_offsets.shape)}")
+    if lora_b.shape[1] > y.shape[1]:
+        fail(f"lora_b has N_total={lora_b.shape[1]} columns but y only {y.shape[1]}")
+    if buf.shape[1] < y.shape[0] or buf.shape[2] < lora_b.shape[2]:
+        fail(f"buf {tuple(buf.shape)} must cover T={y.shape[0]} tokens and R_max={lora_b.shape[2]}")
+    if ranks.dtype != torch.int32:
+        fail(f"ranks must be int32, got {ranks.dtype}")
+    devices = {t.device for t in (buf, lora_b, y, ranks, meta.token_indices)}
+    if len(devices) != 1:
+        fail(f"all tensors and the LoRAMeta must be on one device, got {sorted(map(str, devices))}")
+
+
+def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
+                slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandConfig | None = None) -> torch.Tensor:
+    """Expand, reference loop (kernels.reference.lora_expand_ref has the same semantics; adds into y):
+
+        for t with slot[t] = s >= 0, for each slice i with columns [off_i, off_{i+1}), r = ranks[s]:
+            y[t, off_i:off_{i+1}] += buf[i, t, :r] @ lora_b[s, off_i:off_{i+1}, :r].T
+
+    buf: [S, T, R_max] float32; lora_b: [num_slots, N_total, R_max]; slice_offsets: [S + 1] int32 (a
+    device tensor on the hot path; a host one is copied once and cached); y: [T, N] in lora_b's dtype.
+    Rows of tokens without an adapter, slots of rank 0 and columns past N_total are left untouched.
+    """
+    _check(buf, lora_b, meta, ranks, slice_offsets, y)
+    t, n_y = y.shape
+    slices, r_max = buf.shape[0], lora_b.shape[2]
+    if t == 0:
+        return y
+    cfg = config or lookup("expand", expand_key(t, lora_b.shape[1], slices, r_max, y.dtype), y.device,
+                           default_expand(t, lora_b.shape[1], slices, r_max))
+    offs = _device_offsets(slice_offsets, y.device)
+    grid = (tile_bound(t, meta.max_segments, cfg.block_m), tile_bound(n_y, slices, cfg.block_n))
+    _expand_kernel[grid](
+        buf, lora_b, y, offs,
+        meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
+        r_max,
+        buf.stride(0), buf.stride(1), buf.stride(2),
+        lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
+        y.stride(0), y.stride(1),
+        S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
+        PREC="ieee" if y.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y
