@@ -14,7 +14,8 @@ from engines.server.protocol import ApiError, GenerationRequest, parse_chat, par
 from engines.server.state import STATE, ServerState
 from engines.server.streaming import TextStream, open_sse, send_done, send_event
 
-OUTCOME = "lora_fleet_outcome"  # request key: the status a generation request ended with (for requests_total)
+# request key: the status a generation request ended with (for requests_total)
+OUTCOME = web.RequestKey("outcome", int) if hasattr(web, "RequestKey") else "lora_fleet_outcome"
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 
 
