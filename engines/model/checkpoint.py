@@ -127,7 +127,7 @@ def _check_state(args: ModelArgs, state_dict: dict[str, torch.Tensor]) -> None:
     if missing or extra:
         raise ValueError(f"state dict does not match {args.name!r}: missing {missing[:3]}, unexpected {extra[:3]}"
                          f" ({len(missing)} and {len(extra)} in all); pass the state dict of this model")
-    bad = [(n, tuple(t.shape), s) for n, s in expected.items() if tuple(state_dict[n].shape) != s]
+    bad = [(n, tuple(state_dict[n].shape), s) for n, s in expected.items() if tuple(state_dict[n].shape) != s]
     if bad:
         name, got, want = bad[0]
         raise ValueError(f"state dict tensor {name!r} has shape {got}, expected {want} for {args.name!r}")
