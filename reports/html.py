@@ -6,7 +6,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from reports import data, views
+from reports import data, figures, views
 
 _HEAD = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -20,16 +20,17 @@ def _figure_html(fig: go.Figure, first: bool) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=bool(first), default_width="100%", default_height="450px")
 
 
-def build_page(runs_root: str | Path, *, title: str = "LoRA fleet report", sweeps_root: str | Path | None = None,
-               max_compare: int = 8) -> str:
-    """The whole page: runs table, compare (latest workload), timeline and adapters per run, capacity curves."""
+def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
+            max_compare: int = 8) -> tuple["data.pd.DataFrame", list[tuple[str, list[go.Figure]]]]:
+    """The runs table and every section's figures: compare per workload, timeline and adapters per run,
+    capacity per sweep."""
     paths = data.find_runs(runs_root)
-    if not paths:
-        raise FileNotFoundError(f"no run directories under {runs_root}; run `harness run WORKLOAD` first")
+    sweeps = data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else []))
+    if not paths and not sweeps:
+        raise FileNotFoundError(f"no run directories or capacity.json under {runs_root}; "
+                                "run `harness run WORKLOAD` or `harness sweep WORKLOAD` first")
     runs = [data.load(p) for p in paths]
     table = data.runs_table(runs)
-    parts = [_HEAD.format(title=html.escape(title)), "<h2>Runs</h2>",
-             table.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
     sections: list[tuple[str, list[go.Figure]]] = []
     by_label = {data.label(r): r for r in runs}
     for workload, group in table.groupby("workload", sort=False):
@@ -38,8 +39,17 @@ def build_page(runs_root: str | Path, *, title: str = "LoRA fleet report", sweep
     for r in runs:
         sections.append((f"Timeline: {data.label(r)}", views.timeline(r)))
         sections.append((f"Adapters: {data.label(r)}", views.adapters(r)))
-    for folder, payload in data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else [])).items():
+    for folder, payload in sweeps.items():
         sections.append((f"Capacity: {folder}", views.capacity(payload)))
+    return table, sections
+
+
+def build_page(runs_root: str | Path, *, title: str = "LoRA fleet report", sweeps_root: str | Path | None = None,
+               max_compare: int = 8) -> str:
+    """The whole page: the runs table, then every section of collect() with plotly.js inlined once."""
+    table, sections = collect(runs_root, sweeps_root=sweeps_root, max_compare=max_compare)
+    parts = [_HEAD.format(title=html.escape(title)), "<h2>Runs</h2>",
+             table.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
     first = True
     for heading, figs in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
@@ -56,3 +66,16 @@ def write_page(runs_root: str | Path, out: str | Path, **kwargs) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_page(runs_root, **kwargs), encoding="utf-8")
     return out
+
+
+def write_pngs(runs_root: str | Path, out_dir: str | Path, *, sweeps_root: str | Path | None = None) -> list[Path]:
+    """Every figure of the page as a PNG in out_dir (needs kaleido: figures.save_png says so if it is missing)."""
+    _, sections = collect(runs_root, sweeps_root=sweeps_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (heading, figs) in enumerate(sections):
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in heading)[:80]
+        for j, fig in enumerate(figs):
+            written.append(figures.save_png(fig, out_dir / f"{i:02d}-{stem}-{j}.png"))
+    return written

@@ -1,0 +1,97 @@
+"""Sweeps: the orchestration over engines and adapter counts with a fake runner whose SLO curve is known."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.sweep import SweepConfig, curve_table, probe_from_run, run_sweep
+
+WORKLOAD = str(Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml")
+CAPACITY = {"multilora": 24.0, "merged": 6.0}  # λ*(N) = c / (1 + N/20)
+
+
+def truth(engine: str, n: int) -> float:
+    return CAPACITY[engine] / (1 + n / 20)
+
+
+class FakeRunner:
+    """Writes a run directory per call; SLO attainment 1.0 below the engine's λ*(N), 0.5 above."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, spec, engine, runs_root, *, log=print, progress=True):
+        name = engine if isinstance(engine, str) else engine["name"]
+        rate, n = spec.traffic.rate, spec.adapters.count
+        self.calls.append((name, rate, n, spec.duration_s))
+        path = Path(runs_root) / f"run-{len(self.calls):03d}-{name}"
+        path.mkdir(parents=True)
+        ok = rate <= truth(name, n)
+        summary = {"engine": name, "valid": True, "status": "completed",
+                   "metrics": {"slo_attainment": 1.0 if ok else 0.5, "goodput": 10.0 * rate if ok else 1.0}}
+        (path / "summary.json").write_text(json.dumps(summary))
+        (path / "status.json").write_text(json.dumps({"status": "completed", "message": ""}))
+        return path
+
+
+def fake_load(path):
+    path = Path(path)
+    return SimpleNamespace(summary=json.loads((path / "summary.json").read_text()),
+                           status=json.loads((path / "status.json").read_text()))
+
+
+def test_rate_sweep_finds_each_lambda_star(tmp_path):
+    runner = FakeRunner()
+    cfg = SweepConfig(workload=WORKLOAD, over="rate", engines=("multilora", "merged"), adapters=(1, 30, 100),
+                      resolution=0.05, max_runs=20, duration_s=4.0, out=str(tmp_path))
+    out = run_sweep(cfg, run_engine=runner, load_run=fake_load, has_cuda=False, log=lambda s: None)
+    payload = json.loads((out / "capacity.json").read_text())
+    assert payload["over"] == "rate" and payload["machine"] == "cpu" and payload["target"] == 0.9
+    assert payload["spec"]["adapters"]["count"] == 30 and payload["spec"]["model"] == "tiny"  # cpu: section
+    for engine in ("multilora", "merged"):
+        pts = payload["curves"][engine]
+        assert [p["n"] for p in pts] == [1, 30, 100]
+        for p in pts:
+            lam = truth(engine, p["n"])
+            assert lam / 1.05 <= p["lambda_star"] <= lam
+            assert p["goodput_tok_s"] == pytest.approx(10.0 * p["lambda_star"])
+            assert p["converged"]
+            # every run tried is kept in the sweep folder
+            assert all((out / t["run"] / "summary.json").is_file() for t in p["tried"])
+    assert all(c[3] == 4.0 for c in runner.calls)  # the duration override reached every run
+    assert len(list((out / "runs").iterdir())) == len(runner.calls)
+    table = curve_table(payload)
+    assert "multilora" in table and "merged" in table and len(table.splitlines()) == 2 + 6
+
+
+def test_adapters_sweep_finds_largest_n(tmp_path):
+    runner = FakeRunner()
+    cfg = SweepConfig(workload=WORKLOAD, over="adapters", engines=("multilora",), rates=(4.0,), max_runs=30,
+                      out=str(tmp_path))
+    out = run_sweep(cfg, run_engine=runner, load_run=fake_load, has_cuda=False, log=lambda s: None)
+    pts = json.loads((out / "capacity.json").read_text())["curves"]["multilora"]
+    # 24 / (1 + N/20) >= 4  <=>  N <= 100
+    assert len(pts) == 1 and pts[0]["n"] == 100 and pts[0]["lambda_star"] == 4.0
+    assert all(float(c[2]).is_integer() for c in runner.calls)
+
+
+def test_invalid_or_failed_runs_count_as_failures():
+    p = probe_from_run({"metrics": {"slo_attainment": 1.0, "goodput": 5.0}, "valid": False,
+                        "invalid_reasons": ["client fell behind: p99 lag 0.4 s"]}, {"status": "completed"}, "r")
+    assert p.note.startswith("invalid: client fell behind")
+    p = probe_from_run({"metrics": {"slo_attainment": 1.0}, "valid": True}, {"status": "server_died",
+                                                                             "message": "exit 1"}, "r")
+    assert p.note == "run server_died: exit 1"
+    p = probe_from_run({"metrics": {"slo_attainment": None, "goodput": None}, "valid": True},
+                       {"status": "completed"}, "r")
+    assert p.attainment == 0.0 and p.note == ""
+
+
+def test_bad_sweep_config_names_field():
+    with pytest.raises(ValueError, match="over: 'latency'"):
+        SweepConfig(workload=WORKLOAD, over="latency")
+    with pytest.raises(ValueError, match="adapters"):
+        SweepConfig(workload=WORKLOAD, adapters=(0, 5))
+    with pytest.raises(ValueError, match="target"):
+        SweepConfig(workload=WORKLOAD, target=0.0)
