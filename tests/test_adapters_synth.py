@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -58,12 +59,21 @@ def test_existing_adapters_are_reused_and_changed_ones_rewritten(tmp_path):
 
 
 def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
-    mine = tmp_path / "adapter-0000"
+    mine = tmp_path / "adapter-0001"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="notes.txt"):
-        make_adapters(BASE, 1, [8], QV, tmp_path)
+        make_adapters(BASE, 3, [8], QV, tmp_path)
     assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter-0001"]  # refused before writing any
+
+
+def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    with pytest.raises(ValueError, match=r"need .* GB but only .* GB is free"):
+        make_adapters(BASE, 2, [8], QV, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -97,13 +107,22 @@ def test_cli_make_then_check(tmp_path, capsys):
     assert "3 adapters for tiny" in text and f"{adapter_nbytes(BASE, 8, QV, torch.float32):,}" in text
     assert sorted(p.name for p in out.iterdir()) == ["adapter-0000", "adapter-0001", "adapter-0002"]
     assert json.loads((out / "adapter-0001" / "adapter_config.json").read_text())["r"] == 8
+    summary = tmp_path / "summary.json"
+    assert main(["adapters", "make", "--base", "tiny", "--count", "4", "--ranks", "4,8", "--targets", "q_proj,v_proj",
+                 str(out), "--seed", "2", "--dtype", "float32", "--summary-json", str(summary)]) == 0
+    assert "1 written, 3 reused" in capsys.readouterr().out
+    data = json.loads(summary.read_text())
+    assert (data["count"], data["written"], data["reused"]) == (4, 1, 3)
+    assert data["ranks"] == [{"rank": 4, "count": 2, "bytes_each": adapter_nbytes(BASE, 4, QV, torch.float32)},
+                             {"rank": 8, "count": 2, "bytes_each": adapter_nbytes(BASE, 8, QV, torch.float32)}]
+    assert data["total_bytes"] == sum(r["count"] * r["bytes_each"] for r in data["ranks"])
 
     assert main(["adapters", "check", str(out), "--base", "tiny"]) == 0
     text = capsys.readouterr().out
-    assert "3 of 3 adapters valid" in text and "adapter-0002" in text
+    assert "4 of 4 adapters valid" in text and "adapter-0003" in text
     assert main(["adapters", "check", str(out), "--base", "tiny", "--max-rank", "4"]) == 1
     text = capsys.readouterr().out
-    assert "2 of 3 adapters valid" in text and "above max_rank=4" in text
+    assert "2 of 4 adapters valid" in text and "above max_rank=4" in text
 
 
 def test_cli_base_from_a_checkpoint_folder_and_bad_input(tmp_path, capsys):

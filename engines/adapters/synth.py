@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -92,15 +93,41 @@ def is_current(folder: Path, stamp: str) -> bool:
         return False
 
 
-def _clear(folder: Path) -> None:
-    """Remove a stale or half-written synthetic adapter; refuse to delete anything we did not write."""
+def _foreign(folder: Path) -> list[str]:
+    """Names in `folder` that make_adapters did not write (a file in its place counts as one)."""
     if not folder.exists():
-        return
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in _OURS) if folder.is_dir() else [folder.name]
-    if extra:
-        raise ValueError(f"{folder}: exists and holds {extra[:5]}, which make_adapters did not write; "
-                         "choose another out_dir or prefix, or remove the folder yourself")
-    shutil.rmtree(folder)
+        return []
+    if not folder.is_dir():
+        return [folder.name]
+    return sorted(p.name for p in folder.iterdir() if p.name not in _OURS)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One adapter of a make_adapters request: where it goes, what it is, and whether it is already there."""
+
+    index: int
+    rank: int
+    alpha: float
+    folder: Path
+    stamp: str
+    current: bool
+
+
+def plan_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
+                  seed: int = 0, prefix: str = "adapter-", dtype: torch.dtype = torch.float16,
+                  alpha: float | None = None) -> list[Planned]:
+    """What make_adapters would write, checking the request and reading only file headers."""
+    ranks, targets = list(ranks), list(targets)
+    check_request(count, ranks, targets, dtype, alpha, prefix)
+    plan = []
+    for i in range(count):
+        rank = ranks[i % len(ranks)]
+        a = float(2 * rank if alpha is None else alpha)
+        folder = Path(out_dir) / f"{prefix}{i:04d}"
+        stamp = _stamp(base, i, rank, a, targets, seed, dtype)
+        plan.append(Planned(i, rank, a, folder, stamp, is_current(folder, stamp)))
+    return plan
 
 
 def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
@@ -109,38 +136,42 @@ def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
     """Write `count` adapters out_dir/<prefix>0000 ... (ranks round-robin) and return their folders.
 
     One adapter is in memory at a time. Folders that already hold the same adapter (same base
-    shape, rank, alpha, targets, seed, index and dtype) are kept as they are, so repeated calls are fast.
+    shape, rank, alpha, targets, seed, index and dtype) are kept as they are, so repeated calls are
+    fast. The disk space the new ones need is checked before the first is written.
     """
-    ranks, targets = list(ranks), list(targets)
-    check_request(count, ranks, targets, dtype, alpha, prefix)
+    plan = plan_adapters(base, count, ranks, targets, out_dir, seed, prefix, dtype, alpha)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    reused = 0
+    todo = [p for p in plan if not p.current]
+    need = sum(adapter_nbytes(base, p.rank, targets, dtype) for p in todo)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise ValueError(f"{out}: the {len(todo)} new adapters need {need / 1e9:.2f} GB but only "
+                         f"{free / 1e9:.2f} GB is free; free space, use fewer or smaller adapters "
+                         "(e.g. --targets q_proj,v_proj), or write elsewhere")
+    for p in todo:
+        extra = _foreign(p.folder)
+        if extra:
+            raise ValueError(f"{p.folder}: exists and holds {extra[:5]}, which make_adapters did not write; "
+                             "choose another out_dir or prefix, or remove the folder yourself")
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=count, desc="adapters", unit="adapter")
+        bar.set_postfix(reused=count - len(todo), refresh=False)
     try:
-        for i in range(count):
-            rank = ranks[i % len(ranks)]
-            a = float(2 * rank if alpha is None else alpha)
-            folder = out / f"{prefix}{i:04d}"
-            stamp = _stamp(base, i, rank, a, targets, seed, dtype)
-            if is_current(folder, stamp):
-                reused += 1
-            else:
-                _clear(folder)
-                tmp = out / f".{folder.name}.tmp-{os.getpid()}"
-                _clear(tmp)
-                adapter = synth_adapter(base, i, rank, targets, seed, dtype, a, name=folder.name)
-                write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: stamp})
-                os.replace(tmp, folder)
-            paths.append(folder)
+        for p in plan:
+            if not p.current:
+                tmp = out / f".{p.folder.name}.tmp-{os.getpid()}"
+                for stale in (p.folder, tmp):  # ours only: checked above, and tmp names are ours
+                    if stale.exists():
+                        shutil.rmtree(stale)
+                adapter = synth_adapter(base, p.index, p.rank, targets, seed, dtype, p.alpha, name=p.folder.name)
+                write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
+                os.replace(tmp, p.folder)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(reused=reused, refresh=False)
     finally:
         if bar is not None:
             bar.close()
-    return paths
+    return [p.folder for p in plan]

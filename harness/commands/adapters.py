@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
     make.add_argument("--dtype", choices=DTYPES, default="float16", help="stored dtype (default: float16)")
     make.add_argument("--alpha", type=float, default=None, help="lora_alpha for every adapter (default: 2 * rank)")
     make.add_argument("--prefix", default="adapter-", help="folder-name prefix (default: adapter-)")
+    make.add_argument("--summary-json", default=None, metavar="PATH",
+                      help="also write the summary (sizes, seconds, adapters/s) as JSON to PATH")
     make.set_defaults(func=run_make)
 
     check = sub.add_parser("check", help="validate a folder of adapters (or one adapter) against a base model",
@@ -63,7 +66,7 @@ def _human(nbytes: int) -> str:
 def run_make(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.adapters.synth import adapter_nbytes, make_adapters
+    from engines.adapters.synth import adapter_nbytes, make_adapters, plan_adapters
     from engines.model.checkpoint import CheckpointError, resolve_args
 
     try:
@@ -72,25 +75,40 @@ def run_make(args: argparse.Namespace) -> int:
         print(f"error: --base: {exc}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
+    request = dict(base=base, count=args.count, ranks=args.ranks, targets=args.targets, out_dir=args.out_dir,
+                   seed=args.seed, prefix=args.prefix, dtype=dtype, alpha=args.alpha)
     start = time.perf_counter()
     try:
-        paths = make_adapters(base, args.count, args.ranks, args.targets, args.out_dir, seed=args.seed,
-                              prefix=args.prefix, dtype=dtype, alpha=args.alpha, progress=True)
+        plan = plan_adapters(**request)
+        make_adapters(**request, progress=True)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    used = sorted({args.ranks[i % len(args.ranks)] for i in range(args.count)})
-    sizes = {r: adapter_nbytes(base, r, args.targets, dtype) for r in used}
-    total = sum(sizes[args.ranks[i % len(args.ranks)]] for i in range(args.count))
-    print(f"{len(paths)} adapters for {base.name} ({base.n_layers} layers, dim {base.dim}) in {args.out_dir}, "
-          f"{seconds:.1f} s")
+    written = sum(not p.current for p in plan)
+    rows = []
+    for rank in sorted({p.rank for p in plan}):
+        n = sum(p.rank == rank for p in plan)
+        rows.append({"rank": rank, "count": n, "bytes_each": adapter_nbytes(base, rank, args.targets, dtype)})
+    total = sum(r["count"] * r["bytes_each"] for r in rows)
+    new_bytes = sum(adapter_nbytes(base, p.rank, args.targets, dtype) for p in plan if not p.current)
+    print(f"{len(plan)} adapters for {base.name} ({base.n_layers} layers, dim {base.dim}) in {args.out_dir}: "
+          f"{written} written, {len(plan) - written} reused, {seconds:.1f} s")
     print(f"targets: {','.join(args.targets)}   dtype: {args.dtype}   seed: {args.seed}")
     print(f"{'rank':>6} {'count':>7} {'bytes each':>14}")
-    for r in used:
-        n = sum(1 for i in range(args.count) if args.ranks[i % len(args.ranks)] == r)
-        print(f"{r:>6} {n:>7} {sizes[r]:>14,}  ({_human(sizes[r])})")
-    print(f"total: {_human(total)}")
+    for r in rows:
+        print(f"{r['rank']:>6} {r['count']:>7} {r['bytes_each']:>14,}  ({_human(r['bytes_each'])})")
+    print(f"total: {_human(total)}" + (f"   write rate: {written / seconds:.1f} adapters/s, "
+                                       f"{new_bytes / seconds / 1e6:.0f} MB/s" if written and seconds > 0 else ""))
+    if args.summary_json:
+        summary = {"base": base.name, "out_dir": str(args.out_dir), "count": len(plan), "written": written,
+                   "reused": len(plan) - written, "targets": args.targets, "dtype": args.dtype, "seed": args.seed,
+                   "ranks": rows, "total_bytes": total, "seconds": seconds,
+                   "adapters_per_s": written / seconds if seconds > 0 else None,
+                   "mb_per_s": new_bytes / seconds / 1e6 if seconds > 0 else None}
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(f"summary: {args.summary_json}")
     return 0
 
 
