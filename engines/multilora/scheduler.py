@@ -8,6 +8,8 @@ from typing import Callable
 from engines.multilora.block_manager import BlockManager
 from engines.multilora.sequence import Sequence, SeqStatus
 
+_NOTHING = object()  # no adapter served yet
+
 
 @dataclass
 class SchedulerConfig:
@@ -45,7 +47,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self._rr_last: str | None = None  # last adapter served (one_adapter_per_step)
+        self._rr_last: object = _NOTHING  # last adapter served (one_adapter_per_step)
 
     # ---- queue ----------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
