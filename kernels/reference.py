@@ -6,6 +6,11 @@ import torch
 from kernels.meta import LoRAMeta
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """float32 for 16/32-bit inputs; float64 stays float64, so tests can run the reference in float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def lora_shrink_ref(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: torch.Tensor,
                     ranks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Shrink, reference loop:
@@ -21,9 +26,9 @@ def lora_shrink_ref(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scale
     for start, length, slot in meta.segments():
         r = int(ranks[slot])
         idx = idx_all[start:start + length].long()
-        xs = x.index_select(0, idx).float()  # (n, H_in)
-        a = lora_a[slot, :, :r, :].float()  # (S, r, H_in)
-        out[:, idx, :r] = float(scales[slot]) * torch.einsum("nh,srh->snr", xs, a)
+        xs = _acc(x.index_select(0, idx))  # (n, H_in)
+        a = _acc(lora_a[slot, :, :r, :])  # (S, r, H_in)
+        out[:, idx, :r] = (float(scales[slot]) * torch.einsum("nh,srh->snr", xs, a)).to(out.dtype)
     return out
 
 
@@ -44,8 +49,8 @@ def lora_expand_ref(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ran
         r = int(ranks[slot])
         idx = idx_all[start:start + length].long()
         for i in range(len(offs) - 1):
-            b = lora_b[slot, offs[i]:offs[i + 1], :r].float()  # (N_i, r)
-            delta = buf[i, idx, :r].float() @ b.T  # (n, N_i)
+            b = _acc(lora_b[slot, offs[i]:offs[i + 1], :r])  # (N_i, r)
+            delta = _acc(buf[i, idx, :r]) @ b.T  # (n, N_i)
             y[idx, offs[i]:offs[i + 1]] += delta.to(y.dtype)
     return y
 
@@ -69,10 +74,10 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         n = int(context_lens[b])
         nblk = (n + block_size - 1) // block_size
         blocks = block_tables[b, :nblk].long()
-        k = k_cache[blocks].reshape(-1, hkv, d)[:n].float()  # (n, Hkv, D)
-        v = v_cache[blocks].reshape(-1, hkv, d)[:n].float()
+        k = _acc(k_cache[blocks].reshape(-1, hkv, d)[:n])  # (n, Hkv, D)
+        v = _acc(v_cache[blocks].reshape(-1, hkv, d)[:n])
         k = k.repeat_interleave(group, dim=1)  # (n, Hq, D)
         v = v.repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,nhd->hn", q[b].float(), k) * scale
+        scores = torch.einsum("hd,nhd->hn", _acc(q[b]), k) * scale
         out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
     return out
