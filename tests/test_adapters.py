@@ -267,3 +267,28 @@ def test_corrupt_safetensors(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     msg = _error(folder)
     assert str(path) in msg and "unreadable" in msg
+
+
+def test_key_spellings_of_other_exporters_are_accepted(tmp_path):
+    folder = _written(tmp_path)
+    original = read_adapter(folder, BASE)
+
+    def rename(t):
+        for key in list(t):  # drop "base_model.model." and keep the adapter name, as some exporters do
+            t[key.removeprefix("base_model.model.").replace(".weight", ".default.weight")] = t.pop(key)
+    _edit_tensors(folder, rename)
+    back = read_adapter(folder, BASE)
+    assert back.weights.keys() == original.weights.keys()
+    assert all(torch.equal(back.weights[k][1], original.weights[k][1]) for k in back.weights)
+
+
+def test_module_under_the_wrong_submodule_is_refused(tmp_path):
+    folder = _written(tmp_path)
+
+    def misplace(t):
+        for part in "AB":
+            key = tensor_key(0, "q_proj", part)
+            t[key.replace("self_attn", "mlp")] = t.pop(key)
+    path = _edit_tensors(folder, misplace)
+    msg = _error(folder)
+    assert str(path) in msg and "q_proj under mlp" in msg
