@@ -1,0 +1,97 @@
+"""GPU sampler: utilisation, memory, power and energy of every NVIDIA GPU through NVML, in a background thread."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+
+GPU_COLUMNS = ["t", "gpu", "util_pct", "mem_used_gb", "power_w", "energy_j"]
+
+
+def _nvml():
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded...
+        return None, f"no NVIDIA GPU: NVML did not start ({exc})"
+    if pynvml.nvmlDeviceGetCount() == 0:
+        return None, "no NVIDIA GPU: NVML sees 0 devices"
+    return pynvml, ""
+
+
+def gpu_inventory() -> dict[str, Any]:
+    """{"available": bool, "reason": str, "driver": str, "devices": [{"index", "name", "memory_gb"}]}."""
+    nvml, reason = _nvml()
+    if nvml is None:
+        return {"available": False, "reason": reason, "driver": None, "devices": []}
+    devices = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        h = nvml.nvmlDeviceGetHandleByIndex(i)
+        name = nvml.nvmlDeviceGetName(h)
+        devices.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_gb": nvml.nvmlDeviceGetMemoryInfo(h).total / 1e9})
+    driver = nvml.nvmlSystemGetDriverVersion()
+    return {"available": True, "reason": "", "driver": driver.decode() if isinstance(driver, bytes) else driver,
+            "devices": devices}
+
+
+class GpuSampler:
+    """Samples every `interval_s` until stop(); t is time.monotonic(). Without a GPU it records why, no rows."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.rows: list[dict[str, Any]] = []
+        self.available = False
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "GpuSampler":
+        nvml, self.reason = _nvml()
+        self.available = nvml is not None
+        if self.available:
+            self._thread = threading.Thread(target=self._loop, args=(nvml,), name="gpu-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self, nvml, handles) -> None:
+        now = time.monotonic()
+        for i, h in enumerate(handles):
+            util = nvml.nvmlDeviceGetUtilizationRates(h).gpu
+            mem = nvml.nvmlDeviceGetMemoryInfo(h).used / 1e9
+            try:
+                power = nvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+            except nvml.NVMLError:
+                power = float("nan")
+            try:
+                energy = nvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0  # mJ -> J
+            except nvml.NVMLError:
+                energy = float("nan")
+            self.rows.append({"t": now, "gpu": i, "util_pct": float(util), "mem_used_gb": mem,
+                              "power_w": power, "energy_j": energy})
+
+    def _loop(self, nvml) -> None:
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        while not self._stop.is_set():
+            try:
+                self._sample(nvml, handles)
+            except nvml.NVMLError as exc:
+                self.reason = f"NVML sampling stopped: {exc}"
+                return
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> pd.DataFrame:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return self.frame()
+
+    def frame(self, t0: float = 0.0) -> pd.DataFrame:
+        df = pd.DataFrame(self.rows, columns=GPU_COLUMNS)
+        df["t"] = df["t"] - t0
+        return df

@@ -1,0 +1,175 @@
+"""Summary of a run from its per-request records: every metric of DESIGN.md, overall, per adapter and per window.
+
+Definitions (times in s, from the records):
+  TTFT = first_token - actual_send; E2E = end - actual_send; TPOT = (E2E - TTFT) / (output_tokens - 1);
+  ITL = gaps between token arrivals after the first chunk (a chunk of k tokens is k equal gaps);
+  schedule lag = actual_send - intended_send.
+Measured requests are those intended in [warmup_s, warmup_s + duration_s). Throughput divides by the measured
+span: duration_s, or longer when the last measured request ended later (an overloaded server stretches it).
+A request is good when it is ok and meets every SLO given; SLO attainment = good / measured requests (errors,
+timeouts and unsent requests count as misses). Jain's fairness is taken over per-adapter SLO attainment.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = {"p50": 50, "p90": 90, "p99": 99}
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _itl(token_times: Any, first_chunk_tokens: Any) -> np.ndarray:
+    times = np.asarray(token_times if token_times is not None else [], dtype=np.float64)
+    k = int(first_chunk_tokens) if first_chunk_tokens is not None and first_chunk_tokens == first_chunk_tokens else 1
+    return np.diff(times[max(k, 1) - 1:]) if len(times) > k else np.empty(0)
+
+
+def jain(values: list[float]) -> float | None:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one gets everything."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0 or float((x ** 2).sum()) == 0.0:
+        return None
+    return float(x.sum() ** 2 / (len(x) * (x ** 2).sum()))
+
+
+def request_latencies(df: pd.DataFrame) -> pd.DataFrame:
+    """ttft, e2e, tpot and lag columns for each record (NaN where undefined)."""
+    out = pd.DataFrame(index=df.index)
+    out["ttft"] = df["first_token"] - df["actual_send"]
+    out["e2e"] = df["end"] - df["actual_send"]
+    n = df["output_tokens"].astype(np.float64)
+    out["tpot"] = np.where(n > 1, (out["e2e"] - out["ttft"]) / (n - 1).clip(lower=1), np.nan)
+    out["lag"] = df["actual_send"] - df["intended_send"]
+    return out
+
+
+def good_mask(df: pd.DataFrame, lat: pd.DataFrame, slo: dict[str, float | None]) -> pd.Series:
+    good = df["status"] == "ok"
+    for key, col in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("e2e_s", "e2e")):
+        limit = slo.get(key)
+        if limit is not None:
+            value = lat[col]
+            passed = value <= limit
+            if col == "tpot":
+                passed |= value.isna()  # a 1-token reply has no TPOT to miss
+            good &= passed
+    return good
+
+
+def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float) -> dict[str, Any]:
+    ok = df["status"] == "ok"
+    n = len(df)
+    out: dict[str, Any] = {
+        "requests": int(n),
+        "ok": int(ok.sum()),
+        "error": int((df["status"] == "error").sum()),
+        "timeout": int((df["status"] == "timeout").sum()),
+        "not_sent": int((df["status"] == "not_sent").sum()),
+        "req_s": float(ok.sum() / span),
+        "output_tok_s": float(df.loc[ok, "output_tokens"].sum() / span),
+        "goodput_req_s": float(good.sum() / span),
+        "goodput": float(df.loc[good, "output_tokens"].sum() / span),
+        "slo_attainment": float(good.sum() / n) if n else None,
+    }
+    for name in ("ttft", "tpot", "e2e"):
+        values = lat.loc[ok, name].to_numpy(np.float64)
+        for label, q in PERCENTILES.items():
+            out[f"{name}_{label}"] = _pct(values, q)
+    return out
+
+
+def _windows(df: pd.DataFrame, good: pd.Series, start: float, duration: float, window_s: float) -> dict[str, Any]:
+    n = max(1, int(math.floor(duration / window_s + 1e-9)))
+    edges = start + window_s * np.arange(n + 1)
+    tokens = np.zeros(n)
+    good_tokens = np.zeros(n)
+    for times, first, is_good in zip(df["token_times"], df.get("first_chunk_tokens", pd.Series(1, index=df.index)),
+                                     good):
+        if times is None or len(times) == 0:
+            continue
+        counts = np.histogram(np.asarray(times, dtype=np.float64), bins=edges)[0]
+        tokens += counts
+        if is_good:
+            good_tokens += counts
+    ends = df.loc[df["status"] == "ok", "end"].to_numpy(np.float64)
+    reqs = np.histogram(ends[np.isfinite(ends)], bins=edges)[0] if len(ends) else np.zeros(n)
+    return {"window_s": window_s, "t": [float(x) for x in edges[:-1]],
+            "output_tok_s": [float(x) for x in tokens / window_s],
+            "req_s": [float(x) for x in np.asarray(reqs) / window_s],
+            "goodput": [float(x) for x in good_tokens / window_s]}
+
+
+def _gpu(gpu: pd.DataFrame | None, start: float, end: float, tokens: float) -> dict[str, Any]:
+    none = {"gpu_util_mean": None, "gpu_mem_max_gb": None, "energy_j": None, "energy_per_token_j": None}
+    if gpu is None or gpu.empty:
+        return none
+    w = gpu[(gpu["t"] >= start) & (gpu["t"] <= end)]
+    if w.empty:
+        return none
+    energy = 0.0
+    for _, g in w.groupby("gpu"):
+        g = g.sort_values("t")
+        e = g["energy_j"].to_numpy(np.float64)
+        if np.isfinite(e).all() and len(e) > 1:
+            energy += float(e[-1] - e[0])
+        elif len(g) > 1:  # no energy counter: integrate power
+            p, t = g["power_w"].to_numpy(np.float64), g["t"].to_numpy(np.float64)
+            energy += float(((p[1:] + p[:-1]) / 2 * np.diff(t)).sum())
+    return {"gpu_util_mean": float(w["util_pct"].mean()), "gpu_mem_max_gb": float(w["mem_used_gb"].max()),
+            "energy_j": energy, "energy_per_token_j": energy / tokens if tokens > 0 else None}
+
+
+def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo: dict[str, float | None],
+              max_lag_p99_s: float, gpu: pd.DataFrame | None = None, window_s: float = 1.0) -> dict[str, Any]:
+    """counts, metrics, per_adapter, windows, valid and invalid_reasons of summary.json."""
+    df = records.reset_index(drop=True)
+    counts = {"total": int(len(df)), "sent": int(df["actual_send"].notna().sum())}
+    for status in ("ok", "error", "timeout", "not_sent"):
+        counts[status] = int((df["status"] == status).sum())
+    lat = request_latencies(df)
+    good = good_mask(df, lat, slo)
+    measured = df["in_window"].astype(bool)
+    m, mlat, mgood = df[measured], lat[measured], good[measured]
+    ok_m = m["status"] == "ok"
+    last_end = float(m.loc[ok_m, "end"].max()) if ok_m.any() else warmup_s + duration_s
+    span = max(duration_s, last_end - warmup_s)
+    metrics = _block(m, mlat, mgood, span)
+    itl = np.concatenate([_itl(t, k) for t, k in zip(m.loc[ok_m, "token_times"],
+                                                     m.loc[ok_m].get("first_chunk_tokens", pd.Series(1, index=m.loc[ok_m].index)))]
+                         or [np.empty(0)])
+    lag = mlat["lag"].to_numpy(np.float64)
+    windows = _windows(df, good, warmup_s, duration_s, window_s)
+    per_adapter = {str(a): _block(g, mlat.loc[g.index], mgood.loc[g.index], span)
+                   for a, g in m.groupby("adapter", sort=True)}
+    attain = [v["slo_attainment"] for v in per_adapter.values() if v["slo_attainment"] is not None]
+    out_metrics = {
+        "req_s": metrics["req_s"], "output_tok_s": metrics["output_tok_s"],
+        "goodput_req_s": metrics["goodput_req_s"], "goodput": metrics["goodput"],
+        "slo_attainment": metrics["slo_attainment"],
+        **{f"{n}_{p}": metrics[f"{n}_{p}"] for n in ("ttft", "tpot", "e2e") for p in PERCENTILES},
+        "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99),
+        "schedule_lag_p50": _pct(lag, 50), "schedule_lag_p99": _pct(lag, 99),
+        "schedule_lag_max": float(np.nanmax(lag)) if np.isfinite(lag).any() else None,
+        "jain_fairness": jain(attain),
+        **_gpu(gpu, warmup_s, warmup_s + span, float(m.loc[ok_m, "output_tokens"].sum())),
+    }
+    reasons = []
+    if counts["ok"] + counts["error"] + counts["timeout"] + counts["not_sent"] != counts["total"]:
+        reasons.append("records with an unknown status: ok + error + timeout + not_sent != total")
+    lag99 = out_metrics["schedule_lag_p99"]
+    if lag99 is not None and lag99 > max_lag_p99_s:
+        reasons.append(f"client fell behind: p99 schedule lag {lag99 * 1000:.1f} ms > {max_lag_p99_s * 1000:.1f} ms "
+                       "(use more loadgen workers or a lower rate)")
+    if metrics["ok"] == 0:
+        reasons.append("no request of the measured window completed")
+    if counts["not_sent"]:
+        reasons.append(f"{counts['not_sent']} request(s) of the trace were never sent")
+    return {"window_s": span, "warmup_s": warmup_s, "counts": counts, "metrics": out_metrics,
+            "per_adapter": per_adapter, "windows": windows, "valid": not reasons, "invalid_reasons": reasons}
