@@ -110,9 +110,10 @@ def read_adapter(path, base: ModelArgs, max_rank: int | None = None, name: str |
             a = torch.cat([a, a.new_zeros(top - rank, a.shape[1])])
             b = torch.cat([b, b.new_zeros(b.shape[0], top - rank)], dim=1)
         weights[(layer, module)] = (a.contiguous(), b.contiguous())
+    present = {module for _, module in weights}
     return LoRAAdapter(name=name or folder.name, path=str(folder), rank=top, alpha=settings.alpha,
-                       scaling=settings.scaling, targets=tuple(m for m in LORA_TARGETS if any(
-                           key[1] == m for key in weights)), weights=weights)
+                       scaling=settings.scaling, targets=tuple(m for m in LORA_TARGETS if m in present),
+                       weights=weights)
 
 
 def _targets_config(adapter: LoRAAdapter, n_layers: int | None) -> dict:
