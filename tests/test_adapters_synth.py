@@ -138,3 +138,23 @@ def test_cli_base_from_a_checkpoint_folder_and_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["adapters", "make", "--base", "tiny", "--count", "1", "--ranks", "8,x", str(out)])
     assert "comma-separated list of integers" in capsys.readouterr().err
+
+
+def test_concurrent_makers_share_one_cache_folder(tmp_path):
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=make_adapters, args=(BASE, 6, [4, 8], QV, tmp_path), kwargs={"seed": 9})
+             for _ in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"adapter-{i:04d}" for i in range(6)]
+    assert [read_adapter(tmp_path / f"adapter-{i:04d}", BASE).rank for i in range(6)] == [4, 8] * 3

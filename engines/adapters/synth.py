@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -102,6 +103,24 @@ def _foreign(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in _OURS)
 
 
+def _install(tmp: Path, folder: Path, stamp: str, attempts: int = 20) -> None:
+    """Move a finished adapter into place; when parallel makers race for the folder, any one's copy wins
+    (all are identical), and a stale folder (ours only: checked before) is replaced."""
+    for attempt in range(attempts):
+        if is_current(folder, stamp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+            return
+        except OSError:  # another maker put a folder there between our rmtree and rename
+            time.sleep(0.01 * (attempt + 1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise OSError(f"{folder}: could not be replaced after {attempts} attempts while other processes wrote it; "
+                  "run one make_adapters per folder at a time")
+
+
 @dataclass(frozen=True)
 class Planned:
     """One adapter of a make_adapters request: where it goes, what it is, and whether it is already there."""
@@ -161,14 +180,12 @@ def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
         bar.set_postfix(reused=count - len(todo), refresh=False)
     try:
         for p in plan:
-            if not p.current:
+            if not p.current and not is_current(p.folder, p.stamp):  # a parallel maker may have written it
                 tmp = out / f".{p.folder.name}.tmp-{os.getpid()}"
-                for stale in (p.folder, tmp):  # ours only: checked above, and tmp names are ours
-                    if stale.exists():
-                        shutil.rmtree(stale)
+                shutil.rmtree(tmp, ignore_errors=True)
                 adapter = synth_adapter(base, p.index, p.rank, targets, seed, dtype, p.alpha, name=p.folder.name)
                 write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
-                os.replace(tmp, p.folder)
+                _install(tmp, p.folder, p.stamp)
             if bar is not None:
                 bar.update(1)
     finally:
