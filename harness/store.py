@@ -118,7 +118,13 @@ class RunWriter:
         have = read_records_jsonl(self.file("records_jsonl"))
         seen = set(have["request_id"].astype(int)) if not have.empty else set()
         missing = trace[~trace["request_id"].isin(seen)]
-        with Recorder(self.file("records_jsonl")) as rec:
+        path = self.file("records_jsonl")
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb+") as f:  # a writer killed mid-line left no newline: end that line first
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+        with Recorder(path) as rec:
             for row in missing.itertuples(index=False):
                 rec.write({"request_id": int(row.request_id), "adapter": row.adapter, "intended_send": float(row.t),
                            "actual_send": None, "first_token": None, "end": None, "token_times": [],
