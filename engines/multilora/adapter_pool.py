@@ -188,6 +188,7 @@ class AdapterPool:
 
     def _fetch(self, name: str) -> None:
         _, loader = self._sources[name]
+        self.host_reads += 1
         self._fetching[name] = self._io.submit(lambda: self._pack(loader()))
 
     def _start_load(self, name: str, protected: frozenset[str]) -> bool:

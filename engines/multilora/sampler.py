@@ -23,6 +23,7 @@ class Sampler:
             self._seeded[seq_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self._seeded[seq_id]
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seq_ids: list[str], params: list[SamplingParams],
                  banned: list[tuple[int, ...]]) -> list[int]:
         """logits (B, V) float32 -> one token per row. banned[i]: tokens row i may not produce now

@@ -1,0 +1,158 @@
+"""MultiLoRAEngine's interface: sampling parameters, stop conditions, adapters while serving, errors, stats."""
+import time
+
+import pytest
+import torch
+
+from engines.adapters.synth import make_adapters, synth_adapter
+from engines.base import AdapterFileError, AdapterNotFoundError, Request, SamplingParams
+from engines.config import EngineConfig
+from engines.model.config import ModelArgs
+from engines.multilora.engine import MultiLoRAEngine
+from engines.registry import create_engine, engine_class
+
+ARGS = ModelArgs.from_name("tiny")
+PROMPT = [256, 72, 101, 108, 108, 111]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapters(ARGS, 3, [4, 8], ["q_proj", "v_proj"], root, dtype=torch.float32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def eng(adapter_dir):
+    return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir)))
+
+
+def run(eng, reqs, max_steps=500):
+    for r in reqs:
+        eng.add_request(r)
+    toks, outs = {}, {}
+    for _ in range(max_steps):
+        if not eng.has_unfinished():
+            break
+        for o in eng.step():
+            toks.setdefault(o.request_id, []).extend(o.new_token_ids)
+            if o.finished:
+                outs[o.request_id] = o
+    assert not eng.has_unfinished()
+    return toks, outs
+
+
+def test_registry_and_attributes(eng):
+    assert engine_class("multilora") is MultiLoRAEngine and isinstance(eng, MultiLoRAEngine)
+    assert eng.eos_token_id == 257 and eng.vocab_size == 512 and eng.max_model_len == 2048
+    assert sorted(eng.adapters()) == ["adapter-0000", "adapter-0001", "adapter-0002"]
+
+
+def test_seeded_sampling_repeats_whatever_the_batch(eng):
+    p = SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=11, ignore_eos=True)
+    alone, _ = run(eng, [Request("a", PROMPT, "adapter-0001", p)])
+    others = [Request(f"o{i}", PROMPT[:3 + i], None, SamplingParams(max_tokens=5, temperature=0.7)) for i in range(3)]
+    mixed, _ = run(eng, others + [Request("a", PROMPT, "adapter-0001", p)])
+    assert alone["a"] == mixed["a"]
+    other_seed, _ = run(eng, [Request("a", PROMPT, "adapter-0001", SamplingParams(
+        max_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=12, ignore_eos=True))])
+    assert other_seed["a"] != alone["a"]
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(eng):
+    g, _ = run(eng, [Request("g", PROMPT, "adapter-0000", SamplingParams(max_tokens=6, ignore_eos=True))])
+    k1, _ = run(eng, [Request("g", PROMPT, "adapter-0000", SamplingParams(max_tokens=6, temperature=2.0, top_k=1,
+                                                                          ignore_eos=True))])
+    p0, _ = run(eng, [Request("g", PROMPT, "adapter-0000", SamplingParams(max_tokens=6, temperature=2.0, top_p=1e-6,
+                                                                          ignore_eos=True))])
+    assert g["g"] == k1["g"] == p0["g"]
+
+
+def test_stop_tokens_min_tokens_and_lengths(eng):
+    free, _ = run(eng, [Request("f", PROMPT, None, SamplingParams(max_tokens=10, ignore_eos=True))])
+    stop_at = free["f"][3]
+    first = free["f"].index(stop_at)
+    toks, outs = run(eng, [Request("s", PROMPT, None, SamplingParams(max_tokens=10, stop_token_ids=(stop_at,)))])
+    assert toks["s"] == free["f"][:first + 1] and outs["s"].finish_reason == "stop"
+    assert outs["s"].output_tokens == first + 1 and outs["s"].prompt_tokens == len(PROMPT)
+    toks, outs = run(eng, [Request("m", PROMPT, None, SamplingParams(max_tokens=10, min_tokens=first + 1,
+                                                                     stop_token_ids=(stop_at,)))])
+    assert stop_at not in toks["m"][:first + 1] and len(toks["m"]) > first + 1
+    toks, outs = run(eng, [Request("l", PROMPT, None, SamplingParams(max_tokens=4, ignore_eos=True))])
+    assert len(toks["l"]) == 4 and outs["l"].finish_reason == "length"
+
+
+def test_eos_stops_unless_ignored(adapter_dir):
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir)))
+    free, _ = run(eng, [Request("f", PROMPT, None, SamplingParams(max_tokens=10, ignore_eos=True))])
+    eng.eos_token_id = free["f"][2]  # pretend a token the model emits is EOS
+    toks, outs = run(eng, [Request("e", PROMPT, None, SamplingParams(max_tokens=10))])
+    assert toks["e"][-1] == eng.eos_token_id and outs["e"].finish_reason == "stop" and len(toks["e"]) <= 3
+    toks, _ = run(eng, [Request("i", PROMPT, None, SamplingParams(max_tokens=10, ignore_eos=True))])
+    assert toks["i"] == free["f"]
+
+
+def test_adapters_come_and_go_while_serving(eng, adapter_dir, tmp_path):
+    eng.add_request(Request("long", PROMPT, "adapter-0000", SamplingParams(max_tokens=30, ignore_eos=True)))
+    early = eng.step()
+    eng.register_adapter_loader("late", lambda: synth_adapter(ARGS, 9, 4, ["q_proj"], dtype=torch.float32, name="late"))
+    eng.add_request(Request("late-req", PROMPT, "late", SamplingParams(max_tokens=3, ignore_eos=True)))
+    eng.add_request(Request("doomed", PROMPT, "adapter-0002", SamplingParams(max_tokens=30, ignore_eos=True)))
+    early += eng.step()
+    eng.unregister_adapter("adapter-0002")
+    toks, outs = run(eng, [])
+    for o in early:
+        toks[o.request_id] = o.new_token_ids + toks.get(o.request_id, [])
+    assert len(toks["long"]) == 30 and len(toks["late-req"]) == 3
+    assert outs["doomed"].finish_reason == "error" and "unregistered" in outs["doomed"].error
+    assert "adapter-0002" not in eng.adapters()
+    with pytest.raises(AdapterNotFoundError):
+        eng.add_request(Request("x", PROMPT, "adapter-0002"))
+    eng.register_adapter("adapter-0002", str(adapter_dir / "adapter-0002"))
+    eng.unregister_adapter("late")
+    with pytest.raises(AdapterNotFoundError):
+        eng.unregister_adapter("late")
+
+
+def test_bad_input_is_rejected_with_a_reason(eng, tmp_path):
+    with pytest.raises(AdapterFileError):
+        eng.register_adapter("broken", str(tmp_path))
+    with pytest.raises(ValueError, match="empty"):
+        eng.add_request(Request("e", []))
+    with pytest.raises(ValueError, match="outside"):
+        eng.add_request(Request("v", [600]))
+    with pytest.raises(ValueError, match="max_model_len"):
+        eng.add_request(Request("long", [1] * 3000))
+    with pytest.raises(ValueError, match="unknown extra"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={"bogus": 1}))
+    with pytest.raises(ValueError, match="neither a preset"):
+        create_engine(EngineConfig(model="no-such-model", device="cpu"))
+    narrow = EngineConfig(model="tiny", device="cpu", extra={"lora_targets": ["q_proj"]})
+    e2 = create_engine(narrow)  # q_proj: slots for q, k and v only
+    with pytest.raises(AdapterFileError, match="lora_targets"):
+        e2.register_adapter_loader("v", lambda: synth_adapter(ARGS, 1, 4, ["down_proj"], dtype=torch.float32))
+
+
+def test_abort_frees_everything(eng):
+    eng.add_request(Request("a1", PROMPT, "adapter-0001", SamplingParams(max_tokens=50, ignore_eos=True)))
+    eng.step()
+    eng.step()
+    assert eng.stats()["running"] == 1 and eng.stats()["kv_blocks_used"] > 0
+    eng.abort("a1")
+    eng.abort("unknown-id")
+    st = eng.stats()
+    assert not eng.has_unfinished() and st["running"] == 0 and st["kv_blocks_used"] == 0
+
+
+def test_stats_keys_and_step_delay(adapter_dir):
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", step_delay_ms=30.0))
+    eng.add_request(Request("d", PROMPT, None, SamplingParams(max_tokens=3, ignore_eos=True)))
+    t0 = time.perf_counter()
+    run(eng, [])
+    assert time.perf_counter() - t0 >= 3 * 0.03
+    st = eng.stats()
+    for key in ("queue_depth", "running", "batch_size", "kv_blocks_used", "kv_blocks_total", "adapters_resident",
+                "adapter_loads", "adapter_evictions", "adapter_load_seconds", "preemptions", "steps",
+                "tokens_generated"):
+        assert key in st
+    assert st["steps"] == 3 and st["tokens_generated"] == 3 and st["kv_blocks_total"] == 2048
