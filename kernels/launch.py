@@ -115,18 +115,16 @@ def lookup(op: str, key: str, device, default):
 
 
 def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkConfig:
-    if tokens <= 64:  # decode: one weight stream per adapter, spread over the SMs by splitting the hidden dim
-        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=4 if hidden >= 2048 else 1,
-                            num_warps=4, num_stages=3)
-    if tokens <= 512:
-        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=2 if hidden >= 2048 else 1,
+    if tokens <= 256:  # decode: one weight stream per adapter, spread over the SMs by splitting the hidden dim
+        split = 4 if tokens <= 64 else 2
+        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=split if hidden >= 2048 else 1,
                             num_warps=4, num_stages=3)
     return ShrinkConfig(block_m=32, block_r=16 if max_rank <= 16 else 32, block_k=128, split_k=1,
                         num_warps=4, num_stages=3)
 
 
 def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
-    if tokens <= 64:
+    if tokens <= 256:
         return ExpandConfig(block_m=16, block_n=128, block_r=16, num_warps=4, num_stages=2)
     return ExpandConfig(block_m=64, block_n=128, block_r=16 if max_rank <= 16 else 32, num_warps=4, num_stages=2)
 
@@ -135,39 +133,28 @@ def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv
     return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
 
 
-def shrink_space() -> list[ShrinkConfig]:
-    """The autotune space of the shrink kernel."""
-    out = []
-    for bm in (16, 32, 64):
-        for bk in (64, 128, 256):
-            for sk in (1, 2, 4, 8):
-                for warps in (4, 8):
-                    if bm == 64 and sk > 2:
-                        continue
-                    out.append(ShrinkConfig(block_m=bm, block_r=16, block_k=bk, split_k=sk, num_warps=warps,
-                                            num_stages=3))
-    return out
+def shrink_space(tokens: int) -> list[ShrinkConfig]:
+    """The autotune space of the shrink kernel for a batch of `tokens` tokens."""
+    if tokens <= 256:  # decode: 16-row tiles; the hidden dim is split to spread each weight stream
+        return [ShrinkConfig(block_m=16, block_r=16, block_k=bk, split_k=sk, num_warps=w, num_stages=3)
+                for bk in (128, 256, 512) for sk in (1, 2, 4, 8) for w in (4, 8)]
+    return [ShrinkConfig(block_m=bm, block_r=16, block_k=bk, split_k=sk, num_warps=w, num_stages=3)
+            for bm in (16, 32, 64) for bk in (64, 128, 256) for sk in (1, 2) for w in (4, 8)
+            if not (bm == 64 and bk == 256)]
 
 
-def expand_space() -> list[ExpandConfig]:
-    """The autotune space of the expand kernel."""
-    out = []
-    for bm in (16, 32, 64):
-        for bn in (64, 128, 256):
-            for warps in (4, 8):
-                for stages in (1, 2):
-                    out.append(ExpandConfig(block_m=bm, block_n=bn, block_r=16, num_warps=warps, num_stages=stages))
-    return out
+def expand_space(tokens: int) -> list[ExpandConfig]:
+    """The autotune space of the expand kernel for a batch of `tokens` tokens."""
+    block_ms = (16,) if tokens <= 256 else (32, 64, 128)
+    return [ExpandConfig(block_m=bm, block_n=bn, block_r=16, num_warps=w, num_stages=st)
+            for bm in block_ms for bn in (64, 128, 256) for w in (4, 8) for st in ((1, 2) if tokens <= 256 else (2,))]
 
 
-def attention_space() -> list[AttentionConfig]:
-    """The autotune space of paged decode attention."""
-    out = []
-    for pages in (2, 4, 8):
-        for splits in (0, 1, 4, 8, 16):
-            for warps in (4, 8):
-                out.append(AttentionConfig(pages_per_tile=pages, num_splits=splits, num_warps=warps, num_stages=2))
-    return out
+def attention_space(batch: int) -> list[AttentionConfig]:
+    """The autotune space of paged decode attention for `batch` sequences."""
+    splits = (0, 1, 2, 4) if batch >= 64 else (0, 4, 8, 16, 32)
+    return [AttentionConfig(pages_per_tile=p, num_splits=sp, num_warps=w, num_stages=2)
+            for p in (2, 4, 8) for sp in splits for w in (4,)]
 
 
 SPACES = {"shrink": shrink_space, "expand": expand_space, "attention": attention_space}

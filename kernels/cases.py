@@ -1,0 +1,162 @@
+"""Benchmark and tuning shapes, their inputs, and their byte and FLOP floors (shared by bench and tune)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kernels.meta import LoRAMeta
+
+
+@dataclass(frozen=True)
+class LoRACase:
+    """Shrink + expand of `tokens` tokens over `adapters` adapters of rank `rank` (slots padded to r_max)."""
+
+    name: str
+    tokens: int
+    adapters: int
+    rank: int
+    hidden: int = 4096
+    widths: tuple[int, ...] = (4096,)
+    r_max: int | None = None  # slot padding; None: the rank itself
+    contiguous: bool = False  # True: each adapter's tokens are one run (prefill); False: round-robin (decode)
+    target_us: float | None = None
+    target_floor_ratio: float | None = None  # target as a multiple of the byte floor
+
+    @property
+    def slices(self) -> int:
+        return len(self.widths)
+
+    @property
+    def n_total(self) -> int:
+        return sum(self.widths)
+
+    def slots(self) -> list[int]:
+        if self.contiguous:
+            per = -(-self.tokens // self.adapters)
+            return [t // per for t in range(self.tokens)]
+        return [t % self.adapters for t in range(self.tokens)]
+
+    def bytes_moved(self, elem: int = 2) -> int:
+        """Every weight, input and output once: A and B of each distinct adapter, x, y read and written,
+        and the fp32 intermediate written by shrink and read by expand."""
+        a = self.adapters * self.slices * self.rank * self.hidden * elem
+        b = self.adapters * self.n_total * self.rank * elem
+        x = self.tokens * self.hidden * elem
+        y = 2 * self.tokens * self.n_total * elem
+        buf = 2 * self.slices * self.tokens * self.rank * 4
+        return a + b + x + y + buf
+
+    def flops(self) -> int:
+        return 2 * self.tokens * self.rank * (self.slices * self.hidden + self.n_total)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """Decode attention of `batch` sequences with `context` cached tokens each (Llama-3-8B heads by default)."""
+
+    name: str
+    batch: int
+    context: int
+    hq: int = 32
+    hkv: int = 8
+    head_dim: int = 128
+    block_size: int = 16
+
+    def bytes_moved(self, elem: int = 2) -> int:
+        kv = 2 * self.batch * self.context * self.hkv * self.head_dim * elem
+        q_out = 2 * self.batch * self.hq * self.head_dim * elem
+        return kv + q_out
+
+    def flops(self) -> int:
+        return 4 * self.batch * self.hq * self.context * self.head_dim
+
+
+LORA_CASES = [
+    LoRACase("decode-32x32-r16", 32, 32, 16),
+    LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
+    LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),
+    LoRACase("decode-128x128-r16", 128, 128, 16),
+    LoRACase("decode-256x256-r16", 256, 256, 16, target_us=35.0),
+    LoRACase("decode-64x8-r64", 64, 8, 64, target_us=8.0),
+    LoRACase("prefill-4096x8-r16-qkv", 4096, 8, 16, widths=(4096, 1024, 1024), contiguous=True,
+             target_floor_ratio=1.3),
+]
+
+ATTENTION_CASES = [AttentionCase(f"decode-attn-b{b}-ctx{c}", b, c) for b in (1, 16, 64, 256) for c in (512, 2048)]
+
+
+@dataclass
+class LoRAInputs:
+    x: torch.Tensor
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scales: torch.Tensor
+    ranks: torch.Tensor
+    slice_offsets: torch.Tensor
+    meta: LoRAMeta
+    buf: torch.Tensor
+    y: torch.Tensor
+    token_slots: torch.Tensor = field(default=None)
+
+
+def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> LoRAInputs:
+    """Random inputs (never zeros: they hide unwritten outputs and can run faster than real data)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    r_max = case.r_max or case.rank
+    n = case.adapters
+    x = torch.randn(case.tokens, case.hidden, generator=g, device=device, dtype=dtype)
+    a = torch.randn(n, case.slices, r_max, case.hidden, generator=g, device=device, dtype=dtype) * case.hidden ** -0.5
+    b = torch.randn(n, case.n_total, r_max, generator=g, device=device, dtype=dtype) * case.rank ** -0.5
+    offs = [0]
+    for w in case.widths:
+        offs.append(offs[-1] + w)
+    slots = case.slots()
+    meta = LoRAMeta(case.tokens, max(n, 1), device=device).prepare(slots)
+    return LoRAInputs(
+        x=x, lora_a=a, lora_b=b,
+        scales=torch.full((n,), 2.0, device=device),
+        ranks=torch.full((n,), case.rank, dtype=torch.int32, device=device),
+        slice_offsets=torch.tensor(offs, dtype=torch.int32, device=device),
+        meta=meta,
+        buf=torch.empty(case.slices, case.tokens, r_max, dtype=torch.float32, device=device),
+        y=torch.randn(case.tokens, case.n_total, generator=g, device=device, dtype=dtype),
+        token_slots=torch.tensor(slots, dtype=torch.long, device=device),
+    )
+
+
+def torch_gather_bmm(inp: LoRAInputs, rank: int) -> None:
+    """The plain-PyTorch baseline: gather each token's adapter weights, then batched matrix-vector products."""
+    sl = inp.token_slots
+    offs = inp.slice_offsets.tolist()
+    for i in range(len(offs) - 1):
+        a = inp.lora_a[sl, i, :rank]  # (T, r, H)
+        h = torch.bmm(a, inp.x.unsqueeze(-1)).squeeze(-1) * inp.scales[sl, None].to(a.dtype)  # (T, r)
+        b = inp.lora_b[sl, offs[i]:offs[i + 1], :rank]  # (T, N_i, r)
+        inp.y[:, offs[i]:offs[i + 1]] += torch.bmm(b, h.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class AttentionInputs:
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    scale: float
+
+
+def attention_inputs(case: AttentionCase, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> AttentionInputs:
+    """A cache of exactly the needed blocks, handed out in a random order (as a block manager would)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    per_seq = -(-case.context // case.block_size)
+    n_blocks = case.batch * per_seq
+    shape = (n_blocks, case.block_size, case.hkv, case.head_dim)
+    return AttentionInputs(
+        q=torch.randn(case.batch, case.hq, case.head_dim, generator=g, device=device, dtype=dtype),
+        k_cache=torch.randn(shape, generator=g, device=device, dtype=dtype),
+        v_cache=torch.randn(shape, generator=g, device=device, dtype=dtype),
+        block_tables=torch.randperm(n_blocks, generator=g, device=device).view(case.batch, per_seq).to(torch.int32),
+        context_lens=torch.full((case.batch,), case.context, dtype=torch.int32, device=device),
+        scale=case.head_dim ** -0.5,
+    )

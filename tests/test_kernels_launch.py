@@ -1,0 +1,110 @@
+"""Launch configs as data, autotune spaces, tile bounds, bench/tune floors and their refusal without a GPU."""
+import json
+import random
+
+import pytest
+import torch
+import triton
+
+from kernels import launch
+from kernels.cases import ATTENTION_CASES, LORA_CASES, AttentionCase
+from kernels.launch import ExpandConfig, ShrinkConfig
+from kernels.tiles import tile_bound
+
+
+def test_gpu_slug_and_bucket():
+    assert launch.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert [launch.bucket(n) for n in (1, 16, 17, 64, 65, 4096)] == [16, 16, 32, 64, 128, 4096]
+
+
+def test_keys_separate_shapes_and_dtypes():
+    k1 = launch.shrink_key(64, 4096, 1, 16, torch.bfloat16)
+    assert k1 == "T64-H4096-S1-R16-bfloat16"
+    assert k1 != launch.shrink_key(64, 4096, 1, 16, torch.float16)
+    assert launch.shrink_key(50, 4096, 1, 16, torch.bfloat16) == k1  # same bucket
+    assert launch.expand_key(4096, 6144, 3, 16, torch.bfloat16) == "T4096-N6144-S3-R16-bfloat16"
+
+
+@pytest.mark.parametrize("tokens", [1, 64, 256, 4096])
+def test_spaces_are_valid_and_distinct(tokens):
+    for space in (launch.shrink_space(tokens), launch.expand_space(tokens), launch.attention_space(tokens)):
+        assert space and len(set(space)) == len(space)
+        for cfg in space:
+            for name in ("block_m", "block_r", "block_k", "block_n", "pages_per_tile"):
+                v = getattr(cfg, name, None)
+                assert v is None or (v >= 1 and v & (v - 1) == 0), (cfg, name)
+            if hasattr(cfg, "block_m"):
+                assert cfg.block_m >= 16  # tl.dot needs 16 rows
+
+
+def test_load_table_rejects_bad_files(tmp_path):
+    bad_op = tmp_path / "a.json"
+    bad_op.write_text(json.dumps({"shrnk": {}}))
+    with pytest.raises(ValueError, match=r"a\.json: unknown op 'shrnk'"):
+        launch.load_table(bad_op)
+    bad_field = tmp_path / "b.json"
+    bad_field.write_text(json.dumps({"expand": {"k": {"block_n": 64, "blockm": 16}}}))
+    with pytest.raises(ValueError, match=r"expand\['k'\] has unknown field\(s\) \['blockm'\]"):
+        launch.load_table(bad_field)
+    broken = tmp_path / "c.json"
+    broken.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        launch.load_table(broken)
+
+
+def test_lookup_uses_the_gpu_file_and_defaults_otherwise(tmp_path, monkeypatch):
+    key = launch.shrink_key(8, 64, 1, 16, torch.float32)
+    (tmp_path / "cpu.json").write_text(json.dumps({
+        "gpu": "cpu", "shrink": {key: {"block_m": 16, "block_r": 16, "block_k": 32, "split_k": 2}}}))
+    monkeypatch.setattr(launch, "CONFIG_DIR", tmp_path)
+    launch._table_for.cache_clear()
+    try:
+        default = ShrinkConfig(block_k=999)
+        got = launch.lookup("shrink", key, torch.device("cpu"), default)
+        assert got == ShrinkConfig(block_m=16, block_r=16, block_k=32, split_k=2)
+        assert launch.lookup("shrink", "T16-H1-S1-R1-float32", torch.device("cpu"), default) is default
+        assert launch.lookup("expand", key, torch.device("cpu"), ExpandConfig()) == ExpandConfig()
+
+        # the wrapper picks the tuned entry: split_k=2 allocates the meta's split-K semaphores
+        from kernels.lora_shrink import lora_shrink
+        from kernels.meta import LoRAMeta
+        meta = LoRAMeta(8, 2).prepare([0] * 8)
+        out = torch.zeros(1, 8, 16)
+        lora_shrink(torch.randn(8, 64), torch.randn(1, 1, 16, 64), meta, torch.ones(1),
+                    torch.tensor([16], dtype=torch.int32), out)
+        assert len(meta._counters) == 1 and int(meta._counters[0].abs().sum()) == 0
+    finally:
+        launch._table_for.cache_clear()
+
+
+def test_tile_bound_covers_every_segmentation():
+    rng = random.Random(0)
+    for _ in range(500):
+        block = rng.choice([16, 32, 64])
+        n = rng.randint(1, 12)
+        lens = [rng.randint(1, 100) for _ in range(n)]
+        need = sum(triton.cdiv(x, block) for x in lens)
+        assert need <= tile_bound(sum(lens), max_groups=n, block=block)
+        assert need <= tile_bound(sum(lens), max_groups=64, block=block)
+
+
+def test_floors_match_the_anchor_figures():
+    """ANCHORS.md: byte floors at 3.0 TB/s of 6.1, 24.4 and 3.3 us for the three decode targets."""
+    floors = {c.name: c.bytes_moved() / 3.0e12 * 1e6 for c in LORA_CASES}
+    assert floors["decode-64x64-r16"] == pytest.approx(6.1, abs=0.1)
+    assert floors["decode-256x256-r16"] == pytest.approx(24.4, abs=0.2)
+    assert floors["decode-64x8-r64"] == pytest.approx(3.3, abs=0.1)
+    targets = {c.name: (c.target_us, c.target_floor_ratio) for c in LORA_CASES}
+    assert targets["decode-64x64-r16"][0] == 10.0 and targets["prefill-4096x8-r16-qkv"][1] == 1.3
+    # one decode step of Llama-3-8B reads 128 KiB of KV per token over 32 layers: 4 KiB per layer
+    assert AttentionCase("x", 1, 1).bytes_moved() - 2 * 32 * 128 * 2 == 4096
+    assert {(c.batch, c.context) for c in ATTENTION_CASES} >= {(1, 512), (256, 2048)}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
+def test_bench_and_tune_refuse_without_a_gpu(capsys):
+    from kernels import bench, tune
+    assert bench.main([]) == 2
+    assert tune.main([]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err
