@@ -1,0 +1,269 @@
+"""External servers: attach to a URL, or launch one from a preset or command template, wait for health, stop it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engines.external_presets import PRESETS
+
+
+@dataclass
+class ExternalSpec:
+    """What ExternalServer needs; built from a dict with unknown keys refused."""
+
+    url: str | None = None  # attach to a running server (nothing is launched)
+    preset: str | None = None  # vllm | sglang | tgi | lorax | self
+    command: list[Any] | str | None = None  # a template of one's own (see engines/external_presets.py)
+    model: str | None = None  # base model: HF id or folder (self: a preset such as tiny)
+    adapters: str | dict[str, str] | None = None  # folder of adapter folders, or name -> folder
+    max_loras: int = 8
+    max_lora_rank: int = 64
+    engine: str = "multilora"  # self preset: which in-process engine
+    engine_options: dict[str, Any] = field(default_factory=dict)  # self preset: more EngineConfig fields
+    extra_args: list[str] = field(default_factory=list)  # appended to the command
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    health_path: str | None = None  # default: the preset's (else /health)
+    timeout_s: float = 600.0  # to become healthy
+    stop_timeout_s: float = 30.0  # between terminate and kill
+    log_path: str | None = None  # default: a file in the temp folder
+    cwd: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExternalSpec":
+        if not isinstance(data, dict):
+            raise ValueError(f"external: the spec must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"external: unknown key(s) {unknown}; known: {sorted(known)}")
+        spec = cls(**data)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        modes = [k for k in ("url", "preset", "command") if getattr(self, k)]
+        if len(modes) != 1:
+            raise ValueError(f"external: give exactly one of url, preset or command (got {modes or 'none'})")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"external: preset={self.preset!r} is unknown; presets: {sorted(PRESETS)}")
+        if self.preset and not self.model:
+            raise ValueError(f"external: preset {self.preset!r} needs model (the base model to serve)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"external: url={self.url!r} must start with http:// or https://")
+        for key in ("max_loras", "max_lora_rank"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"external: {key}={getattr(self, key)!r} must be an integer >= 1")
+        if self.timeout_s <= 0 or self.stop_timeout_s <= 0:
+            raise ValueError("external: timeout_s and stop_timeout_s must be > 0")
+        if isinstance(self.adapters, str) and not Path(self.adapters).is_dir():
+            raise ValueError(f"external: adapters={self.adapters!r} is not a folder of adapter folders")
+
+    def adapter_paths(self) -> dict[str, str]:
+        """name -> folder of every adapter to serve (sub-folders of `adapters`, named by folder)."""
+        if not self.adapters:
+            return {}
+        if isinstance(self.adapters, dict):
+            return {str(k): str(v) for k, v in self.adapters.items()}
+        root = Path(self.adapters)
+        return {p.name: str(p.resolve()) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+LIST_PLACEHOLDERS = ("lora_modules",)  # a whole argument that expands to several
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _values(spec: ExternalSpec, port: int) -> dict[str, Any]:
+    adapters = spec.adapter_paths()
+    modules = [f"{name}={path}" for name, path in adapters.items()]
+    adapters_dir = spec.adapters if isinstance(spec.adapters, str) else None
+    engine_config = {"max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank, **spec.engine_options}
+    return {"model": spec.model, "host": spec.host, "port": port, "max_loras": spec.max_loras,
+            "max_lora_rank": spec.max_lora_rank, "python": sys.executable, "engine": spec.engine,
+            "engine_config": json.dumps(engine_config), "adapters_dir": adapters_dir,
+            "lora_modules": modules or None, "lora_modules_csv": ",".join(modules) or None}
+
+
+def _expand(token: str, values: dict[str, Any]) -> list[str] | None:
+    """One template token -> its arguments; None when a placeholder in it has no value."""
+    if token[1:-1] in LIST_PLACEHOLDERS and token == "{" + token[1:-1] + "}":
+        return list(values[token[1:-1]]) if values[token[1:-1]] else None
+    try:
+        names = [n for _, n, _, _ in string.Formatter().parse(token) if n]
+    except ValueError as exc:
+        raise ValueError(f"external: bad template argument {token!r} ({exc})") from exc
+    unknown = [n for n in names if n not in values]
+    if unknown:
+        raise ValueError(f"external: template argument {token!r} names unknown placeholder(s) {unknown}; "
+                         f"known: {sorted(values)}")
+    if any(values[n] is None for n in names):
+        return None
+    return [token.format(**values)]
+
+
+def build_command(spec: ExternalSpec, port: int) -> list[str]:
+    """The argument list a preset or command template gives for this spec and port."""
+    template = PRESETS[spec.preset].command if spec.preset else spec.command
+    if isinstance(template, str):
+        template = shlex.split(template)
+    values = _values(spec, port)
+    args: list[str] = []
+    for item in template:
+        if isinstance(item, list):  # optional group
+            parts = [_expand(str(t), values) for t in item]
+            if all(p is not None for p in parts):
+                args += [a for p in parts for a in p]
+            continue
+        expanded = _expand(str(item), values)
+        if expanded is None:
+            raise ValueError(f"external: template argument {item!r} needs a value the spec does not give "
+                             "(model? adapters?); put it in an optional group [..] or set it")
+        args += expanded
+    return args + [str(a) for a in spec.extra_args]
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+class ExternalServer:
+    """`with ExternalServer(spec) as url:` or `.start() -> base_url` ... `.stop()`.
+
+    Launched servers run in their own process group with stdout and stderr in `log_path`; stop() sends
+    SIGTERM to the group, waits stop_timeout_s, then SIGKILL.
+    """
+
+    def __init__(self, spec: dict[str, Any] | ExternalSpec, log: Callable[[str], None] = print) -> None:
+        self.spec = spec if isinstance(spec, ExternalSpec) else ExternalSpec.from_dict(spec)
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.base_url: str | None = None
+        self.command: list[str] | None = None
+        self.log_path: Path | None = None
+        self._log_file = None
+
+    @property
+    def health_path(self) -> str:
+        if self.spec.health_path:
+            return self.spec.health_path
+        return PRESETS[self.spec.preset].health_path if self.spec.preset else "/health"
+
+    def start(self) -> str:
+        if self.spec.url:
+            self.base_url = self.spec.url.rstrip("/")
+            self._wait_healthy()
+            return self.base_url
+        port = self.spec.port or free_port(self.spec.host)
+        self.command = build_command(self.spec, port)
+        if shutil.which(self.command[0]) is None and not Path(self.command[0]).is_file():
+            raise FileNotFoundError(f"external: {self.command[0]!r} is not on PATH; install it (e.g. pip install "
+                                    f"{self.spec.preset or self.command[0]}) or attach with url:")
+        self.log_path = Path(self.spec.log_path) if self.spec.log_path else Path(
+            tempfile.mkstemp(prefix=f"external-{self.spec.preset or 'command'}-", suffix=".log")[1])
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log(f"external: {shlex.join(self.command)}  (log: {self.log_path})")
+        self._log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env={**os.environ, **self.spec.env},
+                                     cwd=self._cwd(), start_new_session=True)
+        self.base_url = f"http://{self.spec.host}:{port}"
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def _cwd(self) -> str | None:
+        """The self preset runs `python -m engines.server` from this checkout unless told otherwise."""
+        if self.spec.cwd is None and self.spec.preset == "self":
+            return str(Path(__file__).resolve().parents[1])
+        return self.spec.cwd
+
+    def _log_tail(self, n: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
+        return "\n".join("  | " + line for line in lines)
+
+    def _wait_healthy(self) -> None:
+        url = self.base_url + self.health_path
+        deadline = time.monotonic() + self.spec.timeout_s
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"external: the server exited with code {self.proc.returncode} before it was "
+                                   f"healthy; its log {self.log_path} ends with:\n{self._log_tail()}")
+            if _get(url, timeout=min(5.0, self.spec.timeout_s))[0] == 200:
+                return
+            if time.monotonic() > deadline:
+                where = f"; its log {self.log_path} ends with:\n{self._log_tail()}" if self.proc else ""
+                raise TimeoutError(f"external: {url} did not answer 200 within {self.spec.timeout_s} s "
+                                   f"(raise timeout_s for big models){where}")
+            time.sleep(0.25)
+
+    def models(self) -> list[str]:
+        """Model ids the server lists at GET /v1/models (the base and the adapters, for OpenAI-style servers)."""
+        status, body = _get(self.base_url + "/v1/models")
+        if status != 200:
+            raise RuntimeError(f"external: GET {self.base_url}/v1/models answered {status}")
+        return [m["id"] for m in json.loads(body)["data"]]
+
+    def stop(self) -> int | None:
+        """Terminate the launched server's process group, kill it after stop_timeout_s; its exit code."""
+        proc, self.proc = self.proc, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                self._signal(proc, signal.SIGTERM)
+                try:
+                    proc.wait(self.spec.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.log(f"external: pid {proc.pid} ignored SIGTERM for {self.spec.stop_timeout_s} s; killing it")
+                    self._signal(proc, signal.SIGKILL)
+                    proc.wait()
+            self._signal(proc, signal.SIGKILL)  # children left in its group (vLLM workers)
+            code = proc.returncode
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # its own session: the group id is its pid
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
