@@ -33,7 +33,9 @@ def load_runs(root: str) -> list:
 def sidebar(table: pd.DataFrame) -> tuple[str, pd.DataFrame, list[str]]:
     """Section choice, filters and the runs chosen to compare."""
     st.sidebar.title("LoRA fleet report")
-    section = st.sidebar.radio("Section", list(SECTIONS), key="section")
+    start = st.query_params.get("section", "Runs")  # deep link: ?section=Compare
+    names = list(SECTIONS)
+    section = st.sidebar.radio("Section", names, index=names.index(start) if start in names else 0, key="section")
     chosen = {}
     for col in FILTERS:
         options = sorted(v for v in table[col].dropna().unique() if v != "")
@@ -127,7 +129,7 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
         st.plotly_chart(fig)
     st.dataframe(data.capacity_points(payload), hide_index=True)
     st.subheader("Planner")
-    st.markdown("\n".join(f"- {f}" for f in planner.FORMULAS))
+    st.markdown("\n".join(f"- {f}".replace("$", "\\$") for f in planner.FORMULAS))  # $ is not LaTeX here
     trace, why = None, ""
     if payload.get("spec"):
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -108,8 +109,8 @@ def capacity(points: pd.DataFrame, rate_per_adapter: float | None = None) -> go.
     fig = px.line(points, x="n", y="lambda_star", color="engine", markers=True, log_x=True,
                   labels={"n": "adapters N", "lambda_star": "λ*(N), total requests/s"})
     if rate_per_adapter:
-        n = sorted(points["n"].unique())
-        fig.add_scatter(x=n, y=[v * rate_per_adapter for v in n], mode="lines", name=f"demand N x {rate_per_adapter:g}",
+        n = np.geomspace(points["n"].min(), points["n"].max(), 64)  # a straight line on the log axis
+        fig.add_scatter(x=n, y=n * rate_per_adapter, mode="lines", name=f"demand N x {rate_per_adapter:g}",
                         line=dict(dash="dash", color="grey"))
     return _style(fig, "Capacity: largest total rate meeting the SLO")
 
