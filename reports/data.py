@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.schema import RUN_FILES
+from harness.store import list_runs, load_run
 
 TABLE_METRICS = ("req_s", "output_tok_s", "goodput", "goodput_req_s", "slo_attainment", "ttft_p50", "ttft_p99",
                  "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99", "jain_fairness")
@@ -16,67 +15,17 @@ PERCENTILES = ("p50", "p90", "p99")
 
 
 def load(run_dir: str | Path):
-    """One run (path, config, summary, records, gpu, server, status, trace) via harness.store.load_run."""
-    try:
-        from harness.store import load_run
-    except ModuleNotFoundError as exc:
-        if exc.name != "harness.store":
-            raise
-        return _read_run_dir(Path(run_dir))
+    """One run (path, config, summary, records, gpu, server, status, env) through harness.store.load_run."""
     return load_run(Path(run_dir))
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Run directories under root, also those a sweep keeps in <sweep>/runs/ (via harness.store.list_runs)."""
+    """Run directories under root, nested ones too (a sweep keeps its runs in <sweep>/runs/)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"runs folder {root} does not exist; run `harness run WORKLOAD` first or pass "
                                 "the folder that holds the run directories")
-    try:
-        from harness.store import list_runs
-    except ModuleNotFoundError as exc:
-        if exc.name != "harness.store":
-            raise
-        list_runs = _list_run_dirs
-    found = {Path(p) for p in list_runs(root)}
-    for sub in sorted(root.glob("*/runs")):  # sweeps keep their runs one level down
-        found.update(Path(p) for p in list_runs(sub))
-    return sorted(found)
-
-
-@dataclass
-class _Run:
-    path: Path
-    config: dict
-    summary: dict
-    records: pd.DataFrame
-    gpu: pd.DataFrame
-    server: pd.DataFrame
-    status: dict
-    trace: pd.DataFrame
-
-
-def _list_run_dirs(root: Path) -> list[Path]:
-    """Stand-in for harness.store.list_runs while that module is not in the checkout."""
-    return sorted(p.parent for p in Path(root).glob(f"*/{RUN_FILES['summary']}"))
-
-
-def _read_run_dir(path: Path) -> _Run:
-    """Stand-in for harness.store.load_run while that module is not in the checkout."""
-    def csv(key: str) -> pd.DataFrame:
-        f = path / RUN_FILES[key]
-        return pd.read_csv(f) if f.is_file() and f.stat().st_size else pd.DataFrame()
-
-    def js(key: str) -> dict:
-        f = path / RUN_FILES[key]
-        return json.loads(f.read_text()) if f.is_file() else {}
-
-    if not (path / RUN_FILES["summary"]).is_file():
-        raise FileNotFoundError(f"{path}: no {RUN_FILES['summary']}; is this a run directory of `harness run`?")
-    rec = path / RUN_FILES["records"]
-    records = (pd.read_parquet(rec) if rec.is_file()
-               else pd.read_json(path / RUN_FILES["records_jsonl"], lines=True))
-    return _Run(path, js("config"), js("summary"), records, csv("gpu"), csv("server"), js("status"), csv("trace"))
+    return [Path(p) for p in list_runs(root)]
 
 
 def label(run) -> str:
@@ -203,7 +152,7 @@ def server_series(run, keys: tuple[str, ...] = ("resident", "load", "evict", "sw
     s = run.server
     if s is None or s.empty or "t" not in s.columns:
         return pd.DataFrame(columns=["t", "series", "value"])
-    cols = [c for c in s.columns if c != "t" and any(k in c for k in keys)]
+    cols = [c for c in s.columns if c != "t" and any(k in c for k in keys) and "second" not in c]
     long = s.melt(id_vars=["t"], value_vars=cols, var_name="series", value_name="value")
     long["series"] = long["series"].str.replace("lora_fleet_", "", regex=False)
     return long

@@ -7,13 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.schema import METRIC_KEYS, RECORD_FIELDS, RUN_FILES
+from harness.metrics import summarize as metrics_summarize
+from harness.schema import METRIC_KEYS, RECORD_FIELDS, RUN_FILES, SUMMARY_KEYS
 
 SLO = {"ttft_s": 2.0, "tpot_s": 0.5}
-
-
-def _pct(values: np.ndarray, q: float) -> float | None:
-    return float(np.percentile(values, q)) if len(values) else None
 
 
 def _records(rng: np.random.Generator, trace: pd.DataFrame, speed: float, warmup_s: float) -> pd.DataFrame:
@@ -37,58 +34,13 @@ def _records(rng: np.random.Generator, trace: pd.DataFrame, speed: float, warmup
 
 
 def summarize(rec: pd.DataFrame, *, workload: str, engine: str, model: str, gpu: str, started_at: str,
-              window_s: float, warmup_s: float, slo: dict) -> dict:
-    """A summary.json with every SUMMARY_KEY and METRIC_KEY, computed from the records by DESIGN.md's rules."""
-    m = rec[rec["in_window"]]
-    ok = m[m["status"] == "ok"]
-    ttft = (ok["first_token"] - ok["actual_send"]).to_numpy()
-    e2e = (ok["end"] - ok["actual_send"]).to_numpy()
-    tpot = ((ok["end"] - ok["first_token"]) / (ok["output_tokens"] - 1).clip(lower=1)).to_numpy()
-    met = (ttft <= slo["ttft_s"]) & (tpot <= slo["tpot_s"])
-    lag = (m["actual_send"] - m["intended_send"]).to_numpy()
-    itl = np.concatenate([np.diff(t) for t in ok["token_times"] if len(t) > 1] or [np.array([])])
-    per_adapter = {}
-    for name, g in m.groupby("adapter"):
-        gok = g[g["status"] == "ok"]
-        gt = (gok["first_token"] - gok["actual_send"]).to_numpy()
-        gp = ((gok["end"] - gok["first_token"]) / (gok["output_tokens"] - 1).clip(lower=1)).to_numpy()
-        gmet = (gt <= slo["ttft_s"]) & (gp <= slo["tpot_s"])
-        per_adapter[name] = {
-            "requests": int(len(g)), "share": len(g) / len(m), "req_s": len(gok) / window_s,
-            "output_tok_s": float(gok["output_tokens"].sum()) / window_s,
-            "goodput": float(gok["output_tokens"][gmet].sum()) / window_s,
-            "slo_attainment": float(gmet.sum()) / len(g), "ttft_p50": _pct(gt, 50), "ttft_p99": _pct(gt, 99),
-            "e2e_p99": _pct((gok["end"] - gok["actual_send"]).to_numpy(), 99), "tpot_p50": _pct(gp, 50),
-        }
-    tput = np.array([v["output_tok_s"] for v in per_adapter.values()])
-    jain = float(tput.sum() ** 2 / (len(tput) * (tput ** 2).sum())) if len(tput) else None
-    metrics = {
-        "req_s": len(ok) / window_s, "output_tok_s": float(ok["output_tokens"].sum()) / window_s,
-        "goodput_req_s": float(met.sum()) / window_s, "goodput": float(ok["output_tokens"][met].sum()) / window_s,
-        "slo_attainment": float(met.sum()) / len(m),
-        "ttft_p50": _pct(ttft, 50), "ttft_p90": _pct(ttft, 90), "ttft_p99": _pct(ttft, 99),
-        "tpot_p50": _pct(tpot, 50), "tpot_p90": _pct(tpot, 90), "tpot_p99": _pct(tpot, 99),
-        "e2e_p50": _pct(e2e, 50), "e2e_p90": _pct(e2e, 90), "e2e_p99": _pct(e2e, 99),
-        "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99),
-        "schedule_lag_p50": _pct(lag, 50), "schedule_lag_p99": _pct(lag, 99), "schedule_lag_max": float(lag.max()),
-        "jain_fairness": jain, "gpu_util_mean": None, "gpu_mem_max_gb": None, "energy_j": None,
-        "energy_per_token_j": None,
-    }
-    assert set(metrics) == set(METRIC_KEYS)
-    edges = np.arange(warmup_s, warmup_s + window_s + 1e-9, 1.0)
-    toks = np.concatenate([np.asarray(t) for t in ok["token_times"]] or [np.array([])])
-    counts = {s: int((rec["status"] == s).sum()) for s in ("ok", "error", "timeout", "not_sent")}
-    return {
-        "workload": workload, "engine": engine, "model": model, "gpu": gpu, "started_at": started_at,
-        "status": "completed", "valid": True, "invalid_reasons": [], "window_s": window_s, "warmup_s": warmup_s,
-        "counts": {"total": len(rec), "sent": int(rec["actual_send"].notna().sum()), **counts},
-        "metrics": metrics, "per_adapter": per_adapter,
-        "windows": {"window_s": 1.0, "t": edges[:-1].tolist(),
-                    "output_tok_s": np.histogram(toks, edges)[0].astype(float).tolist(),
-                    "req_s": np.histogram(ok["end"], edges)[0].astype(float).tolist(),
-                    "goodput": np.histogram(ok["end"][met], edges)[0].astype(float).tolist()},
-        "slo": slo,
-    }
+              window_s: float, warmup_s: float, slo: dict, gpu_df: pd.DataFrame | None = None) -> dict:
+    """summary.json as harness run writes it: harness.metrics.summarize plus what ran, every SUMMARY_KEY."""
+    body = metrics_summarize(rec, warmup_s=warmup_s, duration_s=window_s, slo=slo, max_lag_p99_s=0.05, gpu=gpu_df)
+    out = {"workload": workload, "engine": engine, "model": model, "gpu": gpu, "started_at": started_at,
+           "status": "completed", "slo": slo, **body}
+    assert set(SUMMARY_KEYS) <= set(out) and set(METRIC_KEYS) <= set(out["metrics"])
+    return out
 
 
 def make_run(root: Path, *, engine: str = "multilora", workload: str = "bursty30", model: str = "tiny",
@@ -124,16 +76,17 @@ def make_run(root: Path, *, engine: str = "multilora", workload: str = "bursty30
                     + "\n")
     rec.to_parquet(run / RUN_FILES["records"], index=False)
     ts = np.arange(0.0, total, 0.5)
-    pd.DataFrame({"t": ts, "gpu": 0, "util_pct": np.clip(40 + 40 * np.sin(ts) * speed, 0, 100),
-                  "mem_used_gb": 20 + 0.1 * ts, "power_w": 300 + 10 * np.cos(ts),
-                  "energy_j": np.cumsum(np.full_like(ts, 150.0))}).to_csv(run / RUN_FILES["gpu"], index=False)
+    gpu_df = pd.DataFrame({"t": ts, "gpu": 0, "util_pct": np.clip(40 + 40 * np.sin(ts) * speed, 0, 100),
+                           "mem_used_gb": 20 + 0.1 * ts, "power_w": 300 + 10 * np.cos(ts),
+                           "energy_j": np.cumsum(np.full_like(ts, 150.0))})
+    gpu_df.to_csv(run / RUN_FILES["gpu"], index=False)
     pd.DataFrame({"t": ts, "lora_fleet_adapters_resident": np.minimum(adapters, 1 + (ts // 2)).astype(int),
                   "lora_fleet_adapter_loads": (ts // 2).astype(int), "lora_fleet_adapter_evictions": (ts // 5).astype(int),
                   "lora_fleet_queue_depth": rng.integers(0, 5, size=len(ts)),
                   "lora_fleet_running": rng.integers(0, 8, size=len(ts))}).to_csv(run / RUN_FILES["server"],
                                                                                   index=False)
     summary = summarize(rec, workload=workload, engine=engine, model=model, gpu=gpu, started_at=started_at,
-                        window_s=duration_s, warmup_s=warmup_s, slo=SLO)
+                        window_s=duration_s, warmup_s=warmup_s, slo=SLO, gpu_df=gpu_df)
     (run / RUN_FILES["summary"]).write_text(json.dumps(summary, indent=1))
     (run / RUN_FILES["env"]).write_text(json.dumps({"python": "3.11", "torch": "2.13", "gpu": gpu, "git": "test"}))
     (run / RUN_FILES["status"]).write_text(json.dumps({"status": "completed", "message": "", "records": len(rec)}))
