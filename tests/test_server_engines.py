@@ -132,3 +132,19 @@ def test_serve_refuses_bad_options_with_a_sentence(tmp_path, capsys):
         assert code == 2, argv
         assert words in capsys.readouterr().err, argv
         assert time.monotonic() - started < 10
+
+
+def test_engine_config_from_inline_json_or_a_json_or_yaml_file(tmp_path):
+    from engines.server.cli import load_engine_config
+
+    (tmp_path / "e.json").write_text('{"max_loras": 3}')
+    (tmp_path / "e.yaml").write_text("max_loras: 5\ndevice: cpu\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert load_engine_config('{"seed": 2}') == {"seed": 2}
+    assert load_engine_config(str(tmp_path / "e.json")) == {"max_loras": 3}
+    assert load_engine_config(str(tmp_path / "e.yaml")) == {"max_loras": 5, "device": "cpu"}
+    assert load_engine_config(None) == {}
+    with pytest.raises(ValueError, match="must hold an object"):
+        load_engine_config(str(tmp_path / "list.yaml"))
+    with pytest.raises(ValueError, match="neither a JSON object nor an existing file"):
+        load_engine_config(str(tmp_path / "missing.json"))

@@ -105,3 +105,21 @@ def test_bad_request_gets_its_status_and_server_keeps_serving(served, case):
     ok, answer = http_json(server.url, "POST", "/v1/completions", GOOD, KEY)
     assert ok == 200 and answer["choices"][0]["text"] == "oko"
     assert not engine.has_unfinished()
+
+
+def test_bad_requests_do_not_disturb_a_stream_in_flight():
+    import concurrent.futures
+
+    import openai
+
+    with echo_server(step_delay_s=0.01) as (server, engine):
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=30)
+        stream = client.completions.create(model="echo-base", prompt="abc", max_tokens=50, stream=True)
+        first = next(iter(stream))
+        bad = [c for c in CASES if c[5] in (400, 404, 413) and not c[2].startswith("/v1/load")][:15]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda c: http_json(server.url, c[1], c[2], c[3], c[4])[0], bad))
+        assert statuses == [c[5] for c in bad]
+        text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
+        assert text == ("abc" * 17)[:50]  # every token of the stream arrived, in order
+        assert not engine.has_unfinished()

@@ -7,7 +7,8 @@ import threading
 
 from aiohttp import web
 
-RUNNER_KWARGS = {"handler_cancellation": True, "access_log": None}  # a client that leaves cancels its handler
+# a client that leaves cancels its handler; on shutdown, streams still open get 5 s to finish
+RUNNER_KWARGS = {"handler_cancellation": True, "access_log": None, "shutdown_timeout": 5.0}
 
 
 async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
