@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -88,7 +89,7 @@ class AdapterPool:
         self.modules = tuple(m for g in self.groups for m in LORA_GROUPS[g])
         self.loads = 0
         self.load_seconds = 0.0
-        self.last_load_seconds = 0.0
+        self.recent_load_seconds: deque[float] = deque(maxlen=4096)  # each device copy, for profiling
         self.host_reads = 0
 
     # ---- registry ------------------------------------------------------------------------------
@@ -105,7 +106,8 @@ class AdapterPool:
         adapter = loader()
         self._check(adapter, path)
         self._sources[name] = (path, loader)
-        self._store_host(name, self._pack(adapter))
+        if len(self.host) < self.host.capacity:  # a full host LRU packs it only when a request wants it
+            self._store_host(name, self._pack(adapter))
 
     def unregister(self, name: str) -> None:
         if name not in self._sources:
@@ -242,7 +244,7 @@ class AdapterPool:
             self._ready.add(name)
             self.loads += 1
             self.load_seconds += secs
-            self.last_load_seconds = secs
+            self.recent_load_seconds.append(secs)
             done.append(name)
         return done
 

@@ -1,0 +1,410 @@
+"""Engine profile: decode step time against its byte floor, prefill against its FLOP floor, adapter loads, many adapters."""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from engines.base import Request, SamplingParams
+from engines.config import EngineConfig
+from engines.model.config import ModelArgs
+from engines.multilora.engine import MultiLoRAEngine
+from engines.multilora.sequence import Sequence
+
+TARGETS = {  # issue 3, on the H100 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
+    "batch1_one_adapter_tok_s": (">=", 160.0),
+    "batch64_64_adapters_x_floor": ("<=", 1.3),
+    "batch64_30_adapters_slowdown_pct": ("<=", 8.0),
+    "prefill_tok_s": (">=", 25000.0),
+    "adapter_load_ms": ("<=", 5.0),
+    "decode_step_delay_during_loads_pct": ("<=", 5.0),
+    "many_adapters_errors": ("<=", 0),
+}
+
+
+@dataclass
+class ProfileConfig:
+    model: str = "llama3-8b"
+    dtype: str = "auto"
+    device: str = "auto"
+    rank: int = 16
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    context: int = 512  # tokens of context per decoding sequence
+    batches: tuple[int, ...] = (1, 16, 64, 128, 256)
+    adapters: tuple[int, ...] = (0, 1, 8, 30, 64, 128, 256)  # distinct adapters in a decode batch
+    iters: int = 30
+    warmup: int = 5
+    prefill: tuple[tuple[int, int], ...] = ((8, 1024), (4, 2048))  # (prompts, tokens each)
+    prefill_adapters: int = 8
+    loads: int = 20  # adapters loaded while batch 64 decodes
+    many_adapters: int = 5000
+    many_slots: int = 128
+    many_rank: int = 8
+    many_host_capacity: int = 512
+    many_time_limit_s: float = 150.0
+    seed: int = 0
+    extra_notes: dict = field(default_factory=dict)
+
+
+def fast_adapters(args: ModelArgs, rank: int, targets, dtype: torch.dtype, seed: int = 0):
+    """A loader factory for synthetic adapters that share one set of random A/B tensors (throughput does
+    not depend on the values) so thousands can be registered in seconds; each gets its own scaling."""
+    from engines.adapters.lora import LoRAAdapter
+    g = torch.Generator().manual_seed(seed)
+    shapes = args.module_shapes()
+    shared = {m: ((torch.randn(rank, shapes[m][0], generator=g) / shapes[m][0] ** 0.5).to(dtype),
+                  (torch.randn(shapes[m][1], rank, generator=g) * 0.01).to(dtype)) for m in targets}
+
+    def make(i: int):
+        w = {(layer, m): shared[m] for layer in range(args.n_layers) for m in targets}
+        return lambda: LoRAAdapter(f"fast-{i}", "", rank, 2.0 * rank, 2.0 + i * 1e-3, tuple(targets), w)
+    return make
+
+
+def adapter_bytes(args: ModelArgs, rank: int, targets, elem: int) -> int:
+    shapes = args.module_shapes()
+    return args.n_layers * sum(rank * (shapes[m][0] + shapes[m][1]) for m in targets) * elem
+
+
+def weight_bytes_per_step(model) -> int:
+    """Bytes a decode step reads from the weights: everything but the embedding table (unless tied: lm_head)."""
+    a = model.args
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb = model.model.embed_tokens.weight
+    return total - (0 if a.tie_embeddings else emb.numel() * emb.element_size())
+
+
+def measure_bandwidth(device: torch.device) -> float:
+    """Device copy bandwidth, bytes read + written per second (CPU: the same with memcpy)."""
+    n = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.randn(n // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n / _time(lambda: dst.copy_(src), device, 3, 10)
+
+
+def measure_matmul(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / _time(lambda: a @ b, device, 3, 10)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device, warmup: int, iters: int) -> float:
+    """Median wall time of fn() with the device synchronized around each call, seconds."""
+    times = []
+    for i in range(warmup + iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _kv_blocks(cfg: ProfileConfig, block_size: int = 16) -> int:
+    """Blocks for the largest decode batch (or the 64 of the load test) at cfg.context, plus a prefill batch."""
+    decode = max(max(cfg.batches), 64) * -(-(cfg.context + 2) // block_size)
+    prefill = max((n * -(-t // block_size) for n, t in cfg.prefill), default=0)
+    return decode + max(prefill, 8192 // block_size) + 64
+
+
+def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capacity=None) -> MultiLoRAEngine:
+    return MultiLoRAEngine(EngineConfig(
+        model=cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, max_lora_rank=rank, gpu_slots=slots,
+        max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
+        num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
+        extra={"lora_targets": list(cfg.targets)}))
+
+
+def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
+    g = torch.Generator().manual_seed(len(tag) + n)
+    seqs = []
+    for i in range(n):
+        s = Sequence(f"{tag}{i}", torch.randint(0, eng.vocab_size, (length,), generator=g).tolist())
+        eng.blocks.allocate(s)
+        seqs.append(s)
+    return seqs
+
+
+def _load_all(eng: MultiLoRAEngine, names: list[str]) -> None:
+    eng.pool.want(names)
+    eng.pool.finish_loads(wait=True)
+    missing = [n for n in names if not eng.pool.is_ready(n)]
+    if missing:
+        raise RuntimeError(f"profile: {len(missing)} adapters did not load (slots {eng.config.gpu_slots})")
+
+
+def decode_sweep(eng, cfg, names, bw, out) -> None:
+    a = eng.model.args
+    elem = torch.empty((), dtype=eng.dtype).element_size()
+    w_bytes = weight_bytes_per_step(eng.model)
+    ad_bytes = adapter_bytes(a, cfg.rank, cfg.targets, elem)
+    seqs = _fake_seqs(eng, max(cfg.batches), cfg.context, "d")
+    for s in seqs:
+        s.output_ids.append(1)  # the token this step decodes sits at position `context`
+        eng.blocks.append(s)
+    rows = []
+    for b in cfg.batches:
+        for d in cfg.adapters:
+            if d > b or d > len(names):
+                continue
+            batch = seqs[:b]
+            slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
+
+            def step():
+                eng.runner.run(batch, False, slots).argmax(-1).tolist()
+            t = _time(step, eng.device, cfg.warmup, cfg.iters)
+            kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
+            floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
+            rows.append(dict(batch=b, adapters=d, step_ms=t * 1e3, floor_ms=floor * 1e3, x_floor=t / floor,
+                             tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
+            print(f"decode batch {b:4d} adapters {d:4d}: {t * 1e3:8.3f} ms  floor {floor * 1e3:7.3f} ms  "
+                  f"x{t / floor:5.2f}  {b / t:9.0f} tok/s", flush=True)
+    out["decode"] = rows
+    for s in seqs:
+        eng.blocks.free(s)
+
+
+def graph_check(eng, names, cfg, out) -> None:
+    """Decode logits from the CUDA graph against the eager forward pass, batch 64 over 30 adapters."""
+    if eng.runner.graphs is None:
+        return
+    seqs = _fake_seqs(eng, 64, 100, "g")
+    slots = [eng.pool.slot(names[i % 30]) for i in range(64)]
+    for s in seqs:
+        s.output_ids.append(2)
+        eng.blocks.append(s)
+    g = eng.runner.run(seqs, False, slots).clone()
+    graphs, eng.runner.graphs = eng.runner.graphs, None
+    e = eng.runner.run(seqs, False, slots)
+    eng.runner.graphs = graphs
+    rel = float((g - e).norm() / e.norm())
+    same = float((g.argmax(-1) == e.argmax(-1)).float().mean())
+    out["graph_vs_eager"] = dict(rel_err=rel, argmax_agree=same)
+    print(f"graph vs eager decode logits: rel err {rel:.2e}, argmax agree {same:.3f}", flush=True)
+    for s in seqs:
+        eng.blocks.free(s)
+
+
+def prefill_sweep(eng, cfg, names, flops, out) -> None:
+    a = eng.model.args
+    n_lin = sum(p.numel() for n, p in eng.model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    rows = []
+    for nseq, length in cfg.prefill:
+        for d in (0, min(cfg.prefill_adapters, len(names))):
+            seqs = _fake_seqs(eng, nseq, length, f"p{length}-")
+            slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(nseq)]
+            t = _time(lambda: eng.runner.run(seqs, True, slots).argmax(-1).tolist(), eng.device, 2, max(3, cfg.iters // 5))
+            tokens = nseq * length
+            fl = 2 * n_lin * tokens + nseq * a.n_layers * 2 * a.n_heads * a.head_dim * length * length  # causal attn
+            fl += 2 * nseq * a.dim * a.vocab_size
+            rows.append(dict(prompts=nseq, tokens_each=length, adapters=d, ms=t * 1e3, tok_s=tokens / t,
+                             flop_floor_ms=fl / flops * 1e3, x_floor=t / (fl / flops)))
+            print(f"prefill {nseq} x {length} adapters {d}: {t * 1e3:8.2f} ms  {tokens / t:9.0f} tok/s  "
+                  f"floor {fl / flops * 1e3:7.2f} ms  x{t * flops / fl:5.2f}", flush=True)
+            for s in seqs:
+                eng.blocks.free(s)
+    out["prefill"] = rows
+
+
+def load_while_decoding(eng, cfg, names, make, out) -> None:
+    """Batch 64 over 30 adapters decodes; in the second half, a cold adapter load starts every other step."""
+    seqs = _fake_seqs(eng, 64, cfg.context, "l")
+    for s in seqs:
+        s.output_ids.append(1)
+        eng.blocks.append(s)
+    used = names[:30]
+    for n in used:
+        eng.pool.pin(n)
+    slots = [eng.pool.slot(used[i % 30]) for i in range(64)]
+    new = [f"cold-{i}" for i in range(cfg.loads)]
+    for i, n in enumerate(new):
+        eng.register_adapter_loader(n, make(10_000 + i))
+    quiet, busy = [], []
+    before = len(eng.pool.recent_load_seconds)
+    for i in range(cfg.warmup + 2 * 2 * cfg.loads):
+        loading = i >= cfg.warmup + 2 * cfg.loads
+        if loading and i % 2 == 0:
+            eng.pool.want([new[(i // 2) % cfg.loads]])
+        eng.pool.finish_loads()
+        _sync(eng.device)
+        t0 = time.perf_counter()
+        eng.runner.run(seqs, False, slots).argmax(-1).tolist()
+        dt = time.perf_counter() - t0
+        if i >= cfg.warmup:
+            (busy if loading else quiet).append(dt)
+    eng.pool.finish_loads(wait=True)
+    loads = list(eng.pool.recent_load_seconds)[before:]
+    for n in used:
+        eng.pool.unpin(n)
+    for s in seqs:
+        eng.blocks.free(s)
+    q, b = statistics.median(quiet), statistics.median(busy)
+    out["loads"] = dict(count=len(loads), load_ms_median=statistics.median(loads) * 1e3 if loads else None,
+                        load_ms_max=max(loads) * 1e3 if loads else None, step_ms_quiet=q * 1e3, step_ms_loading=b * 1e3,
+                        step_ms_loading_max=max(busy) * 1e3, step_ms_quiet_max=max(quiet) * 1e3,
+                        delay_pct=(b / q - 1) * 100, adapter_mb=adapter_bytes(eng.model.args, cfg.rank, cfg.targets,
+                                                                             2) / 1e6)
+    print(f"adapter loads while decoding: {len(loads)} loads, median {out['loads']['load_ms_median']:.3f} ms; "
+          f"step {q * 1e3:.3f} ms quiet vs {b * 1e3:.3f} ms loading ({(b / q - 1) * 100:+.1f}%)", flush=True)
+
+
+def many_adapters(cfg: ProfileConfig, out) -> None:
+    """cfg.many_adapters rank-many_rank adapters, many_slots device slots: one short request to each."""
+    eng = _engine(cfg, cfg.many_slots, cfg.many_rank, 256, host_capacity=cfg.many_host_capacity)
+    try:
+        make = fast_adapters(eng.model.args, cfg.many_rank, cfg.targets, eng.dtype, cfg.seed + 1)
+        t0 = time.perf_counter()
+        for i in range(cfg.many_adapters):
+            eng.register_adapter_loader(f"m{i}", make(i))
+        reg_s = time.perf_counter() - t0
+        for i in range(cfg.many_adapters):
+            eng.add_request(Request(f"q{i}", [1 + i % 100, 2, 3, 4, 5, 6, 7, 8], f"m{i}",
+                                    SamplingParams(max_tokens=2, ignore_eos=True)))
+        done, errors = 0, 0
+        t0 = time.perf_counter()
+        while eng.has_unfinished() and time.perf_counter() - t0 < cfg.many_time_limit_s:
+            for o in eng.step():
+                if o.finished:
+                    done += 1
+                    errors += o.finish_reason == "error"
+        serve_s = time.perf_counter() - t0
+        st = eng.stats()
+        out["many_adapters"] = dict(registered=cfg.many_adapters, slots=cfg.many_slots, rank=cfg.many_rank,
+                                    host_capacity=cfg.many_host_capacity, register_s=reg_s, serve_s=serve_s,
+                                    finished=done, errors=errors + (cfg.many_adapters - done), stats=st)
+        print(f"many adapters: {cfg.many_adapters} registered in {reg_s:.1f} s; {done} served in {serve_s:.1f} s, "
+              f"{errors} errors; loads {st['adapter_loads']}, evictions {st['adapter_evictions']}", flush=True)
+    finally:
+        eng.close()
+        del eng
+        gc.collect()
+
+
+def gpu_check(device: str, out) -> None:
+    """Tiny model in float32 on the device: greedy tokens with graphs, without, and the merged baseline agree."""
+    import tempfile
+
+    from engines.adapters.synth import make_adapters
+    from engines.registry import create_engine
+    with tempfile.TemporaryDirectory() as d:
+        make_adapters(ModelArgs.from_name("tiny"), 5, [4, 8, 16], ["q_proj", "v_proj", "o_proj", "down_proj"], d,
+                      dtype=torch.float32)
+        names = [f"adapter-{i:04d}" for i in range(5)] + [None]
+        results = {}
+        for label, kw in [("cpu", dict(device="cpu")), ("graphs", dict(device=device)),
+                          ("eager", dict(device=device, cuda_graphs=False)),
+                          ("merged", dict(device=device, engine="merged", merged_copies=2)),
+                          ("preempt", dict(device=device, num_kv_blocks=12, block_size=4, gpu_slots=2, max_loras=2))]:
+            eng = create_engine(EngineConfig(model="tiny", dtype="float32", adapters=d, **kw))
+            for i in range(12):
+                eng.add_request(Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), names[i % 6],
+                                        SamplingParams(max_tokens=8, ignore_eos=True)))
+            toks = {}
+            for _ in range(3000):
+                if not eng.has_unfinished():
+                    break
+                for o in eng.step():
+                    toks.setdefault(o.request_id, []).extend(o.new_token_ids)
+            results[label] = toks
+            eng.close()
+    ref = results["graphs"]
+    agree = {k: sum(v.get(r) == ref.get(r) for r in ref) / len(ref) for k, v in results.items()}
+    out["gpu_check"] = dict(agree_with_graphs=agree, passed=all(agree[k] == 1.0 for k in ("eager", "merged", "preempt")))
+    print(f"gpu check (tiny, fp32): agreement with graph decode {agree}", flush=True)
+
+
+def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
+    """All sections in order; save(out) (if given) runs after each, so a run cut short keeps what it measured."""
+    out: dict = {"config": asdict(cfg)}
+    save = save or (lambda _: None)
+    device = torch.device(EngineConfig(device=cfg.device).resolved_device())
+    out["env"] = dict(torch=torch.__version__, device=str(device),
+                      gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    try:
+        import triton
+        out["env"]["triton"] = triton.__version__
+    except ImportError:
+        out["env"]["triton"] = None
+    if check:
+        gpu_check(str(device), out)
+        save(out)
+    eng = _engine(cfg, max(max(cfg.adapters), cfg.prefill_adapters, 32), cfg.rank, max(max(cfg.batches), 64))
+    dtype = eng.dtype
+    bw = measure_bandwidth(device)
+    flops = measure_matmul(device, dtype)
+    out["ceilings"] = dict(copy_bytes_s=bw, matmul_flop_s=flops)
+    print(f"ceilings: copy {bw / 1e12:.2f} TB/s (read+write), matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
+    make = fast_adapters(eng.model.args, cfg.rank, cfg.targets, dtype, cfg.seed)
+    names = [f"a{i}" for i in range(eng.config.gpu_slots)]
+    for i, n in enumerate(names):
+        eng.register_adapter_loader(n, make(i))
+    _load_all(eng, names)
+    graph_check(eng, names, cfg, out)
+    save(out)
+    decode_sweep(eng, cfg, names, bw, out)
+    save(out)
+    prefill_sweep(eng, cfg, names, flops, out)
+    save(out)
+    if cfg.loads:
+        load_while_decoding(eng, cfg, names, make, out)
+        save(out)
+    eng.close()
+    del eng
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if cfg.many_adapters:
+        many_adapters(cfg, out)
+        save(out)
+    out["targets"] = evaluate(out)
+    return out
+
+
+def _row(rows, **match):
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def evaluate(out: dict) -> dict:
+    """Each target of the issue: measured value, the bound, pass/fail (None where not measured)."""
+    dec = out.get("decode", [])
+    got = {}
+    r = _row(dec, batch=1, adapters=1)
+    got["batch1_one_adapter_tok_s"] = r and r["tok_s"]
+    r = _row(dec, batch=64, adapters=64)
+    got["batch64_64_adapters_x_floor"] = r and r["x_floor"]
+    r30, r0 = _row(dec, batch=64, adapters=30), _row(dec, batch=64, adapters=0)
+    got["batch64_30_adapters_slowdown_pct"] = r30 and r0 and (r30["step_ms"] / r0["step_ms"] - 1) * 100
+    pre = [p["tok_s"] for p in out.get("prefill", []) if p["adapters"] == 0]
+    got["prefill_tok_s"] = min(pre) if pre else None
+    loads = out.get("loads") or {}
+    got["adapter_load_ms"] = loads.get("load_ms_median")
+    got["decode_step_delay_during_loads_pct"] = loads.get("delay_pct")
+    many = out.get("many_adapters")
+    got["many_adapters_errors"] = many and many["errors"]
+    res = {}
+    for k, (op, bound) in TARGETS.items():
+        v = got[k]
+        ok = None if v is None else (v >= bound if op == ">=" else v <= bound)
+        res[k] = dict(measured=v, target=f"{op} {bound}", passed=ok)
+    return res
+
+
+def print_summary(out: dict) -> None:
+    print("\n| target | measured | bound | pass |\n|---|---|---|---|")
+    for k, r in out["targets"].items():
+        v = r["measured"]
+        vs = "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+        print(f"| {k} | {vs} | {r['target']} | {r['passed']} |")

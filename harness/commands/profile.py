@@ -1,0 +1,79 @@
+"""`harness profile [--model llama3-8b]`: the built-in engine's decode/prefill/load profile against its floors, as a table and JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers >= 0")
+    return vals
+
+
+def _pairs(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)x(\d+)\s*", part)
+        if not m or int(m[1]) < 1 or int(m[2]) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: give prefill batches as PROMPTSxTOKENS, e.g. 8x1024,4x2048")
+        out.append((int(m[1]), int(m[2])))
+    return tuple(out)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="profile the built-in engine against its byte and FLOP floors",
+                              description=__doc__)
+    p.add_argument("--model", default="llama3-8b", help="preset or checkpoint folder (default llama3-8b)")
+    p.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, fp32 on cpu) | bfloat16 | float16 | float32")
+    p.add_argument("--rank", type=int, default=16, help="rank of the decode/prefill adapters")
+    p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="modules the adapters target")
+    p.add_argument("--context", type=int, default=512, help="tokens of context per decoding sequence")
+    p.add_argument("--batches", type=_ints, default=(1, 16, 64, 128, 256), help="decode batch sizes")
+    p.add_argument("--adapters", type=_ints, default=(0, 1, 8, 30, 64, 128, 256),
+                   help="distinct adapters per decode batch (those above the batch size are skipped)")
+    p.add_argument("--prefill", type=_pairs, default=((8, 1024), (4, 2048)), help="prefill batches PROMPTSxTOKENS")
+    p.add_argument("--iters", type=int, default=30, help="timed repetitions per decode point (median)")
+    p.add_argument("--loads", type=int, default=20, help="cold adapter loads timed while batch 64 decodes (0: skip)")
+    p.add_argument("--many-adapters", type=int, default=5000, help="adapters registered for the many-adapter run (0: skip)")
+    p.add_argument("--many-slots", type=int, default=128, help="device slots in the many-adapter run")
+    p.add_argument("--many-rank", type=int, default=8, help="rank in the many-adapter run")
+    p.add_argument("--many-time-limit", type=float, default=150.0, help="seconds the many-adapter run may serve")
+    p.add_argument("--no-check", action="store_true", help="skip the tiny-model agreement check on the device")
+    p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from engines.multilora.profile import ProfileConfig, print_summary, run_profile
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    cfg = ProfileConfig(model=args.model, dtype=args.dtype, device=args.device, rank=args.rank, targets=targets,
+                        context=args.context, batches=args.batches, adapters=args.adapters, prefill=args.prefill,
+                        iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
+                        many_slots=args.many_slots, many_rank=args.many_rank,
+                        many_time_limit_s=args.many_time_limit)
+    if cfg.rank < 1 or cfg.many_rank < 1 or cfg.iters < 1:
+        print("profile: --rank, --many-rank and --iters must be >= 1")
+        return 2
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    path = Path(args.out or f"docs/results/profile-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-').lower()}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(out: dict) -> None:
+        path.write_text(json.dumps(out, indent=1, default=str))
+    with torch.inference_mode():
+        out = run_profile(cfg, check=not args.no_check, save=save)
+    print_summary(out)
+    save(out)
+    print(f"wrote {path}")
+    # missed targets are findings, not failures; a disagreeing engine is a failure
+    return 0 if out.get("gpu_check", {}).get("passed", True) else 1
