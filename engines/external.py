@@ -168,6 +168,7 @@ class ExternalServer:
         self.command: list[str] | None = None
         self.log_path: Path | None = None
         self._log_file = None
+        self._attached = False  # start() found the url healthy and stop() was not called
 
     @property
     def health_path(self) -> str:
@@ -179,6 +180,7 @@ class ExternalServer:
         if self.spec.url:
             self.base_url = self.spec.url.rstrip("/")
             self._wait_healthy()
+            self._attached = True
             return self.base_url
         port = self.spec.port or free_port(self.spec.host)
         self.command = build_command(self.spec, port)
@@ -228,6 +230,12 @@ class ExternalServer:
                                    f"(raise timeout_s for big models){where}")
             time.sleep(0.25)
 
+    def alive(self) -> bool:
+        """A launched server's process still runs (an attached one is assumed alive; health says more)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self._attached
+
     def models(self) -> list[str]:
         """Model ids the server lists at GET /v1/models (the base and the adapters, for OpenAI-style servers)."""
         status, body = _get(self.base_url + "/v1/models")
@@ -238,6 +246,7 @@ class ExternalServer:
     def stop(self) -> int | None:
         """Terminate the launched server's process group, kill it after stop_timeout_s; its exit code."""
         proc, self.proc = self.proc, None
+        self._attached = False
         code = None
         if proc is not None:
             if proc.poll() is None:

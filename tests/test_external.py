@@ -104,8 +104,9 @@ def test_self_preset_with_a_plugin_engine(tmp_path):
 
 def test_attach_to_a_url_and_time_out_on_a_dead_one():
     with echo_server() as (server, _):
-        with ExternalServer({"url": server.url + "/", "timeout_s": 5}) as url:
-            assert url == server.url
+        attached = ExternalServer({"url": server.url + "/", "timeout_s": 5})
+        with attached as url:
+            assert url == server.url and attached.alive()
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             assert client.completions.create(model="echo-base", prompt="ab", max_tokens=2).choices[0].text == "ab"
     with pytest.raises(TimeoutError, match="did not answer 200"):
@@ -138,3 +139,14 @@ def test_stop_kills_a_server_that_ignores_sigterm(tmp_path):
     proc = server.proc
     assert server.stop() == -signal.SIGKILL
     assert proc.poll() == -signal.SIGKILL
+
+
+def test_alive_follows_the_launched_process(tmp_path):
+    server = ExternalServer({"command": [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "{port}"],
+                             "health_path": "/", "timeout_s": 30, "cwd": str(tmp_path),
+                             "log_path": str(tmp_path / "h.log")}, log=lambda s: None)
+    assert not server.alive()
+    server.start()
+    assert server.alive()
+    server.stop()
+    assert not server.alive()
