@@ -47,7 +47,9 @@ class Curve:
         """From capacity.json points ({"n", "lambda_star", "goodput_tok_s", ...})."""
         if not points:
             raise ValueError(f"capacity curve of {engine!r} has no points; run `harness sweep` for it first")
-        pts = sorted(points, key=lambda p: p["n"])
+        pts = sorted((p for p in points if int(p["n"]) >= 1), key=lambda p: p["n"])  # N*=0: nothing passed
+        if not pts:
+            raise ValueError(f"capacity curve of {engine!r}: no adapter count met the SLO at any rate swept")
         ns = [int(p["n"]) for p in pts]
         if len(set(ns)) != len(ns) or ns[0] < 1:
             raise ValueError(f"capacity curve of {engine!r}: adapter counts {ns} must be distinct and >= 1")
@@ -203,8 +205,13 @@ def shared_vs_dedicated(shared: Curve, dedicated_lambda1: float, peaks: Peaks, u
     return out
 
 
-def planned_trace(spec, adapters: int, rate_per_adapter: float, duration_s: float | None = None) -> pd.DataFrame:
-    """The workload's trace (its popularity and burstiness) at the planned adapter count and total rate."""
+PLAN_TRACE_S = 600.0  # peaks are counted over this much planned traffic: longer traces meet higher peaks
+
+
+def planned_trace(spec, adapters: int, rate_per_adapter: float, duration_s: float | None = PLAN_TRACE_S
+                  ) -> pd.DataFrame:
+    """The workload's trace (its popularity and burstiness) at the planned adapter count and total rate,
+    duration_s seconds long (None: the workload's own duration)."""
     from harness.spec import load_workload
     from harness.trace import build_trace
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,18 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
                "resolution": cfg.resolution, "machine": "cuda" if cuda else "cpu",
                "config": asdict(cfg), "spec": base.to_dict(), "curves": {}}
     (sweep_dir / "sweep.json").write_text(json.dumps(asdict(cfg), indent=1))
+    try:
+        _search_all(cfg, base, engines, sweep_dir, payload, run_engine, load_run, log)
+    except BaseException:
+        if not any(runs_root.iterdir()):  # nothing ran: leave no empty sweep folder behind
+            shutil.rmtree(sweep_dir)
+        raise
+    return sweep_dir
 
+
+def _search_all(cfg: SweepConfig, base, engines: list, sweep_dir: Path, payload: dict, run_engine: Callable,
+                load_run: Callable, log: Callable[[str], None]) -> None:
+    runs_root = sweep_dir / "runs"
     for engine in engines:
         name = engine if isinstance(engine, str) else engine.get("name", "engine")
 
@@ -122,7 +134,6 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
                                "reason": res.reason, "tried": res.tried})
         payload["curves"][name] = points
         (sweep_dir / CAPACITY_FILE).write_text(json.dumps(payload, indent=1))
-    return sweep_dir
 
 
 def curve_table(payload: dict) -> str:

@@ -95,3 +95,45 @@ def test_bad_sweep_config_names_field():
         SweepConfig(workload=WORKLOAD, adapters=(0, 5))
     with pytest.raises(ValueError, match="target"):
         SweepConfig(workload=WORKLOAD, target=0.0)
+
+
+def test_sweep_that_fails_before_any_run_leaves_nothing(tmp_path):
+    def broken(spec, engine, runs_root, **kw):
+        raise ValueError("traffic: the trace has no request")
+
+    with pytest.raises(ValueError, match="no request"):
+        run_sweep(SweepConfig(workload=WORKLOAD, engines=("multilora",), out=str(tmp_path)), run_engine=broken,
+                  load_run=fake_load, has_cuda=False, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_real_sweep_on_the_cpu(tmp_path):
+    """harness sweep end to end: real server processes, Locust load and run directories (tiny model, 2 runs)."""
+    import yaml
+
+    from harness.cli import main
+    from harness.store import load_run
+
+    workload = tmp_path / "tiny.yaml"
+    workload.write_text(yaml.safe_dump({
+        "name": "sweep-e2e", "seed": 3, "duration_s": 2.0, "warmup_s": 0.5, "model": "tiny",
+        "adapters": {"count": 2, "ranks": [8], "targets": ["q_proj", "v_proj"]},
+        "traffic": {"rate": 3.0, "popularity": {"kind": "uniform"}, "arrivals": {"kind": "poisson"},
+                    "prompt_tokens": {"kind": "fixed", "value": 8}, "output_tokens": {"kind": "fixed", "value": 4}},
+        "slo": {"ttft_s": 2.0, "tpot_s": 0.5}, "engines": ["multilora"]}))
+    out = tmp_path / "sweeps"
+    assert main(["sweep", str(workload), "--over", "rate", "--adapters", "2", "--max-runs", "2",
+                 "--resolution", "0.5", "--out", str(out)]) == 0
+    (sweep,) = list(out.iterdir())
+    payload = json.loads((sweep / "capacity.json").read_text())
+    (point,) = payload["curves"]["multilora"]
+    assert point["n"] == 2 and len(point["tried"]) == 2
+    assert point["tried"][0]["load"] == 3.0 and point["tried"][1]["load"] in (1.5, 6.0)  # halve or double
+    for t in point["tried"]:
+        run = load_run(sweep / t["run"])  # every run tried is a real run directory in the sweep
+        assert run.status["status"] == "completed"
+        assert t["attainment"] == pytest.approx(run.summary["metrics"]["slo_attainment"] or 0.0)
+        assert t["pass"] == (t["attainment"] >= 0.9 and not t["note"])
+    passed = [t["load"] for t in point["tried"] if t["pass"]]
+    assert point["lambda_star"] == (max(passed) if passed else 0.0)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.planner import FORMULAS, GPU_PRICES
+from harness.planner import FORMULAS, GPU_PRICES, PLAN_TRACE_S
 
 _PRICES = ", ".join(f"{k} ${v:.2f}" for k, v in GPU_PRICES.items())
 
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                         help="workload YAML whose popularity and burstiness give the peaks (default: the sweep's)")
     parser.add_argument("--peak-window", type=float, default=10.0, metavar="S",
                         help="window over which peak rates are counted (default: %(default)s s)")
+    parser.add_argument("--trace-duration", type=float, default=PLAN_TRACE_S, metavar="S",
+                        help="seconds of planned traffic in which peaks are counted (default: %(default)s)")
     parser.add_argument("--dedicated-engine", default="merged",
                         help="engine whose λ*(1) sizes one dedicated deployment (default: %(default)s; "
                              "each engine's own when the sweep lacks it)")
@@ -92,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         spec = args.workload or payload.get("spec")
         trace = None
         if spec:
-            trace = planner.planned_trace(spec, args.adapters, args.rate_per_adapter)
+            if args.trace_duration <= 0:
+                raise ValueError(f"--trace-duration {args.trace_duration} must be > 0 seconds")
+            trace = planner.planned_trace(spec, args.adapters, args.rate_per_adapter, args.trace_duration)
         plan = planner.plan_fleet(payload.get("curves", {}), args.adapters, args.rate_per_adapter, price,
                                   trace=trace, window_s=args.peak_window, dedicated_engine=args.dedicated_engine)
     except (ValueError, FileNotFoundError) as exc:
