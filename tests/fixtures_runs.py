@@ -105,9 +105,10 @@ def make_runs(root: Path) -> list[Path]:
     ]
 
 
-def make_sweep(root: Path, engines: tuple[str, ...] = ("multilora", "merged")) -> Path:
+def make_sweep(root: Path, engines: tuple[str, ...] = ("multilora", "merged"), spec: dict | None = None,
+               name: str = "sweep-bursty30") -> Path:
     """A sweep folder with capacity.json: λ*(N) = c / (1 + N/30) per engine, as `harness sweep` writes it."""
-    sweep = Path(root) / "sweep-bursty30"
+    sweep = Path(root) / name
     sweep.mkdir(parents=True, exist_ok=True)
     curves = {}
     for k, engine in enumerate(engines):
@@ -118,6 +119,6 @@ def make_sweep(root: Path, engines: tuple[str, ...] = ("multilora", "merged")) -
                                                     "run": "", "note": "", "pass": True}]}
                           for n in (1, 10, 30, 100)]
     payload = {"workload": "bursty30", "over": "rate", "target": 0.9, "resolution": 0.1,
-               "spec": None, "curves": curves}
+               "spec": spec, "curves": curves}
     (sweep / "capacity.json").write_text(json.dumps(payload, indent=1))
     return sweep

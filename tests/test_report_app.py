@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from streamlit.testing.v1 import AppTest
 
 from fixtures_runs import make_runs, make_sweep
@@ -18,6 +19,8 @@ def roots(tmp_path_factory):
     paths = make_runs(runs)
     sweeps = tmp_path_factory.mktemp("sweeps")
     make_sweep(sweeps)
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
+    make_sweep(sweeps, spec=spec, name="sweep-with-spec")
     return runs, sweeps, paths
 
 
@@ -123,3 +126,21 @@ def test_missing_runs_folder_is_an_error_on_the_page(tmp_path):
     at.run()
     assert not at.exception
     assert "does not exist" in at.error[0].value
+
+
+def test_capacity_page_compares_shared_and_dedicated_from_the_trace(roots):
+    at = app(roots, "Capacity")
+    at.selectbox(key="sweep").set_value(str(roots[1] / "sweep-with-spec")).run()
+    assert not at.exception, at.exception
+    comp = at.dataframe[-1].value.set_index("engine")
+    from harness import planner
+    payload = json.loads((roots[1] / "sweep-with-spec" / "capacity.json").read_text())
+    trace = planner.planned_trace(payload["spec"], 500, 0.05)
+    want = planner.plan_fleet(payload["curves"], 500, 0.05, 2.5, trace=trace, window_s=10.0)
+    for row in want["comparison"]:
+        got = comp.loc[row["engine"]]
+        assert got["shared_gpus"] == row["shared_gpus"]
+        assert got["dedicated_gpus_whole"] == row["dedicated_gpus_whole"]
+        # bursty per-adapter traffic: dedicated deployments need more GPUs than one shared base
+        assert row["dedicated_gpus_whole"] > row["shared_gpus"]
+    assert any("sum of per-adapter peaks" in m.value for m in at.markdown)
