@@ -31,8 +31,8 @@ class ExternalSpec:
     command: list[Any] | str | None = None  # a template of one's own (see engines/external_presets.py)
     model: str | None = None  # base model: HF id or folder (self: a preset such as tiny)
     adapters: str | dict[str, str] | None = None  # folder of adapter folders, or name -> folder
-    max_loras: int = 8
-    max_lora_rank: int = 64
+    max_loras: int | None = None  # adapters in one batch (None: the server's own default)
+    max_lora_rank: int | None = None  # largest adapter rank (None: the server's own default)
     engine: str = "multilora"  # self preset: which in-process engine
     engine_options: dict[str, Any] = field(default_factory=dict)  # self preset: more EngineConfig fields
     extra_args: list[str] = field(default_factory=list)  # appended to the command
@@ -68,7 +68,8 @@ class ExternalSpec:
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"external: url={self.url!r} must start with http:// or https://")
         for key in ("max_loras", "max_lora_rank"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"external: {key}={getattr(self, key)!r} must be an integer >= 1")
         if self.timeout_s <= 0 or self.stop_timeout_s <= 0:
             raise ValueError("external: timeout_s and stop_timeout_s must be > 0")
@@ -98,7 +99,8 @@ def _values(spec: ExternalSpec, port: int) -> dict[str, Any]:
     adapters = spec.adapter_paths()
     modules = [f"{name}={path}" for name, path in adapters.items()]
     adapters_dir = spec.adapters if isinstance(spec.adapters, str) else None
-    engine_config = {"max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank, **spec.engine_options}
+    limits = {"max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank}
+    engine_config = {**{k: v for k, v in limits.items() if v is not None}, **spec.engine_options}
     return {"model": spec.model, "host": spec.host, "port": port, "max_loras": spec.max_loras,
             "max_lora_rank": spec.max_lora_rank, "python": sys.executable, "engine": spec.engine,
             "engine_config": json.dumps(engine_config), "adapters_dir": adapters_dir,

@@ -1,6 +1,7 @@
 """ExternalServer: preset command lines, launching this project's server through a template, attach, stop, failures."""
 from __future__ import annotations
 
+import json
 import signal
 import sys
 
@@ -45,6 +46,9 @@ def test_other_presets_and_the_optional_adapter_group(adapter_dir):
     assert lorax[0] == "lorax-launcher" and lorax[lorax.index("--max-active-adapters") + 1] == "5"
     no_adapters = build_command(ExternalSpec.from_dict({"preset": "vllm", "model": "m"}), 1)
     assert "--lora-modules" not in no_adapters  # the optional group is dropped, not left dangling
+    assert "--max-loras" not in no_adapters  # not given: the server's own default
+    own = build_command(ExternalSpec.from_dict({"preset": "self", "model": "tiny", "max_lora_rank": 16}), 1)
+    assert json.loads(own[own.index("--engine-config") + 1]) == {"max_lora_rank": 16}
 
 
 @pytest.mark.parametrize("spec, match", [
