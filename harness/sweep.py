@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +12,7 @@ from harness.capacity import Probe, SearchConfig, capacity_curve, search_max
 
 OVER = ("rate", "adapters")
 CAPACITY_FILE = "capacity.json"
+DEFAULT_TARGET = 0.9
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SweepConfig:
     engines: tuple[str, ...] = ()  # empty: the workload's engines
     adapters: tuple[int, ...] = ()  # empty: the workload's adapter count
     rates: tuple[float, ...] = ()  # empty: the workload's rate (over="adapters")
-    target: float = 0.9  # SLO attainment a load must reach to pass
+    target: float | None = None  # SLO attainment a load must reach: None = the workload's slo.attainment, else 0.9
     resolution: float = 0.1  # relative for rates, absolute (adapters) for adapter counts
     max_runs: int = 12  # per search (one N or one rate)
     max_adapters: int = 4096  # the adapter search never goes beyond this
@@ -40,7 +41,8 @@ class SweepConfig:
             raise ValueError(f"rates: {list(self.rates)} must all be > 0 requests/s")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f"duration_s: {self.duration_s} must be > 0 seconds")
-        SearchConfig(target=self.target, resolution=self.resolution, max_probes=self.max_runs)
+        SearchConfig(target=DEFAULT_TARGET if self.target is None else self.target, resolution=self.resolution,
+                     max_probes=self.max_runs)
 
 
 def probe_from_run(summary: dict, status: dict, run: str) -> Probe:
@@ -83,6 +85,8 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
     base = load_workload(cfg.workload).for_machine(cuda)
     if cfg.duration_s is not None:
         base = base.with_overrides({"duration_s": cfg.duration_s})
+    if cfg.target is None:  # the workload may state the attainment it needs; 0.9 otherwise
+        cfg = replace(cfg, target=float(getattr(base.slo, "attainment", None) or DEFAULT_TARGET))
     engines = base.engine_list()
     if cfg.engines:
         known = {e["name"]: e for e in engines}

@@ -41,8 +41,9 @@ def register(subparsers) -> None:
                         help="adapter counts for --over rate (default: the workload's count)")
     parser.add_argument("--rates", type=_floats, default=(), metavar="R,R,...",
                         help="total rates for --over adapters (default: the workload's rate)")
-    parser.add_argument("--target", type=float, default=0.9,
-                        help="SLO attainment a load must reach to pass (default: %(default)s)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="SLO attainment a load must reach to pass (default: the workload's slo.attainment "
+                             "if it has one, else 0.9)")
     parser.add_argument("--resolution", type=float, default=0.1,
                         help="stop when the bracket [pass, fail] is narrower than this fraction of the passing "
                              "rate (adapter counts: this many adapters, at least 1) (default: %(default)s)")
