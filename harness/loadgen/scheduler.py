@@ -95,4 +95,5 @@ class Schedule:
 
 
 def spawn(schedule: Schedule, t0: float) -> gevent.Greenlet:
+    schedule.t0 = t0  # set before wait() reads it: the greenlet starts only at the next yield
     return gevent.spawn(schedule.run, t0)
