@@ -49,14 +49,17 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _load(run_dir: Path) -> tuple[dict, dict, dict, str]:
-    """summary, config, env and status of a run directory."""
-    summary = _read_json(run_dir / RUN_FILES["summary"], RUN_FILES["summary"])
-    optional = {}
-    for key in ("config", "env", "status"):
-        path = run_dir / RUN_FILES[key]
-        optional[key] = _read_json(path, RUN_FILES[key]) if path.is_file() else {}
-    status = optional["status"].get("status", "") if isinstance(optional["status"], dict) else ""
-    return summary, optional["config"], optional["env"], status
+    """summary, config, env and status of a run directory, read through harness.store."""
+    from harness.store import RunError, load_run
+
+    if not (run_dir / RUN_FILES["summary"]).is_file():
+        raise GateInputError(f"{run_dir}: no {RUN_FILES['summary']}; is this a run directory written by "
+                             "`harness run`, and did the run finish?")
+    try:
+        run = load_run(run_dir)
+    except RunError as exc:
+        raise GateInputError(str(exc)) from None
+    return run.summary, run.config, run.env, str(run.status.get("status", ""))
 
 
 def read_run(run_dir: str | Path) -> RunData:
