@@ -1,0 +1,1 @@
+"""Report: Streamlit app, plotly figure builders and a static HTML page; reads run directories only."""
