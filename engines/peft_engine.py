@@ -41,6 +41,28 @@ class _Group:
         return [s for s in self.seqs if not s.done]
 
 
+def _shared_weights(config: EngineConfig, device: torch.device, dtype: torch.dtype):
+    """The weights multilora and merged run: a checkpoint folder as stored; a preset's random weights drawn the
+    way engines.model.llama.build_model draws them (on a GPU they are drawn there, so not random_state_dict's)."""
+    from engines.model.checkpoint import resolve_model
+    from engines.model.config import PRESETS, ModelArgs
+
+    if config.model not in PRESETS or device.type == "cpu":  # on the CPU build_model uses random_state_dict too
+        return resolve_model(config.model, seed=config.seed, dtype=dtype, device=device)
+    args = ModelArgs.from_name(config.model)
+    return args, runner_weights(args, config.seed, device, dtype)
+
+
+def runner_weights(args, seed: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """engines.model.llama.build_model's random weights under Hugging Face names (views, copied by the loader)."""
+    from engines.model.llama import build_model
+
+    state = build_model(args, dtype, device, seed=seed).hf_state_dict()
+    if args.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
 def _build_hf_model(args, state_dict, device: torch.device, dtype: torch.dtype, attn: str):
     """LlamaForCausalLM / Qwen2ForCausalLM from ModelArgs.to_hf_config(), holding exactly `state_dict`."""
     import transformers
@@ -74,8 +96,6 @@ class PeftEngine(Engine):
     name = "peft"
 
     def __init__(self, config: EngineConfig) -> None:
-        from engines.model.checkpoint import resolve_model
-
         unknown = sorted(set(config.extra) - set(EXTRA_KEYS))
         if unknown:
             raise ValueError(f"engine config: unknown extra key(s) {unknown} for peft; known: {EXTRA_KEYS}")
@@ -84,7 +104,7 @@ class PeftEngine(Engine):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError("engine config: device=cuda but torch sees no CUDA device; use device=cpu or auto")
         self.dtype = config.resolved_dtype()
-        self.args, state = resolve_model(config.model, seed=config.seed, dtype=self.dtype, device=self.device)
+        self.args, state = _shared_weights(config, self.device, self.dtype)
         self.model = _build_hf_model(self.args, state, self.device, self.dtype,
                                      config.extra.get("attn_implementation", "sdpa"))
         del state

@@ -150,3 +150,18 @@ def test_broken_adapter_folder_is_refused_with_its_path(peft_engine, tmp_path):
 def test_unknown_extra_key_is_refused():
     with pytest.raises(ValueError, match="unknown extra key"):
         PeftEngine(EngineConfig(engine="peft", model="tiny", device="cpu", extra={"turbo": True}))
+
+
+def test_runner_weights_load_into_the_hf_model_as_built_by_the_multilora_model():
+    """The CUDA path (weights drawn by build_model on the device) exercised on the CPU: same names, same values."""
+    from engines.model.weights import random_state_dict
+    from engines.peft_engine import _build_hf_model, runner_weights
+
+    args = ModelArgs.from_name("tiny")
+    state = runner_weights(args, 5, torch.device("cpu"), torch.float32)
+    model = _build_hf_model(args, state, torch.device("cpu"), torch.float32, "sdpa")
+    expected = random_state_dict(args, seed=5)
+    got = model.state_dict()
+    assert set(expected) <= set(got)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
