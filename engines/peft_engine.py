@@ -266,8 +266,11 @@ class PeftEngine(Engine):
         self._use_adapter(group.adapter)
         kwargs = dict(input_ids=input_ids, attention_mask=group.mask, position_ids=position_ids, use_cache=True,
                       **self._logits_kw)
-        if group.cache is not None:
-            kwargs["past_key_values"] = group.cache
+        if group.cache is None:
+            from transformers import DynamicCache
+
+            group.cache = DynamicCache()  # explicit: 4.45-4.47 would hand back the legacy tuple format
+        kwargs["past_key_values"] = group.cache
         with torch.inference_mode():
             if group.adapter is None and self._adapters:  # base: LoRA off (no adapters: nothing to turn off)
                 with self.peft.disable_adapter():
