@@ -111,6 +111,8 @@ def planner_inputs() -> tuple[int, float, str, float, float]:
     price = float(c4.number_input("$ / GPU-hour", min_value=0.01, value=planner.GPU_PRICES[gpu], step=0.1,
                                   key=f"plan_price_{gpu}"))
     window = float(c5.number_input("peak window (s)", min_value=0.5, value=10.0, step=1.0, key="plan_window"))
+    st.caption("Default \\$/GPU-hour (edit the price above): "
+               + ", ".join(f"{k} \\${v:.2f}" for k, v in planner.GPU_PRICES.items()))
     return adapters, rate, gpu, price, window
 
 

@@ -109,7 +109,7 @@ def capacity(points: pd.DataFrame, rate_per_adapter: float | None = None) -> go.
     fig = px.line(points, x="n", y="lambda_star", color="engine", markers=True, log_x=True,
                   labels={"n": "adapters N", "lambda_star": "λ*(N), total requests/s"})
     if rate_per_adapter:
-        n = np.geomspace(points["n"].min(), points["n"].max(), 64)  # a straight line on the log axis
+        n = np.geomspace(points["n"].min(), points["n"].max(), 64)  # enough points to draw it smoothly on the log axis
         fig.add_scatter(x=n, y=n * rate_per_adapter, mode="lines", name=f"demand N x {rate_per_adapter:g}",
                         line=dict(dash="dash", color="grey"))
     return _style(fig, "Capacity: largest total rate meeting the SLO")
