@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from harness import planner
+from harness.schema import RUN_FILES
 from reports import data, views
 
 RUNS_ENV, SWEEPS_ENV = "LORA_FLEET_RUNS_DIR", "LORA_FLEET_SWEEPS_DIR"
@@ -24,9 +25,9 @@ def _load_runs(root: str, stamp: tuple) -> list:
 
 
 def load_runs(root: str) -> list:
-    """Every run under root, reloaded when a run's summary changes (stamp = paths and mtimes)."""
+    """Every run under root, reloaded when a run's status changes (stamp = paths and status.json mtimes)."""
     paths = data.find_runs(root)
-    stamp = tuple((str(p), os.path.getmtime(p)) for p in paths)
+    stamp = tuple((str(p), os.path.getmtime(p / RUN_FILES["status"])) for p in paths)
     return _load_runs(root, stamp)
 
 
@@ -140,7 +141,11 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
             why = f"no shared-vs-dedicated comparison: the planned trace could not be built ({exc})"
     else:
         why = "no shared-vs-dedicated comparison: this sweep stored no workload spec"
-    plan = planner.plan_fleet(payload["curves"], adapters, rate, price, trace=trace, window_s=window)
+    try:
+        plan = planner.plan_fleet(payload.get("curves", {}), adapters, rate, price, trace=trace, window_s=window)
+    except ValueError as exc:
+        st.error(f"cannot plan from {folder}: {exc}")
+        return
     plans = pd.DataFrame(plan["plans"])
     cols = st.columns(len(plans))
     for col, p in zip(cols, plan["plans"]):

@@ -106,9 +106,10 @@ def adapter_share(adapters: pd.DataFrame, fairness: float | None = None) -> go.F
 
 def capacity(points: pd.DataFrame, rate_per_adapter: float | None = None) -> go.Figure:
     """Capacity curves λ*(N) per engine; with a rate per adapter, the demand line N·λ_adapter."""
+    points = points[points["n"] >= 1]  # N*=0 (nothing met the SLO) has no place on a log axis
     fig = px.line(points, x="n", y="lambda_star", color="engine", markers=True, log_x=True,
                   labels={"n": "adapters N", "lambda_star": "λ*(N), total requests/s"})
-    if rate_per_adapter:
+    if rate_per_adapter and not points.empty:
         n = np.geomspace(points["n"].min(), points["n"].max(), 64)  # enough points to draw it smoothly on the log axis
         fig.add_scatter(x=n, y=n * rate_per_adapter, mode="lines", name=f"demand N x {rate_per_adapter:g}",
                         line=dict(dash="dash", color="grey"))

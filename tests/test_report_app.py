@@ -144,3 +144,20 @@ def test_capacity_page_compares_shared_and_dedicated_from_the_trace(roots):
         # bursty per-adapter traffic: dedicated deployments need more GPUs than one shared base
         assert row["dedicated_gpus_whole"] > row["shared_gpus"]
     assert any("sum of per-adapter peaks" in m.value for m in at.markdown)
+
+
+def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
+    runs = tmp_path / "runs"
+    make_runs(runs)
+    sweep = make_sweep(tmp_path / "sweeps", engines=("multilora",))
+    payload = json.loads((sweep / "capacity.json").read_text())
+    for p in payload["curves"]["multilora"]:
+        p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
+    (sweep / "capacity.json").write_text(json.dumps(payload))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["runs_root"] = str(runs)
+    at.session_state["sweeps_root"] = str(tmp_path / "sweeps")
+    at.run()
+    at.sidebar.radio(key="section").set_value("Capacity").run()
+    assert not at.exception, at.exception
+    assert "no adapter count met the SLO" in at.error[0].value
