@@ -98,10 +98,15 @@ class LoRAInputs:
     buf: torch.Tensor
     y: torch.Tensor
     token_slots: torch.Tensor = field(default=None)
+    host_offsets: list[int] = field(default_factory=list)  # slice offsets on the host (no sync in graphs)
 
 
-def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int = 0) -> LoRAInputs:
-    """Random inputs (never zeros: they hide unwritten outputs and can run faster than real data)."""
+def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int = 0,
+                meta: LoRAMeta | None = None) -> LoRAInputs:
+    """Random inputs (never zeros: they hide unwritten outputs and can run faster than real data).
+
+    Pass `meta` to share one LoRAMeta between input sets, as every layer of a step shares one.
+    """
     g = torch.Generator(device=device).manual_seed(seed)
     r_max = case.r_max or case.rank
     n = case.adapters
@@ -112,7 +117,7 @@ def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int =
     for w in case.widths:
         offs.append(offs[-1] + w)
     slots = case.slots()
-    meta = LoRAMeta(case.tokens, max(n, 1), device=device).prepare(slots)
+    meta = meta or LoRAMeta(case.tokens, max(n, 1), device=device).prepare(slots)
     return LoRAInputs(
         x=x, lora_a=a, lora_b=b,
         scales=torch.full((n,), 2.0, device=device),
@@ -122,13 +127,20 @@ def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int =
         buf=torch.empty(case.slices, case.tokens, r_max, dtype=torch.float32, device=device),
         y=torch.randn(case.tokens, case.n_total, generator=g, device=device, dtype=dtype),
         token_slots=torch.tensor(slots, dtype=torch.long, device=device),
+        host_offsets=offs,
     )
+
+
+def input_sets(bytes_per_set: int, cache_bytes: int, most: int = 64) -> int:
+    """Input sets to rotate through so that one pass moves at least 4x the cache: timings then read
+    weights from memory, not from the cache (the per-step metadata stays shared and cached, as in serving)."""
+    return max(1, min(most, -(-4 * cache_bytes // max(1, bytes_per_set))))
 
 
 def torch_gather_bmm(inp: LoRAInputs, rank: int) -> None:
     """The plain-PyTorch baseline: gather each token's adapter weights, then batched matrix-vector products."""
     sl = inp.token_slots
-    offs = inp.slice_offsets.tolist()
+    offs = inp.host_offsets
     for i in range(len(offs) - 1):
         a = inp.lora_a[sl, i, :rank]  # (T, r, H)
         h = torch.bmm(a, inp.x.unsqueeze(-1)).squeeze(-1) * inp.scales[sl, None].to(a.dtype)  # (T, r)

@@ -133,21 +133,27 @@ def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv
     return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
 
 
-def shrink_space(tokens: int) -> list[ShrinkConfig]:
-    """The autotune space of the shrink kernel for a batch of `tokens` tokens."""
-    if tokens <= 256:  # decode: 16-row tiles; the hidden dim is split to spread each weight stream
-        return [ShrinkConfig(block_m=16, block_r=16, block_k=bk, split_k=sk, num_warps=w, num_stages=3)
-                for bk in (128, 256, 512) for sk in (1, 2, 4, 8) for w in (4, 8)]
-    return [ShrinkConfig(block_m=bm, block_r=16, block_k=bk, split_k=sk, num_warps=w, num_stages=3)
-            for bm in (16, 32, 64) for bk in (64, 128, 256) for sk in (1, 2) for w in (4, 8)
-            if not (bm == 64 and bk == 256)]
+def shrink_space(tokens: int, max_rank: int = 16) -> list[ShrinkConfig]:
+    """The autotune space of the shrink kernel for a batch of `tokens` tokens and slots of `max_rank`."""
+    block_rs = (16,) if max_rank <= 16 else (16, 64)
+    if tokens <= 256:  # decode: 16-row tiles; deep pipelines or a split hidden dim keep bytes in flight
+        return [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+                for br in block_rs for bk in (256, 512, 1024) for sk in (1, 2, 4, 8) for w in (4, 8)
+                for st in ((3, 4) if bk < 1024 else (2, 3)) if not (br == 64 and bk == 1024)]
+    return [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+            for br in block_rs for bm in (16, 32, 64, 128) for bk in (64, 128, 256) for sk in (1, 2)
+            for w in (4, 8) for st in (3, 4) if not (bm >= 64 and bk == 256)]
 
 
-def expand_space(tokens: int) -> list[ExpandConfig]:
-    """The autotune space of the expand kernel for a batch of `tokens` tokens."""
-    block_ms = (16,) if tokens <= 256 else (32, 64, 128)
-    return [ExpandConfig(block_m=bm, block_n=bn, block_r=16, num_warps=w, num_stages=st)
-            for bm in block_ms for bn in (64, 128, 256) for w in (4, 8) for st in ((1, 2) if tokens <= 256 else (2,))]
+def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
+    """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`."""
+    block_rs = (16,) if max_rank <= 16 else (16, 64)
+    if tokens <= 256:
+        return [ExpandConfig(block_m=16, block_n=bn, block_r=br, num_warps=w, num_stages=1)
+                for br in block_rs for bn in (64, 128, 256, 512) for w in (2, 4, 8)]
+    return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, num_warps=w, num_stages=2)
+            for br in block_rs for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8)
+            if bm * bn <= 16384]
 
 
 def attention_space(batch: int) -> list[AttentionConfig]:

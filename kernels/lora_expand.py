@@ -17,6 +17,32 @@ _OFFSETS: dict[tuple, torch.Tensor] = {}  # host slice offsets -> their device c
 
 
 @triton.jit
+def _expand_tile(
+    buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi, n_tile,
+    stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
+):
+    """y[tok, n-tile] += buf[sl, tok, :rank] @ B[slot, n-tile, :rank].T for one (token tile, column tile)."""
+    offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < n_hi
+    mask = m_mask[:, None] & n_mask[None, :]
+    ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+    y = tl.load(ys, mask=mask, other=0.0)  # issued before the weights: the two loads overlap
+    offs_r = tl.arange(0, BLOCK_R)
+    bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
+    w = b_ptr + slot.to(tl.int64) * stride_bslot + offs_n[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, rank, BLOCK_R):
+        r_mask = r0 + offs_r < rank
+        bt = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :],
+                     other=0.0)  # (BLOCK_M, BLOCK_R) float32
+        wt = tl.load(w + (r0 + offs_r)[:, None] * stride_bk, mask=r_mask[:, None] & n_mask[None, :],
+                     other=0.0)  # (BLOCK_R, BLOCK_N); every 16-bit value is exact in float32
+        acc = tl.dot(bt, wt.to(tl.float32), acc, input_precision=PREC)
+    tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _expand_kernel(
     buf_ptr, b_ptr, y_ptr, off_ptr,
     tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
@@ -24,7 +50,7 @@ def _expand_kernel(
     stride_bs, stride_bt, stride_br,
     stride_bslot, stride_bn, stride_bk,
     stride_yt, stride_yn,
-    S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr,
+    S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x BLOCK_N output columns of one slice.
@@ -34,42 +60,35 @@ def _expand_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n_seg = tl.load(nseg_ptr)
     offs_seg = tl.arange(0, SEG_POW2)
-    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < n_seg, other=0)
-    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
+    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < n_seg, lens, 0)
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
+    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
     sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
     if valid_m & valid_n:
         slot = tl.load(seg_slot_ptr + seg)
+        start = tl.load(seg_start_ptr + seg)
+        length = tl.load(seg_len_ptr + seg)
+        n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
+        n_hi = tl.sum(tl.where(offs_s == sl, hi, 0), 0)
         rank = tl.minimum(tl.load(rank_ptr + slot), r_max)
+        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < length
+        tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
         if rank > 0:
-            start = tl.load(seg_start_ptr + seg)
-            length = tl.load(seg_len_ptr + seg)
-            n_lo = tl.load(off_ptr + sl)
-            n_hi = tl.load(off_ptr + sl + 1)
-            offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
-            m_mask = offs_m < length
-            tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
-            offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < n_hi
-            offs_r = tl.arange(0, BLOCK_R)
-            bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
-            w = b_ptr + slot.to(tl.int64) * stride_bslot + offs_n[None, :] * stride_bn
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for r0 in range(0, rank, BLOCK_R):
-                r_mask = r0 + offs_r < rank
-                bt = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :],
-                             other=0.0)  # (BLOCK_M, BLOCK_R) float32
-                wt = tl.load(w + (r0 + offs_r)[:, None] * stride_bk, mask=r_mask[:, None] & n_mask[None, :],
-                             other=0.0)  # (BLOCK_R, BLOCK_N); every 16-bit value is exact in float32
-                acc = tl.dot(bt, wt.to(tl.float32), acc, input_precision=PREC)
-            ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
-            mask = m_mask[:, None] & n_mask[None, :]
-            y = tl.load(ys, mask=mask, other=0.0)
-            tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+            # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
+            if n_lo % 16 == 0:
+                _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, tl.multiple_of(n_lo, 16), n_hi,
+                             n_tile, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, PREC)
+            else:
+                _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi,
+                             n_tile, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, PREC)
 
 
 def _device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -131,7 +150,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
         buf.stride(0), buf.stride(1), buf.stride(2),
         lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
         y.stride(0), y.stride(1),
-        S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
+        S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
         PREC="ieee" if y.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

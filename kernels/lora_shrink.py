@@ -23,7 +23,7 @@ def _shrink_kernel(
     stride_xt, stride_xh,
     stride_aslot, stride_as, stride_ar, stride_ah,
     stride_os, stride_ot, stride_or,
-    S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr,
+    S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -34,9 +34,10 @@ def _shrink_kernel(
     """
     pid = tl.program_id(0)
     ks = tl.program_id(1)
-    n_seg = tl.load(nseg_ptr)
     offs_seg = tl.arange(0, SEG_POW2)
-    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < n_seg, other=0)
+    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < n_seg, lens, 0)
     seg, m_tile, valid = locate_tile(pid, lens, BLOCK_M, SEG_POW2)
     if valid:
         slot = tl.load(seg_slot_ptr + seg)
@@ -164,7 +165,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
         x.stride(0), x.stride(1),
         lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
         out.stride(0), out.stride(1), out.stride(2),
-        S=slices, S_PAD=s_pad, SEG_POW2=triton.next_power_of_2(meta.max_segments),
+        S=slices, S_PAD=s_pad, SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
         BLOCK_M=cfg.block_m, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, SPLIT_K=split,
         EVEN_K=k_per_split * split == hidden,
         PREC="ieee" if x.dtype == torch.float32 else "tf32",

@@ -10,7 +10,7 @@ class LoRAMeta:
     After prepare(token_slots):
       token_indices[:num_tokens]  token positions sorted by slot (stable); tokens with slot -1 are left out
       seg_start[:num_segments]    offset of each segment into token_indices
-      seg_len[:num_segments]      tokens in each segment
+      seg_len[:num_segments]      tokens in each segment (0 past num_segments)
       seg_slot[:num_segments]     the adapter slot of each segment
       num_segments / num_lora_tokens  host ints; num_segments_dev a device scalar for graph replay
       max_seg_len                 host int (longest segment: decides prefill vs decode tiling)
@@ -56,6 +56,7 @@ class LoRAMeta:
         host[mt:mt + n_seg] = starts.to(torch.int32)
         host[mt + ms:mt + ms + n_seg] = counts.to(torch.int32)
         host[mt + 2 * ms:mt + 2 * ms + n_seg] = uniq.to(torch.int32)
+        host[mt + ms + n_seg:mt + 2 * ms] = 0  # kernels may read every seg_len entry without a mask
         host[mt + 2 * ms + n_seg:mt + 3 * ms] = -1
         host[mt + 3 * ms] = n_seg
         nb = self.device.type == "cuda"

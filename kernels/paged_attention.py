@@ -126,6 +126,8 @@ def _check(q, k_cache, v_cache, block_tables, context_lens):
     hkv = k_cache.shape[2]
     if k_cache.shape[3] != d:
         fail(f"head size of q ({d}) != head size of the cache ({k_cache.shape[3]})")
+    if d < 16:
+        fail(f"head size {d} < 16 is not supported (tl.dot needs 16)")
     if hq % hkv:
         fail(f"Hq={hq} must be a multiple of Hkv={hkv} (grouped-query attention)")
     if block_tables.dim() != 2 or block_tables.shape[0] < bt or block_tables.dtype != torch.int32:
@@ -137,13 +139,13 @@ def _check(q, k_cache, v_cache, block_tables, context_lens):
         fail(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
-def _num_splits(cfg: AttentionConfig, batch: int, hkv: int, max_blocks: int, device) -> int:
+def _num_splits(cfg: AttentionConfig, batch: int, hkv: int, max_blocks: int, pages: int, device) -> int:
     """Splits so that batch x Hkv x splits programs fill the GPU twice over, within the context's pages."""
     if cfg.num_splits > 0:
         return triton.next_power_of_2(cfg.num_splits)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
     want = triton.cdiv(2 * sms, batch * hkv)
-    most = max(1, triton.cdiv(max_blocks, cfg.pages_per_tile))
+    most = max(1, triton.cdiv(max_blocks, pages))
     return triton.next_power_of_2(max(1, min(want, most, 64)))
 
 
@@ -169,7 +171,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     max_blocks = block_tables.shape[1]
     cfg = config or lookup("attention", attention_key(bt, max_blocks, block_size, hq, hkv, d, q.dtype), q.device,
                            default_attention(bt, max_blocks, block_size, hq, hkv, d))
-    splits = _num_splits(cfg, bt, hkv, max_blocks, q.device)
+    pages = max(cfg.pages_per_tile, triton.cdiv(16, block_size))  # tl.dot needs >= 16 tokens per step
+    splits = _num_splits(cfg, bt, hkv, max_blocks, pages, q.device)
     d_pad = triton.next_power_of_2(d)
     if splits > 1:
         acc = torch.empty(bt * hq * splits * d_pad, dtype=torch.float32, device=q.device)
@@ -184,7 +187,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         block_tables.stride(0), block_tables.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         HKV=hkv, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, D_PAD=d_pad,
-        BLOCK_SIZE=block_size, PAGES=cfg.pages_per_tile, NUM_SPLITS=splits,
+        BLOCK_SIZE=block_size, PAGES=pages, NUM_SPLITS=splits,
         UPCAST=q.dtype == torch.bfloat16 and upcast_bf16_dot(),
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
