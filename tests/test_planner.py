@@ -1,8 +1,14 @@
 """The planner's arithmetic on known inputs: adapters per GPU, GPUs, $/1M tokens, shared vs dedicated."""
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from fixtures_runs import make_sweep
+from harness.cli import main
 
 from harness.planner import (GPU_PRICES, Curve, adapters_per_gpu, gpu_price, plan_engine, shared_vs_dedicated,
                              trace_peaks)
@@ -100,3 +106,25 @@ def test_bad_inputs_name_the_field():
     with pytest.raises(ValueError, match="adapters: 0"):
         plan_engine(curve(), 0, 0.1, 1.0)
     assert math.isfinite(trace_peaks(pd.DataFrame({"t": [0.5], "adapter": ["a"]}), 1.0).aggregate_peak)
+
+
+def test_plan_command_prints_formulas_numbers_and_json(tmp_path, capsys):
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
+    sweep = make_sweep(tmp_path, spec=spec)
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--sweep", str(sweep), "--adapters", "500", "--rate-per-adapter", "0.05", "--gpu", "l40s",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "$/1M output tokens = 1e6 x ($/GPU-hour x GPUs / 3600) / goodput tokens/s" in text
+    plan = json.loads(out.read_text())
+    payload = json.loads((sweep / "capacity.json").read_text())
+    want = plan_engine(Curve.from_points("multilora", payload["curves"]["multilora"]), 500, 0.05, GPU_PRICES["l40s"])
+    got = next(p for p in plan["plans"] if p["engine"] == "multilora")
+    assert got["gpus"] == want.gpus and got["usd_per_m_tokens"] == pytest.approx(want.usd_per_m_tokens)
+    assert f"{want.usd_per_m_tokens:.3f}" in text
+    assert {c["engine"] for c in plan["comparison"]} == {"multilora", "merged"}
+    assert "sum of per-adapter peaks" in text
+    assert main(["plan", "--sweep", str(sweep), "--adapters", "5", "--rate-per-adapter", "1", "--gpu", "b200"]) == 2
+    assert "unknown type 'b200'" in capsys.readouterr().err
+    assert main(["plan", "--sweep", str(tmp_path / "none"), "--adapters", "5", "--rate-per-adapter", "1"]) == 2
+    assert "no capacity.json" in capsys.readouterr().err
