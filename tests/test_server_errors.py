@@ -45,6 +45,8 @@ CASES = [
     ("stop-list-of-ints", "POST", "/v1/completions", comp(stop=[1, 2]), KEY, 400, "stop"),
     ("min-tokens-above-max", "POST", "/v1/completions", comp(min_tokens=9), KEY, 400, "min_tokens"),
     ("ignore-eos-not-bool", "POST", "/v1/completions", comp(ignore_eos="yes"), KEY, 400, "ignore_eos"),
+    ("logprobs-unsupported", "POST", "/v1/completions", comp(logprobs=3), KEY, 400, "logprobs"),
+    ("penalty-unsupported", "POST", "/v1/completions", comp(frequency_penalty=0.5), KEY, 400, "frequency_penalty"),
     ("n-above-one", "POST", "/v1/completions", comp(n=2), KEY, 400, "n"),
     ("stream-options-without-stream", "POST", "/v1/completions",
      comp(stream_options={"include_usage": True}), KEY, 400, "stream_options"),

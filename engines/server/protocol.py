@@ -143,6 +143,25 @@ def _sampling(body: dict) -> dict[str, Any]:
     return sampling
 
 
+# fields a client may send only at their neutral value: anything else would be silently ignored
+_NEUTRAL = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "best_of": (None, 1),
+            "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
+            "logit_bias": (None, {}), "suffix": (None, ""), "tools": (None, []), "echo": (None, False)}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key, neutral in _NEUTRAL.items():
+        value = body.get(key)
+        if value is None or any(value == n and isinstance(value, bool) == isinstance(n, bool) for n in neutral):
+            continue
+        raise bad(key, f"is {value!r}, which this server does not support; leave it out "
+                       f"(supported: max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, "
+                       "ignore_eos, min_tokens, stream, stream_options)")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise bad("response_format", f"is {fmt!r}; only {{'type': 'text'}} is supported")
+
+
 def _stream_flags(body: dict) -> tuple[bool, bool]:
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
@@ -173,8 +192,7 @@ def parse_completion(body: dict[str, Any]) -> GenerationRequest:
     else:
         raise bad("prompt", f"must be a string or a list of token ids, got {type(prompt).__name__}")
     stream, include_usage = _stream_flags(body)
-    if body.get("echo"):
-        raise bad("echo", "is not supported; leave it false")
+    _refuse_unsupported(body)
     return GenerationRequest(kind="completion", model=model, prompt=prompt,
                              max_tokens=_int(body, "max_tokens", None, lo=1), sampling=_sampling(body),
                              stop=_stop(body), stream=stream, include_usage=include_usage)
@@ -211,6 +229,7 @@ def parse_chat(body: dict[str, Any]) -> GenerationRequest:
     if not any(m["content"] for m in parsed):
         raise bad("messages", "must hold some text; every content is empty")
     stream, include_usage = _stream_flags(body)
+    _refuse_unsupported(body)
     max_tokens = _int(body, "max_completion_tokens", None, lo=1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", None, lo=1)
