@@ -109,22 +109,18 @@ class EngineThread:
                     future.set_exception(exc)
         return True
 
+    def _fail_all(self, posts: list, message: str) -> None:
+        """Fail every request in flight with 500 and drop it from the engine (so its cache is freed)."""
+        for rid, sink in list(self._sinks.items()):
+            posts.append((sink, Failed(rid, 500, message)))
+            try:
+                self.engine.abort(rid)
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+        self._sinks.clear()
+
     def _step(self, posts: list) -> None:
-        try:
-            outputs: list[StepOutput] = self.engine.step()
-        except Exception as exc:
-            self.step_errors += 1
-            traceback.print_exc(file=sys.stderr)
-            message = f"engine step failed: {type(exc).__name__}: {exc}"
-            for rid, sink in list(self._sinks.items()):
-                posts.append((sink, Failed(rid, 500, message)))
-                try:
-                    self.engine.abort(rid)
-                except Exception:
-                    traceback.print_exc(file=sys.stderr)
-            self._sinks.clear()
-            time.sleep(0.01)  # an engine that keeps failing must not spin the CPU
-            return
+        outputs: list[StepOutput] = self.engine.step()
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if sink is None:
@@ -133,20 +129,32 @@ class EngineThread:
             if out.finished:
                 del self._sinks[out.request_id]
 
+    def _cycle(self, posts: list) -> bool:
+        """Take commands (waiting for one when the engine is idle), then step once; False on stop."""
+        running = True
+        if not self.engine.has_unfinished():
+            running = self._handle(self._inbox.get(), posts)
+        while running:
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            running = self._handle(cmd, posts)
+        if running and self.engine.has_unfinished():
+            self._step(posts)
+        return running
+
     def _run(self) -> None:
         running = True
         while running:
             posts: list = []
-            if not self.engine.has_unfinished():
-                running = self._handle(self._inbox.get(), posts)
-            while running:
-                try:
-                    cmd = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                running = self._handle(cmd, posts)
-            if running and self.engine.has_unfinished():
-                self._step(posts)
+            try:
+                running = self._cycle(posts)
+            except Exception as exc:  # the engine failed: its requests fail, the server goes on
+                self.step_errors += 1
+                traceback.print_exc(file=sys.stderr)
+                self._fail_all(posts, f"engine step failed: {type(exc).__name__}: {exc}")
+                time.sleep(0.01)  # an engine that keeps failing must not spin the CPU
             self._post(posts)
         for rid, sink in self._sinks.items():
             self._post([(sink, Failed(rid, 503, "the server is shutting down"))])
