@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.model.config import ModelArgs
-from kernels import ops
+from kernels import ops as kops
 from kernels.meta import LoRAMeta
 
 # LoRA module groups: the fused weight each group uses and the HF modules it concatenates (in order).
@@ -20,6 +20,7 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {m: g for g, mods in LORA_GROUPS.items() for m in mods}
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this, random weights are drawn on the CPU (device-independent)
 
 
 @dataclass
@@ -70,10 +71,43 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+class TorchOps:
+    """The elementwise pieces of a layer in plain torch, with Hugging Face's rounding. On CUDA the runner
+    swaps in engines.multilora.fused_ops.FusedOps (same methods, one Triton kernel each)."""
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         xf = x.float()  # HF computes the norm in fp32, then casts back before the weight
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    @classmethod
+    def add_rms_norm(cls, x, residual, w, eps):
+        """(norm(x + residual), x + residual): the residual add of HF's layer, then the next norm."""
+        s = x + residual
+        return cls.rms_norm(s, w, eps), s
+
+    @staticmethod
+    def rope_tables(positions: torch.Tensor, inv_freq: torch.Tensor):
+        freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+        return freqs.cos()[:, None, :], freqs.sin()[:, None, :]  # (T, 1, D/2)
+
+    @staticmethod
+    def rope_and_cache(qkv, rope, n_heads, n_kv, hd, k_cache, v_cache, slot_mapping):
+        """Rotate q and k of the fused qkv output, write k and v to the paged cache; returns q, k, v (T, H, D)."""
+        t = qkv.shape[0]
+        q, k, v = qkv.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
+        cos, sin = rope
+        q, k, v = apply_rope(q.view(t, n_heads, hd), cos, sin), apply_rope(k.view(t, n_kv, hd), cos, sin), v.view(t, n_kv, hd)
+        nb, bs = k_cache.shape[:2]
+        k_cache.view(nb * bs, n_kv, hd).index_copy_(0, slot_mapping, k)
+        v_cache.view(nb * bs, n_kv, hd).index_copy_(0, slot_mapping, v)
+        return q, k, v
+
+    @staticmethod
+    def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+        gate, up = gu.chunk(2, dim=-1)  # (T, I) each
+        return F.silu(gate) * up
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -111,8 +145,8 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if stack is None or lora is None:
         return y
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
-    ops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
-    ops.lora_expand(buf, stack.b[layer], lora, stack.ranks, stack.slice_offsets, y)
+    kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+    kops.lora_expand(buf, stack.b[layer], lora, stack.ranks, stack.slice_offsets, y)
     return y
 
 
@@ -128,21 +162,16 @@ class Attention(nn.Module):
         self.lora: dict[str, LoRAStack] = {}
         self._register_load_state_dict_pre_hook(_fuse_hook(("q_proj", "k_proj", "v_proj"), "qkv_proj"))
 
-    def forward(self, x, cos, sin, attn: AttnMeta, lora: LoRAMeta | None) -> torch.Tensor:
+    def forward(self, x, rope, attn: AttnMeta, lora: LoRAMeta | None, ops) -> torch.Tensor:
         t = x.shape[0]
         qkv = lora_linear(x, self.qkv_proj.weight, self.qkv_proj.bias, self.lora.get("qkv"), self.layer, lora)
-        q, k, v = qkv.split([self.args.q_size, self.args.kv_size, self.args.kv_size], dim=-1)
-        q = apply_rope(q.view(t, self.n_heads, self.hd), cos, sin)  # (T, Hq, D)
-        k = apply_rope(k.view(t, self.n_kv, self.hd), cos, sin)  # (T, Hkv, D)
-        v = v.view(t, self.n_kv, self.hd)
-        nb, bs = self.k_cache.shape[:2]
-        self.k_cache.view(nb * bs, self.n_kv, self.hd).index_copy_(0, attn.slot_mapping, k)
-        self.v_cache.view(nb * bs, self.n_kv, self.hd).index_copy_(0, attn.slot_mapping, v)
+        q, k, v = ops.rope_and_cache(qkv, rope, self.n_heads, self.n_kv, self.hd, self.k_cache, self.v_cache,
+                                     attn.slot_mapping)  # (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
         scale = 1.0 / math.sqrt(self.hd)
         if attn.is_prefill:
             o = self._prefill(q, k, v, attn.seq_lens, scale)
         else:
-            o = ops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
+            o = kops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
                                            attn.context_lens, scale)
         o = o.reshape(t, self.args.q_size)
         return lora_linear(o, self.o_proj.weight, None, self.lora.get("o"), self.layer, lora)
@@ -172,10 +201,9 @@ class MLP(nn.Module):
         self.lora: dict[str, LoRAStack] = {}
         self._register_load_state_dict_pre_hook(_fuse_hook(("gate_proj", "up_proj"), "gate_up_proj"))
 
-    def forward(self, x: torch.Tensor, lora: LoRAMeta | None) -> torch.Tensor:
-        gu = lora_linear(x, self.gate_up_proj.weight, None, self.lora.get("gate_up"), self.layer, lora)
-        gate, up = gu.split(self.inter, dim=-1)  # (T, I) each
-        return lora_linear(F.silu(gate) * up, self.down_proj.weight, None, self.lora.get("down"), self.layer, lora)
+    def forward(self, x: torch.Tensor, lora: LoRAMeta | None, ops) -> torch.Tensor:
+        gu = lora_linear(x, self.gate_up_proj.weight, None, self.lora.get("gate_up"), self.layer, lora)  # (T, 2I)
+        return lora_linear(ops.silu_mul(gu), self.down_proj.weight, None, self.lora.get("down"), self.layer, lora)
 
 
 class Block(nn.Module):
@@ -186,9 +214,15 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, attn: AttnMeta, lora: LoRAMeta | None) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, lora)
-        return h + self.mlp(self.post_attention_layernorm(h), lora)
+    def forward(self, x, residual, rope, attn: AttnMeta, lora: LoRAMeta | None, ops):
+        """(layer output before its residual add, the residual stream): the add is fused into the next norm."""
+        n1, n2 = self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            h, residual = ops.rms_norm(x, n1.weight, n1.eps), x
+        else:
+            h, residual = ops.add_rms_norm(x, residual, n1.weight, n1.eps)
+        h, residual = ops.add_rms_norm(self.self_attn(h, rope, attn, lora, ops), residual, n2.weight, n2.eps)
+        return self.mlp(h, lora, ops), residual
 
 
 class Backbone(nn.Module):
@@ -211,21 +245,27 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
         self.lora_stacks: dict[str, LoRAStack] = {}
         self.lora_scales: torch.Tensor | None = None
+        self.ops = TorchOps  # elementwise ops; FusedOps on CUDA (use_fused_ops)
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnMeta,
                 lora: LoRAMeta | None = None) -> torch.Tensor:
         """input_ids, positions (T,) -> final hidden states (T, dim); lora None skips the adapter ops."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
-        cos, sin = freqs.cos()[:, None, :], freqs.sin()[:, None, :]  # (T, 1, D/2)
-        x = self.model.embed_tokens(input_ids)  # (T, dim)
+        ops = self.ops
+        rope = ops.rope_tables(positions, self.inv_freq)
+        x, residual = self.model.embed_tokens(input_ids), None  # (T, dim)
         for blk in self.model.layers:
-            x = blk(x, cos, sin, attn, lora)
-        return self.model.norm(x)
+            x, residual = blk(x, residual, rope, attn, lora, ops)
+        return ops.add_rms_norm(x, residual, self.model.norm.weight, self.model.norm.eps)[0]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, w).float()  # (B, vocab)
+
+    def use_fused_ops(self) -> None:
+        """One Triton kernel per norm, rope + cache write and SiLU-mul (CUDA only; fewer launches per step)."""
+        from engines.multilora.fused_ops import FusedOps
+        self.ops = FusedOps
 
     # ---- weights ---------------------------------------------------------------------------------
     def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -326,15 +366,16 @@ def _drop_tied(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.
 
 def build_model(args: ModelArgs, dtype: torch.dtype, device: torch.device | str,
                 state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0) -> Transformer:
-    """The model on `device` without a host copy: from a state dict, or random (CPU: the same values as
-    engines.model.weights.random_state_dict; CUDA: drawn on the device, fast for 8B shapes)."""
+    """The model on `device` without a host copy: from a state dict, or random (the values of
+    engines.model.weights.random_state_dict on the CPU and for small models; for large models on CUDA
+    drawn on the device, which is fast for 8B shapes but gives other values)."""
     device = torch.device(device)
     with torch.device("meta"):
         model = Transformer(args)
     model.to_empty(device=device)
     model.to(dtype)
     model.inv_freq = rope_inv_freq(args).to(device)
-    if state_dict is None and device.type == "cpu":
+    if state_dict is None and (device.type == "cpu" or args.num_params() < SMALL_MODEL_PARAMS):
         from engines.model.weights import random_state_dict
         state_dict = random_state_dict(args, seed=seed, dtype=dtype)
     if state_dict is None:

@@ -23,6 +23,7 @@ CPU_KV_BLOCKS = 2048
 EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
+    "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
 }
 
 
@@ -53,6 +54,8 @@ class MultiLoRAEngine(Engine):
             raise EngineError("engine config: device=cuda but torch sees no CUDA device; use device=cpu or auto")
         self.dtype = config.resolved_dtype()
         self.model = load_model(config, self.device, self.dtype)
+        if self.device.type == "cuda" and config.extra.get("fused_ops", True):
+            self.model.use_fused_ops()
         args = self.model.args
         self.eos_token_id = args.eos_token_id
         self.vocab_size = args.vocab_size

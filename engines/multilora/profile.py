@@ -303,8 +303,10 @@ def gpu_check(device: str, out) -> None:
         results = {}
         for label, kw in [("cpu", dict(device="cpu")), ("graphs", dict(device=device)),
                           ("eager", dict(device=device, cuda_graphs=False)),
+                          ("unfused", dict(device=device, extra={"fused_ops": False})),
                           ("merged", dict(device=device, engine="merged", merged_copies=2)),
                           ("preempt", dict(device=device, num_kv_blocks=12, block_size=4, gpu_slots=2, max_loras=2))]:
+            kw.setdefault("num_kv_blocks", 512)
             eng = create_engine(EngineConfig(model="tiny", dtype="float32", adapters=d, **kw))
             for i in range(12):
                 eng.add_request(Request(f"r{i}", list(range(3 + i, 12 + 2 * i)), names[i % 6],
@@ -319,7 +321,7 @@ def gpu_check(device: str, out) -> None:
             eng.close()
     ref = results["graphs"]
     agree = {k: sum(v.get(r) == ref.get(r) for r in ref) / len(ref) for k, v in results.items()}
-    out["gpu_check"] = dict(agree_with_graphs=agree, passed=all(agree[k] == 1.0 for k in ("eager", "merged", "preempt")))
+    out["gpu_check"] = dict(agree_with_graphs=agree, passed=all(agree[k] == 1.0 for k in ("eager", "merged", "preempt", "unfused")))
     print(f"gpu check (tiny, fp32): agreement with graph decode {agree}", flush=True)
 
 

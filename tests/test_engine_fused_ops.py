@@ -1,0 +1,51 @@
+"""FusedOps (Triton, run by the interpreter on the CPU) against TorchOps: norms, RoPE + cache write, SiLU-mul."""
+import pytest
+import torch
+
+from engines.model.llama import TorchOps
+from engines.multilora.fused_ops import FusedOps
+
+
+def rand(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dim", [64, 96])
+def test_rms_norm_and_add_rms_norm(dim):
+    x, res, w = rand(5, dim, seed=1), rand(5, dim, seed=2), rand(dim, seed=3)
+    torch.testing.assert_close(FusedOps.rms_norm(x, w, 1e-5), TorchOps.rms_norm(x, w, 1e-5), atol=1e-5, rtol=1e-5)
+    ref_out, ref_res = TorchOps.add_rms_norm(x, res.clone(), w, 1e-6)
+    res2 = res.clone()
+    out, got_res = FusedOps.add_rms_norm(x, res2, w, 1e-6)
+    assert got_res is res2  # the residual stream is updated in place
+    torch.testing.assert_close(got_res, ref_res, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hd", [16, 24])
+def test_rope_and_cache_write(hd):
+    n_heads, n_kv, t, bs, nb = 4, 2, 6, 4, 8
+    qkv = rand(t, (n_heads + 2 * n_kv) * hd, seed=4)
+    positions = torch.tensor([0, 1, 2, 7, 30, 100])
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+    slots = torch.tensor([5, 6, 7, 12, 29, 3])
+    caches = [torch.full((nb, bs, n_kv, hd), float("nan")) for _ in range(4)]
+    ref = TorchOps.rope_and_cache(qkv.clone(), TorchOps.rope_tables(positions, inv_freq), n_heads, n_kv, hd,
+                                  caches[0], caches[1], slots)
+    got = FusedOps.rope_and_cache(qkv.clone(), FusedOps.rope_tables(positions, inv_freq), n_heads, n_kv, hd,
+                                  caches[2], caches[3], slots)
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    for r, g in zip(caches[:2], caches[2:]):  # same rows written, the rest untouched (still NaN)
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5, equal_nan=True)
+    assert torch.isnan(caches[2].view(-1, n_kv, hd)[0]).all()
+
+
+def test_silu_mul():
+    gu = rand(3, 2 * 1500, seed=5)
+    torch.testing.assert_close(FusedOps.silu_mul(gu), TorchOps.silu_mul(gu), atol=1e-5, rtol=1e-5)
+
+
+def test_rejects_rows_that_are_not_contiguous():
+    with pytest.raises(ValueError, match="contiguous rows"):
+        FusedOps.rms_norm(rand(8, 4).t(), rand(8), 1e-5)
