@@ -260,3 +260,10 @@ def test_client_disconnect_mid_stream_aborts_the_request():
         assert metrics['lora_fleet_requests_total{status="499"}'] == 1
         assert http_json(server.url, "POST", "/v1/completions",
                          {"model": "echo-base", "prompt": "ok", "max_tokens": 2})[1]["choices"][0]["text"] == "ok"
+
+
+def test_min_tokens_defers_stop_strings_over_http(served):
+    _, _, client, _ = served
+    out = client.completions.create(model="echo-base", prompt="abab", max_tokens=8, stop=["b"],
+                                    extra_body={"min_tokens": 3})
+    assert out.choices[0].text == "aba" and out.choices[0].finish_reason == "stop"

@@ -105,3 +105,10 @@ def test_server_options_are_checked():
         ServerOptions(max_queue=0)
     with pytest.raises(ValueError, match="adapter_root"):
         ServerOptions(adapter_root="/no/such/dir")
+
+
+def test_stop_strings_count_only_after_min_tokens():
+    stream = TextStream(TOK.stream_decoder(), ["b"])
+    ids = list(b"abab")
+    deltas = [stream.feed([t], finished=False, check_stops=n >= 3) for n, t in enumerate(ids, start=1)]
+    assert "".join(deltas) == "aba" and stream.stopped  # the first "b" (token 2) came before min_tokens=3

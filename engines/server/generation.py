@@ -39,6 +39,7 @@ class _Job:
         self.created = int(time.time())
         self.text = TextStream(state.tokenizer.stream_decoder(), gen.stop)
         self.sink: asyncio.Queue = asyncio.Queue()
+        self.min_tokens = int(gen.sampling.get("min_tokens", 0))
         self.output_tokens = 0
         self.finish_reason: str | None = None
         self.done = False
@@ -53,8 +54,8 @@ class _Job:
         if item.finished and item.finish_reason == "error":
             self.done = True
             raise ApiError(500, item.error or "the engine failed this request")
-        delta = self.text.feed(item.new_token_ids, item.finished)
         self.output_tokens = max(self.output_tokens + len(item.new_token_ids), item.output_tokens)
+        delta = self.text.feed(item.new_token_ids, item.finished, check_stops=self.output_tokens >= self.min_tokens)
         if self.text.stopped:
             self.finish_reason = "stop"
             self.done = True

@@ -13,7 +13,7 @@ class TextStream:
     """Feeds token ids through a streaming decoder; cuts the text at the first stop string.
 
     While a stop string could still be completing, its possible prefix is held back, so no client ever
-    sees text past a stop string.
+    sees text past a stop string. As in vLLM, a stop string counts only when it ends after min_tokens.
     """
 
     def __init__(self, decoder: StreamDecoder, stop: list[str]) -> None:
@@ -22,20 +22,23 @@ class TextStream:
         self._hold = max((len(s) for s in stop), default=1) - 1
         self._text = ""
         self._emitted = 0
+        self._floor = 0  # stop strings must end after this many characters (text made before min_tokens)
         self.stopped = False  # a stop string was found
         self.text = ""  # everything emitted so far
 
-    def feed(self, ids: list[int], finished: bool) -> str:
-        """The text delta that may be sent now."""
+    def feed(self, ids: list[int], finished: bool, check_stops: bool = True) -> str:
+        """The text delta that may be sent now; check_stops=False while min_tokens is not reached."""
         if self.stopped:
             return ""
         self._text += self._decoder.push(ids)
         if finished:
             self._text += self._decoder.flush()
         end = len(self._text) if finished else max(self._emitted, len(self._text) - self._hold)
-        if self._stop:
-            start = max(0, self._emitted - self._hold)
-            hits = [i for i in (self._text.find(s, start) for s in self._stop) if i >= 0]
+        if self._stop and not check_stops:
+            self._floor = len(self._text)
+        elif self._stop:
+            hits = [i for i in (self._text.find(s, max(0, self._emitted - self._hold, self._floor - len(s) + 1))
+                                for s in self._stop) if i >= 0]
             if hits:
                 end = min(hits)
                 self.stopped = True
