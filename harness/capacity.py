@@ -160,19 +160,22 @@ class CurvePoint:
 
 def capacity_curve(probe: Callable[[float, int], Probe], ns: list[int], cfg: SearchConfig) -> list[CurvePoint]:
     """λ*(N) for each adapter count N: one rate search per N; each search starts from the previous answer."""
-    points: list[CurvePoint] = []
+    return list(iter_capacity_curve(probe, ns, cfg))
+
+
+def iter_capacity_curve(probe: Callable[[float, int], Probe], ns: list[int], cfg: SearchConfig):
+    """capacity_curve one point at a time (ascending N), so a caller can save each point as it is found."""
     start = cfg.start
-    for n in sorted(set(int(v) for v in ns)):
-        if n < 1:
-            raise ValueError(f"adapters: {n} must be >= 1")
+    ns = sorted(set(int(v) for v in ns))
+    if ns and ns[0] < 1:
+        raise ValueError(f"adapters: {ns[0]} must be >= 1")
+    for n in ns:
         step_cfg = SearchConfig(target=cfg.target, resolution=cfg.resolution,
                                 start=min(max(start, cfg.lowest), cfg.highest), lowest=cfg.lowest,
                                 highest=cfg.highest, max_probes=cfg.max_probes)
         res = search_max(lambda rate, n=n: probe(rate, n), step_cfg)
         d = res.to_dict()
-        points.append(CurvePoint(n=n, lambda_star=res.best, goodput_tok_s=d["goodput_tok_s"],
-                                 attainment=d["attainment"], run=d["run"], converged=res.converged,
-                                 reason=res.reason, tried=res.tried))
+        yield CurvePoint(n=n, lambda_star=res.best, goodput_tok_s=d["goodput_tok_s"], attainment=d["attainment"],
+                         run=d["run"], converged=res.converged, reason=res.reason, tried=res.tried)
         if res.best > 0:
             start = res.best
-    return points

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.capacity import Probe, SearchConfig, capacity_curve, search_max
+from harness.capacity import Probe, SearchConfig, iter_capacity_curve, search_max
 
 OVER = ("rate", "adapters")
 CAPACITY_FILE = "capacity.json"
@@ -43,6 +43,11 @@ class SweepConfig:
             raise ValueError(f"duration_s: {self.duration_s} must be > 0 seconds")
         SearchConfig(target=DEFAULT_TARGET if self.target is None else self.target, resolution=self.resolution,
                      max_probes=self.max_runs)
+
+
+class RunFailed(RuntimeError):
+    """The harness could not run a point at all (status "error": the engine failed to start or to warm up).
+    That says nothing about capacity, so the engine's search stops instead of reading it as an SLO miss."""
 
 
 def probe_from_run(summary: dict, status: dict, run: str) -> Probe:
@@ -118,26 +123,40 @@ def _search_all(cfg: SweepConfig, base, engines: list, sweep_dir: Path, payload:
             log(f"sweep: {name} with {int(n)} adapters at {rate:.4g} req/s")
             path = Path(run_engine(spec, engine, runs_root, log=log, progress=False))
             run = load_run(path)
+            if (run.status or {}).get("status") == "error":
+                raise RunFailed(f"{name}: {path} could not run: {(run.status or {}).get('message', '')}")
             return probe_from_run(run.summary, run.status, str(path.relative_to(sweep_dir)))
 
         start = float(base.traffic.rate or 1.0)
-        if cfg.over == "rate":
-            ns = list(cfg.adapters) or [base.adapters.count]
-            search = SearchConfig(target=cfg.target, resolution=cfg.resolution, start=start,
-                                  lowest=start / 1024, max_probes=cfg.max_runs)
-            points = [p.to_dict() for p in capacity_curve(probe, ns, search)]
-        else:
-            points = []
-            for rate in (list(cfg.rates) or [start]):
-                search = SearchConfig(target=cfg.target, resolution=max(1.0, cfg.resolution), start=float(
-                    base.adapters.count), lowest=1.0, highest=float(cfg.max_adapters), max_probes=cfg.max_runs)
-                res = search_max(lambda n, rate=rate: probe(rate, int(n)), search, integer=True)
-                d = res.to_dict()
-                points.append({"n": int(res.best), "lambda_star": float(rate), "goodput_tok_s": d["goodput_tok_s"],
-                               "attainment": d["attainment"], "run": d["run"], "converged": res.converged,
-                               "reason": res.reason, "tried": res.tried})
+        points: list[dict] = []
         payload["curves"][name] = points
+        try:
+            for point in _points(cfg, base, probe, start):
+                points.append(point)
+                (sweep_dir / CAPACITY_FILE).write_text(json.dumps(payload, indent=1))
+        except RunFailed as exc:
+            payload.setdefault("errors", {})[name] = str(exc)
+            log(f"sweep: {exc}; no more points for {name}")
         (sweep_dir / CAPACITY_FILE).write_text(json.dumps(payload, indent=1))
+
+
+def _points(cfg: SweepConfig, base, probe: Callable[[float, int], Probe], start: float):
+    """Capacity points one at a time: (N, λ*(N)) per adapter count, or (N*(rate), rate) per rate."""
+    if cfg.over == "rate":
+        search = SearchConfig(target=cfg.target, resolution=cfg.resolution, start=start, lowest=start / 1024,
+                              max_probes=cfg.max_runs)
+        for p in iter_capacity_curve(probe, list(cfg.adapters) or [base.adapters.count], search):
+            yield p.to_dict()
+        return
+    for rate in (list(cfg.rates) or [start]):
+        search = SearchConfig(target=cfg.target, resolution=max(1.0, cfg.resolution),
+                              start=float(base.adapters.count), lowest=1.0, highest=float(cfg.max_adapters),
+                              max_probes=cfg.max_runs)
+        res = search_max(lambda n, rate=rate: probe(rate, int(n)), search, integer=True)
+        d = res.to_dict()
+        yield {"n": int(res.best), "lambda_star": float(rate), "goodput_tok_s": d["goodput_tok_s"],
+               "attainment": d["attainment"], "run": d["run"], "converged": res.converged, "reason": res.reason,
+               "tried": res.tried}
 
 
 def curve_table(payload: dict) -> str:

@@ -137,3 +137,23 @@ def test_real_sweep_on_the_cpu(tmp_path):
         assert t["pass"] == (t["attainment"] >= 0.9 and not t["note"])
     passed = [t["load"] for t in point["tried"] if t["pass"]]
     assert point["lambda_star"] == (max(passed) if passed else 0.0)
+
+
+def test_a_run_that_could_not_run_stops_that_engine_only(tmp_path):
+    class Broken(FakeRunner):
+        def __call__(self, spec, engine, runs_root, **kw):
+            path = super().__call__(spec, engine, runs_root, **kw)
+            if self.calls[-1][0] == "merged" and spec.adapters.count == 30:
+                (path / "status.json").write_text(json.dumps({"status": "error", "message": "warm-up failed"}))
+            return path
+
+    runner = Broken()
+    cfg = SweepConfig(workload=WORKLOAD, engines=("merged", "multilora"), adapters=(1, 30, 100), max_runs=20,
+                      resolution=0.05, out=str(tmp_path))
+    out = run_sweep(cfg, run_engine=runner, load_run=fake_load, has_cuda=False, log=lambda s: None)
+    payload = json.loads((out / "capacity.json").read_text())
+    assert "warm-up failed" in payload["errors"]["merged"] and "multilora" not in payload["errors"]
+    assert [p["n"] for p in payload["curves"]["merged"]] == [1]  # the point found before the failure is kept
+    assert [p["n"] for p in payload["curves"]["multilora"]] == [1, 30, 100]
+    # the failed run is not read as an SLO miss: no merged run with 100 adapters was tried after it
+    assert not any(c[0] == "merged" and c[2] == 100 for c in runner.calls)

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     payload = json.loads((out / CAPACITY_FILE).read_text())
     print(curve_table(payload))
+    for engine, message in payload.get("errors", {}).items():
+        print(f"sweep: {engine} stopped early: {message}", file=sys.stderr)
     print(f"\nwrote {out / CAPACITY_FILE}; plan with: harness plan --sweep {out} --adapters 500 "
           "--rate-per-adapter 0.05")
-    return 0
+    return 1 if payload.get("errors") else 0
