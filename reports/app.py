@@ -127,6 +127,8 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
     payload = sweeps[folder]
     st.caption(f"workload {payload.get('workload')}, SLO attainment target {payload.get('target')}, "
                f"resolution {payload.get('resolution')}")
+    for engine, message in (payload.get("errors") or {}).items():
+        st.warning(f"{engine}: the sweep stopped early: {message}")
     adapters, rate, gpu, price, window = planner_inputs()
     for fig in views.capacity(payload, rate):
         st.plotly_chart(fig)

@@ -153,6 +153,7 @@ def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
     payload = json.loads((sweep / "capacity.json").read_text())
     for p in payload["curves"]["multilora"]:
         p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
+    payload["errors"] = {"merged": "runs/x could not run: warm-up failed"}
     (sweep / "capacity.json").write_text(json.dumps(payload))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["runs_root"] = str(runs)
@@ -161,3 +162,4 @@ def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
     at.sidebar.radio(key="section").set_value("Capacity").run()
     assert not at.exception, at.exception
     assert "no adapter count met the SLO" in at.error[0].value
+    assert "merged: the sweep stopped early" in at.warning[0].value
