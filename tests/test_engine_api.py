@@ -156,3 +156,16 @@ def test_stats_keys_and_step_delay(adapter_dir):
                 "tokens_generated"):
         assert key in st
     assert st["steps"] == 3 and st["tokens_generated"] == 3 and st["kv_blocks_total"] == 2048
+
+
+def test_adapter_that_breaks_after_registration_fails_its_requests(tmp_path):
+    import shutil
+    root = tmp_path / "ads"
+    make_adapters(ARGS, 2, [4], ["q_proj"], root, dtype=torch.float32)
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root), host_adapter_capacity=1))
+    assert eng.stats()["adapters_host"] == 1  # adapter-0001 is re-read from disk when wanted
+    shutil.rmtree(root / "adapter-0001")
+    toks, outs = run(eng, [Request("ok", PROMPT, "adapter-0000", SamplingParams(max_tokens=2, ignore_eos=True)),
+                           Request("bad", PROMPT, "adapter-0001", SamplingParams(max_tokens=2, ignore_eos=True))])
+    assert outs["ok"].finish_reason == "length" and len(toks["ok"]) == 2
+    assert outs["bad"].finish_reason == "error" and "adapter-0001" in outs["bad"].error

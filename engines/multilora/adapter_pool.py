@@ -83,6 +83,7 @@ class AdapterPool:
         self._ready: set[str] = set()
         self._loading: dict[str, _Load] = {}
         self._fetching: dict[str, Future] = {}
+        self.failed: dict[str, str] = {}  # adapter -> why re-reading it failed (its requests get an error)
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-read")
         self.stream = torch.cuda.Stream(device=device) if self.cuda else None
         self.groups = tuple(model.lora_stacks)
@@ -225,8 +226,9 @@ class AdapterPool:
                 del self._fetching[name]
                 try:
                     host = fut.result()
-                except AdapterFileError:
-                    continue  # the folder broke after registration; its requests fail at the engine
+                except (AdapterFileError, OSError) as exc:  # the folder broke after registration
+                    self.failed[name] = str(exc)
+                    continue
                 self._store_host(name, host)
         done = []
         for name, load in list(self._loading.items()):

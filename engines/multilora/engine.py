@@ -221,8 +221,12 @@ class MultiLoRAEngine(Engine):
         t0 = time.perf_counter()
         if self.config.step_delay_ms:
             time.sleep(self.config.step_delay_ms / 1e3)
-        outputs, self._pending_out = self._pending_out, []
         self.pool.finish_loads()
+        for name, why in list(getattr(self.pool, "failed", {}).items()):
+            for seq in [s for s in self._seqs.values() if s.adapter == name and s.status is SeqStatus.WAITING]:
+                self._finish(seq, "error", error=f"adapter {name!r} could not be loaded: {why}")
+            del self.pool.failed[name]
+        outputs, self._pending_out = self._pending_out, []
         self.pool.want(self.scheduler.waiting_adapters())
         batch = self.scheduler.schedule(self.pool.is_ready)
         if batch is None:
