@@ -169,3 +169,14 @@ def test_adapter_that_breaks_after_registration_fails_its_requests(tmp_path):
                            Request("bad", PROMPT, "adapter-0001", SamplingParams(max_tokens=2, ignore_eos=True))])
     assert outs["ok"].finish_reason == "length" and len(toks["ok"]) == 2
     assert outs["bad"].finish_reason == "error" and "adapter-0001" in outs["bad"].error
+
+
+def test_engine_serves_a_local_checkpoint_folder(tmp_path):
+    from engines.model.checkpoint import save_checkpoint
+    from engines.model.weights import random_state_dict
+    save_checkpoint(ARGS, random_state_dict(ARGS, seed=0), tmp_path / "ckpt")
+    req = [Request("c", PROMPT, None, SamplingParams(max_tokens=5, ignore_eos=True))]
+    from_folder, _ = run(create_engine(EngineConfig(model=str(tmp_path / "ckpt"), device="cpu")), req)
+    req = [Request("c", PROMPT, None, SamplingParams(max_tokens=5, ignore_eos=True))]
+    from_preset, _ = run(create_engine(EngineConfig(model="tiny", device="cpu", seed=0)), req)
+    assert from_folder == from_preset
