@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# gevent's default resolver hands every lookup to a thread; the GIL hand-offs with it cost milliseconds of
+# schedule lag. Targets are loopback or IP literals, which the blocking resolver answers at once.
+os.environ.setdefault("GEVENT_RESOLVER", "block")
 
 import locust  # noqa: F401  (monkey-patches for gevent before anything opens a socket)
 

@@ -64,10 +64,10 @@ def _stop_on_signals(schedule_ref: dict[str, Any]) -> None:
 
 def _quiet_gc() -> None:
     """Move everything imported so far out of the collector's sight: a full collection over Locust's and
-    gevent's objects pauses tens of milliseconds, which would show up as schedule lag."""
+    gevent's objects pauses tens of milliseconds, which would show up as schedule lag. The young generations
+    keep their default thresholds: frequent, tiny collections."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
 
 
 def _finish(schedule: Schedule, reason: str) -> None:

@@ -2,15 +2,41 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.queue
 
 from harness.loadgen.client import InFlight
 from harness.loadgen.recorder import Recorder
+
+
+class Dispatch:
+    """Hands released requests to idle users, most recently idle first: a small set of users (and their
+    kept-alive connections) serves a moderate rate, so few new connections open during the load."""
+
+    def __init__(self) -> None:
+        self.idle: list[gevent.event.AsyncResult] = []
+        self.backlog: deque = deque()
+
+    def put(self, item) -> None:
+        if self.idle:
+            self.idle.pop().set(item)
+        else:
+            self.backlog.append(item)  # every user is busy: the first one free takes it (its lag shows it)
+
+    def get(self):
+        if self.backlog:
+            return self.backlog.popleft()
+        slot = gevent.event.AsyncResult()
+        self.idle.append(slot)
+        try:
+            return slot.get()
+        finally:
+            if not slot.ready() and slot in self.idle:  # killed while idle (shutdown)
+                self.idle.remove(slot)
 
 
 @dataclass
@@ -20,7 +46,7 @@ class Schedule:
     rows: list[dict[str, Any]]  # this process's share of the trace
     recorder: Recorder
     warmup_s: float
-    queue: gevent.queue.Queue = field(default_factory=gevent.queue.Queue)
+    queue: Dispatch = field(default_factory=Dispatch)
     inflight: dict[int, InFlight] = field(default_factory=dict)
     stopping: gevent.event.Event = field(default_factory=gevent.event.Event)
     idle: gevent.event.Event = field(default_factory=gevent.event.Event)
