@@ -26,6 +26,7 @@ class ExpandConfig:
     block_m: int = 16
     block_n: int = 128  # output columns per program
     block_r: int = 16
+    n_steps: int = 1  # column tiles per program (fewer, longer programs)
     num_warps: int = 4
     num_stages: int = 2
 
@@ -115,45 +116,59 @@ def lookup(op: str, key: str, device, default):
 
 
 def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkConfig:
-    if tokens <= 256:  # decode: one weight stream per adapter, spread over the SMs by splitting the hidden dim
-        split = 4 if tokens <= 64 else 2
-        return ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=split if hidden >= 2048 else 1,
-                            num_warps=4, num_stages=3)
-    return ShrinkConfig(block_m=32, block_r=16 if max_rank <= 16 else 32, block_k=128, split_k=1,
-                        num_warps=4, num_stages=3)
+    """Used when the GPU's JSON has no entry (from the H100 tuning runs in docs/kernels.md)."""
+    if tokens <= 256:  # decode: one weight stream per adapter; split the hidden dim when adapters are few
+        if max_rank > 16:
+            return ShrinkConfig(block_m=16, block_r=64, block_k=256, split_k=8, num_warps=4, num_stages=4)
+        split = 2 if tokens <= 64 and hidden >= 2048 else 1
+        return ShrinkConfig(block_m=16, block_r=16, block_k=512 if split > 1 else 256, split_k=split,
+                            num_warps=4, num_stages=4)
+    return ShrinkConfig(block_m=32, block_r=16 if max_rank <= 16 else 64, block_k=256 if max_rank <= 16 else 128,
+                        split_k=1, num_warps=4, num_stages=4 if max_rank <= 16 else 3)
 
 
 def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
+    """Used when the GPU's JSON has no entry."""
+    block_r = 16 if max_rank <= 16 else 64
     if tokens <= 256:
-        return ExpandConfig(block_m=16, block_n=128, block_r=16, num_warps=4, num_stages=2)
-    return ExpandConfig(block_m=64, block_n=128, block_r=16 if max_rank <= 16 else 32, num_warps=4, num_stages=2)
+        return ExpandConfig(block_m=16, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
+    return ExpandConfig(block_m=32, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
 
 
 def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int) -> AttentionConfig:
     return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
 
 
-def shrink_space(tokens: int, max_rank: int = 16) -> list[ShrinkConfig]:
-    """The autotune space of the shrink kernel for a batch of `tokens` tokens and slots of `max_rank`."""
+def _shrink_smem(cfg: ShrinkConfig, slices: int) -> int:
+    """Shared memory of the pipelined x and A tiles (16-bit): what the compiler refuses past ~227 KB."""
+    s_pad = 1 << max(0, slices - 1).bit_length()
+    return (cfg.block_r * s_pad + cfg.block_m) * cfg.block_k * 2 * cfg.num_stages
+
+
+def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[ShrinkConfig]:
+    """The autotune space of the shrink kernel for `tokens` tokens, slots of `max_rank`, `slices` slices."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:  # decode: 16-row tiles; deep pipelines or a split hidden dim keep bytes in flight
-        return [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
-                for br in block_rs for bk in (256, 512, 1024) for sk in (1, 2, 4, 8) for w in (4, 8)
-                for st in ((3, 4) if bk < 1024 else (2, 3)) if not (br == 64 and bk == 1024)]
-    return [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
-            for br in block_rs for bm in (16, 32, 64, 128) for bk in (64, 128, 256) for sk in (1, 2)
-            for w in (4, 8) for st in (3, 4) if not (bm >= 64 and bk == 256)]
+        space = [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+                 for br in block_rs for bk in (256, 512, 1024) for sk in (1, 2, 4, 8) for w in (4, 8)
+                 for st in ((3, 4) if bk < 1024 else (2, 3))]
+    else:
+        space = [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+                 for br in block_rs for bm in (16, 32, 64) for bk in (128, 256) for sk in (1, 2)
+                 for w in (4, 8) for st in (3, 4)]
+    return [c for c in space if _shrink_smem(c, slices) <= 200_000]
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
     """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:
-        return [ExpandConfig(block_m=16, block_n=bn, block_r=br, num_warps=w, num_stages=1)
-                for br in block_rs for bn in (64, 128, 256, 512) for w in (2, 4, 8)]
-    return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, num_warps=w, num_stages=2)
-            for br in block_rs for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8)
-            if bm * bn <= 16384]
+        return [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+                for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
+                for st in ((1,) if ns == 1 else (2, 3))]
+    return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+            for br in block_rs for bm in (32, 64) for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
+            for st in ((2,) if ns == 1 else (2, 3))]
 
 
 def attention_space(batch: int) -> list[AttentionConfig]:

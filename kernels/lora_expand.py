@@ -18,28 +18,47 @@ _OFFSETS: dict[tuple, torch.Tensor] = {}  # host slice offsets -> their device c
 
 @triton.jit
 def _expand_tile(
-    buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi, n_tile,
+    buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi, n_chunk,
     stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """y[tok, n-tile] += buf[sl, tok, :rank] @ B[slot, n-tile, :rank].T for one (token tile, column tile)."""
-    offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < n_hi
-    mask = m_mask[:, None] & n_mask[None, :]
-    ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
-    y = tl.load(ys, mask=mask, other=0.0)  # issued before the weights: the two loads overlap
+    """y[tok, chunk] += buf[sl, tok, :rank] @ B[slot, chunk, :rank].T over N_STEPS column tiles of one chunk."""
+    n_start = n_lo + n_chunk * (BLOCK_N * N_STEPS)
+    steps = tl.minimum(N_STEPS, (n_hi - n_start + BLOCK_N - 1) // BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
+    offs_bn = tl.arange(0, BLOCK_N)
     bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
-    w = b_ptr + slot.to(tl.int64) * stride_bslot + offs_n[None, :] * stride_bn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(0, rank, BLOCK_R):
-        r_mask = r0 + offs_r < rank
-        bt = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :],
-                     other=0.0)  # (BLOCK_M, BLOCK_R) float32
-        wt = tl.load(w + (r0 + offs_r)[:, None] * stride_bk, mask=r_mask[:, None] & n_mask[None, :],
-                     other=0.0)  # (BLOCK_R, BLOCK_N); every 16-bit value is exact in float32
-        acc = tl.dot(bt, wt.to(tl.float32), acc, input_precision=PREC)
-    tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+    w = b_ptr + slot.to(tl.int64) * stride_bslot
+    if rank <= BLOCK_R:  # the common case: one rank step, buf loaded once for every column tile
+        r_mask = offs_r < rank
+        bt = tl.load(bufs + offs_r[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :], other=0.0)
+        for step in range(0, steps):
+            offs_n = n_start + step * BLOCK_N + offs_bn
+            n_mask = offs_n < n_hi
+            mask = m_mask[:, None] & n_mask[None, :]
+            ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+            y = tl.load(ys, mask=mask, other=0.0)
+            wt = tl.load(w + offs_n[None, :] * stride_bn + offs_r[:, None] * stride_bk,
+                         mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_R, BLOCK_N)
+            acc = tl.dot(bt, wt.to(tl.float32), input_precision=PREC)  # 16-bit values are exact in fp32
+            tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        for step in range(0, steps):
+            offs_n = n_start + step * BLOCK_N + offs_bn
+            n_mask = offs_n < n_hi
+            mask = m_mask[:, None] & n_mask[None, :]
+            ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+            y = tl.load(ys, mask=mask, other=0.0)  # issued before the weights: the loads overlap
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for r0 in range(0, rank, BLOCK_R):
+                r_mask = r0 + offs_r < rank
+                bt = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :],
+                             other=0.0)  # (BLOCK_M, BLOCK_R) float32
+                wt = tl.load(w + offs_n[None, :] * stride_bn + (r0 + offs_r)[:, None] * stride_bk,
+                             mask=r_mask[:, None] & n_mask[None, :], other=0.0)
+                acc = tl.dot(bt, wt.to(tl.float32), acc, input_precision=PREC)
+            tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -51,15 +70,17 @@ def _expand_kernel(
     stride_bslot, stride_bn, stride_bk,
     stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """One program: BLOCK_M tokens of one segment x BLOCK_N output columns of one slice.
+    """One program: BLOCK_M tokens of one segment x N_STEPS * BLOCK_N output columns of one slice.
 
-    Axis 0 walks the segments' token tiles, axis 1 the slices' column tiles (both flattened, bounds
-    from the host, the actual counts from the device). The rank loop stops at the slot's own rank.
+    Axis 0 walks the slices' column chunks, axis 1 the segments' token tiles (both flattened, bounds
+    from the host, the actual counts from the device), so neighbouring programs stream neighbouring
+    columns of one adapter. The rank loop stops at the slot's own rank.
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     offs_seg = tl.arange(0, SEG_POW2)
     n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
     lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
@@ -68,7 +89,7 @@ def _expand_kernel(
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
     seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
-    sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
+    sl, n_chunk, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N * N_STEPS, S_POW2)
     if valid_m & valid_n:
         slot = tl.load(seg_slot_ptr + seg)
         start = tl.load(seg_start_ptr + seg)
@@ -83,12 +104,12 @@ def _expand_kernel(
             # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
             if n_lo % 16 == 0:
                 _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, tl.multiple_of(n_lo, 16), n_hi,
-                             n_tile, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
-                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, PREC)
+                             n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
             else:
                 _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi,
-                             n_tile, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
-                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, PREC)
+                             n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
 
 
 def _device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -142,7 +163,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     cfg = config or lookup("expand", expand_key(t, lora_b.shape[1], slices, r_max, y.dtype), y.device,
                            default_expand(t, lora_b.shape[1], slices, r_max))
     offs = _device_offsets(slice_offsets, y.device)
-    grid = (tile_bound(t, meta.max_segments, cfg.block_m), tile_bound(n_y, slices, cfg.block_n))
+    grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
     _expand_kernel[grid](
         buf, lora_b, y, offs,
         meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
@@ -151,7 +172,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
         lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
         y.stride(0), y.stride(1),
         S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
         PREC="ieee" if y.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

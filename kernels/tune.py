@@ -60,7 +60,7 @@ def _spaces(case) -> list[tuple[str, str, object]]:
     if isinstance(case, LoRACase):
         r_max = case.r_max or case.rank
         return ([("shrink", shrink_key(case.tokens, case.hidden, case.slices, r_max, "torch.bfloat16"), c)
-                 for c in shrink_space(case.tokens, r_max)]
+                 for c in shrink_space(case.tokens, r_max, case.slices)]
                 + [("expand", expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"), c)
                    for c in expand_space(case.tokens, r_max)])
     max_blocks = -(-case.context // case.block_size)
@@ -112,6 +112,7 @@ def tune_case(case, failed: dict, table: dict, deadline: float, log) -> None:
             log(f"  wrong result, skipped: {op} {cfg}")
             continue
         us = time_sets([_runner(op, inp, case, cfg) for inp in sets], replays=15)
+        log(f"  {op} {case.name} {us:.2f} us {cfg}")
         if (op, key) not in best or us < best[(op, key)][1]:
             best[(op, key)] = (cfg, us)
     for (op, key), (cfg, us) in best.items():

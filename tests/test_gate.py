@@ -312,15 +312,23 @@ def test_github_actions_example_uses_valid_gate_commands():
     for job in doc["jobs"].values():
         for step in job["steps"]:
             for line in step.get("run", "").replace("\\\n", " ").splitlines():
-                if ".venv/bin/harness gate" in line or ".venv/bin/harness baseline" in line:
+                if ".venv/bin/harness " in line:
                     line = line.split(">>")[0]
                     for key, value in env.items():
                         line = line.replace(f'"${key}"', value)
                     commands.append(shlex.split(line.split(".venv/bin/harness", 1)[1]))
-    assert {c[0] for c in commands} == {"gate", "baseline"} and len(commands) == 3
+    assert sorted(c[0] for c in commands) == ["baseline", "baseline", "gate", "run", "run"]
     parser = build_parser()
     for argv in commands:
         args = parser.parse_args(argv)
         assert callable(args.func)
     gate_args = parser.parse_args(next(c for c in commands if c[0] == "gate"))
-    assert [parse_metric(m).metric for m in gate_args.metric] == ["output_tok_s", "goodput", "ttft_p99"]
+    assert [parse_metric(m).metric for m in gate_args.metric] == ["tpot_p50", "ttft_p99", "goodput"]
+
+
+def test_ci_gate_script_refuses_unknown_arguments():
+    import subprocess
+
+    script = Path(__file__).parents[1] / "scripts" / "ci_gate.sh"
+    done = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "use no argument to gate or --update" in done.stderr

@@ -27,7 +27,7 @@ def test_keys_separate_shapes_and_dtypes():
 
 @pytest.mark.parametrize("tokens", [1, 64, 256, 4096])
 def test_spaces_are_valid_and_distinct(tokens):
-    for space in (launch.shrink_space(tokens), launch.expand_space(tokens), launch.attention_space(tokens)):
+    for space in (launch.shrink_space(tokens, 64, 3), launch.expand_space(tokens, 64), launch.attention_space(tokens)):
         assert space and len(set(space)) == len(space)
         for cfg in space:
             for name in ("block_m", "block_r", "block_k", "block_n", "pages_per_tile"):
@@ -35,6 +35,8 @@ def test_spaces_are_valid_and_distinct(tokens):
                 assert v is None or (v >= 1 and v & (v - 1) == 0), (cfg, name)
             if hasattr(cfg, "block_m"):
                 assert cfg.block_m >= 16  # tl.dot needs 16 rows
+            if isinstance(cfg, ShrinkConfig):
+                assert launch._shrink_smem(cfg, 3) <= 200_000
 
 
 def test_load_table_rejects_bad_files(tmp_path):
@@ -53,25 +55,27 @@ def test_load_table_rejects_bad_files(tmp_path):
 
 
 def test_lookup_uses_the_gpu_file_and_defaults_otherwise(tmp_path, monkeypatch):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     key = launch.shrink_key(8, 64, 1, 16, torch.float32)
-    (tmp_path / "cpu.json").write_text(json.dumps({
-        "gpu": "cpu", "shrink": {key: {"block_m": 16, "block_r": 16, "block_k": 32, "split_k": 2}}}))
+    (tmp_path / "test-gpu.json").write_text(json.dumps({
+        "gpu": "Test GPU", "shrink": {key: {"block_m": 16, "block_r": 16, "block_k": 32, "split_k": 2}}}))
     monkeypatch.setattr(launch, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(launch, "_device_name", lambda device: "Test GPU")
     launch._table_for.cache_clear()
     try:
         default = ShrinkConfig(block_k=999)
-        got = launch.lookup("shrink", key, torch.device("cpu"), default)
+        got = launch.lookup("shrink", key, torch.device(dev), default)
         assert got == ShrinkConfig(block_m=16, block_r=16, block_k=32, split_k=2)
-        assert launch.lookup("shrink", "T16-H1-S1-R1-float32", torch.device("cpu"), default) is default
-        assert launch.lookup("expand", key, torch.device("cpu"), ExpandConfig()) == ExpandConfig()
+        assert launch.lookup("shrink", "T16-H1-S1-R1-float32", torch.device(dev), default) is default
+        assert launch.lookup("expand", key, torch.device(dev), ExpandConfig()) == ExpandConfig()
 
         # the wrapper picks the tuned entry: split_k=2 allocates the meta's split-K semaphores
         from kernels.lora_shrink import lora_shrink
         from kernels.meta import LoRAMeta
-        meta = LoRAMeta(8, 2).prepare([0] * 8)
-        out = torch.zeros(1, 8, 16)
-        lora_shrink(torch.randn(8, 64), torch.randn(1, 1, 16, 64), meta, torch.ones(1),
-                    torch.tensor([16], dtype=torch.int32), out)
+        meta = LoRAMeta(8, 2, device=dev).prepare([0] * 8)
+        out = torch.zeros(1, 8, 16, device=dev)
+        lora_shrink(torch.randn(8, 64, device=dev), torch.randn(1, 1, 16, 64, device=dev), meta,
+                    torch.ones(1, device=dev), torch.tensor([16], dtype=torch.int32, device=dev), out)
         assert len(meta._counters) == 1 and int(meta._counters[0].abs().sum()) == 0
     finally:
         launch._table_for.cache_clear()

@@ -86,6 +86,13 @@ def test_all_tokens_on_one_adapter_spans_several_tiles(dtype):
     run_case(256, [160, 48], [0, 32], [1] * 37, dtype, cfg_s, cfg_e)
 
 
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_expand_column_chunks_across_unaligned_slices(n_steps):
+    # chunks of n_steps x 16 columns end inside slices of 40, 24 and 72 columns; rank 40 > BLOCK_R loops
+    cfg_e = ExpandConfig(block_m=16, block_n=16, block_r=16, n_steps=n_steps)
+    run_case(64, [40, 24, 72], [8, 40], rand_slots(9, 2, seed=n_steps), torch.float16, expand_cfg=cfg_e)
+
+
 def test_no_token_on_any_adapter_leaves_everything():
     run_case(128, [64, 32], [8, 16], [-1] * 9, torch.float32)
 

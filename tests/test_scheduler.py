@@ -60,8 +60,8 @@ def test_limits_on_sequences_tokens_and_distinct_adapters():
     for i, ad in enumerate(["x", "y", "z", "x", None]):
         s.add(seq(f"r{i}", adapter=ad))
     b = s.schedule(always)
-    assert [x.adapter for x in b.seqs] == ["x", "y", "x"]  # z would be a third adapter; the base model too
-    assert [x.seq_id for x in s.waiting] == ["r2", "r4"]
+    assert [x.adapter for x in b.seqs] == ["x", "y", "x", None]  # z would be a third; the base takes no slot
+    assert [x.seq_id for x in s.waiting] == ["r2"]
 
 
 def test_cold_adapter_is_skipped_not_waited_on():
