@@ -15,7 +15,7 @@ _NOTHING = object()  # no adapter served yet
 class SchedulerConfig:
     max_num_seqs: int = 256  # running sequences (and sequences in one step)
     max_num_batched_tokens: int = 8192  # prompt tokens in one prefill step
-    max_loras: int = 64  # distinct adapters among the running sequences (so in any step)
+    max_loras: int = 64  # distinct adapters (not counting the base model) among the running sequences
     one_adapter_per_step: bool = False  # merged baseline: a step serves one adapter (one weight copy)
 
 
@@ -93,7 +93,7 @@ class Scheduler:
 
     def _prefill(self, ready, target) -> Batch | None:
         cfg = self.config
-        adapters = {s.adapter for s in self.running}
+        adapters = {s.adapter for s in self.running if s.adapter is not None}  # the base model takes no slot
         chosen: list[Sequence] = []
         tokens = 0
         for seq in list(self.waiting):
@@ -103,7 +103,7 @@ class Scheduler:
                 continue
             if not ready(seq.adapter):
                 continue
-            if seq.adapter not in adapters and len(adapters) >= cfg.max_loras:
+            if seq.adapter is not None and seq.adapter not in adapters and len(adapters) >= cfg.max_loras:
                 continue
             if tokens + len(seq) > cfg.max_num_batched_tokens:
                 break  # keep arrival order for the token budget: the next step takes it
@@ -112,7 +112,8 @@ class Scheduler:
             self.blocks.allocate(seq)
             self.waiting.remove(seq)
             seq.status = SeqStatus.RUNNING
-            adapters.add(seq.adapter)
+            if seq.adapter is not None:
+                adapters.add(seq.adapter)
             chosen.append(seq)
             tokens += len(seq)
         if not chosen:
