@@ -51,6 +51,14 @@ def time_sets(fns, replays: int = 40) -> float:
     return 1e3 * times[len(times) // 2] / len(fns)
 
 
+def launch_floor_us() -> float:
+    """Time per kernel of a graph of 32 one-element kernels: the fixed cost every launch in a graph pays."""
+    import torch
+
+    tiny = torch.zeros(1, device="cuda")
+    return time_sets([lambda: tiny.add_(1.0)] * 32)
+
+
 def l2_bytes() -> int:
     import torch
 
@@ -189,7 +197,7 @@ def _fmt(v, nd=1):
 def print_tables(result: dict) -> None:
     print(f"\n{result['gpu']}  copy {result['copy_bandwidth_GBps']:.0f} GB/s  bf16 matmul "
           f"{result['matmul_TFLOPs']:.0f} TFLOP/s  torch {result['versions']['torch']}  triton "
-          f"{result['versions']['triton']}")
+          f"{result['versions']['triton']}  one-element kernel in a graph {result['kernel_launch_floor_us']:.1f} us")
     cols = ["case", "us", "shrink_us", "expand_us", "byte_floor_us", "pct_of_floor", "flop_floor_us",
             "torch_gather_bmm_us", "target_us", "met", "rel_err_vs_reference"]
     print("| " + " | ".join(cols) + " |")
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": name, "command": "python -m kernels.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
                      "cuda": torch.version.cuda},
-        "copy_bandwidth_GBps": bw / 1e9, "matmul_TFLOPs": peak / 1e12,
+        "copy_bandwidth_GBps": bw / 1e9, "matmul_TFLOPs": peak / 1e12, "kernel_launch_floor_us": launch_floor_us(),
         "timing": "median over replays of a CUDA graph that runs the op once per input set, divided by the sets; "
                   "sets rotate through 4x the L2 cache, the step metadata is shared",
         "lora": [bench_lora(c, bw, peak) for c in chosen(LORA_CASES)],
