@@ -127,7 +127,7 @@ class RunWriter:
         with Recorder(path) as rec:
             for row in missing.itertuples(index=False):
                 rec.write({"request_id": int(row.request_id), "adapter": row.adapter, "intended_send": float(row.t),
-                           "actual_send": None, "first_token": None, "end": None, "token_times": [],
+                           "released": None, "actual_send": None, "first_token": None, "end": None, "token_times": [],
                            "first_chunk_tokens": 0, "prompt_tokens": int(row.prompt_tokens), "output_tokens": 0,
                            "requested_output_tokens": int(row.output_tokens), "status": "not_sent",
                            "http_status": 0, "error": f"not sent: {reason}", "in_window": float(row.t) >= warmup_s})

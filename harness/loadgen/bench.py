@@ -43,12 +43,14 @@ def trial(url: str, rate: float, workers: int, args: argparse.Namespace, tmp: Pa
     rec = read_records_jsonl(out)
     ok = rec[rec["status"] == "ok"] if not rec.empty else rec
     lag = (rec["actual_send"] - rec["intended_send"]).dropna().to_numpy() * 1000 if not rec.empty else np.empty(0)
+    release = (rec["released"] - rec["intended_send"]).dropna().to_numpy() * 1000 if not rec.empty else np.empty(0)
     span = float(ok["end"].max() - ok["actual_send"].min()) if len(ok) else float("nan")
     p99 = float(np.percentile(lag, 99)) if len(lag) else float("inf")
     return {"workers": workers, "offered_req_s": rate, "requests": n, "ok": int(len(ok)),
             "errors": int(n - len(ok)), "achieved_req_s": len(ok) / span if span > 0 else 0.0,
             "lag_p50_ms": float(np.percentile(lag, 50)) if len(lag) else None, "lag_p99_ms": p99,
             "lag_max_ms": float(lag.max()) if len(lag) else None,
+            "release_lag_p99_ms": float(np.percentile(release, 99)) if len(release) else None,
             "sustained": bool(len(ok) == n and p99 <= args.max_lag_ms)}
 
 
@@ -99,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-delay-ms", type=float, default=1.0, help="stub: delay between streamed tokens")
     p.add_argument("--note", default="", help="free text saved with the result (e.g. the machine)")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/loadgen-<host>.json)")
+    p.add_argument("--workdir", default=None, help="keep traces, records and logs here (default: a temp folder)")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     host = socket.gethostname()
     out = Path(args.out) if args.out else REPO / "docs" / "results" / f"loadgen-{host}.json"
     header = f"{'workers':>7} {'offered/s':>9} {'achieved/s':>10} {'ok':>6} {'errors':>6} {'lag p50 ms':>10} " \
-             f"{'lag p99 ms':>10} {'sustained':>9}"
+             f"{'lag p99 ms':>10} {'release p99':>11} {'sustained':>9}"
+    print("lag = actual send - intended send; release = when the scheduler handed the request to a user")
     print(f"stub: {args.output_tokens} tokens per request, {args.token_delay_ms:g} ms apart; "
           f"{args.duration_s:g} s per trial; sustained = no error and p99 lag <= {args.max_lag_ms:g} ms")
     print(header)
@@ -112,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     def report(t: dict[str, Any]) -> None:
         print(f"{t['workers']:>7} {t['offered_req_s']:>9.0f} {t['achieved_req_s']:>10.1f} {t['ok']:>6} "
               f"{t['errors']:>6} {t['lag_p50_ms'] or float('nan'):>10.2f} {t['lag_p99_ms']:>10.2f} "
+              f"{t['release_lag_p99_ms'] or float('nan'):>11.2f} "
               f"{'yes' if t['sustained'] else 'no':>9}", flush=True)
 
     results: dict[str, Any] = {"max_sustained_req_s": {}, "max_achieved_req_s": {}, "trials": []}
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
+        tmp = Path(args.workdir or d)
+        tmp.mkdir(parents=True, exist_ok=True)
         server = ServerProcess([sys.executable, "-m", "harness.loadgen.stub_server", "--port", "0", "--ttft-ms", "0",
                                 "--token-delay-ms", str(args.token_delay_ms), "--model", "stub"],
                                tmp / "stub.log", ready_timeout_s=60)
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w:>7} {r:>38.0f} {results['max_achieved_req_s'][w]:>19.0f}")
     result = {"host": host, "platform": platform.platform(), "cpu_count": os.cpu_count(),
               "python": sys.version.split()[0], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "note": args.note, "target_req_s": 500, "config": {k: v for k, v in vars(args).items() if k != "out"},
+              "note": args.note, "target_req_s": 500, "config": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
               **results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,6 +20,7 @@ class InFlight:
     intended_send: float  # s from t0
     prompt_tokens: int
     output_tokens: int  # as the trace asks
+    released: float = float("nan")  # s from t0: when the scheduler handed it to the users
     actual_send: float = float("nan")
     chunk_times: list[float] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
@@ -36,6 +37,7 @@ class InFlight:
             "request_id": self.request_id,
             "adapter": self.adapter,
             "intended_send": self.intended_send,
+            "released": self.released,
             "actual_send": self.actual_send,
             "first_token": times[0] if times else float("nan"),
             "end": self.end,

@@ -66,6 +66,7 @@ class Schedule:
                 break
             item = InFlight(request_id=int(row["request_id"]), adapter=row["adapter"], intended_send=row["t"],
                             prompt_tokens=int(row["prompt_tokens"]), output_tokens=int(row["output_tokens"]))
+            item.released = time.monotonic() - t0
             self.inflight[item.request_id] = item
             self.released += 1
             self.queue.put(item)
