@@ -30,6 +30,7 @@ class SweepConfig:
     max_runs: int = 12  # per search (one N or one rate)
     max_adapters: int = 4096  # the adapter search never goes beyond this
     duration_s: float | None = None  # shorter measured window per run, if given
+    workers: int | None = None  # Locust worker processes per run (None: the workload's loadgen setting)
     out: str = "sweeps"
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class SweepConfig:
             raise ValueError(f"adapters: {list(self.adapters)} must all be >= 1")
         if any(r <= 0 for r in self.rates):
             raise ValueError(f"rates: {list(self.rates)} must all be > 0 requests/s")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers: {self.workers} must be >= 1")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError(f"duration_s: {self.duration_s} must be > 0 seconds")
         SearchConfig(target=DEFAULT_TARGET if self.target is None else self.target, resolution=self.resolution,
@@ -121,7 +124,8 @@ def _search_all(cfg: SweepConfig, base, engines: list, sweep_dir: Path, payload:
         def probe(rate: float, n: int, engine=engine) -> Probe:
             spec = base.with_overrides({"traffic.rate": float(rate), "adapters.count": int(n)})
             log(f"sweep: {name} with {int(n)} adapters at {rate:.4g} req/s")
-            path = Path(run_engine(spec, engine, runs_root, log=log, progress=False))
+            extra = {"workers": cfg.workers} if cfg.workers is not None else {}
+            path = Path(run_engine(spec, engine, runs_root, log=log, progress=False, **extra))
             run = load_run(path)
             if (run.status or {}).get("status") == "error":
                 raise RunFailed(f"{name}: {path} could not run: {(run.status or {}).get('message', '')}")

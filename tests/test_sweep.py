@@ -21,10 +21,10 @@ class FakeRunner:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, spec, engine, runs_root, *, log=print, progress=True):
+    def __call__(self, spec, engine, runs_root, *, log=print, progress=True, workers=None):
         name = engine if isinstance(engine, str) else engine["name"]
         rate, n = spec.traffic.rate, spec.adapters.count
-        self.calls.append((name, rate, n, spec.duration_s))
+        self.calls.append((name, rate, n, spec.duration_s, workers))
         path = Path(runs_root) / f"run-{len(self.calls):03d}-{name}"
         path.mkdir(parents=True)
         ok = rate <= truth(name, n)
@@ -44,7 +44,7 @@ def fake_load(path):
 def test_rate_sweep_finds_each_lambda_star(tmp_path):
     runner = FakeRunner()
     cfg = SweepConfig(workload=WORKLOAD, over="rate", engines=("multilora", "merged"), adapters=(1, 30, 100),
-                      resolution=0.05, max_runs=20, duration_s=4.0, out=str(tmp_path))
+                      resolution=0.05, max_runs=20, duration_s=4.0, workers=2, out=str(tmp_path))
     out = run_sweep(cfg, run_engine=runner, load_run=fake_load, has_cuda=False, log=lambda s: None)
     payload = json.loads((out / "capacity.json").read_text())
     assert payload["over"] == "rate" and payload["machine"] == "cpu" and payload["target"] == 0.9
@@ -59,7 +59,7 @@ def test_rate_sweep_finds_each_lambda_star(tmp_path):
             assert p["converged"]
             # every run tried is kept in the sweep folder
             assert all((out / t["run"] / "summary.json").is_file() for t in p["tried"])
-    assert all(c[3] == 4.0 for c in runner.calls)  # the duration override reached every run
+    assert all(c[3] == 4.0 and c[4] == 2 for c in runner.calls)  # duration and workers reached every run
     assert len(list((out / "runs").iterdir())) == len(runner.calls)
     table = curve_table(payload)
     assert "multilora" in table and "merged" in table and len(table.splitlines()) == 2 + 6

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-runs", type=int, default=12, help="most runs per search (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="measured window of each run in seconds (default: the workload's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Locust worker processes per run, for rates one client process cannot send on time "
+                             "(default: the workload's loadgen setting)")
     parser.add_argument("--out", default="sweeps", help="folder for sweep folders (default: %(default)s)")
     parser.set_defaults(func=run)
 
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = SweepConfig(workload=args.workload, over=args.over, engines=engines, adapters=args.adapters,
                           rates=args.rates, target=args.target, resolution=args.resolution,
-                          max_runs=args.max_runs, duration_s=args.duration, out=args.out)
+                          max_runs=args.max_runs, duration_s=args.duration, workers=args.workers,
+                          out=args.out)
         out = run_sweep(cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
