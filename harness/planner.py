@@ -202,6 +202,9 @@ def shared_vs_dedicated(shared: Curve, dedicated_lambda1: float, peaks: Peaks, u
     if shared_gpus is None:
         out["note"] = (f"one adapter at the peak share {peak_per_adapter:g} req/s exceeds lambda*(1) of "
                        f"{shared.engine}")
+    elif a == shared.n_max and n > a:
+        out["note"] = (f"shared GPUs is an upper bound: adapters per GPU is at least {a}, the curve was measured "
+                       f"up to N={shared.n_max}; sweep larger N (--adapters) to tighten it")
     return out
 
 

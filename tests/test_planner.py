@@ -92,6 +92,13 @@ def test_trace_peaks_and_shared_vs_dedicated():
     assert out["shared_adapters_per_gpu"] == 15 and out["shared_gpus"] == 1
     assert out["peak_ratio"] == pytest.approx(2.0)
     assert out["usd_per_hour_dedicated_whole"] == 8.0 and out["usd_per_hour_shared"] == 2.0
+    assert "note" not in out
+    # a curve measured only up to N=2 caps adapters per GPU: the shared figure is then an upper bound, said so
+    short = Curve.from_points("short", [{"n": 1, "lambda_star": 10.0}, {"n": 2, "lambda_star": 9.0}])
+    trace3 = pd.DataFrame({"t": [0.0, 1.0, 2.0], "adapter": ["a", "b", "c"]})
+    capped = shared_vs_dedicated(short, 1.0, trace_peaks(trace3, 10.0), 1.0)
+    assert capped["shared_adapters_per_gpu"] == 2 and capped["shared_gpus"] == 2
+    assert "upper bound" in capped["note"] and "N=2" in capped["note"]
 
 
 def test_bad_inputs_name_the_field():

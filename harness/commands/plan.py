@@ -81,7 +81,7 @@ def render(plan: dict, gpu: str) -> str:
                 lines.append(f"{c['engine']:<12} {c['note']}")
                 continue
             lines.append(f"{c['engine']:<12} {_fmt(c['shared_gpus'], 'd'):>11} {c['dedicated_gpus_whole']:>22} "
-                         f"{c['dedicated_gpus_shares']:>18} {c['dedicated_engine']:>10}")
+                         f"{c['dedicated_gpus_shares']:>18} {c['dedicated_engine']:>10}  {c.get('note', '')}")
     return "\n".join(lines)
 
 
