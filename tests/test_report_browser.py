@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -136,3 +137,25 @@ def test_app_draws_charts_in_headless_chromium(tmp_path):
     # many distinct grey levels: text and coloured traces, not a flat page
     assert len(np.unique(img.astype(int))) > 50
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_harness_report_serves_on_loopback_and_stops_its_app_on_sigterm(tmp_path):
+    make_runs(tmp_path / "runs")
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "report", str(tmp_path / "runs"), "--port", str(port)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", time.monotonic() + 40)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert f"serving http://127.0.0.1:{port}" in out
+        # the streamlit child is gone too: nothing answers on the port any more
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+    finally:
+        stop(proc)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     cmd, env = app_command(args.runs_dir, args.sweeps, args.port)
     print(f"report: serving http://127.0.0.1:{args.port} (Ctrl-C stops it)")
     proc = subprocess.Popen(cmd, env=env)
+
+    def _stop(signum, frame):  # SIGTERM stops the app too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
