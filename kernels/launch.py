@@ -145,6 +145,26 @@ def _shrink_smem(cfg: ShrinkConfig, slices: int) -> int:
     return (cfg.block_r * s_pad + cfg.block_m) * cfg.block_k * 2 * cfg.num_stages
 
 
+SHRINK_SMEM_LIMIT = 200_000  # bytes; H100 allows 232,448 per block, the formula matches Triton's count
+
+
+def fit_shrink(cfg: ShrinkConfig, slices: int) -> ShrinkConfig:
+    """The config itself, or one with fewer stages / a narrower K (then rank) step that fits shared memory.
+
+    Tuned entries always fit; defaults for many slices of high rank would not (Triton refuses to launch).
+    """
+    while _shrink_smem(cfg, slices) > SHRINK_SMEM_LIMIT:
+        if cfg.num_stages > 2:
+            cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        elif cfg.block_k > 64:
+            cfg = dataclasses.replace(cfg, block_k=cfg.block_k // 2)
+        elif cfg.block_r > 16:
+            cfg = dataclasses.replace(cfg, block_r=cfg.block_r // 2)
+        else:
+            break
+    return cfg
+
+
 def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[ShrinkConfig]:
     """The autotune space of the shrink kernel for `tokens` tokens, slots of `max_rank`, `slices` slices."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
@@ -156,7 +176,7 @@ def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[Shrin
         space = [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
                  for br in block_rs for bm in (16, 32, 64) for bk in (128, 256) for sk in (1, 2)
                  for w in (4, 8) for st in (3, 4)]
-    return [c for c in space if _shrink_smem(c, slices) <= 200_000]
+    return [c for c in space if _shrink_smem(c, slices) <= SHRINK_SMEM_LIMIT]
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import ShrinkConfig, default_shrink, lookup, shrink_key
+from kernels.launch import ShrinkConfig, default_shrink, fit_shrink, lookup, shrink_key
 from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
 from kernels.tiles import locate_tile, tile_bound
@@ -146,8 +146,8 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
     slices, r_max = lora_a.shape[1], lora_a.shape[2]
     if t == 0:
         return out
-    cfg = config or lookup("shrink", shrink_key(t, hidden, slices, r_max, x.dtype), x.device,
-                           default_shrink(t, hidden, slices, r_max))
+    cfg = fit_shrink(config or lookup("shrink", shrink_key(t, hidden, slices, r_max, x.dtype), x.device,
+                                      default_shrink(t, hidden, slices, r_max)), slices)
     n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)
     split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
     k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k

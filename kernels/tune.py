@@ -72,8 +72,8 @@ def _close(a, b, tol: float) -> bool:
     return bool(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)) < tol)
 
 
-def tune_case(case, failed: dict, table: dict, deadline: float, log) -> None:
-    """Time every compiled, correct config of this case on rotating input sets; keep the fastest per op."""
+def tune_case(case, failed: dict, times: dict, deadline: float, log) -> None:
+    """Time every compiled, correct config of this case on rotating input sets into times[(op, key)][cfg]."""
     from kernels.bench import attention_sets, lora_sets, time_sets
     from kernels.cases import LoRACase
 
@@ -89,7 +89,6 @@ def tune_case(case, failed: dict, table: dict, deadline: float, log) -> None:
         y_ref = first.y - y0
     else:
         out_ref = _runner("attention", first, case, None)()
-    best: dict[tuple[str, str], tuple[object, float]] = {}
     for op, key, cfg in _spaces(case):
         if time.monotonic() > deadline:
             log(f"  time budget spent at {case.name} {op} {cfg}")
@@ -113,11 +112,24 @@ def tune_case(case, failed: dict, table: dict, deadline: float, log) -> None:
             continue
         us = time_sets([_runner(op, inp, case, cfg) for inp in sets], replays=15)
         log(f"  {op} {case.name} {us:.2f} us {cfg}")
-        if (op, key) not in best or us < best[(op, key)][1]:
-            best[(op, key)] = (cfg, us)
-    for (op, key), (cfg, us) in best.items():
-        table.setdefault(op, {})[key.replace("torch.", "")] = dataclasses.asdict(cfg)
-        log(f"{op} {case.name} [{key}]: {us:.1f} us with {cfg}")
+        times.setdefault((op, key), {}).setdefault(cfg, {})[case.name] = us
+
+
+def choose(times: dict, table: dict, log) -> None:
+    """Per (op, key): the config with the least total time over every case that shares the key.
+
+    One key serves every batch of that shape whatever its adapter mix (e.g. 64 tokens on 64 rank-16
+    adapters in rank-64 slots, and 64 tokens on 8 rank-64 adapters), so no single case decides.
+    """
+    for (op, key), per_cfg in times.items():
+        cases = set().union(*(set(v) for v in per_cfg.values()))
+        full = {cfg: sum(v.values()) for cfg, v in per_cfg.items() if set(v) == cases}
+        if not full:
+            continue
+        cfg = min(full, key=full.get)
+        table.setdefault(op, {})[key] = dataclasses.asdict(cfg)
+        log(f"{op} [{key}] over {sorted(cases)}: " + ", ".join(f"{n} {us:.1f} us" for n, us in per_cfg[cfg].items())
+            + f" with {cfg}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = {job: err for job, err in zip(jobs, errors) if err}
     log(f"compiled {len(jobs)} (op, case, config) in {time.monotonic() - t0:.0f} s with {args.jobs} processes; "
         f"{len(failed)} refused")
+    times: dict = {}
     for case in cases:
-        tune_case(case, failed, table, deadline, log)
+        tune_case(case, failed, times, deadline, log)
+    choose(times, table, log)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out}")
