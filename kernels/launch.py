@@ -65,7 +65,8 @@ def expand_key(tokens: int, n_total: int, slices: int, max_rank: int, dtype) -> 
 
 
 def attention_key(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int, dtype) -> str:
-    return (f"B{bucket(batch)}-L{bucket(max_blocks * block_size)}-bs{block_size}-Hq{hq}-Hkv{hkv}"
+    # batches keep their own power of two down to 1: the best split count of 1 and 16 sequences differs 2x
+    return (f"B{1 << max(0, int(batch) - 1).bit_length()}-L{bucket(max_blocks * block_size)}-bs{block_size}-Hq{hq}-Hkv{hkv}"
             f"-D{head_dim}-{_dtype(dtype)}")
 
 

@@ -23,6 +23,9 @@ def test_keys_separate_shapes_and_dtypes():
     assert k1 != launch.shrink_key(64, 4096, 1, 16, torch.float16)
     assert launch.shrink_key(50, 4096, 1, 16, torch.bfloat16) == k1  # same bucket
     assert launch.expand_key(4096, 6144, 3, 16, torch.bfloat16) == "T4096-N6144-S3-R16-bfloat16"
+    one = launch.attention_key(1, 128, 16, 32, 8, 128, torch.bfloat16)
+    assert one == "B1-L2048-bs16-Hq32-Hkv8-D128-bfloat16"
+    assert one != launch.attention_key(16, 128, 16, 32, 8, 128, torch.bfloat16)
 
 
 @pytest.mark.parametrize("tokens", [1, 64, 256, 4096])
