@@ -1,0 +1,38 @@
+"""LoRAMeta: grouping tokens by slot, refills that shrink the step, and the split-K semaphores."""
+import pytest
+import torch
+
+from kernels.meta import LoRAMeta
+
+
+def test_groups_tokens_by_slot_stably_and_skips_tokens_without_adapter():
+    meta = LoRAMeta(8, 4).prepare([2, -1, 0, 2, 0, -1, 3])
+    assert meta.segments() == [(0, 2, 0), (2, 2, 2), (4, 1, 3)]
+    assert meta.token_indices[:5].tolist() == [2, 4, 0, 3, 6]
+    assert meta.num_lora_tokens == 5 and meta.max_seg_len == 2 and int(meta.num_segments_dev) == 3
+
+
+def test_refill_with_fewer_segments_clears_the_stale_tail():
+    """Kernels read every seg_len entry unmasked, so entries past num_segments must be 0 (slots -1)."""
+    meta = LoRAMeta(16, 6).prepare([0, 1, 2, 3, 4, 5])
+    meta.prepare([1, 1, -1])
+    assert meta.seg_len.tolist() == [2, 0, 0, 0, 0, 0]
+    assert meta.seg_slot.tolist() == [1, -1, -1, -1, -1, -1]
+    meta.prepare([-1, -1])
+    assert meta.num_segments == 0 and meta.seg_len.sum() == 0
+
+
+def test_limits_fail_with_the_numbers():
+    with pytest.raises(ValueError, match="3 distinct slots > max_segments=2"):
+        LoRAMeta(8, 2).prepare([0, 1, 2])
+    with pytest.raises(ValueError, match="9 tokens > max_tokens=8"):
+        LoRAMeta(8, 2).prepare([0] * 9)
+
+
+def test_counters_grow_and_keep_old_tensors():
+    meta = LoRAMeta(4, 2)
+    small = meta.counters(10)
+    assert meta.counters(200) is small  # at least 256 are allocated
+    big = meta.counters(1000)
+    assert big.numel() >= 1000 and big is not small and len(meta._counters) == 2
+    assert torch.equal(big, torch.zeros_like(big))
