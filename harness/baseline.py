@@ -74,7 +74,7 @@ def read_run(run_dir: str | Path) -> RunData:
     digest = hashlib.sha256(trace.read_bytes()).hexdigest() if trace.is_file() else None
     return RunData(
         path=path, engine=str(summary["engine"]), workload=str(summary["workload"]),
-        model=str(summary.get("model")), gpu=str(summary.get("gpu")),
+        model=str(summary.get("model")), gpu=str(summary.get("gpu") or "none"),
         started_at=str(summary.get("started_at", "")), status=status or str(summary.get("status", "")),
         valid=bool(summary.get("valid", False)), invalid_reasons=list(summary.get("invalid_reasons") or []),
         metrics=dict(summary["metrics"]), windows=dict(summary.get("windows") or {}),

@@ -2,10 +2,13 @@
 # This project's own performance gate (called by .ci/run): run workloads/ci-gate.yaml on the CPU with the
 # multilora and merged engines, then gate the multilora/merged output-tokens/s ratio against
 # baselines/ci-cpu.json. The ratio, not absolute tokens/s, because a shared CI box makes absolute speed noise.
-#   scripts/ci_gate.sh            gate; exit 0 pass, 1 regression, 2 unusable input
-#   scripts/ci_gate.sh --update   re-make baselines/ci-cpu.json with this machine (commit it)
+#   scripts/ci_gate.sh            gate; exit 0 pass, 1 regression (seen on two pairs of runs), 2 unusable input
+#   scripts/ci_gate.sh --update   re-make baselines/ci-cpu.json on this machine from 2 run pairs (commit it)
 # Environment: CI_GATE_OUT (folder for runs and gate.md, default: a fresh temporary folder),
-#              CI_GATE_MAX_REGRESSION (default 20%: what two runs of the same code on a shared CPU stay within).
+#              CI_GATE_MAX_REGRESSION (default 25%: run pairs of the same code on a shared 2-core box moved
+#              the ratio's median by up to 21% against each other; a 5 ms per-step delay moves it by -50% or more),
+#              CI_GATE_REPEATS (run pairs for --update, default 2: a baseline in the middle of the noise),
+#              CI_GATE_BASELINE_DIR (default baselines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,24 +22,65 @@ esac
 
 out="${CI_GATE_OUT:-$(mktemp -d -t ci-gate.XXXXXX)}"
 runs="$out/runs"
+mkdir -p "$out"
 if [ -e "$runs" ] && [ -n "$(ls -A "$runs" 2>/dev/null)" ]; then
   echo "ci_gate.sh: $runs is not empty; point CI_GATE_OUT at a fresh folder" >&2
   exit 2
 fi
 metric="ratio:output_tok_s:multilora/merged"
+baseline_dir="${CI_GATE_BASELINE_DIR:-baselines}"
+max_regression="${CI_GATE_MAX_REGRESSION:-25%}"
 
-python -m harness run workloads/ci-gate.yaml --runs-dir "$runs"
+# One engine after the other, one CPU thread each (OMP_NUM_THREADS=1: the load generator keeps the other core).
+# Each run goes to the background so that a TERM or Ctrl-C of this script is forwarded to it as SIGINT, on
+# which `harness run` stops its server and load generator and marks the run interrupted.
+pid=""
+stop_run() {
+  if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null || true; wait "$pid" || true; fi
+  exit 130
+}
+trap stop_run INT TERM
+set -m  # background runs in their own process groups, so that SIGINT reaches them
+run_one() {  # ENGINE RUNS_DIR LOG_NAME
+  OMP_NUM_THREADS=1 python -m harness run workloads/ci-gate.yaml --engine "$1" --runs-dir "$2" \
+    --no-progress > "$out/$3.log" 2>&1 &
+  pid=$!
+  # a failed or invalid run is not a regression: the gate below reports it as unusable input (exit 2)
+  wait "$pid" || echo "ci_gate.sh: the $1 run exited non-zero (log: $out/$3.log)" >&2
+  pid=""
+  tail -n 4 "$out/$3.log"
+}
+run_pair() {  # RUNS_DIR TAG
+  run_one multilora "$1" "multilora-$2"
+  run_one merged "$1" "merged-$2"
+}
+gate() {  # RUNS_DIR MARKDOWN
+  set +e
+  python -m harness gate --baseline ci-cpu --baseline-dir "$baseline_dir" "$1" --metric "$metric" \
+    --max-regression "$max_regression" --markdown "$2"
+  local code=$?
+  set -e
+  return $code
+}
 
 if [ "$mode" = "update" ]; then
-  python -m harness baseline save "$runs" --name ci-cpu --dir baselines --force
-  python -m harness baseline show ci-cpu --dir baselines
+  for i in $(seq "${CI_GATE_REPEATS:-2}"); do run_pair "$runs" "$i"; done
+  python -m harness baseline save "$runs" --name ci-cpu --dir "$baseline_dir" --force
+  python -m harness baseline show ci-cpu --dir "$baseline_dir"
   exit 0
 fi
 
-set +e
-python -m harness gate --baseline ci-cpu --baseline-dir baselines "$runs" --metric "$metric" \
-  --max-regression "${CI_GATE_MAX_REGRESSION:-20%}" --markdown "$out/gate.md"
-code=$?
-set -e
-echo "ci_gate.sh: verdict in $out/gate.md, runs in $runs (exit $code)"
-exit $code
+run_pair "$runs" 1
+code=0
+gate "$runs" "$out/gate-1.md" || code=$?
+cp "$out/gate-1.md" "$out/gate.md"
+if [ "$code" = 1 ]; then
+  # A busy neighbour on a shared box can slow one run for seconds: a regression must show again on a fresh pair.
+  echo "ci_gate.sh: regression on the first pair; confirming on a second pair"
+  run_pair "$out/confirm" 2
+  code=0
+  gate "$out/confirm" "$out/gate-2.md" || code=$?
+  { cat "$out/gate-1.md"; echo; echo "Confirmation on a second pair of runs:"; echo; cat "$out/gate-2.md"; } > "$out/gate.md"
+fi
+echo "ci_gate.sh: verdict in $out/gate.md, runs in $out (exit $code)"
+exit "$code"
