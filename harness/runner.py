@@ -131,7 +131,7 @@ class ExternalLauncher:
             adapters = prepare_adapters(self.spec, self.log)
             if adapters is not None:
                 cfg.setdefault("adapters", str(adapters))
-        self.server = ExternalServer(cfg)
+        self.server = ExternalServer(cfg, log=self.log)
         return self.server.start().rstrip("/")
 
     def alive(self) -> bool:

@@ -240,6 +240,9 @@ def _parse_engine(e: Any, i: int) -> str | dict[str, Any]:
             raise WorkloadError(f"{where}.name: {e.get('name')!r} is not one of {sorted(ENGINES)}")
         _engine_options(e.get("options", {}), f"{where}.options")
     elif kind == "external":
+        from engines.external import ExternalSpec
+
+        check_keys(e, {f.name for f in dataclasses.fields(ExternalSpec)} | {"name", "kind", "label"}, where)
         if "url" not in e and "preset" not in e and "command" not in e:
             raise WorkloadError(f"{where}: an external engine needs a url to attach to, or a preset or command "
                                 "to launch")

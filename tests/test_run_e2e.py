@@ -77,6 +77,31 @@ def test_in_process_engines(tmp_path, engine):
     assert any(c.startswith("lora_fleet_") for c in run.server.columns)
 
 
+def test_external_engine_attached_by_url(tmp_path):
+    from harness.server_proc import ServerProcess
+
+    stub = ServerProcess([sys.executable, "-m", "harness.loadgen.stub_server", "--port", "0", "--model", "tiny",
+                          "--adapters", "adapter-0000,adapter-0001,adapter-0002"], tmp_path / "stub.log")
+    stub.start()
+    try:
+        spec = load_workload(workload(tmp_path, duration_s=2.0))
+        run_dir = run_engine(spec, {"name": "vllm-like", "kind": "external", "url": stub.url}, tmp_path / "runs",
+                             progress=False, log=lambda s: None)
+        assert stub.alive()  # attached, not launched: the harness leaves it running
+    finally:
+        stub.stop()
+    run = check_run(run_dir, spec)
+    assert run.summary["engine"] == "vllm-like" and run.summary["engine_kind"] == "external"
+    assert run.summary["counts"]["ok"] == run.summary["counts"]["total"]
+
+
+def test_external_engine_keys_are_checked_when_the_workload_loads(tmp_path):
+    from harness.spec import WorkloadError
+
+    with pytest.raises(WorkloadError, match=r"engines\[0\]: unknown key\(s\) \['gpus'\]"):
+        load_workload(workload(tmp_path, engines=[{"kind": "external", "url": "http://127.0.0.1:1", "gpus": 2}]))
+
+
 def start_cli(tmp_path, *extra):
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(workload(tmp_path, **dict(extra))),
