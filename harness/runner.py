@@ -277,7 +277,7 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
     gpu_df = gpu.frame(t0)
     writer.write_samples("gpu", gpu_df)
     writer.write_samples("server", scraper.frame(t0) if scraper is not None else gpu_df.iloc[:0, :1])
-    body = summarize(records, warmup_s=spec.warmup_s, duration_s=spec.duration_s, slo=spec.slo.to_dict(),
+    body = summarize(records, warmup_s=spec.warmup_s, duration_s=spec.duration_s, slo=spec.slo.limits(),
                      max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df)
     if status != "completed":
         body["valid"] = False

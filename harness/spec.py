@@ -184,11 +184,18 @@ class SLOSpec:
     ttft_s: float | None = None
     tpot_s: float | None = None
     e2e_s: float | None = None
+    attainment: float | None = None  # fraction of requests that must meet them (capacity search; None: 0.9)
 
     @classmethod
     def parse(cls, d: Any) -> "SLOSpec":
-        check_keys(d, {"ttft_s", "tpot_s", "e2e_s"}, "slo")
-        return cls(**{k: _num(d, k, "slo", default=None, low=0.0, low_open=True) for k in ("ttft_s", "tpot_s", "e2e_s")})
+        check_keys(d, {"ttft_s", "tpot_s", "e2e_s", "attainment"}, "slo")
+        out = {k: _num(d, k, "slo", default=None, low=0.0, low_open=True) for k in ("ttft_s", "tpot_s", "e2e_s")}
+        out["attainment"] = _num(d, "attainment", "slo", default=None, low=0.0, low_open=True, high=1.0)
+        return cls(**out)
+
+    def limits(self) -> dict[str, float]:
+        """The latency targets only (what a request must meet)."""
+        return {k: v for k, v in self.to_dict().items() if k != "attainment"}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

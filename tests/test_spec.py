@@ -61,6 +61,7 @@ def test_with_overrides_returns_a_new_validated_spec():
     ({"adapters": {"count": 2, "path": "/nonexistent/adapters"}}, r"^adapters\.path: .* is not a folder"),
     ({"slo": {"ttft_s": 0}}, r"^slo\.ttft_s: 0 must be > 0"),
     ({"slo": {"p99": 1}}, r"^slo: unknown key\(s\) \['p99'\]"),
+    ({"slo": {"ttft_s": 1, "attainment": 1.5}}, r"^slo\.attainment: 1.5 must be <= 1"),
     ({"engines": ["vllm"]}, r"^engines\[0\]: 'vllm' is not an in-process engine"),
     ({"engines": [{"name": "x", "kind": "external"}]}, r"^engines\[0\]: an external engine needs a url"),
     ({"engines": [{"kind": "external", "url": "ftp://x"}]}, r"^engines\[0\]\.url: 'ftp://x' must start with http"),
