@@ -127,12 +127,13 @@ def test_master_worker_mode_shares_the_trace(tmp_path):
     assert lag.median() < 0.05
 
 
-def test_sigint_keeps_the_records_of_what_ran(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_keeps_the_records_of_what_ran(tmp_path, workers):
     server = stub(tmp_path, "--ttft-ms", "1", "--token-delay-ms", "300")
     try:
         trace, _ = make_trace(tmp_path, 100, rate=20.0, out_tokens=3)
         out = tmp_path / "records.jsonl"
-        lg = LoadgenProcess(trace, server.url, out, "tiny", warmup_s=0, users=64, workers=1, request_timeout_s=30,
+        lg = LoadgenProcess(trace, server.url, out, "tiny", warmup_s=0, users=32, workers=workers, request_timeout_s=30,
                             drain_timeout_s=10, log_path=tmp_path / "loadgen.log").start()
         assert lg.started.wait(30)
         time.sleep(1.5)
