@@ -142,8 +142,8 @@ def test_sigint_keeps_the_records_of_what_ran(tmp_path, workers):
         server.stop()
     rec = read_records_jsonl(out)
     assert lg.result["reason"] == "interrupted"
-    assert 10 <= len(rec) < 100 and len(rec) == lg.result["released"]
-    assert (rec["status"] == "ok").sum() >= 10
+    assert 10 <= len(rec) < 100 and len(rec) == lg.result["released"] == lg.result["written"]
+    assert (rec["status"] == "ok").sum() >= 5
     stopped = rec[rec["status"] != "ok"]
     assert len(stopped) >= 1 and stopped["error"].str.contains("interrupted").all()
 
