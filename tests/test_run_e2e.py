@@ -117,10 +117,11 @@ def start_cli(tmp_path, *extra):
     raise AssertionError(f"no records appeared: {proc.communicate()[0]}")
 
 
-def test_ctrl_c_keeps_the_records(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_the_records(tmp_path, sig):
     proc, run_dir = start_cli(tmp_path, ("duration_s", 30.0), ("traffic", {"rate": 10.0}))
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 
 
@@ -74,6 +75,10 @@ def comparison_table(runs) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.runner import machine_has_cuda, run_workload
     from harness.spec import WorkloadError, load_workload
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     paths = []
     interrupted = False
+    signal.signal(signal.SIGTERM, _terminate)  # a CI timeout stops the servers and keeps the records too
     try:
         for engine in engines or list(spec.engines):
             paths += run_workload(spec, [engine], args.runs_dir, progress=not args.no_progress, workers=args.workers)
