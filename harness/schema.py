@@ -45,11 +45,22 @@ RECORD_FIELDS = (
     "in_window",  # bool: intended_send inside the measured window (after warm-up)
 )
 
+# written by `harness run` beside RECORD_FIELDS (readers must not require them)
+RECORD_EXTRA_FIELDS = (
+    "released",  # float s: when the load generator's scheduler handed the request to a user (NaN if never)
+    "first_chunk_tokens",  # int: tokens in the first streamed chunk (ITL gaps start after them)
+    "requested_output_tokens",  # int: output tokens the trace asked for
+)
+
 RECORD_STATUSES = ("ok", "error", "timeout", "not_sent")
 
 # summary.json top-level keys
 SUMMARY_KEYS = ("workload", "engine", "model", "gpu", "started_at", "status", "valid", "invalid_reasons",
                 "window_s", "warmup_s", "counts", "metrics", "per_adapter", "windows", "slo")
+
+# written by `harness run` beside SUMMARY_KEYS: engine_kind, gpu_info {available, reason}, loadgen (the load
+# generator's own counts), server_scrape {rows, errors, last_error}
+SUMMARY_EXTRA_KEYS = ("engine_kind", "gpu_info", "loadgen", "server_scrape")
 
 # summary["metrics"] keys (seconds for latencies; None when undefined)
 METRIC_KEYS = (

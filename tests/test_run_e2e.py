@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from harness.runner import run_engine
-from harness.schema import METRIC_KEYS, RUN_FILES, SUMMARY_KEYS
+from harness.schema import (METRIC_KEYS, RECORD_EXTRA_FIELDS, RECORD_FIELDS, RUN_FILES, SUMMARY_EXTRA_KEYS,
+                            SUMMARY_KEYS)
 from harness.spec import load_workload
 from harness.store import list_runs, load_run
 from harness.trace import build_trace, read_trace
@@ -41,6 +42,8 @@ def check_run(run_dir, spec, status="completed"):
     c = run.summary["counts"]
     assert c["ok"] + c["error"] + c["timeout"] + c["not_sent"] == c["total"] == len(build_trace(spec))
     assert set(SUMMARY_KEYS) <= set(run.summary) and set(METRIC_KEYS) <= set(run.summary["metrics"])
+    assert set(SUMMARY_EXTRA_KEYS) <= set(run.summary)
+    assert set(RECORD_FIELDS) | set(RECORD_EXTRA_FIELDS) <= set(run.records.columns)
     assert sorted(run.records["request_id"]) == list(range(c["total"]))
     for key in ("config", "trace", "records_jsonl", "records", "gpu", "server", "summary", "env", "status"):
         assert (run_dir / RUN_FILES[key]).is_file(), key
