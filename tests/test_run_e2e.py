@@ -80,6 +80,16 @@ def test_in_process_engines(tmp_path, engine):
     assert any(c.startswith("lora_fleet_") for c in run.server.columns)
 
 
+def test_a_server_that_cannot_start_leaves_an_error_run(tmp_path):
+    spec = load_workload(workload(tmp_path))
+    run_dir = run_engine(spec, {"name": "stub", "kind": "stub", "options": {"chunk_tokens": 0}}, tmp_path / "runs",
+                         progress=False, log=lambda s: None)
+    run = check_run(run_dir, spec, status="error")
+    assert "exited with code 2 before it was ready" in run.status["message"]
+    assert "--chunk-tokens must be >= 1" in run.status["message"]  # the server's own words, from its log
+    assert run.summary["counts"]["not_sent"] == run.summary["counts"]["total"] and not run.summary["valid"]
+
+
 def test_external_engine_attached_by_url(tmp_path):
     from harness.server_proc import ServerProcess
 
