@@ -180,3 +180,19 @@ def test_server_process_errors_carry_the_log(tmp_path):
     with pytest.raises(ServerError, match="no READY line within 1 s"):
         silent.start()
     assert not silent.alive()
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
+    import json
+
+    from harness.loadgen.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    assert bench(["--workers", "1", "--start-rate", "40", "--max-rate", "40", "--duration-s", "1",
+                  "--max-lag-ms", "1000", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max sustained req/s" in text and "offered/s" in text
+    result = json.loads(out.read_text())
+    trial = result["trials"][0]
+    assert trial["offered_req_s"] == 40 and trial["requests"] == 40 and trial["ok"] == 40 and trial["sustained"]
+    assert result["max_sustained_req_s"] == {"1": 40} and result["target_req_s"] == 500
