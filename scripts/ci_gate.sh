@@ -8,7 +8,9 @@
 #              CI_GATE_MAX_REGRESSION (default 25%: run pairs of the same code on a shared 2-core box moved
 #              the ratio's median by up to 21% against each other; a 5 ms per-step delay moves it by -50% or more),
 #              CI_GATE_REPEATS (run pairs for --update, default 2: a baseline in the middle of the noise),
-#              CI_GATE_BASELINE_DIR (default baselines).
+#              CI_GATE_BASELINE_DIR (default baselines),
+#              CI_GATE_MULTILORA (the multilora engine as `harness run --engine` takes it; to check that the gate
+#              catches a slow-down: '{"name": "multilora", "options": {"step_delay_ms": 5}}').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,7 @@ fi
 metric="ratio:output_tok_s:multilora/merged"
 baseline_dir="${CI_GATE_BASELINE_DIR:-baselines}"
 max_regression="${CI_GATE_MAX_REGRESSION:-25%}"
+multilora="${CI_GATE_MULTILORA:-multilora}"
 
 # One engine after the other, one CPU thread each (OMP_NUM_THREADS=1: the load generator keeps the other core).
 # Each run goes to the background so that a TERM or Ctrl-C of this script is forwarded to it as SIGINT, on
@@ -51,7 +54,7 @@ run_one() {  # ENGINE RUNS_DIR LOG_NAME
   tail -n 4 "$out/$3.log"
 }
 run_pair() {  # RUNS_DIR TAG
-  run_one multilora "$1" "multilora-$2"
+  run_one "$multilora" "$1" "multilora-$2"
   run_one merged "$1" "merged-$2"
 }
 gate() {  # RUNS_DIR MARKDOWN
