@@ -340,5 +340,17 @@ def render_markdown(report: GateReport) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def report_json(report: GateReport) -> dict:
+    """The verdict as data: what `harness gate --json` writes."""
+    base = report.baseline
+    return {"verdict": "regression" if report.exit_code else "pass", "exit_code": report.exit_code,
+            "baseline": {k: base.get(k) for k in ("name", "workload", "model", "gpu", "created_at")},
+            "max_regression": report.max_regression, "alpha": report.alpha,
+            "metrics": [{"metric": v.metric, "engine": v.engine, "worse_when": v.worse_when, "n_base": v.n_base,
+                         "n_now": v.n_now, "base_median": v.base, "now_median": v.now, "change": v.change,
+                         "interval": list(v.interval), "p": v.p, "test": f"mann-whitney-{v.method}",
+                         "status": v.status} for v in report.verdicts]}
+
+
 def render_unusable(message: str) -> str:
     return f"### Regression gate: UNUSABLE INPUT\n\n{message}\n"

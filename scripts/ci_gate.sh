@@ -5,8 +5,9 @@
 #   scripts/ci_gate.sh            gate; exit 0 pass, 1 regression (seen on two pairs of runs), 2 unusable input
 #   scripts/ci_gate.sh --update   re-make baselines/ci-cpu.json on this machine from 2 run pairs (commit it)
 # Environment: CI_GATE_OUT (folder for runs and gate.md, default: a fresh temporary folder),
-#              CI_GATE_MAX_REGRESSION (default 25%: run pairs of the same code on a shared 2-core box moved
-#              the ratio's median by up to 21% against each other; a 5 ms per-step delay moves it by -50% or more),
+#              CI_GATE_MAX_REGRESSION (default 35%: on a shared 2-core box one engine's speed can halve for a whole
+#              run when a neighbour takes its core, so pairs of the same code moved the ratio's median by -11% to
+#              +84%; a 5 ms per-step delay in multilora moves it by -72%),
 #              CI_GATE_REPEATS (run pairs for --update, default 2: a baseline in the middle of the noise),
 #              CI_GATE_BASELINE_DIR (default baselines),
 #              CI_GATE_MULTILORA (the multilora engine as `harness run --engine` takes it; to check that the gate
@@ -31,7 +32,7 @@ if [ -e "$runs" ] && [ -n "$(ls -A "$runs" 2>/dev/null)" ]; then
 fi
 metric="ratio:output_tok_s:multilora/merged"
 baseline_dir="${CI_GATE_BASELINE_DIR:-baselines}"
-max_regression="${CI_GATE_MAX_REGRESSION:-25%}"
+max_regression="${CI_GATE_MAX_REGRESSION:-35%}"
 multilora="${CI_GATE_MULTILORA:-multilora}"
 
 # One engine after the other, one CPU thread each (OMP_NUM_THREADS=1: the load generator keeps the other core).
@@ -57,10 +58,10 @@ run_pair() {  # RUNS_DIR TAG
   run_one "$multilora" "$1" "multilora-$2"
   run_one merged "$1" "merged-$2"
 }
-gate() {  # RUNS_DIR MARKDOWN
+gate() {  # RUNS_DIR TAG
   set +e
   python -m harness gate --baseline ci-cpu --baseline-dir "$baseline_dir" "$1" --metric "$metric" \
-    --max-regression "$max_regression" --markdown "$2"
+    --max-regression "$max_regression" --markdown "$out/gate-$2.md" --json "$out/gate-$2.json"
   local code=$?
   set -e
   return $code
@@ -75,15 +76,15 @@ fi
 
 run_pair "$runs" 1
 code=0
-gate "$runs" "$out/gate-1.md" || code=$?
+gate "$runs" 1 || code=$?
 cp "$out/gate-1.md" "$out/gate.md"
 if [ "$code" = 1 ]; then
   # A busy neighbour on a shared box can slow one run for seconds: a regression must show again on a fresh pair.
   echo "ci_gate.sh: regression on the first pair; confirming on a second pair"
   run_pair "$out/confirm" 2
   code=0
-  gate "$out/confirm" "$out/gate-2.md" || code=$?
+  gate "$out/confirm" 2 || code=$?
   { cat "$out/gate-1.md"; echo; echo "Confirmation on a second pair of runs:"; echo; cat "$out/gate-2.md"; } > "$out/gate.md"
 fi
-echo "ci_gate.sh: verdict in $out/gate.md, runs in $out (exit $code)"
+echo "ci_gate.sh: verdict in $out/gate.md (as JSON: $out/gate-*.json), runs in $out (exit $code)"
 exit "$code"

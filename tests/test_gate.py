@@ -243,7 +243,13 @@ def test_gate_pass_regression_and_markdown(tmp_path, base_runs, capsys):
     assert "| output_tok_s | multilora |" in rows[1] and rows[1].endswith("| **FAIL** |")
     assert "multilora/merged" in rows[2] and rows[2].endswith("| **FAIL** |")
     # a 20% drop with a 25% threshold passes
-    assert gate(tmp_path, slow, "--max-regression", "25%") == 0
+    assert gate(tmp_path, slow, "--max-regression", "25%", "--json", tmp_path / "v.json") == 0
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["verdict"] == "pass" and verdict["exit_code"] == 0 and verdict["baseline"]["name"] == "ci"
+    (row,) = [m for m in verdict["metrics"] if m["engine"] == "multilora"]
+    assert row["change"] == pytest.approx(-0.2, abs=0.04) and row["status"] == "pass" and row["n_now"] == 20
+    assert gate(tmp_path, slow, "--json", tmp_path / "v.json") == 1
+    assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "regression"
 
 
 def test_ratio_is_machine_independent(tmp_path, base_runs):
@@ -277,6 +283,10 @@ def test_unusable_inputs_exit_2(tmp_path, base_runs, capsys):
         err = capsys.readouterr().err
         assert needle in err, (needle, err)
         assert "UNUSABLE INPUT" in md.read_text()
+    assert gate(tmp_path, cases["model"], "--json", tmp_path / "u.json") == 2
+    unusable = json.loads((tmp_path / "u.json").read_text())
+    assert unusable["verdict"] == "unusable" and "model" in unusable["message"]
+    capsys.readouterr()
     one = [make_run(tmp_path / "one", "a", "multilora", windows(rng, 100))]
     assert gate(tmp_path, one, "--metric", "ratio:output_tok_s:multilora/merged") == 2
     assert "no runs of engine 'merged'" in capsys.readouterr().err

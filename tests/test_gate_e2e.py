@@ -15,7 +15,7 @@ from harness.cli import main
 REPO = Path(__file__).resolve().parent.parent
 RATIO = "ratio:output_tok_s:multilora/merged"
 STEP_DELAY_MS = 5.0  # a step of the tiny model with 2 sequences takes 2-5 ms on a CPU: this at least halves throughput
-MAX_REGRESSION = "25%"  # as scripts/ci_gate.sh
+MAX_REGRESSION = "35%"  # as scripts/ci_gate.sh
 SLOW = json.dumps({"name": "multilora", "options": {"step_delay_ms": STEP_DELAY_MS}})
 
 pytestmark = pytest.mark.slow

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--min-samples", type=int, default=3,
                         help="fewest samples per side (windows or runs) to judge at all (default: %(default)s)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the verdict to this file")
+    parser.add_argument("--json", metavar="OUT.json", help="also write the verdict as JSON to this file")
     parser.set_defaults(func=run)
 
 
@@ -41,7 +43,8 @@ def _write(path: str | None, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.baseline import check_comparable, load_baseline, snapshot_dirs
-    from harness.gate import GateInputError, evaluate, parse_fraction, parse_metric, render_markdown, render_unusable
+    from harness.gate import (GateInputError, evaluate, parse_fraction, parse_metric, render_markdown,
+                              render_unusable, report_json)
 
     try:
         specs = [parse_metric(m) for m in (args.metric or DEFAULT_METRICS)]
@@ -57,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
         message = f"Unusable input, nothing was judged: {exc}"
         print(f"gate: {message}", file=sys.stderr)
         _write(args.markdown, render_unusable(message))
+        _write(args.json, json.dumps({"verdict": "unusable", "exit_code": 2, "message": message}, indent=1) + "\n")
         return 2
     text = render_markdown(report)
     print(text, end="")
     _write(args.markdown, text)
+    _write(args.json, json.dumps(report_json(report), indent=1) + "\n")
     return report.exit_code
