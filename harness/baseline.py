@@ -39,13 +39,11 @@ class RunData:
     env: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_baseline_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GateInputError(f"{path}: no {what}; is this a run directory written by `harness run`?") from None
     except json.JSONDecodeError as exc:
-        raise GateInputError(f"{path}: {what} is not valid JSON ({exc}); the run may have died while writing") from None
+        raise GateInputError(f"{path}: not valid JSON ({exc}); restore it from git or save the baseline again") from None
 
 
 def _load(run_dir: Path) -> tuple[dict, dict, dict, str]:
@@ -192,7 +190,7 @@ def load_baseline(name_or_path: str, directory: str | Path = DEFAULT_DIR) -> dic
         known = ", ".join(p.stem for p in sorted(Path(directory).glob("*.json"))) or "none"
         raise GateInputError(f"baseline {path} not found (baselines in {directory}: {known}); "
                              "make one with `harness baseline save RUN... --name NAME`")
-    doc = _read_json(path, "baseline")
+    doc = _read_baseline_json(path)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GateInputError(f"{path}: not a baseline of format {FORMAT}; save it again with "
                              "`harness baseline save`")

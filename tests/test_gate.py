@@ -216,7 +216,13 @@ def test_baseline_save_list_show(tmp_path, base_runs, capsys):
     assert main(["baseline", "show", "ci", "--dir", str(tmp_path / "bl")]) == 0
     assert "| output_tok_s | lower |" in capsys.readouterr().out
     assert main(["baseline", "show", "nope", "--dir", str(tmp_path / "bl")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "not found (baselines in" in capsys.readouterr().err
+    (tmp_path / "bl" / "torn.json").write_text('{"format": ')
+    assert main(["baseline", "show", "torn", "--dir", str(tmp_path / "bl")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    (tmp_path / "bl" / "torn.json").write_text('{"format": "other/9"}')
+    assert main(["baseline", "show", "torn", "--dir", str(tmp_path / "bl")]) == 2
+    assert "not a baseline of format" in capsys.readouterr().err
 
 
 def save(tmp_path):
@@ -283,6 +289,12 @@ def test_unusable_inputs_exit_2(tmp_path, base_runs, capsys):
         err = capsys.readouterr().err
         assert needle in err, (needle, err)
         assert "UNUSABLE INPUT" in md.read_text()
+    torn = make_run(tmp_path / "torn", "a", "multilora", windows(rng, 100))
+    (torn / "summary.json").write_text('{"workload": ')
+    assert gate(tmp_path, [torn]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert gate(tmp_path, [base_runs[0]], "--metric", "gpu_util_mean") == 2
+    assert "cannot be gated" in capsys.readouterr().err
     assert gate(tmp_path, cases["model"], "--json", tmp_path / "u.json") == 2
     unusable = json.loads((tmp_path / "u.json").read_text())
     assert unusable["verdict"] == "unusable" and "model" in unusable["message"]
