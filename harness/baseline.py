@@ -204,7 +204,7 @@ def list_baselines(directory: str | Path = DEFAULT_DIR) -> list[dict[str, Any]]:
 def check_comparable(baseline: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise GateInputError unless the current runs measure the same thing on the same kind of machine."""
     what = {"workload": "workload", "model": "model", "gpu": "GPU",
-            "trace_sha256": "trace (the workload file or its seed changed)"}
+            "trace_sha256": "trace (the workload file, its seed or the trace generator changed)"}
     for key in IDENTITY:
         if baseline.get(key) != current.get(key):
             raise GateInputError(f"the runs have a different {what[key]} than baseline "

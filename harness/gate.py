@@ -318,11 +318,13 @@ def render_markdown(report: GateReport) -> str:
     base = report.baseline
     failed = [v for v in report.verdicts if v.failed]
     head = "REGRESSION" if failed else "PASS"
+    git = (base.get("environment") or {}).get("git") or {}
+    commit = f", commit {str(git['commit'])[:10]}" if git.get("commit") else ""
     lines = [
         f"### Regression gate: {head}",
         "",
         f"Baseline `{base.get('name', '?')}` (workload `{base.get('workload')}`, model `{base.get('model')}`, "
-        f"GPU `{base.get('gpu')}`, saved {base.get('created_at', '?')}). A regression needs both a one-sided "
+        f"GPU `{base.get('gpu')}`, saved {base.get('created_at', '?')}{commit}). A regression needs both a one-sided "
         f"Mann-Whitney U p < {report.alpha:g} and a median change beyond {report.max_regression * 100:g}% "
         "in the bad direction; the interval is a 95% bootstrap interval of the change of medians.",
         "",
