@@ -354,3 +354,16 @@ def test_ci_gate_script_refuses_unknown_arguments():
     script = Path(__file__).parents[1] / "scripts" / "ci_gate.sh"
     done = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "use no argument to gate or --update" in done.stderr
+
+
+def test_mixed_run_sets_are_refused(tmp_path, base_runs, capsys):
+    rng = np.random.default_rng(6)
+    other = make_run(tmp_path / "x", "a", "multilora", windows(rng, 100), model="llama3-8b")
+    assert main(["baseline", "save", str(base_runs[0]), str(other), "--name", "mix", "--dir", str(tmp_path / "bl")]) == 2
+    assert "runs disagree on model" in capsys.readouterr().err
+    save(tmp_path)
+    uneven = [make_run(tmp_path / "u", "a", "multilora", windows(rng, 100), started="2026-01-02T00:00:00"),
+              make_run(tmp_path / "u", "b", "multilora", windows(rng, 100), started="2026-01-02T00:01:00"),
+              make_run(tmp_path / "u", "c", "merged", windows(rng, 50))]
+    assert gate(tmp_path, uneven, "--metric", "ratio:output_tok_s:multilora/merged") == 2
+    assert "2 run(s) of multilora but 1 of merged" in capsys.readouterr().err
