@@ -24,6 +24,8 @@ EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
+    "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
+              "(default true)",
 }
 
 
@@ -85,6 +87,8 @@ class MultiLoRAEngine(Engine):
             self._register(name, path, adapter)
         if self.runner.graphs is not None and config.extra.get("capture_graphs", True):
             self._capture_graphs()
+        if self.device.type == "cuda" and config.extra.get("warmup", True):
+            self._warmup()
 
     # ---- construction hooks (the merged baseline overrides these) --------------------------------
     def _read_start_adapters(self) -> dict[str, tuple[str, Any]]:
@@ -127,6 +131,26 @@ class MultiLoRAEngine(Engine):
     def _capture_graphs(self) -> None:
         self.runner.graphs.capture_all(with_lora=True)
         self.runner.graphs.capture_all(with_lora=False)
+
+    def _warmup(self) -> None:
+        """Prefill one prompt per token-count bucket (a power of two and one below it, so Triton's
+        divisible-by-16 specialisations are both built), with and without an adapter, then reset the
+        counters: kernels compile here rather than in the middle of a measured run."""
+        from engines.base import SamplingParams
+        names = [None] + sorted(self.pool.names())[:1]
+        lengths, n = [], 1
+        while n < self.max_model_len:
+            lengths += [n, max(1, n - 1)]
+            n *= 2
+        lengths.append(self.max_model_len - 2)
+        for i, length in enumerate(sorted(set(lengths))):
+            for adapter in names:
+                rid = f"__warmup-{i}-{adapter}"
+                self.add_request(Request(rid, [self.eos_token_id % self.vocab_size] * length, adapter,
+                                         SamplingParams(max_tokens=2, ignore_eos=True)))
+                while self.has_unfinished():
+                    self.step()
+        self.steps = self.tokens_generated = 0
 
     def _derive_kv_blocks(self) -> int:
         if self.device.type != "cuda":
