@@ -22,7 +22,7 @@ class SweepConfig:
 
     workload: str
     over: str = "rate"
-    engines: tuple[str, ...] = ()  # empty: the workload's engines
+    engines: tuple = ()  # names or engine dicts (as harness run takes them); empty: the workload's engines
     adapters: tuple[int, ...] = ()  # empty: the workload's adapter count
     rates: tuple[float, ...] = ()  # empty: the workload's rate (over="adapters")
     target: float | None = None  # SLO attainment a load must reach: None = the workload's slo.attainment, else 0.9
@@ -98,7 +98,7 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
     engines = base.engine_list()
     if cfg.engines:
         known = {e["name"]: e for e in engines}
-        engines = [known.get(name, name) for name in cfg.engines]
+        engines = [known.get(e, e) if isinstance(e, str) else e for e in cfg.engines]
     sweep_dir = Path(cfg.out) / f"{time.strftime('%Y%m%d-%H%M%S')}-{base.name}-{cfg.over}"
     runs_root = sweep_dir / "runs"
     runs_root.mkdir(parents=True, exist_ok=False)

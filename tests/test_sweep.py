@@ -157,3 +157,11 @@ def test_a_run_that_could_not_run_stops_that_engine_only(tmp_path):
     assert [p["n"] for p in payload["curves"]["multilora"]] == [1, 30, 100]
     # the failed run is not read as an SLO miss: no merged run with 100 adapters was tried after it
     assert not any(c[0] == "merged" and c[2] == 100 for c in runner.calls)
+
+
+def test_sweep_engines_accept_names_lists_and_external_json():
+    from harness.commands.sweep import parse_engines
+
+    got = parse_engines(["multilora,merged", '{"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}'])
+    assert got[:2] == ("multilora", "merged")
+    assert got[2] == {"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}

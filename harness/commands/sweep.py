@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     parser.add_argument("--over", choices=["rate", "adapters"], default="rate",
                         help="search the rate per adapter count, or the adapter count per rate (default: rate)")
     parser.add_argument("--engines", nargs="+", default=None, metavar="ENGINE",
-                        help="engine names (default: the workload's engines)")
+                        help="engine names, or JSON objects as in `harness run --engine` (e.g. an external server's URL); "
+                             "default: the workload's engines")
     parser.add_argument("--adapters", type=_ints, default=(), metavar="N,N,...",
                         help="adapter counts for --over rate (default: the workload's count)")
     parser.add_argument("--rates", type=_floats, default=(), metavar="R,R,...",
@@ -57,10 +58,20 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def parse_engines(items: list[str]) -> tuple:
+    """Engine names (comma-separated allowed) or JSON objects, as `harness run --engine` takes them."""
+    from harness.commands.run import parse_engine
+
+    out: list = []
+    for item in items:
+        out += [parse_engine(item)] if item.strip().startswith("{") else [e for e in item.split(",") if e]
+    return tuple(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.sweep import CAPACITY_FILE, SweepConfig, curve_table, run_sweep
 
-    engines = tuple(e for item in (args.engines or []) for e in item.split(",") if e)
+    engines = parse_engines(args.engines or [])
     try:
         cfg = SweepConfig(workload=args.workload, over=args.over, engines=engines, adapters=args.adapters,
                           rates=args.rates, target=args.target, resolution=args.resolution,
