@@ -21,7 +21,7 @@ short=(--set duration_s=40 --set warmup_s=5 --set loadgen.drain_timeout_s=15 --n
 case "$phase" in
 bursty)
   # bursty30 as shipped, at twice its rate (16 req/s offered), three engines.
-  python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
+  timeout -s INT "${BUDGET_S:-540}" python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
   ;;
 fleet)
   adapters=.cache/gpu-fleet-adapters
