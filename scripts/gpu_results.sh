@@ -16,12 +16,13 @@ runs=runs/gpu/$phase
 mkdir -p "$runs"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$runs/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$runs/gpu.txt"
+engines=(); for e in ${ENGINES:-}; do engines+=(--engine "$e"); done  # ENGINES="multilora merged": a subset
 short=(--set duration_s=40 --set warmup_s=5 --set loadgen.drain_timeout_s=15 --no-progress)
 
 case "$phase" in
 bursty)
   # bursty30 as shipped, at twice its rate (16 req/s offered), three engines.
-  timeout -s INT "${BUDGET_S:-540}" python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
+  timeout -s INT "${BUDGET_S:-540}" python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 "${engines[@]}" "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
   ;;
 fleet)
   adapters=.cache/gpu-fleet-adapters

@@ -177,9 +177,13 @@ class Attention(nn.Module):
         return lora_linear(o, self.o_proj.weight, None, self.lora.get("o"), self.layer, lora)
 
     def _prefill(self, q, k, v, seq_lens: list[int], scale: float) -> torch.Tensor:
+        if self.n_kv != self.n_heads:  # GQA: expand K, V to every query head; SDPA's enable_gqa falls
+            group = self.n_heads // self.n_kv  # back to the slow math kernel (66% of a serving profile on H100)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (T, Hq, D)
+
         def sdpa(qs, ks, vs):  # (B, L, H, D) -> (B, L, Hq, D), causal within each sequence
             out = F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
-                                                 is_causal=True, scale=scale, enable_gqa=self.n_kv != self.n_heads)
+                                                 is_causal=True, scale=scale)
             return out.transpose(1, 2)
         if len(set(seq_lens)) == 1:  # equal lengths: one batched call
             b, n = len(seq_lens), seq_lens[0]
