@@ -17,7 +17,7 @@ mkdir -p "$runs"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$runs/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$runs/gpu.txt"
 engines=(); for e in ${ENGINES:-}; do engines+=(--engine "$e"); done  # ENGINES="multilora merged": a subset
-short=(--set duration_s=40 --set warmup_s=5 --set loadgen.drain_timeout_s=15 --no-progress)
+short=(--set duration_s=${WINDOW_S:-40} --set warmup_s=5 --set loadgen.drain_timeout_s=15 --no-progress)
 
 case "$phase" in
 bursty)
@@ -49,8 +49,8 @@ fleet)
       --set traffic.rate=16 --set name=fleet-$n "${short[@]}" --runs-dir "$runs" 2>&1 | tail -6
   done
   # capacity curve: the largest rate meeting bursty30's SLOs with 30 and 1000 adapters
-  python3 -m harness sweep workloads/bursty30.yaml --over rate --engines "$ext" --adapters 30,1000 \
-      --max-runs 3 --resolution 0.25 --duration 20 --out "$runs/sweep" 2>&1 | tail -12
+  python3 -m harness sweep workloads/bursty30.yaml --over rate --engines "$ext" --adapters ${SWEEP_ADAPTERS:-30,1000} \
+      --max-runs 3 --resolution 0.25 --duration ${WINDOW_S:-20} --out "$runs/sweep" 2>&1 | tail -12
   ;;
 *) echo "unknown phase $phase (bursty|fleet)" >&2; exit 2 ;;
 esac
