@@ -49,7 +49,7 @@ fleet)
       --set traffic.rate=16 --set name=fleet-$n "${short[@]}" --runs-dir "$runs" 2>&1 | tail -6
   done
   # capacity curve: the largest rate meeting bursty30's SLOs with 30 and 1000 adapters
-  python3 -m harness sweep workloads/bursty30.yaml --over rate --engines "$ext" --adapters ${SWEEP_ADAPTERS:-30,1000} \
+  timeout -s INT "${SWEEP_BUDGET_S:-900}" python3 -m harness sweep workloads/bursty30.yaml --over rate --engines "$ext" --adapters ${SWEEP_ADAPTERS:-30,1000} \
       --max-runs 3 --resolution 0.25 --duration ${WINDOW_S:-20} --out "$runs/sweep" 2>&1 | tail -12
   ;;
 *) echo "unknown phase $phase (bursty|fleet)" >&2; exit 2 ;;
