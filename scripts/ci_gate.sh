@@ -32,7 +32,7 @@ if [ -e "$runs" ] && [ -n "$(ls -A "$runs" 2>/dev/null)" ]; then
 fi
 metric="ratio:output_tok_s:multilora/merged"
 baseline_dir="${CI_GATE_BASELINE_DIR:-baselines}"
-max_regression="${CI_GATE_MAX_REGRESSION:-35%}"
+max_regression="${CI_GATE_MAX_REGRESSION:-25%}"
 multilora="${CI_GATE_MULTILORA:-multilora}"
 
 # One engine after the other, one CPU thread each (OMP_NUM_THREADS=1: the load generator keeps the other core).

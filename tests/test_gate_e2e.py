@@ -14,8 +14,8 @@ from harness.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 RATIO = "ratio:output_tok_s:multilora/merged"
-STEP_DELAY_MS = 5.0  # a step of the tiny model with 2 sequences takes 2-5 ms on a CPU: this at least halves throughput
-MAX_REGRESSION = "35%"  # as scripts/ci_gate.sh
+STEP_DELAY_MS = 5.0  # a step of the tiny model with 8 sequences takes about 4 ms on a CPU: this halves throughput
+MAX_REGRESSION = "25%"  # as scripts/ci_gate.sh
 SLOW = json.dumps({"name": "multilora", "options": {"step_delay_ms": STEP_DELAY_MS}})
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,8 @@ def test_runs_are_valid_and_saturated(runs):
     for run_dir in {d for pair in out.values() for d in pair}:
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["valid"], summary["invalid_reasons"]
-        # saturated: the engine serves well below the offered 48 req/s x 64 tokens
-        assert summary["metrics"]["output_tok_s"] < 0.8 * 48 * 64
+        # saturated: the engine serves well below the offered 48 req/s x 128 tokens
+        assert summary["metrics"]["output_tok_s"] < 0.8 * 48 * 128
         assert len(summary["windows"]["output_tok_s"]) == 8
 
 
