@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     paths = []
     interrupted = False
     signal.signal(signal.SIGTERM, _terminate)  # a CI timeout stops the servers and keeps the records too
+    # Ctrl-C stops the run even when this process was started with SIGINT ignored (a background job of a shell)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for engine in engines or list(spec.engines):
             paths += run_workload(spec, [engine], args.runs_dir, progress=not args.no_progress, workers=args.workers)
