@@ -73,6 +73,22 @@ class StepOutput:
     error: str | None = None
 
 
+def check_prompt(request: Request, adapters, vocab_size: int, max_model_len: int, model_name: str) -> list[int]:
+    """The checks every engine makes on a new request; returns the prompt as a list of ints."""
+    if request.adapter is not None and request.adapter not in adapters:
+        raise AdapterNotFoundError(f"adapter {request.adapter!r} is not registered; "
+                                   f"registered: {sorted(adapters)[:20]}")
+    ids = [int(t) for t in request.prompt_ids]
+    if not ids:
+        raise ValueError("prompt_ids is empty; send at least one token")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ValueError(f"prompt_ids hold a token outside [0, {vocab_size}) of {model_name}")
+    if len(ids) >= max_model_len:
+        raise ValueError(f"prompt has {len(ids)} tokens; this engine takes at most {max_model_len - 1} "
+                         "(max_model_len, capped by max_num_batched_tokens and the KV cache)")
+    return ids
+
+
 class Engine(abc.ABC):
     """Add requests, call step() until has_unfinished() is False, read stats().
 

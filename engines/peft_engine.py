@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput
+from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput, check_prompt
 from engines.config import EngineConfig
 
 EXTRA_KEYS = {"attn_implementation": "transformers attention backend: sdpa (default) or eager"}
@@ -182,16 +182,7 @@ class PeftEngine(Engine):
 
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        if request.adapter is not None and request.adapter not in self._adapters:
-            raise AdapterNotFoundError(f"adapter {request.adapter!r} is not registered; "
-                                       f"registered: {sorted(self._adapters)[:20]}")
-        ids = [int(t) for t in request.prompt_ids]
-        if not ids:
-            raise ValueError("prompt_ids is empty; send at least one token")
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
-            raise ValueError(f"prompt_ids hold a token outside [0, {self.vocab_size}) of {self.base_model_name}")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; this engine takes at most {self.max_model_len - 1}")
+        ids = check_prompt(request, self._adapters, self.vocab_size, self.max_model_len, self.base_model_name)
         if any(s.id == request.request_id for s in self._all()):
             raise ValueError(f"request_id {request.request_id!r} is already in flight")
         request.prompt_ids = ids

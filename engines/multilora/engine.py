@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput
+from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput, check_prompt
 from engines.config import EngineConfig
 from engines.model.config import LORA_TARGETS, ModelArgs
 from engines.model.llama import MODULE_GROUP, Transformer, build_model
@@ -200,19 +200,9 @@ class MultiLoRAEngine(Engine):
 
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        if request.adapter is not None and request.adapter not in self.pool.names():
-            raise AdapterNotFoundError(f"adapter {request.adapter!r} is not registered; "
-                                       f"registered: {sorted(self.pool.names())[:20]}")
+        ids = check_prompt(request, self.pool.names(), self.vocab_size, self.max_model_len, self.base_model_name)
         if request.request_id in self._seqs:
             raise ValueError(f"request_id {request.request_id!r} is already in flight")
-        ids = [int(t) for t in request.prompt_ids]
-        if not ids:
-            raise ValueError("prompt_ids is empty; send at least one token")
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
-            raise ValueError(f"prompt_ids hold a token outside [0, {self.vocab_size}) of {self.base_model_name}")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; this engine takes at most {self.max_model_len - 1} "
-                             "(max_model_len, capped by max_num_batched_tokens and the KV cache)")
         seq = Sequence(request.request_id, ids, request.adapter, request.params, request.arrival)
         self._seqs[seq.seq_id] = seq
         self.scheduler.add(seq)
