@@ -38,7 +38,8 @@ fleet)
   ext='{"name": "multilora", "kind": "external", "url": "http://127.0.0.1:'$port'"}'
   # LoRA tax: saturating traffic (fixed 128-token prompts and outputs, 48 req/s offered) with 0 vs 30 adapters
   for n in 0 30; do
-    python3 -m harness run workloads/steady-poisson.yaml --engine "$ext" --set model=llama3-8b \
+    base=(); [ "$n" = 0 ] && base=(--set traffic.base_fraction=1.0)  # 0 adapters: every request to the base
+    python3 -m harness run workloads/steady-poisson.yaml --engine "$ext" --set model=llama3-8b "${base[@]}" \
       --set adapters.count=$n --set adapters.ranks=[8] --set traffic.rate=48 \
       --set 'traffic.prompt_tokens={kind: fixed, value: 128}' --set 'traffic.output_tokens={kind: fixed, value: 128}' \
       --set name=loratax-$n "${short[@]}" --runs-dir "$runs" 2>&1 | tail -6
