@@ -31,6 +31,24 @@ def wait_health(url: str, timeout_s: float, health_path: str = "/health", alive=
     raise ServerError(f"{url}{health_path} did not answer 200 within {timeout_s:g} s (last: {last})")
 
 
+def signal_group_then_kill(proc: subprocess.Popen, sig: int, grace_s: float) -> None:
+    """Send sig to proc's process group; SIGKILL the group if it has not exited within grace_s."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
 class ServerProcess:
     """A child process in its own session (Ctrl-C reaches only the harness, which stops it in order)."""
 
@@ -92,19 +110,7 @@ class ServerProcess:
         """SIGTERM, then SIGKILL after timeout_s; returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
+        signal_group_then_kill(self.proc, signal.SIGTERM, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
         return self.proc.returncode

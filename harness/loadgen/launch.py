@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from harness.server_proc import signal_group_then_kill
+
 
 class LoadgenProcess:
     """The Locust process of one run. Its own session, so a terminal's Ctrl-C reaches only the harness."""
@@ -68,17 +70,7 @@ class LoadgenProcess:
         """SIGINT: it records what is in flight and exits; SIGKILL if it does not within grace_s."""
         if self.proc is None:
             return None
-        if self.running():
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            if self.wait(grace_s) is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
+        signal_group_then_kill(self.proc, signal.SIGINT, grace_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
         return self.proc.returncode
