@@ -28,9 +28,10 @@ class Sampler:
                  banned: list[tuple[int, ...]]) -> list[int]:
         """logits (B, V) float32 -> one token per row. banned[i]: tokens row i may not produce now
         (EOS and stop tokens before min_tokens)."""
-        for i, toks in enumerate(banned):
-            if toks:
-                logits[i, list(toks)] = float("-inf")
+        rows = [i for i, toks in enumerate(banned) for _ in toks]
+        if rows:  # one indexed write for the whole batch, not one per row
+            cols = [t for toks in banned for t in toks]
+            logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = float("-inf")
         out = logits.argmax(dim=-1)  # greedy for every row; sampled rows are overwritten below
         rows = [i for i, p in enumerate(params) if p.temperature > 0]
         if rows:
