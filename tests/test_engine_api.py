@@ -180,3 +180,17 @@ def test_engine_serves_a_local_checkpoint_folder(tmp_path):
     req = [Request("c", PROMPT, None, SamplingParams(max_tokens=5, ignore_eos=True))]
     from_preset, _ = run(create_engine(EngineConfig(model="tiny", device="cpu", seed=0)), req)
     assert from_folder == from_preset
+
+
+def test_sampler_bans_each_rows_own_tokens():
+    import torch
+
+    from engines.multilora.sampler import Sampler
+
+    logits = torch.zeros(3, 8)
+    logits[:, 5] = 3.0  # every row's argmax is 5 ...
+    logits[:, 2] = 2.0  # ... then 2, then 7
+    logits[:, 7] = 1.0
+    greedy = SamplingParams(max_tokens=4)
+    got = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], [greedy] * 3, [(5,), (5, 2), ()])
+    assert got == [2, 7, 5]
