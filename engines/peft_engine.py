@@ -5,7 +5,6 @@ import inspect
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -126,10 +125,8 @@ class PeftEngine(Engine):
         self.steps = self.tokens_generated = self.adapter_loads = self.adapter_switches = 0
         self.last_batch_size = 0
         if config.adapters:
-            root = Path(config.adapters)
-            if not root.is_dir():
-                raise ValueError(f"engine config: adapters={str(root)!r} is not a folder of adapter folders")
-            for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            from engines.adapters.peft_format import adapter_folders
+            for folder in adapter_folders(config.adapters):
                 self.register_adapter(folder.name, str(folder))
 
     def _last_logits_only(self) -> dict[str, int]:

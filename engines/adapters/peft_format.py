@@ -185,3 +185,12 @@ def write_adapter(adapter: LoRAAdapter, path, base_model_name: str, n_layers: in
     os.replace(tmp_weights, folder / WEIGHTS_NAME)
     os.replace(tmp_config, folder / CONFIG_NAME)
     return folder
+
+
+def adapter_folders(root: str | Path) -> list[Path]:
+    """The adapter folders an engine serves from `root`: its visible sub-folders, sorted (each registered
+    under its folder name; a broken one is refused by read_adapter with its path and cause)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"adapters={str(root)!r} is not a folder of adapter folders")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

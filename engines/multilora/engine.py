@@ -94,11 +94,8 @@ class MultiLoRAEngine(Engine):
     def _read_start_adapters(self) -> dict[str, tuple[str, Any]]:
         if not self.config.adapters:
             return {}
-        from engines.adapters.peft_format import read_adapter
-        root = Path(self.config.adapters)
-        if not root.is_dir():
-            raise ValueError(f"engine config: adapters={str(root)!r} is not a folder of adapter folders")
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        from engines.adapters.peft_format import adapter_folders, read_adapter
+        folders = adapter_folders(self.config.adapters)
         return {p.name: (str(p), read_adapter(p, self.model.args, max_rank=self.config.max_lora_rank, name=p.name))
                 for p in folders}
 

@@ -113,11 +113,9 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def _adapter_folders(root: Path) -> list[Path]:
-    from engines.adapters.peft_format import CONFIG_NAME
+    from engines.adapters.peft_format import CONFIG_NAME, adapter_folders
 
-    if (root / CONFIG_NAME).is_file():
-        return [root]
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [root] if (root / CONFIG_NAME).is_file() else adapter_folders(root)
 
 
 def run_check(args: argparse.Namespace) -> int:
