@@ -35,7 +35,10 @@ class MergedPool:
         self.swap_seconds = 0.0
 
     # ---- registry --------------------------------------------------------------------------------
-    def register(self, name: str, path: str, loader: Callable[[], object] | None = None) -> None:
+    def register(self, name: str, path: str, loader: Callable[[], object] | None = None,
+                 known=None) -> None:
+        """Read the adapter now (a merge needs its values) and keep it in host memory; `known` is reused
+        when it holds the weights, not just their description."""
         if name in self._sources:
             raise EngineError(f"adapter {name!r} is already registered; unregister it first to replace it")
         if loader is None:
@@ -43,7 +46,7 @@ class MergedPool:
 
             def loader(path=path, name=name):
                 return read_adapter(path, self.model.args, max_rank=self.max_rank, name=name)
-        adapter = loader()
+        adapter = known if known is not None and known.loaded else loader()
         bad = [m for m in adapter.targets if m not in LORA_TARGETS]
         if bad:
             raise AdapterFileError(f"{path}: targets {bad} cannot be merged into a Llama-family model")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engines.adapters.lora import LoRAAdapter
-from engines.adapters.peft_format import read_adapter, tensor_key, write_adapter
+from engines.adapters.peft_format import inspect_adapter, read_adapter, tensor_key, write_adapter
 from engines.adapters.synth import synth_adapter
 from engines.base import AdapterFileError
 from engines.model.config import ModelArgs
@@ -292,3 +292,33 @@ def test_module_under_the_wrong_submodule_is_refused(tmp_path):
     path = _edit_tensors(folder, misplace)
     msg = _error(folder)
     assert str(path) in msg and "q_proj under mlp" in msg
+
+
+def test_inspect_describes_from_the_header_what_a_read_finds(tmp_path):
+    folder = _written(tmp_path, rank=8, targets=("q_proj", "v_proj", "down_proj"), dtype=torch.bfloat16)
+    full, head = read_adapter(folder, BASE), inspect_adapter(folder, BASE)
+    assert full.loaded and not head.loaded
+    assert (head.rank, head.scaling, head.targets) == (full.rank, full.scaling, full.targets)
+    assert head.weights.keys() == full.weights.keys()
+    for key, (a, b) in full.weights.items():
+        ha, hb = head.weights[key]
+        assert (ha.shape, hb.shape, ha.dtype) == (a.shape, b.shape, a.dtype) and ha.is_meta
+
+
+def test_inspect_refuses_structural_faults_and_leaves_values_to_the_read(tmp_path):
+    folder = _written(tmp_path)
+
+    def poison(t):
+        t[tensor_key(1, "q_proj", "A")][0, 0] = float("nan")
+    _edit_tensors(folder, poison)
+    assert inspect_adapter(folder, BASE).rank == 8  # values are not in the header
+    assert "NaN" in _error(folder)
+    _edit_tensors(folder, lambda t: t.pop(tensor_key(1, "v_proj", "B")))
+    with pytest.raises(AdapterFileError, match="layer 1 v_proj: lora_B weight is missing"):
+        inspect_adapter(folder, BASE)
+    with pytest.raises(AdapterFileError, match="above max_rank=4"):
+        inspect_adapter(_written(tmp_path / "x"), BASE, max_rank=4)
+    path = folder / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(AdapterFileError, match="unreadable"):
+        inspect_adapter(folder, BASE)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from engines.adapters.peft_format import read_adapter
-from engines.adapters.synth import adapter_nbytes, make_adapters
+from engines.adapters.synth import adapter_nbytes, is_current, make_adapters, plan_adapters
 from engines.model.checkpoint import save_checkpoint
 from engines.model.config import ModelArgs
 from engines.model.weights import random_state_dict
@@ -158,3 +158,17 @@ def test_concurrent_makers_share_one_cache_folder(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"adapter-{i:04d}" for i in range(6)]
     assert [read_adapter(tmp_path / f"adapter-{i:04d}", BASE).rank for i in range(6)] == [4, 8] * 3
+
+
+def test_parallel_writers_give_the_same_files(tmp_path):
+    base = ModelArgs.from_name("tiny")
+    serial = make_adapters(base, 5, [4, 8], ["q_proj", "v_proj"], tmp_path / "one")
+    parallel = make_adapters(base, 5, [4, 8], ["q_proj", "v_proj"], tmp_path / "two", jobs=2)
+    for a, b in zip(serial, parallel):
+        x, y = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        assert is_current(b, plan_adapters(base, 5, [4, 8], ["q_proj", "v_proj"], tmp_path / "one")[int(b.name[-4:])].stamp)
+        assert (a / "adapter_config.json").read_text() == (b / "adapter_config.json").read_text()
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no temporaries left
+    with pytest.raises(ValueError, match="jobs=0"):
+        make_adapters(base, 1, [4], ["q_proj"], tmp_path / "three", jobs=0)

@@ -1,8 +1,10 @@
 """MultiLoRAEngine's interface: sampling parameters, stop conditions, adapters while serving, errors, stats."""
+import shutil
 import time
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from engines.adapters.synth import make_adapters, synth_adapter
 from engines.base import AdapterFileError, AdapterNotFoundError, Request, SamplingParams
@@ -194,3 +196,27 @@ def test_sampler_bans_each_rows_own_tokens():
     greedy = SamplingParams(max_tokens=4)
     got = Sampler(torch.device("cpu"))(logits, ["a", "b", "c"], [greedy] * 3, [(5,), (5, 2), ()])
     assert got == [2, 7, 5]
+
+
+def test_a_large_fleet_registers_from_headers_and_reads_weights_on_demand(tmp_path):
+    root = tmp_path / "fleet"
+    make_adapters(ARGS, 6, [4], ["q_proj", "v_proj"], root, dtype=torch.float32)
+    bad = root / "adapter-0005" / "adapter_model.safetensors"  # values broken after it was written
+    tensors = load_file(bad)
+    next(iter(tensors.values()))[0, 0] = float("nan")
+    save_file(tensors, bad, metadata={"format": "pt"})
+    e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root), host_adapter_capacity=2,
+                                   gpu_slots=2, max_loras=2))
+    assert len(e.adapters()) == 6 and e.stats()["adapters_host"] == 2  # only two were read at start
+    reqs = [Request(f"r{i}", PROMPT, f"adapter-{i:04d}", SamplingParams(max_tokens=4, ignore_eos=True))
+            for i in range(6)]
+    toks, outs = run(e, reqs)
+    for i in range(5):
+        assert outs[f"r{i}"].finish_reason == "length" and len(toks[f"r{i}"]) == 4
+    assert outs["r5"].finish_reason == "error" and str(bad) in outs["r5"].error and "NaN" in outs["r5"].error
+    assert e.stats()["adapter_host_reads"] >= 4
+    # the lazily read adapter gives the tokens of the same adapter served from a fresh engine
+    shutil.copytree(root / "adapter-0004", tmp_path / "one" / "adapter-0004")
+    ref = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(tmp_path / "one")))
+    assert run(ref, [Request("x", PROMPT, "adapter-0004", SamplingParams(max_tokens=4, ignore_eos=True))])[0]["x"] \
+        == toks["r4"]

@@ -24,6 +24,11 @@ class LoRAAdapter:
     targets: tuple[str, ...]
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
 
+    @property
+    def loaded(self) -> bool:
+        """False for an adapter described from its file header (inspect_adapter): meta tensors, no values."""
+        return not any(a.is_meta or b.is_meta for a, b in self.weights.values())
+
     def nbytes(self) -> int:
         """Bytes of all A and B matrices (what a host or device copy of the adapter costs)."""
         return sum(a.nelement() * a.element_size() + b.nelement() * b.element_size()

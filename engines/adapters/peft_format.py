@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from engines.adapters.lora import LoRAAdapter
@@ -17,7 +17,7 @@ from engines.adapters.validate import (LoraSettings, check_config, check_pair, f
                                        module_path)
 from engines.model.config import LORA_TARGETS, ModelArgs
 
-__all__ = ["LoRAAdapter", "read_adapter", "write_adapter", "read_config", "tensor_key",
+__all__ = ["LoRAAdapter", "read_adapter", "inspect_adapter", "write_adapter", "read_config", "tensor_key",
            "CONFIG_NAME", "WEIGHTS_NAME", "PICKLE_WEIGHTS_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
@@ -72,11 +72,52 @@ def _load_tensors(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                f"an adapter folder needs {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) next to {CONFIG_NAME}")
 
 
+# safetensors dtype codes -> torch dtypes, to describe a file's tensors from its header alone
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _header_tensors(folder: Path) -> tuple[Path, dict[str, torch.Tensor]] | None:
+    """The safetensors file's tensors as meta tensors (shape and dtype, no data), from its header; None
+    when the folder holds only a .bin (which cannot be described without unpickling it)."""
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metas = {}
+            for key in f.keys():
+                sl = f.get_slice(key)
+                metas[key] = torch.empty(sl.get_shape(), dtype=_ST_DTYPES.get(sl.get_dtype(), torch.uint8),
+                                         device="meta")
+            return path, metas
+    except (SafetensorError, OSError) as exc:
+        raise fail(path, f"unreadable safetensors file ({exc})", "re-export the adapter") from None
+
+
 def read_adapter(path, base: ModelArgs, max_rank: int | None = None, name: str | None = None) -> LoRAAdapter:
     """Read a PEFT LoRA adapter folder and check it against `base`; AdapterFileError names the file and cause."""
     folder = Path(path)
     settings = read_config(folder)
-    weights_path, tensors = _load_tensors(folder)
+    return _parse(folder, settings, *_load_tensors(folder), base, max_rank, name)
+
+
+def inspect_adapter(path, base: ModelArgs, max_rank: int | None = None, name: str | None = None) -> LoRAAdapter:
+    """read_adapter's checks from adapter_config.json and the safetensors header only: the adapter's
+    rank, scaling and targets, with meta tensors for weights (no data read, so thousands of folders are
+    described in seconds). Values (NaN, infinities) are checked when the weights are read."""
+    folder = Path(path)
+    settings = read_config(folder)
+    header = _header_tensors(folder)
+    if header is None:
+        return read_adapter(folder, base, max_rank, name)
+    return _parse(folder, settings, *header, base, max_rank, name)
+
+
+def _parse(folder: Path, settings: LoraSettings, weights_path: Path, tensors: dict[str, torch.Tensor],
+           base: ModelArgs, max_rank: int | None, name: str | None) -> LoRAAdapter:
+    """Check the tensors by key against the config and the base, and fold rank/alpha patterns in."""
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _KEY.match(key)

@@ -149,15 +149,36 @@ def plan_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
     return plan
 
 
+def _write_planned(base: ModelArgs, p: Planned, targets: Sequence[str], seed: int, dtype: torch.dtype,
+                   out: Path) -> None:
+    """Generate and install one planned adapter (unless a parallel maker already wrote it)."""
+    if not p.current and not is_current(p.folder, p.stamp):
+        tmp = out / f".{p.folder.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        adapter = synth_adapter(base, p.index, p.rank, targets, seed, dtype, p.alpha, name=p.folder.name)
+        write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
+        _install(tmp, p.folder, p.stamp)
+
+
+def _write_chunk(base, chunk, targets, seed, dtype, out) -> int:
+    torch.set_num_threads(1)  # the parallelism is across processes
+    for p in chunk:
+        _write_planned(base, p, targets, seed, dtype, out)
+    return len(chunk)
+
+
 def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
                   seed: int = 0, prefix: str = "adapter-", dtype: torch.dtype = torch.float16,
-                  alpha: float | None = None, progress: bool = False) -> list[Path]:
+                  alpha: float | None = None, progress: bool = False, jobs: int = 1) -> list[Path]:
     """Write `count` adapters out_dir/<prefix>0000 ... (ranks round-robin) and return their folders.
 
-    One adapter is in memory at a time. Folders that already hold the same adapter (same base
-    shape, rank, alpha, targets, seed, index and dtype) are kept as they are, so repeated calls are
-    fast. The disk space the new ones need is checked before the first is written.
+    One adapter is in memory at a time per process (`jobs` processes write in parallel; the files
+    do not depend on jobs). Folders that already hold the same adapter (same base shape, rank,
+    alpha, targets, seed, index and dtype) are kept as they are, so repeated calls are fast. The
+    disk space the new ones need is checked before the first is written.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     plan = plan_adapters(base, count, ranks, targets, out_dir, seed, prefix, dtype, alpha)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,18 +197,25 @@ def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=count, desc="adapters", unit="adapter")
+        bar = tqdm(total=count, desc="adapters", unit="adapter", initial=count - len(todo))
         bar.set_postfix(reused=count - len(todo), refresh=False)
     try:
-        for p in plan:
-            if not p.current and not is_current(p.folder, p.stamp):  # a parallel maker may have written it
-                tmp = out / f".{p.folder.name}.tmp-{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                adapter = synth_adapter(base, p.index, p.rank, targets, seed, dtype, p.alpha, name=p.folder.name)
-                write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
-                _install(tmp, p.folder, p.stamp)
-            if bar is not None:
-                bar.update(1)
+        if jobs == 1 or len(todo) < 2:
+            for p in todo:
+                _write_planned(base, p, targets, seed, dtype, out)
+                if bar is not None:
+                    bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            size = max(1, min(16, len(todo) // (4 * jobs)))  # small chunks keep the bar moving
+            chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_write_chunk, base, c, list(targets), seed, dtype, out) for c in chunks]
+                for fut in as_completed(futures):
+                    done = fut.result()
+                    if bar is not None:
+                        bar.update(done)
     finally:
         if bar is not None:
             bar.close()

@@ -94,8 +94,11 @@ class AdapterPool:
         self.host_reads = 0
 
     # ---- registry ------------------------------------------------------------------------------
-    def register(self, name: str, path: str, loader: Callable[[], object] | None = None) -> None:
-        """Register from a PEFT folder (read and checked now) or from loader() returning a LoRAAdapter."""
+    def register(self, name: str, path: str, loader: Callable[[], object] | None = None,
+                 known=None) -> None:
+        """Register from a PEFT folder or from loader() returning a LoRAAdapter. `known` (the adapter, or its
+        description by inspect_adapter) is checked instead of reading the weights; they are read now only
+        while the host LRU has room, else when a request first wants them."""
         if name in self._sources:
             raise EngineError(f"adapter {name!r} is already registered (from {self._sources[name][0]!r}); "
                               "unregister it first to replace it")
@@ -104,11 +107,11 @@ class AdapterPool:
 
             def loader(path=path, name=name):
                 return read_adapter(path, self.model.args, max_rank=self.max_rank, name=name)
-        adapter = loader()
+        adapter = loader() if known is None else known
         self._check(adapter, path)
         self._sources[name] = (path, loader)
         if len(self.host) < self.host.capacity:  # a full host LRU packs it only when a request wants it
-            self._store_host(name, self._pack(adapter))
+            self._store_host(name, self._pack(adapter if adapter.loaded else loader()))
 
     def unregister(self, name: str) -> None:
         if name not in self._sources:

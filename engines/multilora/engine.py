@@ -92,12 +92,14 @@ class MultiLoRAEngine(Engine):
 
     # ---- construction hooks (the merged baseline overrides these) --------------------------------
     def _read_start_adapters(self) -> dict[str, tuple[str, Any]]:
+        """Each start adapter folder described from its config and safetensors header (weights are read
+        when the pool packs them), so a server starts with thousands of adapters in seconds."""
         if not self.config.adapters:
             return {}
-        from engines.adapters.peft_format import adapter_folders, read_adapter
+        from engines.adapters.peft_format import adapter_folders, inspect_adapter
         folders = adapter_folders(self.config.adapters)
-        return {p.name: (str(p), read_adapter(p, self.model.args, max_rank=self.config.max_lora_rank, name=p.name))
-                for p in folders}
+        return {p.name: (str(p), inspect_adapter(p, self.model.args, max_rank=self.config.max_lora_rank,
+                                                 name=p.name)) for p in folders}
 
     def _lora_targets(self, start: dict[str, tuple[str, Any]]) -> tuple[str, ...]:
         targets = self.config.extra.get("lora_targets")
@@ -165,16 +167,8 @@ class MultiLoRAEngine(Engine):
         return n
 
     # ---- adapters --------------------------------------------------------------------------------
-    def _register(self, name: str, path: str, adapter=None, loader=None) -> None:
-        if loader is None and adapter is not None:
-            first = [adapter]
-
-            def loader(path=path, name=name):
-                if first:
-                    return first.pop()
-                from engines.adapters.peft_format import read_adapter
-                return read_adapter(path, self.model.args, max_rank=self.config.max_lora_rank, name=name)
-        self.pool.register(name, path, loader)
+    def _register(self, name: str, path: str, known=None, loader=None) -> None:
+        self.pool.register(name, path, loader, known)
 
     def register_adapter(self, name: str, path: str) -> None:
         if not name or "/" in name:

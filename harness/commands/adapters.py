@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     make.add_argument("--dtype", choices=DTYPES, default="float16", help="stored dtype (default: float16)")
     make.add_argument("--alpha", type=float, default=None, help="lora_alpha for every adapter (default: 2 * rank)")
     make.add_argument("--prefix", default="adapter-", help="folder-name prefix (default: adapter-)")
+    make.add_argument("--jobs", type=int, default=1,
+                      help="processes writing in parallel (default: 1; the files do not depend on it)")
     make.add_argument("--summary-json", default=None, metavar="PATH",
                       help="also write the summary (sizes, seconds, adapters/s) as JSON to PATH")
     make.set_defaults(func=run_make)
@@ -80,7 +82,7 @@ def run_make(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         plan = plan_adapters(**request)
-        make_adapters(**request, progress=True)
+        make_adapters(**request, progress=True, jobs=args.jobs)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,6 +104,7 @@ def run_make(args: argparse.Namespace) -> int:
                                        f"{new_bytes / seconds / 1e6:.0f} MB/s" if written and seconds > 0 else ""))
     if args.summary_json:
         summary = {"base": base.name, "out_dir": str(args.out_dir), "count": len(plan), "written": written,
+                   "jobs": args.jobs,
                    "reused": len(plan) - written, "targets": args.targets, "dtype": args.dtype, "seed": args.seed,
                    "ranks": rows, "total_bytes": total, "seconds": seconds,
                    "adapters_per_s": written / seconds if seconds > 0 else None,
