@@ -22,8 +22,9 @@ def _figure_html(fig: go.Figure, first: bool) -> str:
 
 def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
             max_compare: int = 8) -> tuple["data.pd.DataFrame", list[tuple[str, list[go.Figure]]]]:
-    """The runs table and every section's figures: compare per workload, timeline and adapters per run,
-    capacity per sweep."""
+    """The runs table and every section's figures: compare per workload (and across the newest max_compare
+    runs when the folder holds several workloads), timeline and adapters per
+    run, capacity per sweep."""
     paths = data.find_runs(runs_root)
     sweeps = data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else []))
     if not paths and not sweeps:
@@ -36,6 +37,8 @@ def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
     for workload, group in table.groupby("workload", sort=False):
         chosen = [by_label[name] for name in group["run"].head(max_compare)]
         sections.append((f"Compare: {workload}", views.compare(chosen)))
+    if table["workload"].nunique() > 1:  # e.g. one workload over 1, 30, ..., 5000 adapters, each run named apart
+        sections.append(("Compare: all runs", views.compare([by_label[n] for n in table["run"].head(max_compare)])))
     for r in runs:
         sections.append((f"Timeline: {data.label(r)}", views.timeline(r)))
         sections.append((f"Adapters: {data.label(r)}", views.adapters(r)))

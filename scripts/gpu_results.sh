@@ -3,12 +3,13 @@
 # Usage (on a CUDA machine, from the repo root, after scripts/gather_wheels.sh has filled .whl/ elsewhere):
 #   scripts/gpu_results.sh bursty   # bursty30 with multilora, merged and peft
 #   scripts/gpu_results.sh capacity # capacity curve: harness sweep of bursty30 over rate at 30 and 1,000 adapters
+#   scripts/gpu_results.sh dedicated # λ*(1) of multilora and merged (the planner's dedicated deployments)
 #   scripts/gpu_results.sh tax      # LoRA tax: saturating traffic with no adapter vs bursty30's 30 adapters
 #   scripts/gpu_results.sh fleet    # adapters per GPU: saturating traffic over 0, 1, 30, 100, 1,000, 5,000 adapters
 # Run directories land in runs/gpu/<phase>/; with $OUT set (the device tool), a tarball of them is written there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: scripts/gpu_results.sh bursty|capacity|tax|fleet}
+phase=${1:?usage: scripts/gpu_results.sh bursty|capacity|dedicated|tax|fleet}
 if [ -d .whl ] && ! python3 -c "import locust" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
@@ -22,20 +23,21 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 engines=(); for e in ${ENGINES:-}; do engines+=(--engine "$e"); done  # ENGINES="multilora merged": a subset
 short=(--set duration_s=${WINDOW_S:-40} --set warmup_s=5 --set loadgen.drain_timeout_s=15 --no-progress)
 
-# serve DIR CONFIG: one multilora engines.server over the adapter folders in DIR, in the background;
-# sets $ext to the --engine JSON that points harness at it.
+# serve DIR CONFIG [ENGINE]: one engines.server (default multilora) over the adapter folders in DIR, in the
+# background; sets $ext to the --engine JSON that points harness at it.
 serve() {
-  local port=18123
-  python3 -m engines.server --engine multilora --model $model --adapters "$1" --port $port \
-      --engine-config "$2" > "$runs/server.log" 2>&1 &
+  local port=18123 engine=${3:-multilora}
+  python3 -m engines.server --engine $engine --model $model --adapters "$1" --port $port \
+      --engine-config "$2" > "$runs/server-$engine.log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
   local t0=$SECONDS
-  for i in $(seq 900); do grep -q READY "$runs/server.log" && break; kill -0 $server || break; sleep 1; done
-  grep READY "$runs/server.log" || { tail -30 "$runs/server.log"; exit 1; }
-  echo "server ready in $((SECONDS - t0)) s" | tee -a "$runs/gpu.txt"
-  ext='{"name": "multilora", "kind": "external", "url": "http://127.0.0.1:'$port'"}'
+  for i in $(seq 900); do grep -q READY "$runs/server-$engine.log" && break; kill -0 $server || break; sleep 1; done
+  grep READY "$runs/server-$engine.log" || { tail -30 "$runs/server-$engine.log"; exit 1; }
+  echo "$engine server ready in $((SECONDS - t0)) s" | tee -a "$runs/gpu.txt"
+  ext='{"name": "'$engine'", "kind": "external", "url": "http://127.0.0.1:'$port'"}'
 }
+stop_server() { kill $server 2>/dev/null; wait $server 2>/dev/null; }
 # synth N RANKS TARGETS DIR: the synthetic adapters (kept when already there)
 synth() {
   python3 -m harness adapters make --base $model --count "$1" --ranks "$2" --targets "$3" --jobs 16 \
@@ -58,6 +60,21 @@ capacity)
       --adapters ${SWEEP_ADAPTERS:-30,1000} --max-runs ${SWEEP_RUNS:-5} --resolution 0.3 --duration ${WINDOW_S:-15} \
       --out "$runs/sweep" 2>&1 | tail -14
   ;;
+dedicated)
+  # λ*(1) of the shared server and of the merged baseline (one adapter per deployment): the planner's
+  # dedicated side; plan with --sweep of this and the capacity phase's sweep together
+  adapters=.cache/gpu-bursty-adapters
+  synth 30 8,16 $qkvo "$adapters"
+  for engine in multilora merged; do
+    cfg='{"gpu_slots": 128, "max_loras": 128, "max_lora_rank": 16}'
+    [ $engine = merged ] && cfg='{"max_lora_rank": 16, "merged_copies": 1}'
+    serve "$adapters" "$cfg" $engine
+    timeout -s INT "${SWEEP_BUDGET_S:-200}" python3 -m harness sweep workloads/bursty30.yaml --over rate --engines "$ext" \
+        --adapters 1 --max-runs ${SWEEP_RUNS:-5} --resolution 0.3 --duration ${WINDOW_S:-15} \
+        --out "$runs/sweep-$engine" 2>&1 | tail -4
+    stop_server
+  done
+  ;;
 tax)
   # the LoRA tax: workloads/saturate.yaml (above capacity) with every request to the base vs over bursty30's adapters
   adapters=.cache/gpu-bursty-adapters
@@ -72,20 +89,23 @@ tax)
 fleet)
   # adapters per GPU: workloads/saturate.yaml over 0 (all to the base), 1, 30, 100, 1000 and 5000 rank-8
   # q_proj/v_proj adapters (PEFT's default targets for Llama; 5,000 on q,k,v,o would need 68 GB of disk).
-  # 1,024 stay in pinned host memory, the rest are read from disk when a request first names them.
+  # All stay in pinned host memory (as in S-LoRA); with a smaller host_adapter_capacity the rest are read
+  # from disk when a request first names them.
   rm -rf .cache/gpu-bursty-adapters  # the capacity phase's 20 GB, if this machine ran it
   adapters=.cache/gpu-fleet-qv
   synth ${FLEET_MAX:-5000} 8 q_proj,v_proj "$adapters"
-  serve "$adapters" '{"gpu_slots": 256, "max_loras": 256, "max_lora_rank": 8, "host_adapter_capacity": 1024}'
+  serve "$adapters" "{\"gpu_slots\": 256, \"max_loras\": 256, \"max_lora_rank\": 8, \"host_adapter_capacity\": ${HOST_CAPACITY:-5000}}"
   for n in ${FLEET_COUNTS:-0 1 30 100 1000 5000}; do
     base=(); [ "$n" = 0 ] && base=(--set traffic.base_fraction=1.0)
     python3 -m harness run workloads/saturate.yaml --engine "$ext" "${base[@]}" --set adapters.count=$n \
       --set 'adapters.targets=[q_proj, v_proj]' --set name=fleet-$n "${short[@]}" --runs-dir "$runs" 2>&1 | tail -4
   done
   ;;
-*) echo "unknown phase $phase (bursty|capacity|tax|fleet)" >&2; exit 2 ;;
+*) echo "unknown phase $phase (bursty|capacity|dedicated|tax|fleet)" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
-  find "$runs" -name records.jsonl -size +8M -delete
-  tar czf "$OUT/runs-$phase.tgz" "$runs"
+  for f in $(find "$runs" -name records.jsonl); do  # records.parquet holds the same records
+    [ -f "$(dirname "$f")/records.parquet" ] && rm "$f"
+  done
+  tar czf - "$runs" | split -b 15M -d - "$OUT/runs-$phase.tgz."  # the device tool returns files of <= 16 MiB
 fi

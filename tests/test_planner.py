@@ -135,3 +135,51 @@ def test_plan_command_prints_formulas_numbers_and_json(tmp_path, capsys):
     assert "unknown type 'b200'" in capsys.readouterr().err
     assert main(["plan", "--sweep", str(tmp_path / "none"), "--adapters", "5", "--rate-per-adapter", "1"]) == 2
     assert "no capacity.json" in capsys.readouterr().err
+
+
+def test_plan_merges_sweeps_per_engine_and_n(tmp_path, capsys):
+    from harness.commands.plan import merge_capacity
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
+    shared = make_sweep(tmp_path, engines=("multilora",), spec=spec, name="shared")
+    dedicated = make_sweep(tmp_path, engines=("multilora", "merged"), spec=spec, name="dedicated")
+    payload = json.loads((dedicated / "capacity.json").read_text())  # this sweep measured N=1 only, higher
+    for engine in payload["curves"]:
+        payload["curves"][engine] = [dict(payload["curves"][engine][0], lambda_star=50.0)]
+    (dedicated / "capacity.json").write_text(json.dumps(payload))
+    merged = merge_capacity([str(shared), str(dedicated)])
+    assert [p["n"] for p in merged["curves"]["multilora"]] == [1, 10, 30, 100]
+    assert merged["curves"]["multilora"][0]["lambda_star"] == 50.0  # the later sweep's N=1 point wins
+    assert [p["n"] for p in merged["curves"]["merged"]] == [1]
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--sweep", str(shared), str(dedicated), "--adapters", "30", "--rate-per-adapter", "0.1",
+                 "--json", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    row = next(c for c in plan["comparison"] if c["engine"] == "multilora")
+    assert row["dedicated_engine"] == "merged" and row["dedicated_lambda1"] == 50.0  # from the second sweep
+    other = json.loads((shared / "capacity.json").read_text())
+    other["workload"] = "steady-poisson"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["plan", "--sweep", str(shared), str(tmp_path / "other.json"), "--adapters", "5",
+                 "--rate-per-adapter", "1"]) == 2
+    assert "different workloads" in capsys.readouterr().err
+
+
+def test_plan_draws_the_curves_and_the_demand_line(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    out = tmp_path / "fig" / "capacity.png"
+    args = ["plan", "--sweep", str(sweep), "--adapters", "50", "--rate-per-adapter", "0.1", "--png", str(out)]
+    try:
+        import kaleido  # noqa: F401
+    except ModuleNotFoundError:
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert "kaleido" in captured.err and "adapters/GPU" in captured.out  # the plan is printed all the same
+    else:
+        assert main(args) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from reports import data, views
+    fig = views.capacity(json.loads((sweep / "capacity.json").read_text()), 0.1)[0]
+    demand = next(t for t in fig.data if t.name.startswith("demand"))
+    assert demand.y[-1] == pytest.approx(demand.x[-1] * 0.1)
+    assert set(data.capacity_points(json.loads((sweep / "capacity.json").read_text()))["engine"]) == {
+        "multilora", "merged"}

@@ -70,8 +70,9 @@ def test_page_has_every_figure_and_plotly_once(page):
     p = PageParser()
     p.feed(text)
     figs = figures_in(text)
-    # 2 workloads x 6 compare figures + 4 runs x (5 timeline + 2 adapter) + 1 capacity
-    assert len(p.plot_divs) == 2 * 6 + 4 * 7 + 1 == len(figs)
+    # (2 workloads + all runs) x 6 compare figures + 4 runs x (5 timeline + 2 adapter) + 1 capacity
+    assert len(p.plot_divs) == 3 * 6 + 4 * 7 + 1 == len(figs)
+    assert "Compare: all runs" in p.h2
     assert set(p.plot_divs) == set(figs)
     big = [s for s in p.scripts if len(s) > 1_000_000]
     assert len(big) == 1, "plotly.js must be inlined exactly once"
@@ -95,7 +96,10 @@ def test_figures_hold_the_runs_numbers(page):
                 for x, y in zip(trace["x"], values(trace["y"])):
                     assert y == pytest.approx(want[x]["output_tok_s"])
                     seen += 1
-    assert seen == 4
+    assert seen == 2 * 4  # each run in its workload's compare and in all runs'
+    all_runs = by_title["Throughput and goodput"][-1][0]["x"]
+    started = {r.name: json.loads((r / "summary.json").read_text())["started_at"] for r in runs}
+    assert list(all_runs) == sorted(started, key=started.get, reverse=True)  # newest first, as in the table
     cap = by_title["Capacity: largest total rate meeting the SLO"][0]
     lines = {t["name"]: values(t["y"]) for t in cap}
     assert lines["multilora"][0] == pytest.approx(12.0 / (1 + 1 / 30), rel=1e-4)

@@ -26,8 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--gpu", default="h100", help=f"GPU type for the default price: {', '.join(GPU_PRICES)}")
     parser.add_argument("--gpu-price", type=float, default=None, metavar="USD",
                         help="$ per GPU-hour (default: the --gpu type's default)")
-    parser.add_argument("--sweep", required=True, metavar="DIR",
-                        help="sweep folder with capacity.json (made by harness sweep), or the file itself")
+    parser.add_argument("--sweep", required=True, metavar="DIR", nargs="+",
+                        help="sweep folder with capacity.json (made by harness sweep), or the file itself; several "
+                             "sweeps of one workload are merged (per engine and N, a later one's point wins)")
     parser.add_argument("--workload", default=None, metavar="W",
                         help="workload YAML whose popularity and burstiness give the peaks (default: the sweep's)")
     parser.add_argument("--peak-window", type=float, default=10.0, metavar="S",
@@ -38,6 +39,8 @@ def register(subparsers) -> None:
                         help="engine whose λ*(1) sizes one dedicated deployment (default: %(default)s; "
                              "each engine's own when the sweep lacks it)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the plan as JSON")
+    parser.add_argument("--png", default=None, metavar="OUT.png",
+                        help="also draw the capacity curves with the demand line N x rate per adapter (kaleido)")
     parser.set_defaults(func=run)
 
 
@@ -50,6 +53,24 @@ def _load_capacity(path: str) -> dict:
         return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc}); rerun `harness sweep`") from exc
+
+
+def merge_capacity(paths: list[str]) -> dict:
+    """One capacity payload from several sweeps of the same workload: curves merged per engine, points
+    keyed by N (a later sweep's point replaces an earlier one's), the first sweep's spec kept."""
+    payloads = [_load_capacity(p) for p in paths]
+    names = {pl.get("workload") for pl in payloads}
+    if len(names) > 1:
+        raise ValueError(f"--sweep: the sweeps are of different workloads {sorted(map(str, names))}; "
+                         "plan from sweeps of one workload")
+    curves: dict[str, dict[int, dict]] = {}
+    for pl in payloads:
+        for engine, points in pl.get("curves", {}).items():
+            for point in points:
+                curves.setdefault(engine, {})[point["n"]] = point
+    merged = dict(payloads[0])
+    merged["curves"] = {e: [pts[n] for n in sorted(pts)] for e, pts in curves.items()}
+    return merged
 
 
 def _fmt(v, spec: str = ".4g") -> str:
@@ -90,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         price = planner.gpu_price(args.gpu, args.gpu_price)
-        payload = _load_capacity(args.sweep)
+        payload = merge_capacity(args.sweep)
         spec = args.workload or payload.get("spec")
         trace = None
         if spec:
@@ -108,4 +129,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(plan, indent=1))
+    if args.png:
+        from reports import figures, views
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            figures.save_png(views.capacity(payload, args.rate_per_adapter)[0], args.png)
+        except RuntimeError as exc:  # kaleido missing: the plan is printed, the figure is not
+            print(f"plan: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.png}")
     return 0
