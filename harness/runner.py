@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -64,7 +65,8 @@ def prepare_adapters(spec: WorkloadSpec, log: Callable[[str], None]) -> Path | N
     key = json.dumps([spec.model, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets)])
     out = ADAPTER_CACHE / f"{Path(spec.model).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     t = time.monotonic()
-    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out)
+    jobs = min(16, os.cpu_count() or 1) if spec.adapters.count >= 64 else 1  # thousands take minutes alone
+    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out, jobs=jobs)
     log(f"adapters: {spec.adapters.count} synthetic (ranks {list(spec.adapters.ranks)}) in {out} "
         f"({time.monotonic() - t:.1f} s)")
     return out

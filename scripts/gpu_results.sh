@@ -2,6 +2,7 @@
 # The end-to-end GPU results of docs/performance.md, run exactly as a user would (harness run / serve / sweep).
 # Usage (on a CUDA machine, from the repo root, after scripts/gather_wheels.sh has filled .whl/ elsewhere):
 #   scripts/gpu_results.sh bursty   # bursty30 with multilora, merged and peft
+#   scripts/gpu_results.sh bursty1000 # the same over 1,000 adapters
 #   scripts/gpu_results.sh capacity # capacity curve: harness sweep of bursty30 over rate at 30 and 1,000 adapters
 #   scripts/gpu_results.sh dedicated # λ*(1) of multilora and merged (the planner's dedicated deployments)
 #   scripts/gpu_results.sh tax      # LoRA tax: saturating traffic with no adapter vs bursty30's 30 adapters
@@ -9,7 +10,7 @@
 # Run directories land in runs/gpu/<phase>/; with $OUT set (the device tool), a tarball of them is written there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: scripts/gpu_results.sh bursty|capacity|dedicated|tax|fleet}
+phase=${1:?usage: scripts/gpu_results.sh bursty|bursty1000|capacity|dedicated|tax|fleet}
 if [ -d .whl ] && ! python3 -c "import locust" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
@@ -49,6 +50,11 @@ case "$phase" in
 bursty)
   # bursty30 as shipped, at twice its rate (16 req/s offered), three engines.
   timeout -s INT "${BUDGET_S:-540}" python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 "${engines[@]}" "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
+  ;;
+bursty1000)
+  # bursty30's traffic at 16 req/s over 1,000 adapters: where the merged baseline must swap copies often
+  timeout -s INT "${BUDGET_S:-540}" python3 -m harness run workloads/bursty30.yaml --set traffic.rate=16 --set adapters.count=1000 \
+      --set name=bursty1000 "${engines[@]}" "${short[@]}" --runs-dir "$runs" 2>&1 | tee "$runs/run.log"
   ;;
 capacity)
   # λ*(N): the largest rate at which bursty30 (its own adapters: ranks 8/16 on q,k,v,o) meets its SLOs
@@ -101,7 +107,7 @@ fleet)
       --set 'adapters.targets=[q_proj, v_proj]' --set name=fleet-$n "${short[@]}" --runs-dir "$runs" 2>&1 | tail -4
   done
   ;;
-*) echo "unknown phase $phase (bursty|capacity|dedicated|tax|fleet)" >&2; exit 2 ;;
+*) echo "unknown phase $phase (bursty|bursty1000|capacity|dedicated|tax|fleet)" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   for f in $(find "$runs" -name records.jsonl); do  # records.parquet holds the same records
