@@ -20,7 +20,7 @@ class EngineConfig:
     max_loras: int = 64  # distinct adapters in one step
     max_lora_rank: int = 64
     gpu_slots: int = 64  # adapter slots on the device (multilora)
-    host_adapter_capacity: int | None = None  # adapters kept in pinned host memory (None: all)
+    host_adapter_capacity: int | None = None  # adapters kept in pinned host memory (None: all that fit in 1/4 of RAM)
     block_size: int = 16  # tokens per KV block
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_fraction (cuda) or 2048 (cpu)
     gpu_memory_utilization: float = 0.85

@@ -220,3 +220,24 @@ def test_a_large_fleet_registers_from_headers_and_reads_weights_on_demand(tmp_pa
     ref = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(tmp_path / "one")))
     assert run(ref, [Request("x", PROMPT, "adapter-0004", SamplingParams(max_tokens=4, ignore_eos=True))])[0]["x"] \
         == toks["r4"]
+
+
+def test_without_a_host_capacity_start_adapters_fill_at_most_a_share_of_ram(tmp_path, capsys, monkeypatch):
+    from engines.multilora import adapter_pool
+    from engines.adapters.peft_format import inspect_adapter
+    root = tmp_path / "fleet"
+    make_adapters(ARGS, 5, [4], ["q_proj", "v_proj"], root, dtype=torch.float32)
+    e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root)))
+    assert e.stats()["adapters_host"] == 5 and "pinned host memory" not in capsys.readouterr().err
+    one = adapter_pool.packed_nbytes(inspect_adapter(root / "adapter-0000", ARGS), e.model, e.dtype)
+    assert one == e.pool._host_data["adapter-0000"].nbytes  # the estimate is what packing allocates
+    ram = int(2.5 * one / adapter_pool.HOST_RAM_SHARE)  # room for two and a half adapters
+    monkeypatch.setattr(adapter_pool, "host_ram_bytes", lambda: ram)
+    e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root)))
+    assert e.stats()["adapters_host"] == 2 and e.pool.host.capacity == 2
+    assert "5 start adapters" in capsys.readouterr().err
+    toks, outs = run(e, [Request(f"r{i}", PROMPT, f"adapter-{i:04d}", SamplingParams(max_tokens=2, ignore_eos=True))
+                         for i in range(5)])
+    assert all(o.finish_reason == "length" for o in outs.values()) and len(outs) == 5
+    e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root), host_adapter_capacity=4))
+    assert e.stats()["adapters_host"] == 4  # a configured capacity is kept as it is

@@ -1,6 +1,8 @@
 """AdapterPool: registered adapters, an LRU of them packed in pinned host memory, and device slots filled asynchronously."""
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,16 +39,31 @@ class _Load:
     start_event: torch.cuda.Event | None = None
 
 
+def packed_shapes(adapter, model: Transformer) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per targeted group, the shapes of the packed A [L, S, r, in] and B [L, N_total, r]."""
+    shapes = {}
+    for group, mods in LORA_GROUPS.items():
+        if any(m in adapter.targets for m in mods):
+            outs, fin = model.group_slices(group)
+            shapes[group] = ((model.args.n_layers, len(mods), adapter.rank, fin),
+                             (model.args.n_layers, sum(outs), adapter.rank))
+    return shapes
+
+
+def packed_nbytes(adapter, model: Transformer, dtype: torch.dtype) -> int:
+    """Host bytes of pack_adapter(adapter): known from its description alone (inspect_adapter)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(math.prod(a) * size + math.prod(b) * size for a, b in packed_shapes(adapter, model).values())
+
+
 def pack_adapter(adapter, model: Transformer, dtype: torch.dtype, pin: bool) -> HostAdapter:
     """Stack an adapter's per-(layer, module) A/B into per-group tensors; untargeted slices stay zero."""
-    args, r = model.args, adapter.rank
     packed = {}
-    for group, mods in LORA_GROUPS.items():
-        if not any(m in adapter.targets for m in mods):
-            continue
-        outs, fin = model.group_slices(group)
-        a = torch.zeros(args.n_layers, len(mods), r, fin, dtype=dtype, pin_memory=pin)
-        b = torch.zeros(args.n_layers, sum(outs), r, dtype=dtype, pin_memory=pin)
+    for group, (a_shape, b_shape) in packed_shapes(adapter, model).items():
+        mods = LORA_GROUPS[group]
+        outs, _ = model.group_slices(group)
+        a = torch.zeros(a_shape, dtype=dtype, pin_memory=pin)
+        b = torch.zeros(b_shape, dtype=dtype, pin_memory=pin)
         off = [0]
         for n in outs:
             off.append(off[-1] + n)
@@ -58,7 +75,39 @@ def pack_adapter(adapter, model: Transformer, dtype: torch.dtype, pin: bool) -> 
             b[layer, off[i]:off[i + 1]].copy_(wb)
         packed[group] = (a, b)
     nbytes = sum(t.numel() * t.element_size() for ab in packed.values() for t in ab)
-    return HostAdapter(adapter.name, r, float(adapter.scaling), tuple(adapter.targets), packed, nbytes)
+    return HostAdapter(adapter.name, adapter.rank, float(adapter.scaling), tuple(adapter.targets), packed, nbytes)
+
+
+HOST_RAM_SHARE = 0.25  # without host_adapter_capacity, start adapters may pack into this share of host RAM
+
+
+def host_ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no limit is derived
+        return None
+
+
+def default_host_capacity(adapters: list, model: Transformer, dtype: torch.dtype,
+                          ram_bytes: int | None = None) -> tuple[int | None, str | None]:
+    """The host LRU's capacity when none is configured: None (all of them) unless the adapters' packed
+    bytes exceed HOST_RAM_SHARE of host RAM, then as many as fit; with a line that says so."""
+    ram = host_ram_bytes() if ram_bytes is None else ram_bytes
+    if not adapters or ram is None:
+        return None, None
+    budget, total, fit = HOST_RAM_SHARE * ram, 0, 0
+    for adapter in adapters:
+        total += packed_nbytes(adapter, model, dtype)
+        if total > budget:
+            break
+        fit += 1
+    if fit == len(adapters):
+        return None, None
+    need = sum(packed_nbytes(a, model, dtype) for a in adapters)
+    return max(fit, 1), (f"adapters: the {len(adapters)} start adapters take {need / 1e9:.1f} GB packed; "
+                         f"{max(fit, 1)} stay in pinned host memory ({HOST_RAM_SHARE:.0%} of the host's "
+                         f"{ram / 1e9:.0f} GB), the rest are read from disk when first requested; set "
+                         "host_adapter_capacity in the engine config to choose")
 
 
 class AdapterPool:

@@ -1,6 +1,7 @@
 """MultiLoRAEngine: continuous batching over a paged KV cache with many LoRA adapters in one batch."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from engines.base import AdapterNotFoundError, Engine, EngineError, Request, Ste
 from engines.config import EngineConfig
 from engines.model.config import LORA_TARGETS, ModelArgs
 from engines.model.llama import MODULE_GROUP, Transformer, build_model
-from engines.multilora.adapter_pool import AdapterPool
+from engines.multilora.adapter_pool import AdapterPool, default_host_capacity
 from engines.multilora.block_manager import BlockManager
 from engines.multilora.model_runner import ModelRunner, RunnerConfig, kv_block_bytes
 from engines.multilora.sampler import Sampler
@@ -114,8 +115,13 @@ class MultiLoRAEngine(Engine):
     def _make_pool(self, start):
         groups = tuple(dict.fromkeys(MODULE_GROUP[m] for m in self._lora_targets(start)))
         self.model.enable_lora(self.config.gpu_slots, self.config.max_lora_rank, groups)
-        return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank,
-                           self.config.host_adapter_capacity, self.device, self.dtype)
+        capacity = self.config.host_adapter_capacity
+        if capacity is None:
+            capacity, notice = default_host_capacity([a for _, a in start.values()], self.model, self.dtype)
+            if notice:
+                print(notice, file=sys.stderr, flush=True)
+        return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank, capacity, self.device,
+                           self.dtype)
 
     def _max_loras(self) -> int:
         return min(self.config.max_loras, self.config.gpu_slots)
