@@ -172,6 +172,7 @@ class MergedEngine(MultiLoRAEngine):
         if self.device.type != "cuda":
             return CPU_COPIES
         per_copy = sum(w.numel() * w.element_size() for w in self.model.linear_weights().values())
+        torch.cuda.empty_cache()  # blocks the caching allocator holds but nothing uses count as free
         free, total = torch.cuda.mem_get_info(self.device)
         # copies take at most 70% of what the memory budget leaves; the rest is the KV cache
         budget = 0.7 * (total * self.config.gpu_memory_utilization - (total - free))

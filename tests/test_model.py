@@ -182,3 +182,19 @@ def test_random_preset_is_the_reference_random_state_dict():
     got = model.hf_state_dict()
     assert set(got) == set(ref)
     assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_build_allocates_the_weights_in_their_dtype_once(monkeypatch):
+    """float32 first and a cast after left the cast-from blocks in CUDA's caching allocator, which
+    mem_get_info counts as used: the KV cache and the merged baseline's copies came out too small."""
+    from engines.model import llama
+    seen = []
+    original = llama.Transformer.to_empty
+
+    def spy(self, *args, **kwargs):
+        seen.extend(p.dtype for p in self.parameters())
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(llama.Transformer, "to_empty", spy)
+    model = llama.build_model(ModelArgs.from_name("tiny"), torch.bfloat16, "cpu")
+    assert seen and set(seen) == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

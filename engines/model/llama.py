@@ -382,8 +382,8 @@ def build_model(args: ModelArgs, dtype: torch.dtype, device: torch.device | str,
     device = torch.device(device)
     with torch.device("meta"):
         model = Transformer(args)
+    model.to(dtype)  # on meta: free; the device memory is then allocated once, in `dtype`, not float32 first
     model.to_empty(device=device)
-    model.to(dtype)
     model.inv_freq = rope_inv_freq(args).to(device)
     if state_dict is None and (device.type == "cpu" or args.num_params() < SMALL_MODEL_PARAMS):
         from engines.model.weights import random_state_dict

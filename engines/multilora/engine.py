@@ -160,6 +160,7 @@ class MultiLoRAEngine(Engine):
     def _derive_kv_blocks(self) -> int:
         if self.device.type != "cuda":
             return CPU_KV_BLOCKS
+        torch.cuda.empty_cache()  # blocks the caching allocator holds but nothing uses count as free
         free, total = torch.cuda.mem_get_info(self.device)
         a, c = self.model.args, self.config
         # activations of the largest prefill and the logits of the largest decode batch, plus graph pools
