@@ -23,8 +23,7 @@ def _figure_html(fig: go.Figure, first: bool) -> str:
 def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
             max_compare: int = 8) -> tuple["data.pd.DataFrame", list[tuple[str, list[go.Figure]]]]:
     """The runs table and every section's figures: compare per workload (and across the newest max_compare
-    runs when the folder holds several workloads), timeline and adapters per
-    run, capacity per sweep."""
+    runs when the folder holds several workloads), timeline and adapters per run, capacity per sweep."""
     paths = data.find_runs(runs_root)
     sweeps = data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else []))
     if not paths and not sweeps:
