@@ -161,6 +161,10 @@ class MergedEngine(MultiLoRAEngine):
     name = "merged"
     one_adapter_per_step = True
 
+    def _register_start(self, start) -> None:
+        for name, (path, adapter) in start.items():  # each is read now: a merge needs the values
+            self.pool.register(name, path, known=adapter)
+
     def _make_pool(self, start) -> MergedPool:
         return MergedPool(self.model, self._copies(), self.config.max_lora_rank, self.device)
 

@@ -241,3 +241,24 @@ def test_without_a_host_capacity_start_adapters_fill_at_most_a_share_of_ram(tmp_
     assert all(o.finish_reason == "length" for o in outs.values()) and len(outs) == 5
     e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root), host_adapter_capacity=4))
     assert e.stats()["adapters_host"] == 4  # a configured capacity is kept as it is
+
+
+def test_start_reads_adapters_in_parallel_and_refuses_a_broken_one_by_path(tmp_path):
+    from engines.adapters.peft_format import read_adapter
+    from engines.multilora.adapter_pool import pack_adapter
+    root = tmp_path / "fleet"
+    make_adapters(ARGS, 12, [4, 8], ["q_proj", "v_proj", "down_proj"], root, dtype=torch.float32)
+    e = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root)))
+    assert e.stats()["adapters_host"] == 12
+    for name in ("adapter-0000", "adapter-0007", "adapter-0011"):
+        want = pack_adapter(read_adapter(root / name, ARGS), e.model, e.dtype, pin=False)
+        got = e.pool._host_data[name]
+        assert got.rank == want.rank and got.packed.keys() == want.packed.keys()
+        for group, (a, b) in want.packed.items():
+            assert torch.equal(got.packed[group][0], a) and torch.equal(got.packed[group][1], b)
+    bad = root / "adapter-0009" / "adapter_model.safetensors"
+    tensors = load_file(bad)
+    next(iter(tensors.values()))[0, 0] = float("inf")
+    save_file(tensors, bad, metadata={"format": "pt"})
+    with pytest.raises(AdapterFileError, match="adapter-0009.*infinite"):
+        create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(root)))

@@ -84,8 +84,7 @@ class MultiLoRAEngine(Engine):
         self.tokens_generated = 0
         self.last_batch_size = 0
         self.last_step_s = 0.0
-        for name, (path, adapter) in start.items():
-            self._register(name, path, adapter)
+        self._register_start(start)
         if self.runner.graphs is not None and config.extra.get("capture_graphs", True):
             self._capture_graphs()
         if self.device.type == "cuda" and config.extra.get("warmup", True):
@@ -174,6 +173,13 @@ class MultiLoRAEngine(Engine):
         return n
 
     # ---- adapters --------------------------------------------------------------------------------
+    def _register_start(self, start: dict[str, tuple[str, Any]]) -> None:
+        """Register the start adapters from their descriptions, then read as many as the host LRU holds
+        in parallel."""
+        for name, (path, adapter) in start.items():
+            self.pool.register(name, path, known=adapter, read_now=False)
+        self.pool.fill_host(list(start))
+
     def _register(self, name: str, path: str, known=None, loader=None) -> None:
         self.pool.register(name, path, loader, known)
 
