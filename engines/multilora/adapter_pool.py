@@ -163,9 +163,9 @@ class AdapterPool:
             self._store_host(name, self._pack(adapter if adapter.loaded else loader()))
 
     def fill_host(self, names: list[str], workers: int | None = None) -> None:
-        """Read and pack registered adapters into the host LRU while it has room, `workers` at a time (reading
-        and packing run outside the GIL for the most part): a server with thousands starts several times
-        faster than reading them one by one. The first adapter that fails to read raises, in `names` order."""
+        """Read and pack registered adapters into the host LRU while it has room, `workers` at a time (the
+        same read-and-pack the serving path runs in its reader threads). The first adapter that fails to
+        read raises, in `names` order."""
         room = self.host.capacity - len(self.host)
         todo = [n for n in names if n in self._sources and n not in self._host_data][:max(room, 0)]
         if not todo:
