@@ -95,15 +95,16 @@ def default_host_capacity(adapters: list, model: Transformer, dtype: torch.dtype
     ram = host_ram_bytes() if ram_bytes is None else ram_bytes
     if not adapters or ram is None:
         return None, None
+    sizes = [packed_nbytes(a, model, dtype) for a in adapters]
     budget, total, fit = HOST_RAM_SHARE * ram, 0, 0
-    for adapter in adapters:
-        total += packed_nbytes(adapter, model, dtype)
+    for size in sizes:
+        total += size
         if total > budget:
             break
         fit += 1
     if fit == len(adapters):
         return None, None
-    need = sum(packed_nbytes(a, model, dtype) for a in adapters)
+    need = sum(sizes)
     return max(fit, 1), (f"adapters: the {len(adapters)} start adapters take {need / 1e9:.1f} GB packed; "
                          f"{max(fit, 1)} stay in pinned host memory ({HOST_RAM_SHARE:.0%} of the host's "
                          f"{ram / 1e9:.0f} GB), the rest are read from disk when first requested; set "

@@ -92,7 +92,7 @@ class MultiLoRAEngine(Engine):
 
     # ---- construction hooks (the merged baseline overrides these) --------------------------------
     def _read_start_adapters(self) -> dict[str, tuple[str, Any]]:
-        """Each start adapter folder described from its config and safetensors header, ~3 ms each; the
+        """Each start adapter folder described from its config and safetensors header (no weights read); the
         weights are read when the pool packs them (at start while the host LRU has room, else on first use)."""
         if not self.config.adapters:
             return {}
@@ -180,8 +180,8 @@ class MultiLoRAEngine(Engine):
             self.pool.register(name, path, known=adapter, read_now=False)
         self.pool.fill_host(list(start))
 
-    def _register(self, name: str, path: str, known=None, loader=None) -> None:
-        self.pool.register(name, path, loader, known)
+    def _register(self, name: str, path: str, loader=None) -> None:
+        self.pool.register(name, path, loader)
 
     def register_adapter(self, name: str, path: str) -> None:
         if not name or "/" in name:
