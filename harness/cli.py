@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunFailed, UsageError
+
 # name -> module in harness.commands; each module has register(subparsers) and sets func=run(args)->int
 COMMANDS = ["run", "trace", "serve", "adapters", "profile", "sweep", "plan", "report", "baseline", "gate"]
 
@@ -35,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"harness {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunFailed as exc:
+        print(f"harness {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
