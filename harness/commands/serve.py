@@ -31,7 +31,8 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            in_use = exc.errno == errno.EADDRINUSE
+            why = "is in use by another process" if in_use else f"cannot be bound ({exc.strerror})"
             raise UsageError(f"--port {port}: {host}:{port} {why}; pick another port or --port 0") from None
 
 
