@@ -17,15 +17,15 @@ for phase in "$@"; do
   t0=$SECONDS
   case "$phase" in
   check)  # default configs of every preset shape launch (no tuned file), and the kernels match their references
-    timeout 300 python3 -m pytest -q -x tests/test_kernels_fit_gpu.py tests/test_kernels_lora.py tests/test_kernels_attention.py 2>&1 | tail -15 | tee -a "$log" ;;
+    timeout ${CHECK_S:-300} python3 -m pytest -q -x tests/test_kernels_fit_gpu.py tests/test_kernels_lora.py ${CHECK_MORE:-tests/test_kernels_attention.py} 2>&1 | tail -15 | tee -a "$log" ;;
   tune)
-    timeout 330 python3 -m kernels.tune --only ${TUNE_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} \
+    timeout ${TUNE_TIMEOUT_S:-330} python3 -m kernels.tune --only ${TUNE_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} \
         --budget-s ${TUNE_S:-150} --jobs 16 > "$out/tune.log" 2>&1; tail -12 "$out/tune.log" | tee -a "$log"
     cp kernels/configs/*h200*.json "$out/" ;;
   profile)
-    timeout 280 python3 -m harness profile "${prof[@]}" --out "$out/profile.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
+    timeout ${PROFILE_S:-280} python3 -m harness profile "${prof[@]}" --out "$out/profile.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
   nostream)
-    timeout 280 python3 -m harness profile "${prof[@]}" --no-lora-stream --out "$out/profile-nostream.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
+    timeout ${PROFILE_S:-280} python3 -m harness profile "${prof[@]}" --no-lora-stream --out "$out/profile-nostream.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
   bench)
     timeout 200 python3 -m kernels.bench --only ${BENCH_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} --out "$out/kernels.json" 2>&1 | tail -30 | tee -a "$log" ;;
   *) echo "unknown phase $phase" | tee -a "$log"; exit 2 ;;
