@@ -157,9 +157,20 @@ def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int, tiles: 
                         split_k=1, num_warps=4, num_stages=4 if max_rank <= 16 else 3)
 
 
-def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
-    """Used when the GPU's JSON has no entry."""
+def default_expand(tokens: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
+                   sms: int = 0) -> ExpandConfig:
+    """Used when the GPU's JSON has no entry.
+
+    Decode with `tiles` token tiles on `sms` multiprocessors: each program takes enough columns that
+    about two programs per multiprocessor run. Every program first reads the step's segments (a chain
+    of dependent loads), so thousands of short programs spend more time there than on the weights.
+    """
     block_r = 16 if max_rank <= 16 else 64
+    if tokens <= 256 and tiles and sms:
+        chunks = max(1, round(2 * sms / tiles))
+        n_steps = 1 << max(0, (max(1, n_total // (64 * chunks))).bit_length() - 1)
+        return ExpandConfig(block_m=16, block_n=64, block_r=block_r, n_steps=min(64, n_steps), num_warps=4,
+                            num_stages=2 if n_steps > 1 else 1)
     if tokens <= 256:
         return ExpandConfig(block_m=16, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
     return ExpandConfig(block_m=32, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
@@ -266,9 +277,11 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
     """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:
-        return [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
-                for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
-                for st in ((1,) if ns == 1 else (2, 3))]
+        return ([ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+                 for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
+                 for st in ((1,) if ns == 1 else (2, 3))]
+                + [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=4, num_stages=st)
+                   for br in block_rs for bn in (64, 128) for ns in (16, 32, 64) for st in (2, 3)])
     return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
             for br in block_rs for bm in (32, 64) for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
             for st in ((2,) if ns == 1 else (2, 3))]

@@ -17,7 +17,7 @@ for phase in "$@"; do
   t0=$SECONDS
   case "$phase" in
   check)  # default configs of every preset shape launch (no tuned file), and the kernels match their references
-    timeout ${CHECK_S:-300} python3 -m pytest -q -x tests/test_kernels_fit_gpu.py tests/test_kernels_lora.py ${CHECK_MORE:-tests/test_kernels_attention.py} 2>&1 | tail -15 | tee -a "$log" ;;
+    timeout ${CHECK_S:-300} python3 -m pytest -q -x ${XDIST:--n 8} tests/test_kernels_fit_gpu.py tests/test_kernels_lora.py ${CHECK_MORE:-tests/test_kernels_attention.py} 2>&1 | tail -15 | tee -a "$log" ;;
   tune)
     timeout ${TUNE_TIMEOUT_S:-330} python3 -m kernels.tune --only ${TUNE_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} \
         --budget-s ${TUNE_S:-150} --jobs 16 > "$out/tune.log" 2>&1; tail -12 "$out/tune.log" | tee -a "$log"
