@@ -157,20 +157,10 @@ def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int, tiles: 
                         split_k=1, num_warps=4, num_stages=4 if max_rank <= 16 else 3)
 
 
-def default_expand(tokens: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
-                   sms: int = 0) -> ExpandConfig:
-    """Used when the GPU's JSON has no entry.
-
-    Decode with `tiles` token tiles on `sms` multiprocessors: each program takes enough columns that
-    about two programs per multiprocessor run. Every program first reads the step's segments (a chain
-    of dependent loads), so thousands of short programs spend more time there than on the weights.
-    """
+def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
+    """Used when the GPU's JSON has no entry (longer programs, 16-64 column steps, measured slower on the
+    H200 at 128 tokens: docs/performance.md)."""
     block_r = 16 if max_rank <= 16 else 64
-    if tokens <= 256 and tiles and sms:
-        chunks = max(1, round(2 * sms / tiles))
-        n_steps = 1 << max(0, (max(1, n_total // (64 * chunks))).bit_length() - 1)
-        return ExpandConfig(block_m=16, block_n=64, block_r=block_r, n_steps=min(64, n_steps), num_warps=4,
-                            num_stages=2 if n_steps > 1 else 1)
     if tokens <= 256:
         return ExpandConfig(block_m=16, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
     return ExpandConfig(block_m=32, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.interpret import patch_interpreter
-from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup, sm_count
+from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
 from kernels.tiles import locate_tile, tile_bound
 
@@ -161,8 +161,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     if t == 0:
         return y
     key = expand_key(t, lora_b.shape[1], slices, r_max, y.dtype)
-    asked = config or lookup("expand", key, y.device, default_expand(
-        t, lora_b.shape[1], slices, r_max, tile_bound(t, meta.max_segments, 16), sm_count(y.device)))
+    asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
     offs = _device_offsets(slice_offsets, y.device)
 
     def launch(cfg: ExpandConfig) -> None:

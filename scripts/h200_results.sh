@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15 on the GPU: launch checks, tuning, the decode profile (LoRA tax, x byte floor), kernel bench.
-# Usage (repo root, CUDA machine): scripts/h200_results.sh PHASE...   PHASE: check | tune | profile | nostream | bench
+# Usage (repo root, CUDA machine): [GPU_CHECK=] scripts/h200_results.sh PHASE...   PHASE: check | tune | profile | nostream | bench
+# GPU_CHECK= (set, empty) also runs the profile's tiny-model agreement check on the GPU.
 # Results go to $OUT (the device tool) or runs/h200/; the tuned file to kernels/configs/<gpu>.json (copied to $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,9 @@ mkdir -p "$out"
 log=$out/log.txt
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee -a "$log"
 python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$log"
-prof=(--model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters ${ITERS:-30}
+prof=(--model llama3-8b --many-adapters 0 --loads 0 --prefill "" --iters ${ITERS:-30}
       --batches ${BATCHES:-1,64,128,256} --adapters ${ADAPTERS:-0,1,30,64,128,256})
+[ -n "${GPU_CHECK+set}" ] || prof+=(--no-check)
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # parallel compiles where pytest-xdist is installed
 for phase in "$@"; do
   echo "== $phase $(date -u +%T)" | tee -a "$log"

@@ -104,13 +104,6 @@ def test_default_shrink_fills_the_gpu_at_batch_one():
     assert launch.default_shrink(1, 64, 1, 16, tiles=1, sms=132).split_k == 1  # too little hidden to split
 
 
-def test_default_expand_gives_about_two_programs_per_multiprocessor():
-    for tiles, n_total in ((1, 6144), (67, 6144), (271, 6144), (271, 4096), (16, 64)):
-        cfg = launch.default_expand(256, n_total, 3, 16, tiles=tiles, sms=132)
-        programs = tiles * -(-n_total // (cfg.block_n * cfg.n_steps))
-        assert 1 <= cfg.n_steps <= 64 and (programs <= 4 * 132 or cfg.n_steps == 64 or programs <= tiles * 3)
-        assert programs >= min(132, tiles * n_total // 64)
-
 
 def test_load_table_rejects_bad_files(tmp_path):
     bad_op = tmp_path / "a.json"

@@ -21,6 +21,9 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {m: g for g, mods in LORA_GROUPS.items() for m in mods}
+# the shrink overlaps the base matmul on a side stream up to this many tokens: on the H200 it cut the batch-1
+# LoRA tax from 16% to 13% and did not help at batch 64-256 (docs/performance.md)
+SIDE_STREAM_MAX_TOKENS = 32
 SMALL_MODEL_PARAMS = 1_000_000_000  # below this, random weights are drawn on the CPU (device-independent)
 
 
@@ -149,7 +152,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if stack is None or lora is None:
         return F.linear(x, weight, bias)  # (T, N_total)
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
-    if stack.stream is None:
+    if stack.stream is None or x.shape[0] > SIDE_STREAM_MAX_TOKENS:
         y = F.linear(x, weight, bias)
         kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
     else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
@@ -287,7 +290,7 @@ class Transformer(nn.Module):
         self.ops = FusedOps
 
     def use_lora_stream(self) -> None:
-        """Run each LoRA shrink on one side stream beside its base matmul (CUDA only; call after enable_lora)."""
+        """Run LoRA shrinks of small batches on one side stream beside the base matmul (CUDA only; after enable_lora)."""
         stream = torch.cuda.Stream(self.inv_freq.device)
         for stack in self.lora_stacks.values():
             stack.stream = stream
