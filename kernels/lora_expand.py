@@ -7,8 +7,8 @@ import triton.language as tl
 
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
-from kernels.meta import TILE_M, LoRAMeta
-from kernels.tiles import locate_tile, step_tile, tile_bound
+from kernels.meta import LoRAMeta
+from kernels.tiles import locate_tile, tile_bound
 
 patch_interpreter()
 
@@ -64,14 +64,14 @@ def _expand_tile(
 @triton.jit
 def _expand_kernel(
     buf_ptr, b_ptr, y_ptr, off_ptr,
-    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, tiles_ptr, max_tiles, rank_ptr,
+    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
     r_max,
     stride_bs, stride_bt, stride_br,
     stride_bslot, stride_bn, stride_bk,
     stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
-    PREC: tl.constexpr, TILES: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x N_STEPS * BLOCK_N output columns of one slice.
 
@@ -81,19 +81,25 @@ def _expand_kernel(
     """
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
+    offs_seg = tl.arange(0, SEG_POW2)
+    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < n_seg, lens, 0)
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
-    slot, row0, rows, valid_m = step_tile(pid_m, tiles_ptr, max_tiles, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
-                                          nseg_ptr, BLOCK_M, SEG_POW2, SEG_MAX, TILES)
+    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
     sl, n_chunk, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N * N_STEPS, S_POW2)
     if valid_m & valid_n:
+        slot = tl.load(seg_slot_ptr + seg)
+        start = tl.load(seg_start_ptr + seg)
+        length = tl.load(seg_len_ptr + seg)
         n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
         n_hi = tl.sum(tl.where(offs_s == sl, hi, 0), 0)
         rank = tl.minimum(tl.load(rank_ptr + slot), r_max)
-        offs_m = tl.arange(0, BLOCK_M)
-        m_mask = offs_m < rows
-        tok = tl.load(tok_ptr + row0 + offs_m, mask=m_mask, other=0).to(tl.int64)
+        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < length
+        tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
         if rank > 0:
             # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
             if n_lo % 16 == 0:
@@ -162,8 +168,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
         grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
         _expand_kernel[grid](
             buf, lora_b, y, offs,
-            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev,
-            meta.tiles, meta.max_tiles, ranks,
+            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
             r_max,
             buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
@@ -171,7 +176,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
             SEG_MAX=meta.max_segments,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
-            PREC="ieee" if y.dtype == torch.float32 else "tf32", TILES=cfg.block_m == TILE_M,
+            PREC="ieee" if y.dtype == torch.float32 else "tf32",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     launch_fitting("expand", key, asked, launch)

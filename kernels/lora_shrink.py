@@ -6,9 +6,9 @@ import triton
 import triton.language as tl
 
 from kernels.launch import ShrinkConfig, default_shrink, launch_fitting, lookup, shrink_key, sm_count
-from kernels.meta import TILE_M, LoRAMeta
+from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
-from kernels.tiles import step_tile, tile_bound
+from kernels.tiles import locate_tile, tile_bound
 
 patch_interpreter()
 
@@ -18,14 +18,14 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, out_ptr, ws_ptr, cnt_ptr,
-    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, tiles_ptr, max_tiles, scale_ptr, rank_ptr,
+    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, scale_ptr, rank_ptr,
     hidden, k_per_split, r_max, r_steps,
     stride_xt, stride_xh,
     stride_aslot, stride_as, stride_ar, stride_ah,
     stride_os, stride_ot, stride_or,
     S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TILES: tl.constexpr,
+    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x all S slices x one 1/SPLIT_K share of the hidden dim.
 
@@ -34,14 +34,20 @@ def _shrink_kernel(
     """
     pid = tl.program_id(0)
     ks = tl.program_id(1)
-    slot, row0, rows, valid = step_tile(pid, tiles_ptr, max_tiles, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
-                                        nseg_ptr, BLOCK_M, SEG_POW2, SEG_MAX, TILES)
+    offs_seg = tl.arange(0, SEG_POW2)
+    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < n_seg, lens, 0)
+    seg, m_tile, valid = locate_tile(pid, lens, BLOCK_M, SEG_POW2)
     if valid:
+        slot = tl.load(seg_slot_ptr + seg)
+        start = tl.load(seg_start_ptr + seg)
+        length = tl.load(seg_len_ptr + seg)
         rank = tl.minimum(tl.load(rank_ptr + slot), r_max)
         scale = tl.load(scale_ptr + slot)
-        offs_m = tl.arange(0, BLOCK_M)
-        m_mask = offs_m < rows
-        tok = tl.load(tok_ptr + row0 + offs_m, mask=m_mask, other=0).to(tl.int64)
+        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < length
+        tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
         offs_c = tl.arange(0, S_PAD * BLOCK_R)
         c_slice = offs_c // BLOCK_R
         c_r = offs_c % BLOCK_R
@@ -158,8 +164,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
             ws, cnt = out, meta.seg_len  # not read when split == 1
         _shrink_kernel[(n_tiles, split)](
             x, lora_a, out, ws, cnt,
-            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev,
-            meta.tiles, meta.max_tiles, scales, ranks,
+            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, scales, ranks,
             hidden, k_per_split, r_max, triton.cdiv(r_max, cfg.block_r),
             x.stride(0), x.stride(1),
             lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
@@ -168,7 +173,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
             BLOCK_M=cfg.block_m, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, SPLIT_K=split,
             EVEN_K=k_per_split * split == hidden,
             PREC="ieee" if x.dtype == torch.float32 else "tf32",
-            UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(), TILES=cfg.block_m == TILE_M,
+            UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     launch_fitting("shrink", key, asked, launch)

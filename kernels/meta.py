@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-TILE_M = 16  # rows of the precomputed tiles (the decode configs' block_m)
-
 
 class LoRAMeta:
     """Tokens of one step grouped by adapter slot into segments (Punica SGMV / BGMV layout).
@@ -16,10 +14,6 @@ class LoRAMeta:
       seg_slot[:num_segments]     the adapter slot of each segment
       num_segments / num_lora_tokens  host ints; num_segments_dev a device scalar for graph replay
       max_seg_len                 host int (longest segment: decides prefill vs decode tiling)
-      tile_start/len/slot[:num_tiles]  the same tokens cut into tiles of TILE_M rows (a tile never spans
-                                  two segments): where its rows start in token_indices, how many, whose slot;
-                                  num_tiles_dev on the device. Kernels with TILE_M-row tiles read their tile
-                                  at once instead of locating it among the segments (per step, not per layer)
     Buffers never change address, so CUDA graphs captured with this object replay after a refill.
     The grouping is computed on the host (the runner knows each sequence's slot) and copied once.
     """
@@ -37,16 +31,9 @@ class LoRAMeta:
         self.num_segments = 0
         self.num_lora_tokens = 0
         self.max_seg_len = 0
-        self.max_tiles = -(-max_tokens // TILE_M) + min(max_tokens, max_segments) - 1
-        self.tiles = torch.zeros(3 * self.max_tiles + 1, **i32)  # start | len | slot | count
-        mt = self.max_tiles
-        self.tile_start, self.tile_len = self.tiles[:mt], self.tiles[mt:2 * mt]
-        self.tile_slot, self.num_tiles_dev = self.tiles[2 * mt:3 * mt], self.tiles[3 * mt:]
-        self.num_tiles = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
         self._host = torch.zeros(max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
-        self._host_tiles = torch.zeros(3 * self.max_tiles + 1, dtype=torch.int32, pin_memory=pin)
 
     def prepare(self, token_slots: list[int] | torch.Tensor) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none."""
@@ -78,19 +65,6 @@ class LoRAMeta:
         self.seg_len.copy_(host[mt + ms:mt + 2 * ms], non_blocking=nb)
         self.seg_slot.copy_(host[mt + 2 * ms:mt + 3 * ms], non_blocking=nb)
         self.num_segments_dev.copy_(host[mt + 3 * ms:mt + 3 * ms + 1], non_blocking=nb)
-        tiles = (counts + TILE_M - 1) // TILE_M
-        n_tiles = int(tiles.sum())
-        seg = torch.repeat_interleave(torch.arange(n_seg), tiles)
-        within = torch.arange(n_tiles) - torch.repeat_interleave(torch.cumsum(tiles, 0) - tiles, tiles)
-        ht, mx = self._host_tiles, self.max_tiles
-        ht.zero_()
-        ht[:n_tiles] = (starts[seg] + TILE_M * within).to(torch.int32)
-        ht[mx:mx + n_tiles] = torch.clamp(counts[seg] - TILE_M * within, max=TILE_M).to(torch.int32)
-        ht[2 * mx:3 * mx] = -1
-        ht[2 * mx:2 * mx + n_tiles] = uniq[seg].to(torch.int32)
-        ht[3 * mx] = n_tiles
-        self.tiles.copy_(ht, non_blocking=nb)
-        self.num_tiles = n_tiles
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0

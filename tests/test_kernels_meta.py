@@ -36,27 +36,3 @@ def test_counters_grow_and_keep_old_tensors():
     big = meta.counters(1000)
     assert big.numel() >= 1000 and big is not small and len(meta._counters) == 2
     assert torch.equal(big, torch.zeros_like(big))
-
-
-def test_tile_table_covers_each_segment_in_16_row_tiles():
-    import random
-    from kernels.meta import TILE_M, LoRAMeta
-    from kernels.tiles import tile_bound
-    rng = random.Random(3)
-    meta = LoRAMeta(300, 40)
-    for _ in range(60):
-        t = rng.randint(0, 300)
-        slots = [rng.choice([-1] + list(range(rng.randint(1, 40)))) for _ in range(t)]
-        meta.prepare(slots)
-        n = meta.num_tiles
-        assert n <= meta.max_tiles and int(meta.num_tiles_dev) == n
-        assert n <= tile_bound(max(t, 1), 40, TILE_M)
-        covered = []
-        segs = {s: (st, ln) for st, ln, s in meta.segments()}
-        for start, rows, slot in zip(meta.tile_start[:n].tolist(), meta.tile_len[:n].tolist(),
-                                     meta.tile_slot[:n].tolist()):
-            st, ln = segs[slot]
-            assert 1 <= rows <= TILE_M and st <= start and start + rows <= st + ln  # inside its segment
-            covered += range(start, start + rows)
-        assert sorted(covered) == list(range(meta.num_lora_tokens))  # every adapter token exactly once
-        assert meta.tile_slot[n:].eq(-1).all() and meta.tile_len[n:].eq(0).all()
