@@ -30,6 +30,7 @@ MAX_TEMPERATURE = 100.0
 MIN_TOP_P = 1e-8
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes a 64-bit unsigned seed
 MAX_STOP_TOKEN_IDS = 64
+DEFAULT_MAX_RUNNING = 256  # EngineConfig.max_num_seqs's default, for engines without a config
 
 
 class ParamError(ValueError):
@@ -173,6 +174,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> dict[str, str]:
         """Registered adapters: name -> folder."""
+
+    def max_running(self) -> int:
+        """Requests the engine runs at once (the server sizes its default queue from it)."""
+        config = getattr(self, "config", None)
+        return int(getattr(config, "max_num_seqs", DEFAULT_MAX_RUNNING))
 
     def close(self) -> None:
         """Release devices and threads."""
