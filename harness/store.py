@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.loadgen.recorder import SENT
 from harness.schema import RECORD_FIELDS, RUN_FILES, RUN_STATUSES
 
 
@@ -43,25 +44,33 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+CLIENT_DIED = "client died: the load generator ended while the request was in flight"
+
+
 def read_records_jsonl(path: Path) -> pd.DataFrame:
-    """Records as a table; a torn last line (the writer was killed mid-line) is skipped."""
+    """Records as a table, one per request: its final line, else its "sent" line read as an error (the load
+    generator died while it was in flight). A torn line (the writer was killed mid-line) is skipped."""
     rows = []
     if path.is_file():
-        with path.open() as f:
+        with path.open("rb") as f:
             for line in f:
                 line = line.strip()
                 if not line:
                     continue
                 try:
                     rows.append(json.loads(line))
-                except ValueError:
+                except ValueError:  # also a torn line that is not UTF-8
                     continue
     df = pd.DataFrame(rows)
     for col in RECORD_FIELDS:
         if col not in df.columns:
             df[col] = pd.Series(dtype=object)
     if not df.empty:
-        df = df.drop_duplicates("request_id", keep="first").sort_values("request_id").reset_index(drop=True)
+        sent = df["status"] == SENT
+        final = df[~sent].drop_duplicates("request_id", keep="first")
+        died = df[sent & ~df["request_id"].isin(set(final["request_id"]))].drop_duplicates("request_id").copy()
+        died["status"], died["error"], died["http_status"] = "error", CLIENT_DIED, 0
+        df = pd.concat([final, died]).sort_values("request_id", kind="stable").reset_index(drop=True)
         for col in ("intended_send", "actual_send", "first_token", "end"):
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
     return df
