@@ -241,8 +241,11 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
         if not launcher.alive():
             status, message = "server_died", f"the server exited during the load:\n{launcher.log_tail()}"
         loadgen.interrupt()
-        if status == "completed" and (loadgen.result is None or loadgen.proc.returncode not in (0, None)):
-            status, message = "error", f"the load generator failed (exit {loadgen.proc.returncode}):\n{loadgen.log_tail()}"
+        if status == "completed" and (loadgen.result or {}).get("write_error"):
+            status, message = "error", f"error: {loadgen.result['write_error']}"
+        elif status == "completed" and (loadgen.result is None or loadgen.proc.returncode not in (0, None)):
+            status, message = "error", (f"the load generator died (exit {loadgen.proc.returncode}); requests in "
+                                        f"flight are recorded as 'client died':\n{loadgen.log_tail()}")
         elif status == "completed":
             message = f"load generator: {loadgen.result.get('reason')}"
     except KeyboardInterrupt:
@@ -269,9 +272,18 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
     return run_dir
 
 
-def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any], gpu: GpuSampler,
-            scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str, message: str,
-            started_at: str) -> None:
+def _finish(writer: RunWriter, *args: Any) -> None:
+    """Write the run's results; a failed write (disk full, folder gone read-only) ends the run as "error" with
+    the OS error, leaving what was written readable (status.json is rewritten in place)."""
+    try:
+        _write_results(writer, *args)
+    except OSError as exc:
+        writer.set_status("error", f"error: {exc}")
+
+
+def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any],
+                   gpu: GpuSampler, scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str,
+                   message: str, started_at: str) -> None:
     t0 = loadgen.t0 if loadgen is not None and loadgen.t0 is not None else time.monotonic()
     reason = {"completed": "the load generator ended first", "interrupted": "the run was interrupted",
               "server_died": "the server died"}.get(status, "the run failed")
