@@ -273,12 +273,22 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
 
 
 def _finish(writer: RunWriter, *args: Any) -> None:
-    """Write the run's results; a failed write (disk full, folder gone read-only) ends the run as "error" with
-    the OS error, leaving what was written readable (status.json is rewritten in place)."""
-    try:
-        _write_results(writer, *args)
-    except OSError as exc:
-        writer.set_status("error", f"error: {exc}")
+    """Write the run's results, even through a second Ctrl-C (raised once they are written); a failed write
+    (disk full, folder gone read-only) ends the run as "error" with the OS error, leaving what was written
+    readable (status.json is rewritten in place)."""
+    interrupted = False
+    while True:
+        try:
+            _write_results(writer, *args)
+            break
+        except OSError as exc:
+            status, message = args[-3], args[-2]
+            writer.set_status("error", message if status == "error" else f"error: {exc}")
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any],
