@@ -6,12 +6,21 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+import pytest
+
+from engines.procs import ChildProcess, group_members
 from engines.server.app import drain
 from engines.server.state import STATE
 from tests.test_server import http_json, wait_until
 from tests.test_server_support import echo_server, make_adapter_dirs
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _open_stream(url: str, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -141,3 +150,29 @@ def test_drain_ends_open_streams_with_an_error_event_and_refuses_new_requests():
             conn.close()
         assert done.wait(30) and future.result() is None
         assert server.app[STATE].metrics.in_flight == 0
+
+
+@pytest.mark.e2e
+def test_sigterm_with_streams_open_ends_each_with_an_error_event_or_its_end(tmp_path):
+    """The real signal path: `python -m engines.server`, 12 streams open, SIGTERM; every stream ends with
+    [DONE] (finished or with the shutdown error event) and the process exits 0 within the drain bound."""
+    cmd = [sys.executable, "-m", "engines.server", "--engine", "multilora", "--model", "tiny", "--port", "0",
+           "--drain-s", "0.5", "--engine-config", json.dumps({"device": "cpu"})]
+    with ChildProcess(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO) as child:
+        url = child.proc.stdout.readline().decode().split()[1]
+        streams = [_open_stream(url, {"model": "tiny", "prompt": [256, i], "max_tokens": 2000, "ignore_eos": True})
+                   for i in range(12)]
+        assert all(resp.status == 200 for _, resp in streams)
+        child.send(signal.SIGTERM)
+        ends = [_events(resp) for _, resp in streams]
+        assert child.wait(60) == 0
+    cut = 0
+    for events in ends:
+        assert events[-1] == "[DONE]", events[-2:]
+        if "error" in events[-2]:
+            assert "shutting down" in events[-2]["error"]["message"]
+            cut += 1
+        else:  # finished within the drain
+            assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert cut >= 1  # 12 x 2000 tokens on a CPU outlast the 0.5 s drain
+    assert not group_members(child.pid)
