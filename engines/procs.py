@@ -1,4 +1,4 @@
-"""The one child-process helper: own process group, dies with its parent, SIGTERM then SIGKILL, a stop no Ctrl-C skips."""
+"""The one child-process helper: own process group, dies with its parent, SIGTERM then SIGKILL, an unskippable stop."""
 from __future__ import annotations
 
 import atexit

@@ -87,7 +87,10 @@ async def drain(app: web.Application, timeout_s: float, forced: asyncio.Event) -
     stream), so no client sees a stream cut without a reason."""
     state = app[STATE]
     state.draining = True
-    idle = lambda: state.metrics.in_flight == 0  # noqa: E731
+
+    def idle() -> bool:
+        return state.metrics.in_flight == 0
+
     waiter = asyncio.ensure_future(state.wait_released(idle, timeout_s))
     cut = asyncio.ensure_future(forced.wait())
     await asyncio.wait([waiter, cut], return_when=asyncio.FIRST_COMPLETED)
