@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -22,9 +23,32 @@ class AdapterFileError(ValueError):
     """An adapter folder or file is broken; the message names the path and the cause."""
 
 
+# What the sampler can compute in float32: a temperature below MIN_TEMPERATURE turns logits / T into
+# infinities (1e-40 is a float32 denormal), a top_p below MIN_TOP_P rounds to 0 in float32.
+MIN_TEMPERATURE = 1e-5  # vLLM's sampling epsilon; 0 means greedy
+MAX_TEMPERATURE = 100.0
+MIN_TOP_P = 1e-8
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes a 64-bit unsigned seed
+MAX_STOP_TOKEN_IDS = 64
+DEFAULT_MAX_RUNNING = 256  # EngineConfig.max_num_seqs's default, for engines without a config
+
+
+class ParamError(ValueError):
+    """A sampling parameter the engine cannot honour; `param` names the request field (a 400 for the client)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclass
 class SamplingParams:
-    """Per-request sampling; temperature 0 means greedy."""
+    """Per-request sampling; temperature 0 means greedy. Every value is checked against what the sampler
+    computes (float32 logits, 64-bit generator seeds), so no request can fail a batch it shares."""
 
     max_tokens: int = 16
     temperature: float = 0.0
@@ -36,17 +60,33 @@ class SamplingParams:
     min_tokens: int = 0
 
     def __post_init__(self) -> None:
+        t, p = self.temperature, self.top_p
         checks = [
-            ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
-            ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
-            ("top_k", self.top_k >= 0, "must be >= 0 (0 disables it)"),
-            ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
+            ("max_tokens", _is_int(self.max_tokens) and self.max_tokens >= 1, "must be an integer >= 1"),
+            ("temperature", isinstance(t, (int, float)) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE),
+             f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"),
+            ("top_p", isinstance(p, (int, float)) and MIN_TOP_P <= p <= 1.0, f"must be in [{MIN_TOP_P:g}, 1]"),
+            ("top_k", _is_int(self.top_k) and self.top_k >= 0, "must be an integer >= 0 (0 disables it)"),
+            ("seed", self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED),
+             "must be an integer in [0, 2**64 - 1]"),
+            ("min_tokens", _is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens,
+             "must be in [0, max_tokens]"),
         ]
         for name, ok, why in checks:
             if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} {why}")
-        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+                raise ParamError(name, f"{name}={getattr(self, name)!r} {why}")
+        ids = tuple(self.stop_token_ids)
+        if len(ids) > MAX_STOP_TOKEN_IDS or not all(_is_int(i) and i >= 0 for i in ids):
+            raise ParamError("stop_token_ids", f"stop_token_ids must be at most {MAX_STOP_TOKEN_IDS} integers "
+                                               f">= 0, got {list(ids)[:8]!r}")
+        self.stop_token_ids = tuple(int(i) for i in ids)
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids the engine can compare against: inside [0, vocab_size)."""
+        outside = [i for i in self.stop_token_ids if i >= vocab_size]
+        if outside:
+            raise ParamError("stop_token_ids", f"stop_token_ids {outside[:5]} are outside the vocabulary "
+                                               f"[0, {vocab_size})")
 
 
 @dataclass
@@ -83,6 +123,7 @@ def check_prompt(request: Request, adapters, vocab_size: int, max_model_len: int
         raise ValueError("prompt_ids is empty; send at least one token")
     if min(ids) < 0 or max(ids) >= vocab_size:
         raise ValueError(f"prompt_ids hold a token outside [0, {vocab_size}) of {model_name}")
+    request.params.check_vocab(vocab_size)
     if len(ids) >= max_model_len:
         raise ValueError(f"prompt has {len(ids)} tokens; this engine takes at most {max_model_len - 1} "
                          "(max_model_len, capped by max_num_batched_tokens and the KV cache)")
@@ -133,6 +174,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def adapters(self) -> dict[str, str]:
         """Registered adapters: name -> folder."""
+
+    def max_running(self) -> int:
+        """Requests the engine runs at once (the server sizes its default queue from it)."""
+        config = getattr(self, "config", None)
+        return int(getattr(config, "max_num_seqs", DEFAULT_MAX_RUNNING))
 
     def close(self) -> None:
         """Release devices and threads."""

@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engines.external_presets import PRESETS
+from engines.procs import ChildProcess
 
 
 @dataclass
@@ -166,6 +166,7 @@ class ExternalServer:
     def __init__(self, spec: dict[str, Any] | ExternalSpec, log: Callable[[str], None] = print) -> None:
         self.spec = spec if isinstance(spec, ExternalSpec) else ExternalSpec.from_dict(spec)
         self.log = log
+        self.child: ChildProcess | None = None  # a launched server (engines.procs: own group, dies with us)
         self.proc: subprocess.Popen | None = None
         self.base_url: str | None = None
         self.command: list[str] | None = None
@@ -195,9 +196,9 @@ class ExternalServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log(f"external: {shlex.join(self.command)}  (log: {self.log_path})")
         self._log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, **self.spec.env},
-                                     cwd=self._cwd(), start_new_session=True)
+        self.child = ChildProcess(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **self.spec.env}, cwd=self._cwd())
+        self.proc = self.child.start()
         self.base_url = f"http://{self.spec.host}:{port}"
         try:
             self._wait_healthy()
@@ -248,31 +249,15 @@ class ExternalServer:
 
     def stop(self) -> int | None:
         """Terminate the launched server's process group, kill it after stop_timeout_s; its exit code."""
-        proc, self.proc = self.proc, None
+        child, self.child, self.proc = self.child, None, None
         self._attached = False
         code = None
-        if proc is not None:
-            if proc.poll() is None:
-                self._signal(proc, signal.SIGTERM)
-                try:
-                    proc.wait(self.spec.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.log(f"external: pid {proc.pid} ignored SIGTERM for {self.spec.stop_timeout_s} s; killing it")
-                    self._signal(proc, signal.SIGKILL)
-                    proc.wait()
-            self._signal(proc, signal.SIGKILL)  # children left in its group (vLLM workers)
-            code = proc.returncode
+        if child is not None:
+            code = child.stop(grace_s=self.spec.stop_timeout_s)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         return code
-
-    @staticmethod
-    def _signal(proc: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # its own session: the group id is its pid
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def __enter__(self) -> str:
         return self.start()

@@ -9,6 +9,7 @@ import torch
 
 from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput, check_prompt
 from engines.config import EngineConfig
+from engines.multilora.sampler import Sampler, banned_tokens, stop_reason
 
 EXTRA_KEYS = {"attn_implementation": "transformers attention backend: sdpa (default) or eager"}
 
@@ -111,8 +112,6 @@ class PeftEngine(Engine):
         self.vocab_size = self.args.vocab_size
         self.max_model_len = min(config.max_model_len, self.args.max_seq_len)
         self.base_model_name = config.model
-        from engines.multilora.sampler import Sampler
-
         self.sampler = Sampler(self.device, config.seed)
         self.peft = None  # the PeftModel, once an adapter is loaded
         self._adapters: dict[str, tuple[str, str]] = {}  # name -> (folder, peft adapter key)
@@ -289,16 +288,22 @@ class PeftEngine(Engine):
         rows = [i for i, s in enumerate(group.seqs) if not s.done]
         active = [group.seqs[i] for i in rows]
         self.last_batch_size = len(group.seqs)
+        banned = [banned_tokens(s.request.params, len(s.output), self.eos_token_id) for s in active]
         picked = self.sampler(logits[rows], [s.id for s in active], [s.request.params for s in active],
-                              [self._banned(s) for s in active]) if rows else []
+                              banned) if rows else []
         last = group.last if group.last is not None else torch.zeros(len(group.seqs), 1, dtype=torch.long,
                                                                       device=self.device)
         outs = []
         for row, seq, tok in zip(rows, active, picked):
+            if tok is None:  # this request alone could not be sampled: it fails, its group goes on
+                seq.done = True
+                self._fail(seq, self.sampler.failures[seq.id])
+                continue
             seq.output.append(tok)
             last[row, 0] = tok
             self.tokens_generated += 1
-            reason = self._stop_reason(seq, tok)
+            reason = stop_reason(seq.request.params, tok, len(seq.output),
+                                 len(seq.request.prompt_ids) + len(seq.output), self.eos_token_id, self.max_model_len)
             if reason is not None:
                 seq.done = True
                 self.sampler.forget(seq.id)
@@ -306,21 +311,6 @@ class PeftEngine(Engine):
                                    len(seq.output)))
         group.last = last
         return outs
-
-    def _banned(self, seq: _Seq) -> tuple[int, ...]:
-        p = seq.request.params
-        if len(seq.output) >= p.min_tokens:
-            return ()
-        return p.stop_token_ids + (() if p.ignore_eos else (self.eos_token_id,))
-
-    def _stop_reason(self, seq: _Seq, tok: int) -> str | None:
-        p = seq.request.params
-        if len(seq.output) >= p.min_tokens:
-            if (tok == self.eos_token_id and not p.ignore_eos) or tok in p.stop_token_ids:
-                return "stop"
-        if len(seq.output) >= p.max_tokens or len(seq.request.prompt_ids) + len(seq.output) >= self.max_model_len:
-            return "length"
-        return None
 
     def stats(self) -> dict[str, float]:
         group = self._group

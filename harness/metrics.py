@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.schema import RECORD_STATUSES
+
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99}
 
 
@@ -71,6 +73,7 @@ def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float) ->
         "ok": int(ok.sum()),
         "error": int((df["status"] == "error").sum()),
         "timeout": int((df["status"] == "timeout").sum()),
+        "rejected": int((df["status"] == "rejected").sum()),
         "not_sent": int((df["status"] == "not_sent").sum()),
         "req_s": float(ok.sum() / span),
         "output_tok_s": float(df.loc[ok, "output_tokens"].sum() / span),
@@ -131,7 +134,7 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
     """counts, metrics, per_adapter, windows, valid and invalid_reasons of summary.json."""
     df = records.reset_index(drop=True)
     counts = {"total": int(len(df)), "sent": int(df["actual_send"].notna().sum())}
-    for status in ("ok", "error", "timeout", "not_sent"):
+    for status in RECORD_STATUSES:
         counts[status] = int((df["status"] == status).sum())
     lat = request_latencies(df)
     good = good_mask(df, lat, slo)
@@ -161,8 +164,8 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         **_gpu(gpu, warmup_s, warmup_s + span, float(m.loc[ok_m, "output_tokens"].sum())),
     }
     reasons = []
-    if counts["ok"] + counts["error"] + counts["timeout"] + counts["not_sent"] != counts["total"]:
-        reasons.append("records with an unknown status: ok + error + timeout + not_sent != total")
+    if sum(counts[status] for status in RECORD_STATUSES) != counts["total"]:
+        reasons.append(f"records with an unknown status: {' + '.join(RECORD_STATUSES)} != total")
     lag99 = out_metrics["schedule_lag_p99"]
     if lag99 is not None and lag99 > max_lag_p99_s:
         reasons.append(f"client fell behind: p99 schedule lag {lag99 * 1000:.1f} ms > {max_lag_p99_s * 1000:.1f} ms "

@@ -28,7 +28,8 @@ class RecordProgress:
                 f.seek(self._offset)
                 chunk = f.read()
             end = chunk.rfind(b"\n") + 1  # only whole lines
-            self.count += chunk[:end].count(b"\n")
+            whole = chunk[:end]
+            self.count += whole.count(b"\n") - whole.count(b'"status":"sent"')  # finished requests only
             self._offset += end
         return self.count
 

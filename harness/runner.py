@@ -222,8 +222,11 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any] | EngineEntry, r
         if not launcher.alive():
             status, message = "server_died", f"the server exited during the load:\n{launcher.log_tail()}"
         loadgen.interrupt()
-        if status == "completed" and (loadgen.result is None or loadgen.proc.returncode not in (0, None)):
-            status, message = "error", f"the load generator failed (exit {loadgen.proc.returncode}):\n{loadgen.log_tail()}"
+        if status == "completed" and (loadgen.result or {}).get("write_error"):
+            status, message = "error", f"error: {loadgen.result['write_error']}"
+        elif status == "completed" and (loadgen.result is None or loadgen.proc.returncode not in (0, None)):
+            status, message = "error", (f"the load generator died (exit {loadgen.proc.returncode}); requests in "
+                                        f"flight are recorded as 'client died':\n{loadgen.log_tail()}")
         elif status == "completed":
             message = f"load generator: {loadgen.result.get('reason')}"
     except KeyboardInterrupt:
@@ -260,9 +263,28 @@ def one_line(message: str) -> str:
     return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
-def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any], gpu: GpuSampler,
-            scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str, message: str,
-            started_at: str) -> None:
+def _finish(writer: RunWriter, *args: Any) -> None:
+    """Write the run's results, even through a second Ctrl-C (raised once they are written); a failed write
+    (disk full, folder gone read-only) ends the run as "error" with the OS error, leaving what was written
+    readable (status.json is rewritten in place)."""
+    interrupted = False
+    while True:
+        try:
+            _write_results(writer, *args)
+            break
+        except OSError as exc:
+            status, message = args[-3], args[-2]
+            writer.set_status("error", message if status == "error" else f"error: {exc}")
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any],
+                   gpu: GpuSampler, scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str,
+                   message: str, started_at: str) -> None:
     t0 = loadgen.t0 if loadgen is not None and loadgen.t0 is not None else time.monotonic()
     reason = {"completed": "the load generator ended first", "interrupted": "the run was interrupted",
               "server_died": "the server died"}.get(status, "the run failed")

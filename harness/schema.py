@@ -39,7 +39,7 @@ RECORD_FIELDS = (
     "token_times",  # list[float] s, one per token (a chunk of k tokens: k equal gaps)
     "prompt_tokens",  # int, from the server's usage (trace value if the server gave none)
     "output_tokens",  # int, from the server's usage
-    "status",  # "ok" | "error" | "timeout" | "not_sent"
+    "status",  # "ok" | "error" | "timeout" | "rejected" (503: the server's queue was full) | "not_sent"
     "http_status",  # int, 0 if no response
     "error",  # str, "" when ok
     "in_window",  # bool: intended_send inside the measured window (after warm-up)
@@ -52,7 +52,7 @@ RECORD_EXTRA_FIELDS = (
     "requested_output_tokens",  # int: output tokens the trace asked for
 )
 
-RECORD_STATUSES = ("ok", "error", "timeout", "not_sent")
+RECORD_STATUSES = ("ok", "error", "timeout", "rejected", "not_sent")
 
 # summary.json top-level keys
 SUMMARY_KEYS = ("workload", "engine", "model", "gpu", "started_at", "status", "valid", "invalid_reasons",
@@ -71,4 +71,5 @@ METRIC_KEYS = (
     "jain_fairness", "gpu_util_mean", "gpu_mem_max_gb", "energy_j", "energy_per_token_j",
 )
 # summary["windows"]: {"window_s": float, "t": [...], "output_tok_s": [...], "req_s": [...], "goodput": [...]}
-# summary["counts"]: {"total", "sent", "ok", "error", "timeout", "not_sent"}; total == ok+error+timeout+not_sent
+# summary["counts"]: {"total", "sent", "ok", "error", "timeout", "rejected", "not_sent"};
+# total == ok+error+timeout+rejected+not_sent

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from engines.procs import ChildProcess
 
 
 class ServerError(RuntimeError):
@@ -31,26 +32,9 @@ def wait_health(url: str, timeout_s: float, health_path: str = "/health", alive=
     raise ServerError(f"{url}{health_path} did not answer 200 within {timeout_s:g} s (last: {last})")
 
 
-def signal_group_then_kill(proc: subprocess.Popen, sig: int, grace_s: float) -> None:
-    """Send sig to proc's process group; SIGKILL the group if it has not exited within grace_s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 class ServerProcess:
-    """A child process in its own session (Ctrl-C reaches only the harness, which stops it in order)."""
+    """A server child (engines.procs.ChildProcess: own group, dies with the harness, stopped for sure) whose
+    stdout is scanned for the READY line and copied, with its stderr, to log_path."""
 
     def __init__(self, cmd: list[str], log_path: str | Path, ready_timeout_s: float = 300.0,
                  health_path: str = "/health", env: dict[str, str] | None = None, cwd: str | Path | None = None):
@@ -61,9 +45,13 @@ class ServerProcess:
         self.env = env
         self.cwd = cwd
         self.url: str | None = None
-        self.proc: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
+
+    @property
+    def proc(self):
+        return self.child.proc if self.child is not None else None
 
     def start(self) -> str:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,13 +59,13 @@ class ServerProcess:
         log.write(("$ " + " ".join(self.cmd) + "\n").encode())
         log.flush()
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=log, env=env, cwd=self.cwd,
-                                     start_new_session=True)
+        self.child = ChildProcess(self.cmd, stdout=subprocess.PIPE, stderr=log, env=env, cwd=self.cwd)
+        self.child.start()
         self._reader = threading.Thread(target=self._read_stdout, args=(log,), name="server-stdout", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.ready_timeout_s
         while not self._ready.wait(0.1):
-            if self.proc.poll() is not None:
+            if not self.child.alive():
                 raise ServerError(f"server exited with code {self.proc.returncode} before it was ready:\n"
                                   f"{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -98,7 +86,7 @@ class ServerProcess:
         log.close()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.alive()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -107,13 +95,14 @@ class ServerProcess:
             return "(no log)"
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after timeout_s; returns the exit code."""
-        if self.proc is None:
+        """SIGTERM to its group, SIGKILL after timeout_s; returns the exit code. A Ctrl-C meanwhile is raised
+        only once the server is gone."""
+        if self.child is None:
             return None
-        signal_group_then_kill(self.proc, signal.SIGTERM, timeout_s)
+        code = self.child.stop(grace_s=timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
     def __enter__(self) -> "ServerProcess":
         self.start()

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.errors import RunFailed
+from harness.loadgen.recorder import SENT
 from harness.schema import RECORD_FIELDS, RUN_FILES, RUN_STATUSES
 
 
@@ -43,25 +45,33 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+CLIENT_DIED = "client died: the load generator ended while the request was in flight"
+
+
 def read_records_jsonl(path: Path) -> pd.DataFrame:
-    """Records as a table; a torn last line (the writer was killed mid-line) is skipped."""
+    """Records as a table, one per request: its final line, else its "sent" line read as an error (the load
+    generator died while it was in flight). A torn line (the writer was killed mid-line) is skipped."""
     rows = []
     if path.is_file():
-        with path.open() as f:
+        with path.open("rb") as f:
             for line in f:
                 line = line.strip()
                 if not line:
                     continue
                 try:
                     rows.append(json.loads(line))
-                except ValueError:
+                except ValueError:  # also a torn line that is not UTF-8
                     continue
     df = pd.DataFrame(rows)
     for col in RECORD_FIELDS:
         if col not in df.columns:
             df[col] = pd.Series(dtype=object)
     if not df.empty:
-        df = df.drop_duplicates("request_id", keep="first").sort_values("request_id").reset_index(drop=True)
+        sent = df["status"] == SENT
+        final = df[~sent].drop_duplicates("request_id", keep="first")
+        died = df[sent & ~df["request_id"].isin(set(final["request_id"]))].drop_duplicates("request_id").copy()
+        died["status"], died["error"], died["http_status"] = "error", CLIENT_DIED, 0
+        df = pd.concat([final, died]).sort_values("request_id", kind="stable").reset_index(drop=True)
         for col in ("intended_send", "actual_send", "first_token", "end"):
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
     return df
@@ -71,22 +81,30 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
+STATUS_BYTES = 4096  # status.json is padded to this size, so it can be rewritten in place on a full disk
+
+
 class RunWriter:
-    """Creates runs/<YYYYmmdd-HHMMSS>-<workload>-<engine>/ and writes its files as the run goes."""
+    """Creates runs/<YYYYmmdd-HHMMSS>-<workload>-<engine>/ and writes its files as the run goes.
+
+    A folder that cannot be written raises RunFailed with the OS error, in one line."""
 
     def __init__(self, runs_root: str | Path, workload: str, engine: str) -> None:
         root = Path(runs_root)
-        root.mkdir(parents=True, exist_ok=True)
         base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(workload)}-{slug(engine)}"
         path, i = root / base, 2
-        while True:
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                path, i = root / f"{base}-{i}", i + 1
-        self.path = path
-        self.set_status("running", "started")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    path, i = root / f"{base}-{i}", i + 1
+            self.path = path
+            self.set_status("running", "started")
+        except OSError as exc:
+            raise RunFailed(f"cannot write the run directory under {str(root)!r}: {exc.strerror or exc}") from None
 
     def file(self, key: str) -> Path:
         return self.path / RUN_FILES[key]
@@ -95,10 +113,26 @@ class RunWriter:
         write_json(self.file(key), obj)
 
     def set_status(self, status: str, message: str, records: int | None = None) -> None:
+        """Atomic where the disk has room; on a full disk the padded file is overwritten in place (its blocks
+        are already allocated), so a run that fails for lack of space still says so."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
-        write_json(self.file("status"), {"status": status, "message": message, "records": records or 0,
-                                         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        body = {"status": status, "message": message, "records": records or 0,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        text = json.dumps(body, indent=2)
+        if len(text.encode()) > STATUS_BYTES - 1:
+            body["message"] = message[:STATUS_BYTES // 2] + " ..."
+            text = json.dumps(body, indent=2)
+        data = text.encode().ljust(STATUS_BYTES - 1) + b"\n"  # JSON allows the trailing spaces
+        path = self.file("status")
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            with path.open("r+b") as f:  # no new block needed: same size, written over
+                f.write(data)
 
     def write_trace(self, trace: pd.DataFrame) -> Path:
         from harness.trace import write_trace
@@ -133,7 +167,13 @@ class RunWriter:
                            "http_status": 0, "error": f"not sent: {reason}", "in_window": float(row.t) >= warmup_s})
         records = read_records_jsonl(self.file("records_jsonl"))
         records = records[records["request_id"].isin(set(trace["request_id"]))].reset_index(drop=True)
-        records.to_parquet(self.file("records"), index=False)
+        tmp = self.file("records").with_suffix(".parquet.tmp")
+        try:
+            records.to_parquet(tmp, index=False)
+            os.replace(tmp, self.file("records"))
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # no half parquet: readers fall back to records.jsonl
+            raise
         return records
 
 

@@ -203,3 +203,18 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     trial = result["trials"][0]
     assert trial["offered_req_s"] == 40 and trial["requests"] == 40 and trial["ok"] == 40 and trial["sustained"]
     assert result["max_sustained_req_s"] == {"1": 40} and result["target_req_s"] == 500
+
+
+@pytest.mark.e2e
+def test_a_full_queue_is_recorded_as_rejected_not_as_an_error(tmp_path):
+    server = stub(tmp_path, "--ttft-ms", "5", "--token-delay-ms", "100", "--max-running", "3")
+    try:
+        trace, _ = make_trace(tmp_path, 30, rate=60.0, out_tokens=5)
+        lg, rec = run_loadgen(tmp_path, server.url, trace)
+    finally:
+        server.stop()
+    assert sorted(rec["request_id"]) == list(range(30))
+    rejected = rec[rec["status"] == "rejected"]
+    assert len(rejected) >= 1 and (rejected["http_status"] == 503).all()
+    assert set(rec["status"]) <= {"ok", "rejected"}  # never counted as engine errors
+    assert lg.result["rejected"] == len(rejected) and lg.result["ok"] == len(rec) - len(rejected)

@@ -70,7 +70,7 @@ def test_latencies_throughput_and_slo_on_known_records():
     records[2]["end"] = 3.7
     s = summary_of(records)
     m, c = s["metrics"], s["counts"]
-    assert c == {"total": 6, "sent": 5, "ok": 3, "error": 1, "timeout": 1, "not_sent": 1}
+    assert c == {"total": 6, "sent": 5, "ok": 3, "error": 1, "timeout": 1, "rejected": 0, "not_sent": 1}
     assert c["ok"] + c["error"] + c["timeout"] + c["not_sent"] == c["total"]
     assert m["ttft_p50"] == pytest.approx(0.2)  # ttfts .1, .8, .2
     assert m["e2e_p50"] == pytest.approx(0.7)  # e2es .3, 1.2, .7

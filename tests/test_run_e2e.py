@@ -140,7 +140,8 @@ def start_cli(tmp_path, *extra):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until a few records are written
         files = list(runs.glob("*/records.jsonl"))
-        if files and files[0].read_text().count("\n") >= 5:
+        text = files[0].read_text() if files else ""
+        if text.count("\n") - text.count('"status":"sent"') >= 5:  # finished requests (not just sent)
             return proc, files[0].parent
         time.sleep(0.1)
     proc.kill()

@@ -40,7 +40,7 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = make_adapter_dirs(tmp_path_factory.mktemp("adapters"), ["alpha", "beta"])
-    with echo_server(root, adapter_root=str(root)) as (server, engine):
+    with echo_server(root, adapter_root=str(root), runtime_lora=True) as (server, engine):
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
         yield server, engine, client, root
 

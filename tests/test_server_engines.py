@@ -69,7 +69,7 @@ def test_all_engines_give_the_same_greedy_tokens_over_http(adapter_dir):
 
 def test_multilora_disconnect_mid_stream_frees_kv_blocks_and_runtime_load_works(adapter_dir, tmp_path):
     make_adapters(ModelArgs.from_name("tiny"), 1, [8], ["q_proj", "v_proj"], tmp_path, prefix="late-")
-    server, engine = _serve("multilora", adapter_dir, adapter_root=str(tmp_path))
+    server, engine = _serve("multilora", adapter_dir, adapter_root=str(tmp_path), runtime_lora=True)
     try:
         host, port = server.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -127,7 +127,7 @@ def test_serve_refuses_bad_options_with_a_sentence(tmp_path, capsys):
                         (["--adapters", str(tmp_path / "none")], "not a folder"),
                         (["--engine-config", "{bad json"], "cannot parse"),
                         (["--engine-config", '{"turbo": 1}'], "unknown key"),
-                        (["--max-queue", "0"], "max_queue")]:
+                        (["--max-queue", "-1"], "max_queue")]:
         started = time.monotonic()
         code = run(parser.parse_args(argv))
         assert code == 2, argv

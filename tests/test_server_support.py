@@ -33,6 +33,8 @@ class EchoEngine(Engine):
         self.max_model_len = min(config.max_model_len, 64)
         self.base_model_name = config.model
         self.delay = float(config.extra.get("step_delay_s", 0.0))
+        self.register_delay = float(config.extra.get("register_delay_s", 0.0))
+        self.registrations = 0
         self._adapters: dict[str, str] = {}
         self._live: dict[str, tuple[Request, int]] = {}  # id -> (request, tokens produced)
         self.aborted: list[str] = []
@@ -88,9 +90,13 @@ class EchoEngine(Engine):
                 "adapters_resident": len(self._adapters), "steps": self.steps}
 
     def register_adapter(self, name: str, path: str) -> None:
+        time.sleep(self.register_delay)  # a slow load: concurrent loads of one name overlap it
         if not (Path(path) / "adapter_config.json").is_file():
             raise AdapterFileError(f"{path}: adapter_config.json is missing")
+        if name in self._adapters:
+            raise ValueError(f"adapter {name!r} is already registered")
         self._adapters[name] = path
+        self.registrations += 1
 
     def unregister_adapter(self, name: str) -> None:
         if name not in self._adapters:
@@ -113,7 +119,7 @@ def make_adapter_dirs(root: Path, names: list[str]) -> Path:
 @contextlib.contextmanager
 def echo_server(adapters: Path | None = None, **options):
     """An EchoEngine behind the HTTP server on 127.0.0.1 and a free port; always stopped."""
-    extra = {"step_delay_s": options.pop("step_delay_s")} if "step_delay_s" in options else {}
+    extra = {key: options.pop(key) for key in ("step_delay_s", "register_delay_s") if key in options}
     engine = EchoEngine(EngineConfig(model="echo-base", adapters=str(adapters) if adapters else None,
                                      extra=extra))
     app = build_app(engine, ByteTokenizer(ModelArgs.from_name("tiny")), ServerOptions(**options))

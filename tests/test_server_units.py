@@ -102,7 +102,7 @@ def test_prometheus_text_round_trips_and_handles_odd_values():
 
 def test_server_options_are_checked():
     with pytest.raises(ValueError, match="max_queue"):
-        ServerOptions(max_queue=0)
+        ServerOptions(max_queue=-1)
     with pytest.raises(ValueError, match="adapter_root"):
         ServerOptions(adapter_root="/no/such/dir")
 

@@ -19,7 +19,7 @@ from engines.adapters.validate import (LoraSettings, check_config, check_pair, f
 from engines.model.config import LORA_TARGETS, ModelArgs
 
 __all__ = ["LoRAAdapter", "read_adapter", "inspect_adapter", "write_adapter", "read_config", "tensor_key",
-           "CONFIG_NAME", "WEIGHTS_NAME", "PICKLE_WEIGHTS_NAME"]
+           "CONFIG_NAME", "WEIGHTS_NAME", "PICKLE_WEIGHTS_NAME", "check_inside"]
 
 
 # PEFT saves "base_model.model.<name in the base>.lora_A.weight"; some exporters keep the adapter name
@@ -224,3 +224,14 @@ def write_adapter(adapter: LoRAAdapter, path, base_model_name: str, n_layers: in
     os.replace(tmp_weights, folder / WEIGHTS_NAME)
     os.replace(tmp_config, folder / CONFIG_NAME)
     return folder
+
+
+def check_inside(folder: Path, root: Path) -> None:
+    """Refuse an adapter folder that holds a link to a file outside root (a symlink would let a runtime load
+    read any file the server can); AdapterFileError names the link."""
+    root = root.resolve()
+    for entry in [folder, *folder.iterdir()]:
+        target = entry.resolve()
+        if target != root and root not in target.parents:
+            raise fail(entry, f"links to {str(target)!r}, outside the allowed folder {str(root)!r}",
+                       "copy the adapter's files into the folder instead of linking them")

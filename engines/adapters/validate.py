@@ -1,18 +1,21 @@
 """Checks of a PEFT LoRA config and its tensors against a base model; every failure is an AdapterFileError."""
 from __future__ import annotations
 
+import functools
 import math
-import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
 import torch
 
 from engines.base import AdapterFileError
 from engines.model.config import LORA_TARGETS, ModelArgs
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+CONFIG_FILE = "adapter_config.json"
 
 
 def module_group(module: str) -> str:
@@ -23,6 +26,49 @@ def module_group(module: str) -> str:
 def module_path(layer: int, module: str) -> str:
     """A projection's name inside LlamaForCausalLM, the name PEFT matches its patterns against."""
     return f"model.layers.{layer}.{module_group(module)}.{module}"
+
+
+# Patterns in adapter configs are the uploader's regexes: matched by the `regex` package with a time limit, so
+# a crafted one ((.*){1,300}x and the like) costs at most PATTERN_BUDGET_S per adapter, summed over every
+# module it is matched against, instead of stalling the engine thread.
+PATTERN_BUDGET_S = 0.2
+MAX_PATTERN_CHARS = 2000  # generated configs list every module path: long, but not megabytes
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str, full: bool) -> regex.Pattern:
+    """target_modules as a string: a full match; rank/alpha_pattern keys: PEFT's (.*\\.)?(key)$."""
+    return regex.compile(pattern if full else rf"(.*\.)?({pattern})$")
+
+
+def pattern_matches(pattern: str, key: str, full: bool, where: str, budget: list[float]) -> bool:
+    """Whether an adapter config's pattern selects a module path, spending from budget[0] (seconds left for
+    this adapter's patterns); AdapterFileError, naming `where`, once the budget is spent."""
+    start = time.perf_counter()
+    try:
+        compiled = _compiled(pattern, full)
+        found = (compiled.fullmatch if full else compiled.match)(key, timeout=max(budget[0], 1e-3))
+    except TimeoutError:
+        found = None
+        budget[0] = 0.0
+    else:
+        budget[0] -= time.perf_counter() - start
+    if budget[0] <= 0:
+        raise AdapterFileError(f"{where} regex {pattern[:80]!r}: matching the module names took longer than "
+                               f"{PATTERN_BUDGET_S:g} s (catastrophic backtracking); write a simpler pattern or "
+                               "list the module names")
+    return found is not None
+
+
+def check_pattern(pattern: str, full: bool, path: Path, key: str) -> None:
+    """A config pattern that does not compile or is absurdly long is refused with the file and key."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise fail(path, f"{key} regex is {len(pattern)} characters long (at most {MAX_PATTERN_CHARS})",
+                   "list the module names instead")
+    try:
+        _compiled(pattern, full)
+    except regex.error as exc:
+        raise fail(path, f"{key} regex {pattern[:80]!r} does not compile ({exc})", "fix adapter_config.json") from None
 
 
 def fail(path: Path | str, cause: str, todo: str) -> AdapterFileError:
@@ -54,6 +100,8 @@ class LoraSettings:
     alpha_pattern: dict[str, float]
     base_model_name: str | None
     layers_to_transform: tuple[int, ...] | None = None  # None: every layer
+    source: str = CONFIG_FILE  # the config file, named when a pattern misbehaves
+    budget: list[float] = field(default_factory=lambda: [PATTERN_BUDGET_S], compare=False, repr=False)
 
     def scaling_for(self, r: int, alpha: float) -> float:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
@@ -65,15 +113,17 @@ class LoraSettings:
     def rank_alpha(self, layer: int, module: str) -> tuple[int, float]:
         """This module's rank and alpha after rank_pattern / alpha_pattern, matched exactly as PEFT does."""
         key = module_path(layer, module)
-        r = next((v for k, v in self.rank_pattern.items() if re.match(rf"(.*\.)?({k})$", key)), self.r)
-        alpha = next((v for k, v in self.alpha_pattern.items() if re.match(rf"(.*\.)?({k})$", key)), self.alpha)
+        r = next((v for k, v in self.rank_pattern.items()
+                  if pattern_matches(k, key, False, f"{self.source}: rank_pattern", self.budget)), self.r)
+        alpha = next((v for k, v in self.alpha_pattern.items()
+                      if pattern_matches(k, key, False, f"{self.source}: alpha_pattern", self.budget)), self.alpha)
         return r, alpha
 
     def targets(self, layer: int, module: str) -> bool:
         """Whether target_modules selects this projection (PEFT: regex full match, else name or suffix)."""
         key = module_path(layer, module)
         if isinstance(self.target_modules, str):
-            return re.fullmatch(self.target_modules, key) is not None
+            return pattern_matches(self.target_modules, key, True, f"{self.source}: target_modules", self.budget)
         if self.layers_to_transform is not None and layer not in self.layers_to_transform:
             return False
         return any(key == t or key.endswith("." + t) for t in self.target_modules)
@@ -116,11 +166,7 @@ def check_config(cfg: Any, path: Path) -> LoraSettings:
                        "serve adapters on attention and MLP projections only (no embeddings or lm_head)")
         targets = tuple(targets)
     elif isinstance(targets, str):
-        try:
-            re.compile(targets)
-        except re.error as exc:
-            raise fail(path, f"target_modules regex {targets!r} does not compile ({exc})",
-                       "fix adapter_config.json") from None
+        check_pattern(targets, True, path, "target_modules")
     else:
         raise fail(path, f"target_modules={targets!r} must be a non-empty list of module names or a regex",
                    "list the projections, e.g. [\"q_proj\", \"v_proj\"]")
@@ -130,7 +176,9 @@ def check_config(cfg: Any, path: Path) -> LoraSettings:
         if not isinstance(pattern, dict):
             raise fail(path, f"{key}={pattern!r} must be an object of pattern -> value", "fix adapter_config.json")
         read = _positive_int if key == "rank_pattern" else _number
-        patterns[key] = {str(k): read(v, f"{key}[{k!r}]", path) for k, v in pattern.items()}
+        patterns[key] = {str(k): read(v, f"{key}[{str(k)[:80]!r}]", path) for k, v in pattern.items()}
+        for k in patterns[key]:
+            check_pattern(k, False, path, key)
     layers = cfg.get("layers_to_transform")
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
@@ -142,7 +190,7 @@ def check_config(cfg: Any, path: Path) -> LoraSettings:
     return LoraSettings(r=r, alpha=alpha, use_rslora=use_rslora, target_modules=targets,
                         rank_pattern=patterns["rank_pattern"], alpha_pattern=patterns["alpha_pattern"],
                         base_model_name=base if isinstance(base, str) else None,
-                        layers_to_transform=tuple(layers) if layers else None)
+                        layers_to_transform=tuple(layers) if layers else None, source=str(path))
 
 
 def check_pair(layer: int, module: str, a: torch.Tensor | None, b: torch.Tensor | None,

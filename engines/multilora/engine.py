@@ -17,7 +17,7 @@ from engines.multilora.block_manager import BlockManager
 from engines.multilora.model_runner import ModelRunner, RunnerConfig, kv_block_bytes
 from engines.multilora.policy import MixedAdapters
 from engines.multilora.pool_api import AdapterPoolAPI
-from engines.multilora.sampler import Sampler
+from engines.multilora.sampler import Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import Sequence, SeqStatus
 
@@ -276,6 +276,9 @@ class MultiLoRAEngine(Engine):
                               [self._banned(s) for s in seqs])
         outs = []
         for seq, tok in zip(seqs, tokens):
+            if tok is None:  # this request alone could not be sampled: it fails, the batch goes on
+                self._finish(seq, "error", error=self.sampler.failures[seq.seq_id])  # reported next step
+                continue
             seq.output_ids.append(tok)
             self.tokens_generated += 1
             reason = self._stop_reason(seq, tok)
@@ -288,19 +291,10 @@ class MultiLoRAEngine(Engine):
         return outs
 
     def _banned(self, seq: Sequence) -> tuple[int, ...]:
-        p = seq.params
-        if seq.num_output >= p.min_tokens:
-            return ()
-        return p.stop_token_ids + (() if p.ignore_eos else (self.eos_token_id,))
+        return banned_tokens(seq.params, seq.num_output, self.eos_token_id)
 
     def _stop_reason(self, seq: Sequence, tok: int) -> str | None:
-        p = seq.params
-        if seq.num_output >= p.min_tokens:
-            if (tok == self.eos_token_id and not p.ignore_eos) or tok in p.stop_token_ids:
-                return "stop"
-        if seq.num_output >= p.max_tokens or len(seq) >= self.max_model_len:
-            return "length"
-        return None
+        return stop_reason(seq.params, tok, seq.num_output, len(seq), self.eos_token_id, self.max_model_len)
 
     def stats(self) -> dict[str, float]:
         out = {

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from engines.adapters.peft_format import check_inside
+from engines.base import AdapterFileError
 from engines.server.engine_thread import status_for
 from engines.server.generation import read_body
-from engines.server.protocol import ApiError, parse_adapter_load
+from engines.server.protocol import ApiError, parse_adapter_load, show
 from engines.server.state import STATE, ServerState
 
 STATS_TIMEOUT_S = 5.0  # /metrics falls back to the last stats when a long step holds the engine thread
@@ -44,53 +46,128 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"X-Prometheus-Format": "0.0.4"})
 
 
-def _adapter_path(state: ServerState, lora_path: str) -> Path:
-    """The adapter folder a load request names, refused unless it lies under --adapter-root."""
-    root_opt = state.options.adapter_root
-    if root_opt is None:
-        raise ApiError(403, "loading adapters at run time is off; start the server with --adapter-root DIR "
-                            "(or --adapters DIR) to allow folders under DIR", param="lora_path")
-    root = Path(root_opt).resolve()
+def _runtime_lora(state: ServerState) -> Path:
+    """The folder runtime loads must lie under; 403 unless the server was started with --enable-runtime-lora."""
+    if not state.options.runtime_lora:
+        raise ApiError(403, "loading and unloading adapters at run time is off; start the server with "
+                            "--enable-runtime-lora (and --adapter-root DIR or --adapters DIR)", code="runtime_lora_off")
+    if state.options.adapter_root is None:
+        raise ApiError(403, "runtime adapter loading has no folder to load from; start the server with "
+                            "--adapter-root DIR (or --adapters DIR)", code="runtime_lora_off")
+    return Path(state.options.adapter_root).resolve()
+
+
+def _adapter_path(root: Path, lora_path: str) -> Path:
+    """The adapter folder a load request names, refused unless it and every file in it lie under root."""
     given = Path(lora_path)
     resolved = (given if given.is_absolute() else root / given).resolve()
     if resolved != root and root not in resolved.parents:
-        raise ApiError(403, f"'lora_path' {lora_path!r} is outside the adapter root {str(root)!r}",
+        raise ApiError(403, f"'lora_path' {show(lora_path)} is outside the adapter root {str(root)!r}",
                        param="lora_path", code="path_not_allowed")
     if not resolved.is_dir():
-        raise ApiError(404, f"'lora_path' {lora_path!r} is not an adapter folder under the adapter root",
+        raise ApiError(404, f"'lora_path' {show(lora_path)} is not an adapter folder under the adapter root",
                        param="lora_path")
+    try:
+        check_inside(resolved, root)
+    except AdapterFileError as exc:
+        raise ApiError(403, str(exc), param="lora_path", code="path_not_allowed") from None
     return resolved
 
 
+def _check_room(state: ServerState, name: str, path: Path) -> None:
+    """The count and host-memory caps of runtime loading."""
+    cap = state.options.max_runtime_loras
+    if len(state.runtime_loaded) >= cap:
+        raise ApiError(409, f"{cap} adapters are already loaded at run time (--max-runtime-loras); unload one "
+                            f"before loading {name!r}", param="lora_name", code="too_many_adapters")
+    need = 2 * sum(f.stat().st_size for f in path.iterdir() if f.is_file())  # the file and its unpacked copy
+    free = host_memory_available()
+    if free is not None and need > free // 2:
+        raise ApiError(507, f"loading {name!r} needs about {need / 2**20:.0f} MiB of host memory and only "
+                            f"{free / 2**20:.0f} MiB are available", param="lora_path", code="out_of_memory")
+
+
 async def load_adapter(request: web.Request) -> web.Response:
+    """One load per name at a time: a second load of a name being loaded gets the first one's answer (same
+    folder) or 409 (another folder)."""
     state = request.app[STATE]
+    root = _runtime_lora(state)
     name, lora_path = parse_adapter_load(await read_body(request), need_path=True)
-    path = _adapter_path(state, lora_path)
+    path = _adapter_path(root, lora_path)
+    running = state.loading.get(name)
+    if running is not None:
+        other, result = running
+        if other != path:
+            raise ApiError(409, f"adapter {name!r} is being loaded from another folder; retry once it is done",
+                           param="lora_name", code="load_in_progress")
+        return _loaded(name, path, await asyncio.shield(result))
     if name in state.adapters or name == state.base_name:
         raise ApiError(400, f"'lora_name' {name!r} is already served; unload it first or pick another name",
                        param="lora_name")
+    _check_room(state, name, path)
+    result: asyncio.Future = asyncio.get_running_loop().create_future()
+    state.loading[name] = (path, result)
     try:
         await state.thread.call(lambda e: e.register_adapter(name, str(path)))
     except Exception as exc:
-        raise ApiError(status_for(exc), f"cannot load adapter {name!r} from {lora_path!r}: {exc}",
-                       param="lora_path") from exc
-    state.adapters[name] = str(path)
+        error = ApiError(status_for(exc), f"cannot load adapter {name!r} from {show(lora_path)}: {exc}",
+                         param="lora_path")
+        result.set_result(error)
+        raise error from exc
+    else:
+        state.adapters[name] = str(path)
+        state.runtime_loaded.add(name)
+        result.set_result(None)
+    finally:
+        del state.loading[name]
+    return _loaded(name, path, None)
+
+
+def _loaded(name: str, path: Path, error: ApiError | None) -> web.Response:
+    if error is not None:
+        raise error
     return web.json_response({"status": "ok", "lora_name": name, "lora_path": str(path),
                               "message": f"Success: LoRA adapter '{name}' added successfully."})
 
 
 async def unload_adapter(request: web.Request) -> web.Response:
+    """Stops new requests for the adapter, waits (at most --unload-wait-s) for those in flight, then unloads."""
     state = request.app[STATE]
+    _runtime_lora(state)
     name, _ = parse_adapter_load(await read_body(request), need_path=False)
     if name not in state.adapters:
         raise ApiError(404, f"adapter {name!r} is not loaded (see GET /v1/models)", param="lora_name")
+    if name in state.unloading:
+        raise ApiError(409, f"adapter {name!r} is being unloaded by another request", param="lora_name",
+                       code="unload_in_progress")
+    state.unloading.add(name)
     try:
-        await state.thread.call(lambda e: e.unregister_adapter(name))
-    except Exception as exc:
-        raise ApiError(status_for(exc), f"cannot unload adapter {name!r}: {exc}", param="lora_name") from exc
+        if not await state.wait_released(lambda: state.in_use[name] == 0, state.options.unload_wait_s):
+            raise ApiError(409, f"adapter {name!r} still serves {state.in_use[name]} request(s) after "
+                                f"{state.options.unload_wait_s:g} s; retry later", param="lora_name",
+                           code="adapter_in_use")
+        try:
+            await state.thread.call(lambda e: e.unregister_adapter(name))
+        except Exception as exc:
+            raise ApiError(status_for(exc), f"cannot unload adapter {name!r}: {exc}", param="lora_name") from exc
+    finally:
+        state.unloading.discard(name)
     del state.adapters[name]
+    state.runtime_loaded.discard(name)
     return web.json_response({"status": "ok", "lora_name": name,
                               "message": f"Success: LoRA adapter '{name}' removed successfully."})
+
+
+def host_memory_available() -> int | None:
+    """Bytes of host memory available (Linux MemAvailable); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,13 +17,14 @@ from engines.server.state import STATE, ServerOptions, ServerState
 from engines.tokenizer import Tokenizer
 
 GENERATION_PATHS = {"/v1/completions", "/v1/chat/completions", "/generate", "/generate_stream"}
+ERROR_EVENT_WAIT_S = 5.0  # at shutdown, for handlers to send the error events of their streams
 OPEN_PATHS = {"/health", "/metrics"}  # no API key needed (load balancers and scrapers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error_response(exc: ApiError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status)
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
 
 
 @web.middleware
@@ -78,6 +79,26 @@ async def _stop_engine_thread(app: web.Application) -> None:
     state = app[STATE]
     if state.thread is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.thread.stop)
+
+
+async def drain(app: web.Application, timeout_s: float, forced: asyncio.Event) -> None:
+    """Shutdown: new requests get 503; those in flight get timeout_s (cut short by `forced`) to finish; then the
+    engine thread stops and every request still open ends with a 'shutting down' error (an error event on a
+    stream), so no client sees a stream cut without a reason."""
+    state = app[STATE]
+    state.draining = True
+
+    def idle() -> bool:
+        return state.metrics.in_flight == 0
+
+    waiter = asyncio.ensure_future(state.wait_released(idle, timeout_s))
+    cut = asyncio.ensure_future(forced.wait())
+    await asyncio.wait([waiter, cut], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    cut.cancel()
+    if state.thread is not None:
+        await asyncio.get_running_loop().run_in_executor(None, state.thread.stop)
+    await state.wait_released(idle, ERROR_EVENT_WAIT_S)
 
 
 def build_app(engine: Engine, tokenizer: Tokenizer, options: ServerOptions | None = None) -> web.Application:

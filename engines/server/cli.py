@@ -18,11 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: a free one; the READY line names it)")
     parser.add_argument("--max-queue", type=int, default=None, help="requests in flight beyond which new "
-                        "ones get 503 (default: no limit)")
+                        "ones get 503 with Retry-After (default: twice the engine's max_num_seqs; 0: no limit)")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and "
                         "/generate*")
+    parser.add_argument("--enable-runtime-lora", action="store_true", help="answer /v1/load_lora_adapter "
+                        "and /v1/unload_lora_adapter (off by default, as in vLLM; protect it with --api-key)")
     parser.add_argument("--adapter-root", default=None, help="folder under which /v1/load_lora_adapter may "
-                        "load adapters (default: --adapters; neither: runtime loading is off)")
+                        "load adapters (default: --adapters)")
+    parser.add_argument("--max-runtime-loras", type=int, default=64, help="adapters loaded at run time, at most")
+    parser.add_argument("--unload-wait-s", type=float, default=30.0, help="an unload waits this long for "
+                        "the adapter's requests in flight, then answers 409")
+    parser.add_argument("--drain-s", type=float, default=30.0, help="on SIGTERM, requests in flight get this "
+                        "long to finish before their streams end with an error event")
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger request bodies get 413")
     parser.add_argument("--engine-config", default=None, help="EngineConfig fields as a JSON object or a "
                         "JSON/YAML file; --engine/--model/--adapters override it")
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the engine from the options, serve until SIGINT/SIGTERM; print READY http://HOST:PORT once listening."""
     from engines.config import EngineConfig
     from engines.registry import engine_class
-    from engines.server.app import build_app
+    from engines.server.app import build_app, drain
     from engines.server.runner import serve_forever
     from engines.server.state import ServerOptions
     from engines.tokenizer import get_tokenizer
@@ -89,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         config = EngineConfig.from_dict(data)
         options = ServerOptions(max_queue=args.max_queue, api_key=args.api_key,
                                 adapter_root=args.adapter_root or config.adapters,
+                                runtime_lora=args.enable_runtime_lora, max_runtime_loras=args.max_runtime_loras,
+                                unload_wait_s=args.unload_wait_s, drain_s=args.drain_s,
                                 max_body_bytes=args.max_body_bytes, model_aliases=(config.model,))
         tokenizer = get_tokenizer(config.model)
         cls = plugin_class(config.engine) if ":" in config.engine else engine_class(config.engine)
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"READY http://{host}:{port}", flush=True)
 
     try:
-        serve_forever(app, host, args.port, on_ready=ready)
+        serve_forever(app, host, args.port, on_ready=ready, on_stop=lambda forced: drain(app, options.drain_s, forced))
     finally:
         engine.close()
     return 0

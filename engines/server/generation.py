@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engines.base import Request, SamplingParams, StepOutput
+from engines.base import ParamError, Request, SamplingParams, StepOutput
 from engines.server.engine_thread import Admitted, Failed
 from engines.server.protocol import ApiError, GenerationRequest, parse_chat, parse_completion, parse_json, parse_tgi
 from engines.server.state import STATE, ServerState
@@ -102,9 +102,11 @@ def _prepare(state: ServerState, gen: GenerationRequest) -> tuple[str | None, li
         raise ApiError(400, f"'min_tokens'={params['min_tokens']} must be <= max_tokens={max_tokens}",
                        param="min_tokens")
     try:
-        return adapter, prompt_ids, SamplingParams(max_tokens=max_tokens, **params)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from exc
+        sampling = SamplingParams(max_tokens=max_tokens, **params)
+        sampling.check_vocab(state.engine.vocab_size)
+    except ParamError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    return adapter, prompt_ids, sampling
 
 
 def _completion_chunk(job: _Job, ids: list[int], delta: str, first: bool) -> dict[str, Any]:
@@ -183,11 +185,10 @@ async def _stream_events(response: web.StreamResponse, job: _Job) -> None:
 async def _run(request: web.Request, gen: GenerationRequest) -> web.StreamResponse:
     state = request.app[STATE]
     adapter, prompt_ids, params = _prepare(state, gen)
-    limit = state.options.max_queue
-    if limit is not None and state.metrics.in_flight >= limit:
-        raise ApiError(503, f"the server's queue is full ({limit} requests in flight, --max-queue); retry later")
+    state.admit()
     job = _Job(state, gen, prompt_ids)
     state.metrics.in_flight += 1
+    state.hold(adapter)
     try:
         state.thread.add(Request(job.id, prompt_ids, adapter, params), job.sink)
         admitted = await job.sink.get()
@@ -211,6 +212,7 @@ async def _run(request: web.Request, gen: GenerationRequest) -> web.StreamRespon
         raise
     finally:
         state.metrics.in_flight -= 1
+        state.release(adapter)
         state.metrics.output_tokens += job.output_tokens
         if not job.done:
             state.thread.abort(job.id)

@@ -22,6 +22,7 @@ class ServerMetrics:
     output_tokens: int = 0
     in_flight: int = 0  # admitted generation requests not yet finished
     aborted_by_client: int = 0
+    rejected: int = 0  # 503s of a full queue
 
     def render(self, engine_stats: dict[str, float]) -> str:
         lines = [
@@ -32,7 +33,8 @@ class ServerMetrics:
             lines.append(f'{PREFIX}requests_total{{status="{status}"}} {self.requests[status]}')
         counters = {"prompt_tokens_total": (self.prompt_tokens, "Prompt tokens of finished requests."),
                     "output_tokens_total": (self.output_tokens, "Output tokens streamed to clients."),
-                    "client_aborts_total": (self.aborted_by_client, "Requests aborted by a client disconnect.")}
+                    "client_aborts_total": (self.aborted_by_client, "Requests aborted by a client disconnect."),
+                    "rejected_total": (self.rejected, "Requests refused with 503 because the queue was full.")}
         for key, (value, help_text) in counters.items():
             lines += [f"# HELP {PREFIX}{key} {help_text}", f"# TYPE {PREFIX}{key} counter", f"{PREFIX}{key} {value}"]
         lines += [f"# HELP {PREFIX}server_in_flight Generation requests admitted and not finished.",

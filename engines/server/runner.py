@@ -18,19 +18,26 @@ async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.A
     return runner, runner.addresses[0][1]  # the real port when port 0 was asked
 
 
-def serve_forever(app: web.Application, host: str, port: int, on_ready=None) -> None:
-    """Serve until SIGINT/SIGTERM; on_ready(port) runs once the socket listens."""
+def serve_forever(app: web.Application, host: str, port: int, on_ready=None, on_stop=None) -> None:
+    """Serve until SIGINT/SIGTERM; on_ready(port) runs once the socket listens. on_stop(forced) is awaited
+    before the site closes (a drain); `forced` is an asyncio.Event set by a second signal."""
 
     async def main() -> None:
         runner, bound = await _start_site(app, host, port)
-        stop = asyncio.Event()
+        stop, forced = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            (forced if stop.is_set() else stop).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         if on_ready:
             on_ready(bound)
         try:
             await stop.wait()
+            if on_stop is not None:
+                await on_stop(forced)
         finally:
             await runner.cleanup()
 

@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(opts)
         return 0
     result = run_master(opts) if opts.workers > 1 else run_local(opts)
+    if result.get("write_error"):
+        print(f"loadgen: {result['write_error']}", file=sys.stderr)
     return 0 if result["reason"] in ("completed", "drain_timeout", "interrupted") else 1
 
 

@@ -53,16 +53,21 @@ class InFlight:
         }
 
 
-def stream_completion(http, path: str, headers: dict[str, str], item: InFlight, model: str, t0: float) -> None:
-    """Send item's request and read its SSE stream to the end; times are s from t0 (time.monotonic)."""
+def stream_completion(http, path: str, headers: dict[str, str], item: InFlight, model: str, t0: float,
+                      on_send=lambda item: None) -> None:
+    """Send item's request and read its SSE stream to the end; times are s from t0 (time.monotonic).
+    on_send(item) runs as it is sent (the "sent" record). A 503 (the server's queue is full) is "rejected":
+    the server's overload answer, not an engine error."""
     body = completion_body(item.request_id, model, item.prompt_tokens, item.output_tokens)
     item.actual_send = time.monotonic() - t0
+    on_send(item)
     response = http.post(path, body=body, headers=headers)
     item.http_status = response.status_code
     if response.status_code != 200:
         text = response.read().decode(errors="replace")
         item.end = time.monotonic() - t0
-        item.status, item.error = "error", f"HTTP {response.status_code}: {text[:ERROR_TEXT_MAX]}"
+        item.status = "rejected" if response.status_code == 503 else "error"
+        item.error = f"HTTP {response.status_code}: {text[:ERROR_TEXT_MAX]}"
         return
     done = False
     while True:

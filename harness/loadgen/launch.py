@@ -10,11 +10,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from harness.server_proc import signal_group_then_kill
+from engines.procs import ChildProcess
 
 
 class LoadgenProcess:
-    """The Locust process of one run. Its own session, so a terminal's Ctrl-C reaches only the harness."""
+    """The Locust process of one run (engines.procs.ChildProcess: its own group with its workers, dies with the
+    harness, stopped for sure), so a terminal's Ctrl-C reaches only the harness."""
 
     def __init__(self, trace: Path, url: str, out: Path, base_model: str, *, warmup_s: float, users: int,
                  workers: int, request_timeout_s: float, drain_timeout_s: float, log_path: Path,
@@ -29,7 +30,7 @@ class LoadgenProcess:
         self.t0: float | None = None
         self.result: dict[str, Any] | None = None
         self.started = threading.Event()
-        self.proc: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
         self._reader: threading.Thread | None = None
 
     def start(self) -> "LoadgenProcess":
@@ -37,7 +38,8 @@ class LoadgenProcess:
         repo = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": repo + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+        self.child = ChildProcess(self.cmd, stdout=subprocess.PIPE, stderr=log, env=env)
+        self.child.start()
         self._reader = threading.Thread(target=self._read, args=(log,), name="loadgen-stdout", daemon=True)
         self._reader.start()
         return self
@@ -54,26 +56,28 @@ class LoadgenProcess:
                 self.result = json.loads(line[5:])
         log.close()
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.child.proc if self.child is not None else None
+
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.alive()
 
     def wait(self, timeout_s: float | None = None) -> int | None:
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        if self._reader is not None:
+        code = self.child.wait(timeout_s)
+        if code is not None and self._reader is not None:
             self._reader.join(timeout=5)
         return code
 
     def interrupt(self, grace_s: float = 15.0) -> int | None:
-        """SIGINT: it records what is in flight and exits; SIGKILL if it does not within grace_s."""
-        if self.proc is None:
+        """SIGINT: it records what is in flight and exits; SIGKILL if it does not within grace_s. Its workers
+        are gone too when this returns (no record is appended after it)."""
+        if self.child is None:
             return None
-        signal_group_then_kill(self.proc, signal.SIGINT, grace_s)
+        code = self.child.stop(signal.SIGINT, grace_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
     def log_tail(self, lines: int = 20) -> str:
         try:

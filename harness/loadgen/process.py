@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 from locust.env import Environment
 
+from engines.procs import ChildProcess
 from harness.loadgen.recorder import Recorder
 from harness.loadgen.scheduler import Schedule, spawn
 from harness.loadgen.user import make_user_class
@@ -147,12 +148,17 @@ def run_master(opts: Options) -> dict[str, Any]:
                    "--drain-timeout-s", str(opts.drain_timeout_s)]
     if opts.api_key:
         worker_args += ["--api-key", opts.api_key]
-    procs = [subprocess.Popen(worker_args, stdout=subprocess.DEVNULL) for _ in range(opts.workers)]
+    # workers share the master's process group (the harness stops the group) and the kernel kills them when
+    # the master dies, so none keeps sending or appends records after the run was finalised
+    procs = [ChildProcess(worker_args, stdout=subprocess.DEVNULL, death_signal=signal.SIGKILL, own_group=False)
+             for _ in range(opts.workers)]
+    for p in procs:
+        p.start()
     stopping = ref["schedule"].stopping
     try:
         deadline = time.monotonic() + 120
         while len(master.clients.ready) < opts.workers:
-            if time.monotonic() > deadline or stopping.is_set() or any(p.poll() is not None for p in procs):
+            if time.monotonic() > deadline or stopping.is_set() or not all(p.alive() for p in procs):
                 raise RuntimeError(f"loadgen: only {len(master.clients.ready)} of {opts.workers} Locust workers "
                                    "connected; see the worker errors above")
             gevent.sleep(0.05)
@@ -168,25 +174,23 @@ def run_master(opts: Options) -> dict[str, Any]:
         while len(done) < opts.workers and time.monotonic() < limit:
             if stopping.is_set():
                 for p in procs:
-                    p.send_signal(signal.SIGTERM)
+                    p.send(signal.SIGTERM)
                 stopping.clear()
                 limit = min(limit, time.monotonic() + 10.0)
             gevent.sleep(0.05)
     finally:
         master.quit()
         for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            p.stop(signal.SIGTERM, grace_s=10.0)
     reasons = {d["reason"] for d in done.values()}
-    result: dict[str, Any] = {"reason": "interrupted" if "interrupted" in reasons else
-                              ("drain_timeout" if "drain_timeout" in reasons else
-                               ("completed" if len(done) == opts.workers else "workers_lost")),
-                              "workers": opts.workers, "workers_done": len(done)}
-    for key in ("rows", "released", "written", "ok", "error", "timeout"):
+    reason = next((r for r in ("write_failed", "interrupted", "drain_timeout") if r in reasons),
+                  "completed" if len(done) == opts.workers else "workers_lost")
+    result: dict[str, Any] = {"reason": reason, "workers": opts.workers, "workers_done": len(done)}
+    for key in ("rows", "released", "written", "ok", "error", "timeout", "rejected"):
         result[key] = sum(int(d.get(key, 0)) for d in done.values())
+    errors = [d["write_error"] for d in done.values() if d.get("write_error")]
+    if errors:
+        result["write_error"] = errors[0]
     say("DONE " + json.dumps(result))
     return result
 

@@ -1,4 +1,4 @@
-"""Append-only JSON-lines writer: one os.write per record on an O_APPEND file, safe across worker processes."""
+"""Append-only JSON-lines writer: one checked os.write per record on an O_APPEND file, safe across worker processes."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
+SENT = "sent"  # the status of the line written when a request is sent; its final line follows when it ends
+
+
 class Recorder:
-    """Writes each finished request as one line of records.jsonl the moment it finishes."""
+    """Writes each request as one line of records.jsonl when it is sent (status "sent") and one when it ends
+    (its final status; readers keep the last line of a request). A short or failed write raises OSError."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -24,9 +28,15 @@ class Recorder:
         self.written = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps({k: _clean(v) for k, v in record.items()}, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode())
-        self.written += 1
+        data = (json.dumps({k: _clean(v) for k, v in record.items()}, separators=(",", ":")) + "\n").encode()
+        done = os.write(self._fd, data)
+        while done < len(data):  # a short write (a disk filling up) continues or raises OSError
+            n = os.write(self._fd, data[done:])
+            if n == 0:
+                raise OSError(f"{self.path}: wrote {done} of {len(data)} bytes of a record")
+            done += n
+        if record.get("status") != SENT:
+            self.written += 1
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -10,7 +10,7 @@ import gevent
 import gevent.event
 
 from harness.loadgen.client import InFlight
-from harness.loadgen.recorder import Recorder
+from harness.loadgen.recorder import SENT, Recorder
 
 
 class Dispatch:
@@ -52,8 +52,9 @@ class Schedule:
     idle: gevent.event.Event = field(default_factory=gevent.event.Event)
     t0: float = 0.0
     released: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "timeout": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "timeout": 0, "rejected": 0})
     schedule_done: bool = False
+    write_error: str | None = None  # a record could not be written (disk full...): the run stops
 
     def run(self, t0: float) -> None:
         """Release every row at t0 + t; stops early when `stopping` is set."""
@@ -73,6 +74,10 @@ class Schedule:
         self.schedule_done = True
         self._check_idle()
 
+    def sent(self, item: InFlight) -> None:
+        """A user is sending item now: its "sent" line goes first, so a client that dies leaves a trace of it."""
+        self._record({**item.record(self.warmup_s), "status": SENT})
+
     def finish(self, item: InFlight) -> None:
         """A user is done with item: write its record unless shutdown already accounted for it."""
         if self.inflight.pop(item.request_id, None) is None:
@@ -82,7 +87,17 @@ class Schedule:
 
     def _write(self, item: InFlight) -> None:
         self.counts[item.status] = self.counts.get(item.status, 0) + 1
-        self.recorder.write(item.record(self.warmup_s))
+        self._record(item.record(self.warmup_s))
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """A failed write (disk full, read-only folder) stops the whole run: records must not go missing."""
+        if self.write_error is not None:
+            return
+        try:
+            self.recorder.write(record)
+        except OSError as exc:
+            self.write_error = f"cannot write {self.recorder.path}: {exc}"
+            self.stopping.set()
 
     def _check_idle(self) -> None:
         if self.schedule_done and not self.inflight:
@@ -101,24 +116,30 @@ class Schedule:
         self.idle.set()
 
     def wait(self, drain_timeout_s: float) -> str:
-        """Block until the schedule is done and drained; returns 'completed', 'drain_timeout' or 'interrupted'."""
+        """Block until the schedule is done and drained; returns 'completed', 'drain_timeout', 'interrupted'
+        or 'write_failed'."""
         last = self.t0 + (self.rows[-1]["t"] if self.rows else 0.0)
         while not self.stopping.is_set() and time.monotonic() < last:
             self.stopping.wait(min(0.5, max(0.0, last - time.monotonic())))
+        if self.write_error is not None:
+            return "write_failed"
         if self.stopping.is_set():
             return "interrupted"
         deadline = time.monotonic() + drain_timeout_s
         while not self.idle.is_set():
             if self.stopping.is_set():
-                return "interrupted"
+                return "write_failed" if self.write_error is not None else "interrupted"
             left = deadline - time.monotonic()
             if left <= 0:
                 return "drain_timeout"
             self.idle.wait(min(0.2, left))
         return "completed"
 
-    def summary(self) -> dict[str, int]:
-        return {"rows": len(self.rows), "released": self.released, "written": self.recorder.written, **self.counts}
+    def summary(self) -> dict[str, Any]:
+        out = {"rows": len(self.rows), "released": self.released, "written": self.recorder.written, **self.counts}
+        if self.write_error is not None:
+            out["write_error"] = self.write_error
+        return out
 
 
 def spawn(schedule: Schedule, t0: float) -> gevent.Greenlet:

@@ -22,6 +22,7 @@ class StubConfig:
     chunk_tokens: int = 1  # tokens per SSE chunk (>1 exercises the ITL chunk rule)
     send_token_ids: bool = False  # put token_ids in each chunk (else the client infers counts)
     fail_every: int = 0  # every Nth request answers HTTP 500 (0: never)
+    max_running: int = 0  # streams beyond this many answer 503 + Retry-After, as a full queue does (0: no limit)
     model: str = "stub"
     adapters: tuple[str, ...] = ()  # when given, other model names answer 404
 
@@ -62,6 +63,11 @@ def build_app(cfg: StubConfig) -> web.Application:
         if cfg.fail_every and state.requests % cfg.fail_every == 0:
             state.errors += 1
             return _error(500, "stub: injected failure")
+        if cfg.max_running and state.running >= cfg.max_running:
+            state.errors += 1
+            return web.json_response({"error": {"message": "stub: queue full", "type": "server_overloaded",
+                                                "param": None, "code": "queue_full"}}, status=503,
+                                     headers={"Retry-After": "1"})
         prompt = body.get("prompt", [])
         n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt).encode())
         if not body.get("stream"):
@@ -144,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-tokens", type=int, default=StubConfig.chunk_tokens)
     p.add_argument("--send-token-ids", action="store_true")
     p.add_argument("--fail-every", type=int, default=0)
+    p.add_argument("--max-running", type=int, default=0, help="streams beyond this many get 503 (0: no limit)")
     p.add_argument("--model", default=StubConfig.model)
     p.add_argument("--adapters", default="", help="comma-separated adapter names (others get 404)")
     a = p.parse_args(argv)
-    if a.chunk_tokens < 1 or a.ttft_ms < 0 or a.token_delay_ms < 0 or a.fail_every < 0:
-        p.error("--chunk-tokens must be >= 1 and the delays and --fail-every >= 0")
+    if a.chunk_tokens < 1 or a.ttft_ms < 0 or a.token_delay_ms < 0 or a.fail_every < 0 or a.max_running < 0:
+        p.error("--chunk-tokens must be >= 1 and the delays, --fail-every and --max-running >= 0")
     cfg = StubConfig(ttft_ms=a.ttft_ms, token_delay_ms=a.token_delay_ms, chunk_tokens=a.chunk_tokens,
-                     send_token_ids=a.send_token_ids, fail_every=a.fail_every, model=a.model,
+                     send_token_ids=a.send_token_ids, fail_every=a.fail_every, max_running=a.max_running,
+                     model=a.model,
                      adapters=tuple(x for x in a.adapters.split(",") if x))
     try:
         asyncio.run(serve(cfg, a.host, a.port))

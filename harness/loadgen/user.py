@@ -37,7 +37,8 @@ def make_user_class(schedule_ref: dict, url: str, base_model: str, request_timeo
             item = schedule.queue.get()
             try:
                 with gevent.Timeout(request_timeout_s):
-                    stream_completion(self.http, path, headers, item, item.adapter or base_model, schedule.t0)
+                    stream_completion(self.http, path, headers, item, item.adapter or base_model, schedule.t0,
+                                      on_send=schedule.sent)
             except gevent.Timeout:
                 item.status, item.error = "timeout", f"no end of stream after {request_timeout_s:g} s"
                 self._reset()
