@@ -202,6 +202,7 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         reasons.append("no request of the measured window completed")
     if counts["not_sent"]:
         reasons.append(f"{counts['not_sent']} request(s) of the trace were never sent")
-    return {"measured_s": span, "warmup_s": warmup_s, "percentiles": list(pcts), "counts": counts,
+    return {"measured_s": span, "warmup_s": warmup_s, "offered_req_s": len(m) / duration_s,
+            "percentiles": list(pcts), "counts": counts,
             "metrics": out_metrics, "per_adapter": per_adapter, "windows": windows(m, mgood, warmup_s, span, bin_s),
             "valid": not reasons, "invalid_reasons": reasons}

@@ -194,7 +194,8 @@ def machine_has_cuda() -> bool:
 
 
 def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str | Path = "runs", *,
-               log: Callable[[str], None] = print, progress: bool = True, workers: int | None = None) -> Path:
+               log: Callable[[str], None] = print, progress: bool = True, workers: int | None = None,
+               percentiles: tuple[float, ...] = ()) -> Path:
     """Run the workload against one engine; returns its run directory (status.json says how it ended).
 
     KeyboardInterrupt is re-raised after the run directory is complete (status "interrupted").
@@ -263,7 +264,7 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
             launcher.stop()
         except KeyboardInterrupt:
             interrupted, status, message = True, "interrupted", "interrupted by the user (Ctrl-C) while stopping"
-        _finish(writer, spec, eng, trace, env, gpu, scraper, loadgen, status, message, started_at)
+        _finish(writer, spec, eng, trace, env, gpu, scraper, loadgen, status, message, started_at, percentiles)
     if interrupted:
         raise KeyboardInterrupt
     return run_dir
@@ -271,7 +272,7 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
 
 def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any], gpu: GpuSampler,
             scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str, message: str,
-            started_at: str) -> None:
+            started_at: str, percentiles: tuple[float, ...] = ()) -> None:
     t0 = loadgen.t0 if loadgen is not None and loadgen.t0 is not None else time.monotonic()
     reason = {"completed": "the load generator ended first", "interrupted": "the run was interrupted",
               "server_died": "the server died"}.get(status, "the run failed")
@@ -280,7 +281,7 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
     writer.write_samples("gpu", gpu_df)
     writer.write_samples("server", scraper.frame(t0) if scraper is not None else gpu_df.iloc[:0, :1])
     body = summarize(records, warmup_s=spec.warmup_s, duration_s=spec.duration_s, slo=spec.slo.limits(),
-                     max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df)
+                     max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df, percentiles=percentiles)
     if status != "completed":
         body["valid"] = False
         body["invalid_reasons"] = [f"run {status}: {message.splitlines()[0] if message else ''}"] + body["invalid_reasons"]
@@ -296,7 +297,8 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
 
 def run_workload(spec: WorkloadSpec, engines: list[str | dict[str, Any]] | None = None,
                  runs_root: str | Path = "runs", *, log: Callable[[str], None] = print, progress: bool = True,
-                 workers: int | None = None) -> list[Path]:
+                 workers: int | None = None, percentiles: tuple[float, ...] = ()) -> list[Path]:
     """Every engine of the workload (or those given), one after the other; stops at Ctrl-C."""
     chosen = list(engines) if engines else list(spec.engines)
-    return [run_engine(spec, e, runs_root, log=log, progress=progress, workers=workers) for e in chosen]
+    return [run_engine(spec, e, runs_root, log=log, progress=progress, workers=workers, percentiles=percentiles)
+            for e in chosen]
