@@ -256,7 +256,7 @@ def planned_trace(spec: dict, adapters: int, rate_per_adapter: float, duration_s
                   ) -> pd.DataFrame:
     """The workload's trace (its popularity and burstiness; spec = the workload as a mapping, as capacity.json
     stores it) at the planned adapter count and total rate, duration_s seconds long (None: its own horizon)."""
-    from harness.spec import TrafficSpec
+    from harness.spec_sections import TrafficSpec
     from harness.trace import build_trace
 
     traffic = copy.deepcopy(spec.get("traffic") or {})
