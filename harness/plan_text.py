@@ -48,6 +48,7 @@ def shared_vs_dedicated_lines(plan: dict) -> list[str]:
     if not pk or not rows:
         return (["", "Shared base vs dedicated deployments: not compared", *notes]) if notes else []
     n, price = plan["adapters"], plan["usd_per_gpu_hour"]
+    usd = (lambda gpus: None if gpus is None or price is None else gpus * price)  # noqa: E731
     best = min((c for c in rows if c["shared_gpus"] is not None), key=lambda c: c["shared_gpus"], default=None)
     ded = rows[0]
     ratio = pk["sum_of_peaks"] / pk["aggregate_peak"] if pk["aggregate_peak"] > 0 else float("nan")
@@ -72,14 +73,13 @@ def shared_vs_dedicated_lines(plan: dict) -> list[str]:
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for c in rows:
         gpus = c["shared_gpus"]
-        lines.append(f"  {'shared base, ' + c['engine']:<44} {_fmt(gpus, 'd'):>6} "
-                     f"{_fmt(None if gpus is None else gpus * price, '.2f'):>9}")
+        lines.append(f"  {'shared base, ' + c['engine']:<44} {_fmt(gpus, 'd'):>6} {_fmt(usd(gpus), '.2f'):>9}")
     for engine in dict.fromkeys(c["dedicated_engine"] for c in rows):
         c = next(r for r in rows if r["dedicated_engine"] == engine)
         lines.append(f"  {'dedicated ' + engine + ', a whole GPU per adapter':<44} {c['dedicated_gpus_whole']:>6} "
-                     f"{c['dedicated_gpus_whole'] * price:>9.2f}")
+                     f"{_fmt(usd(c['dedicated_gpus_whole']), '.2f'):>9}")
         lines.append(f"  {'dedicated ' + engine + ', shares packed (optimistic)':<44} "
-                     f"{c['dedicated_gpus_shares']:>6} {c['dedicated_gpus_shares'] * price:>9.2f}")
+                     f"{c['dedicated_gpus_shares']:>6} {_fmt(usd(c['dedicated_gpus_shares']), '.2f'):>9}")
     return lines + notes
 
 
@@ -91,11 +91,44 @@ def render(plan: dict, gpu: str, provenance: dict[str, list[dict]], curves: dict
         lines += [f"*** {extrapolation} ***", ""]
     lines += measured_on_lines(provenance) + [""] + curve_lines(curves) + [""]
     lines += ["Formulas:", *(f"  {f}" for f in plan["formulas"]), ""]
+    price = plan["usd_per_gpu_hour"]
+    priced = f"{gpu} at ${price:.2f}/GPU-hour" if price is not None else "not priced"
     lines += [f"{plan['adapters']} adapters x {plan['rate_per_adapter']:g} req/s = "
-              f"{plan['adapters'] * plan['rate_per_adapter']:.4g} req/s, {gpu} at ${plan['usd_per_gpu_hour']:.2f}"
-              "/GPU-hour" + (" (extrapolated)" if extrapolation else ""), ""]
+              f"{plan['adapters'] * plan['rate_per_adapter']:.4g} req/s, {priced}"
+              + (" (extrapolated)" if extrapolation and price is not None else ""), ""]
     lines += plan_table(plan)
     lines += shared_vs_dedicated_lines(plan)
     if extrapolation:
         lines += ["", f"*** {extrapolation} ***"]
     return "\n".join(lines)
+
+
+def plan_sweep(folder, payload: dict, *, adapters: int | None = None, rate_per_adapter: float | None = None,
+               gpu: str | None = None, price: float | None = None, window_s: float = 10.0) -> tuple[dict, str]:
+    """The plan of one sweep folder, as `harness plan` prints it, for the report: by default for the workload
+    the sweep measured (its adapter count and rate per adapter) on the GPU it ran on. A GPU other than the one
+    measured is labelled an extrapolation; a sweep on a CPU is planned but not priced."""
+    from harness import planner
+    from harness.errors import UsageError
+    from harness.provenance import check_gpu, sweep_provenance
+
+    spec = payload.get("spec") or {}
+    n = adapters or int((spec.get("adapters") or {}).get("count") or 1)
+    rate = rate_per_adapter or float((spec.get("traffic") or {}).get("rate") or 1.0) / max(n, 1)
+    provenance = sweep_provenance(folder, payload)
+    try:
+        key, extrapolation = check_gpu(gpu, provenance, planner.GPU_PRICES, allow_other=gpu is not None)
+        usd = price or planner.GPU_PRICES.get(key)
+    except UsageError as exc:
+        key, extrapolation, usd = "not priced", f"NOT PRICED: {exc}", None
+    trace = None
+    if spec:
+        try:
+            trace = planner.planned_trace(spec, n, rate)
+        except ValueError:
+            trace = None
+    plan = planner.plan_fleet(payload.get("curves", {}), n, rate, usd or 0.0, trace=trace, window_s=window_s)
+    if usd is None:
+        plan = planner.without_prices(plan)
+    plan.update(gpu=key, extrapolation=extrapolation, measured_on=provenance)
+    return plan, render(plan, key, provenance, payload.get("curves", {}), extrapolation)

@@ -302,3 +302,15 @@ def plan_fleet(curves: dict[str, list[dict]], adapters: int, rate_per_adapter: f
             row = shared_vs_dedicated(c, ded.lambda_star[0], peaks, usd_per_gpu_hour)
             out["comparison"].append({"engine": name, "dedicated_engine": ded.engine, **row})
     return out
+
+
+def without_prices(plan: dict) -> dict:
+    """The same plan with every $ figure removed (None): for curves that cannot be priced (measured on a CPU)."""
+    out = copy.deepcopy(plan)
+    out["usd_per_gpu_hour"] = None
+    for p in out["plans"]:
+        p.update(usd_per_gpu_hour=None, usd_per_hour=None, usd_per_m_tokens=None)
+    for c in out["comparison"]:
+        for key in [k for k in c if k.startswith("usd_")]:
+            c[key] = None
+    return out

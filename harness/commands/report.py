@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.report_proc import run_reports
 
     if not Path(args.runs_dir).is_dir():
-        raise UsageError(f"RUNS_DIR {args.runs_dir}: no such folder; run `harness run WORKLOAD` first")
+        raise UsageError(f"RUNS_DIR {args.runs_dir}: the folder does not exist; run `harness run WORKLOAD` first")
     sweeps = ["--sweeps", args.sweeps] if Path(args.sweeps).is_dir() else []
     if args.html or args.png:  # the reports package runs in its own process: the harness never imports it
         if args.html:
