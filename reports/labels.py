@@ -21,8 +21,6 @@ NAMES = {
 }
 _LATENCY = re.compile(r"^(ttft|tpot|e2e|itl|schedule_lag)_(p[0-9.]+|mean|std|max)$")
 _PERCENT = {"slo_attainment", "share", "attainment"}
-BOUND_WORDS = {"bracket": "bracket [lo, hi]", "lower": "lower bound (>=)", "upper": "upper bound (<)",
-               "unknown": "not found"}
 
 
 def name(column: str) -> str:
