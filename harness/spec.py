@@ -1,4 +1,4 @@
-"""The workload spec, typed and validated once: the file, then its cpu: section on a machine without CUDA, then --set."""
+"""The workload spec, typed and validated once: the file, then its cpu: section without CUDA, then every --set."""
 from __future__ import annotations
 
 import copy

@@ -320,7 +320,3 @@ class MultiLoRAEngine(Engine):
         if self.device.type == "cuda":
             self.runner.graphs = None
             torch.cuda.empty_cache()
-
-    def running_status(self) -> dict[str, str]:
-        """request id -> waiting | running (for tests and debugging)."""
-        return {k: ("running" if s.status is SeqStatus.RUNNING else "waiting") for k, s in self._seqs.items()}
