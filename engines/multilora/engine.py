@@ -25,6 +25,7 @@ EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
+    "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
 }
@@ -65,6 +66,8 @@ class MultiLoRAEngine(Engine):
         self.base_model_name = config.model
         start = self._read_start_adapters()
         self.pool = self._make_pool(start)
+        if self.device.type == "cuda" and self.model.lora_stacks and config.extra.get("lora_stream", True):
+            self.model.use_lora_stream()
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
