@@ -212,3 +212,16 @@ def test_sweep_engines_accept_names_lists_and_external_json():
     got = parse_engines(["multilora,merged", '{"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}'])
     assert got[:2] == ("multilora", "merged")
     assert got[2] == {"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--adapters", "0,3"], "--adapters: [0, 3] must all be >= 1"),
+    (["--max-runs", "1"], "--max-runs: 1 must be >= 2"),
+    (["--duration", "-2"], "--duration: -2.0 must be > 0 seconds"),
+])
+def test_sweep_errors_name_the_flag_as_typed(capsys, args, message):
+    from harness.cli import main
+
+    assert main(["sweep", WORKLOAD, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"harness sweep: error: {message}") and len(err.splitlines()) == 1
