@@ -159,14 +159,13 @@ def test_capacity_page_compares_shared_and_dedicated_from_the_trace(roots):
     assert any("sum of per-adapter peaks" in m.value for m in at.markdown)
 
 
-def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
+def capacity_page(tmp_path, engines: tuple, edit) -> tuple[AppTest, dict]:
+    """The Capacity section on one sweep whose capacity.json `edit` changed."""
     runs = tmp_path / "runs"
     make_runs(runs)
-    sweep = make_sweep(tmp_path / "sweeps", engines=("multilora",))
+    sweep = make_sweep(tmp_path / "sweeps", engines=engines)
     payload = json.loads((sweep / "capacity.json").read_text())
-    for p in payload["curves"]["multilora"]:
-        p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
-    payload["errors"] = {"merged": "runs/x could not run: warm-up failed"}
+    edit(payload)
     (sweep / "capacity.json").write_text(json.dumps(payload))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["runs_root"] = str(runs)
@@ -174,23 +173,23 @@ def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
     at.run()
     at.sidebar.radio(key="section").set_value("Capacity").run()
     assert not at.exception, at.exception
+    return at, payload
+
+
+def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
+    def edit(payload):
+        for p in payload["curves"]["multilora"]:
+            p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
+        payload["errors"] = {"merged": "runs/x could not run: warm-up failed"}
+
+    at, _ = capacity_page(tmp_path, ("multilora",), edit)
     assert "no adapter count met the SLO" in at.error[0].value
     assert "merged: the sweep stopped early" in at.warning[0].value
 
 
 def test_capacity_page_shows_bounds_and_labels_another_gpu_an_extrapolation(tmp_path):
-    runs = tmp_path / "runs"
-    make_runs(runs)
-    sweep = make_sweep(tmp_path / "sweeps", engines=("multilora", "merged"))
-    payload = json.loads((sweep / "capacity.json").read_text())
-    payload["curves"]["merged"][0].update(bound="lower", upper=None)
-    (sweep / "capacity.json").write_text(json.dumps(payload))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["runs_root"] = str(runs)
-    at.session_state["sweeps_root"] = str(tmp_path / "sweeps")
-    at.run()
-    at.sidebar.radio(key="section").set_value("Capacity").run()
-    assert not at.exception, at.exception
+    at, payload = capacity_page(tmp_path, ("multilora", "merged"),
+                                lambda payload: payload["curves"]["merged"][0].update(bound="lower", upper=None))
     assert at.selectbox(key="plan_gpu").value == "h100"  # the GPU the sweep ran on
     points = at.dataframe[0].value
     lam = payload["curves"]["merged"][0]["lambda_star"]
