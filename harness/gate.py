@@ -14,7 +14,7 @@ import numpy as np
 # Which way is worse, per summary metric: "lower" = a drop is a regression (throughput),
 # "higher" = a rise is a regression (latency, memory, energy). Metrics absent here cannot be gated.
 WORSE_WHEN: dict[str, str] = {
-    "req_s": "lower", "output_tok_s": "lower", "goodput_req_s": "lower", "goodput": "lower",
+    "req_s": "lower", "output_tok_s": "lower", "served_tok_s": "lower", "goodput_req_s": "lower", "goodput": "lower",
     "slo_attainment": "lower", "jain_fairness": "lower",
     "ttft_p50": "higher", "ttft_p90": "higher", "ttft_p99": "higher",
     "tpot_p50": "higher", "tpot_p90": "higher", "tpot_p99": "higher",

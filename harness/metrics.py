@@ -8,7 +8,9 @@ Measured requests are those intended in [warmup_s, warmup_s + duration_s). Throu
 span (summary "measured_s"): duration_s, or longer when the last measured request ended later (an overloaded
 server stretches it). Windows (summary "windows", the gate's repeated samples) tile that same span from
 warmup_s in bins of bin_s (a last partial bin is left out) and count only measured ok requests, by the same
-rule as the totals: a request's output tokens where its tokens arrived, a request where it ended.
+rule as the totals: a request's output tokens where its tokens arrived, a request where it ended. served_tok_s
+is the server's pace instead: every token streamed during the measured span, whatever request it belonged to
+(warm-up requests and requests that later failed included), over the span, in total and per bin.
 A request is good when it is ok and meets every SLO given; SLO attainment = good / measured requests (errors,
 timeouts and unsent requests count as misses). Jain's fairness is taken over per-adapter SLO attainment.
 Latencies have their mean and standard deviation beside the percentiles (p50, p90, p99 always, and any others
@@ -110,29 +112,34 @@ def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float,
     return out
 
 
-def windows(measured: pd.DataFrame, good: pd.Series, warmup_s: float, span: float,
-            bin_s: float = BIN_S) -> dict[str, Any]:
+def _arrivals(df: pd.DataFrame, edges: np.ndarray) -> np.ndarray:
+    """Token arrivals of every record per bin."""
+    counts = np.zeros(len(edges) - 1)
+    for times in df["token_times"]:
+        if times is not None and len(times):
+            counts += np.histogram(np.asarray(times, dtype=np.float64), bins=edges)[0]
+    return counts
+
+
+def windows(measured: pd.DataFrame, good: pd.Series, warmup_s: float, span: float, bin_s: float = BIN_S,
+            every: pd.DataFrame | None = None) -> dict[str, Any]:
     """Per bin of the measured span [warmup_s, warmup_s + k*bin_s), k = floor(span / bin_s): output tokens/s,
     requests/s and goodput tokens/s of the measured ok requests (tokens where they arrived, requests where
-    they ended), the summary's totals cut into bins."""
+    they ended), the summary's totals cut into bins; with `every` (all records), served tokens/s too."""
     n = max(1, int(math.floor(span / bin_s + 1e-9)))
     edges = warmup_s + bin_s * np.arange(n + 1)
-    tokens = np.zeros(n)
-    good_tokens = np.zeros(n)
     ok = measured["status"] == "ok"
-    for times, is_good in zip(measured.loc[ok, "token_times"], good[ok]):
-        if times is None or len(times) == 0:
-            continue
-        counts = np.histogram(np.asarray(times, dtype=np.float64), bins=edges)[0]
-        tokens += counts
-        if is_good:
-            good_tokens += counts
+    tokens = _arrivals(measured[ok], edges)
+    good_tokens = _arrivals(measured[ok & good], edges)
     ends = measured.loc[ok, "end"].to_numpy(np.float64)
     reqs = np.histogram(ends[np.isfinite(ends)], bins=edges)[0] if len(ends) else np.zeros(n)
-    return {"bin_s": bin_s, "t": [float(x) for x in edges[:-1]],
-            "output_tok_s": [float(x) for x in tokens / bin_s],
-            "req_s": [float(x) for x in np.asarray(reqs) / bin_s],
-            "goodput": [float(x) for x in good_tokens / bin_s]}
+    out = {"bin_s": bin_s, "t": [float(x) for x in edges[:-1]],
+           "output_tok_s": [float(x) for x in tokens / bin_s],
+           "req_s": [float(x) for x in np.asarray(reqs) / bin_s],
+           "goodput": [float(x) for x in good_tokens / bin_s]}
+    if every is not None:
+        out["served_tok_s"] = [float(x) for x in _arrivals(every, edges) / bin_s]
+    return out
 
 
 def _gpu(gpu: pd.DataFrame | None, start: float, end: float, tokens: float) -> dict[str, Any]:
@@ -184,6 +191,7 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         "req_s": metrics["req_s"], "output_tok_s": metrics["output_tok_s"],
         "goodput_req_s": metrics["goodput_req_s"], "goodput": metrics["goodput"],
         "slo_attainment": metrics["slo_attainment"],
+        "served_tok_s": float(_arrivals(df, np.array([warmup_s, warmup_s + span]))[0] / span),
         **{k: v for k, v in metrics.items() if k.startswith(("ttft_", "tpot_", "e2e_"))},
         **_stats(itl, "itl", pcts),
         "schedule_lag_p50": _pct(lag, 50), "schedule_lag_p99": _pct(lag, 99),
@@ -204,5 +212,5 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         reasons.append(f"{counts['not_sent']} request(s) of the trace were never sent")
     return {"measured_s": span, "warmup_s": warmup_s, "offered_req_s": len(m) / duration_s,
             "percentiles": list(pcts), "counts": counts,
-            "metrics": out_metrics, "per_adapter": per_adapter, "windows": windows(m, mgood, warmup_s, span, bin_s),
+            "metrics": out_metrics, "per_adapter": per_adapter, "windows": windows(m, mgood, warmup_s, span, bin_s, every=df),
             "valid": not reasons, "invalid_reasons": reasons}

@@ -64,7 +64,7 @@ SUMMARY_EXTRA_KEYS = ("engine_kind", "gpu_info", "loadgen", "server_scrape")
 
 # summary["metrics"] keys (seconds for latencies; None when undefined)
 METRIC_KEYS = (
-    "req_s", "output_tok_s", "goodput_req_s", "goodput", "slo_attainment",
+    "req_s", "output_tok_s", "goodput_req_s", "goodput", "slo_attainment", "served_tok_s",
     "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p90", "tpot_p99",
     "e2e_p50", "e2e_p90", "e2e_p99", "itl_p50", "itl_p99",
     "ttft_mean", "ttft_std", "tpot_mean", "tpot_std", "e2e_mean", "e2e_std", "itl_mean", "itl_std",

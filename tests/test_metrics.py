@@ -130,10 +130,13 @@ def test_gate_samples_are_recomputed_from_records_jsonl(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     warmup, span = summary["warmup_s"], summary["measured_s"]
     n = math.floor(span)
-    tokens, ends = [0] * n, [0] * n
+    tokens, ends, served = [0] * n, [0] * n, [0] * n
     total = 0
     for line in (run / "records.jsonl").read_text().splitlines():
         r = json.loads(line)
+        for t in r["token_times"]:  # served: every token streamed in the span, whatever its request
+            if warmup <= t < warmup + n:
+                served[int(t - warmup)] += 1
         if not r["in_window"] or r["status"] != "ok":
             continue
         total += r["output_tokens"]
@@ -148,6 +151,7 @@ def test_gate_samples_are_recomputed_from_records_jsonl(tmp_path):
     per_window = doc["engines"]["multilora"]["metrics"]["output_tok_s"]["per_window"]
     assert per_window == [[float(x) for x in tokens]]
     assert doc["engines"]["multilora"]["metrics"]["req_s"]["per_window"] == [[float(x) for x in ends]]
+    assert doc["engines"]["multilora"]["metrics"]["served_tok_s"]["per_window"] == [[float(x) for x in served]]
 
 
 def test_warmup_excluded_and_span_stretches_when_the_server_is_slow():
