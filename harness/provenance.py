@@ -34,7 +34,7 @@ def run_provenance(run_dir: Path) -> dict:
     engine = cfg.get("engine") or {}
     gpu = env.get("gpu_name")
     return {"host": env.get("host"), "cpus": env.get("cpu_count"), "gpu": gpu,
-            "machine": gpu or f"CPU only ({env.get('cpu_count', '?')} cores)",
+            "machine": gpu or "CPU only",
             "model": workload.get("model"), "workload": workload.get("name"),
             "engine": engine.get("preset") or engine.get("name"), "engine_kind": engine.get("kind")}
 

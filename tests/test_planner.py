@@ -216,7 +216,7 @@ def test_plan_refuses_another_gpu_or_a_cpu_sweep_unless_allowed(tmp_path, capsys
     out = capsys.readouterr().out
     assert "EXTRAPOLATION: priced as a100-80gb from curves measured on NVIDIA H100 80GB HBM3" in out
     cpu = make_sweep(tmp_path, gpu=None, model="tiny", name="cpu-sweep")
-    assert _plan(cpu) == 2 and "CPU only (16 cores)" in capsys.readouterr().err
+    assert _plan(cpu) == 2 and "measured on CPU only, which has no default price" in capsys.readouterr().err
     assert _plan(cpu, "--gpu", "h100") == 2
     assert "measured on CPU only" in capsys.readouterr().err
     assert _plan(cpu, "--gpu", "h100", "--allow-other-gpu") == 0
