@@ -118,7 +118,7 @@ def plan_sweep(folder, payload: dict, *, adapters: int | None = None, rate_per_a
     provenance = sweep_provenance(folder, payload)
     try:
         key, extrapolation = check_gpu(gpu, provenance, planner.GPU_PRICES, allow_other=gpu is not None)
-        usd = price or planner.GPU_PRICES.get(key)
+        usd = planner.gpu_price(key, price)
     except UsageError as exc:
         key, extrapolation, usd = "not priced", f"NOT PRICED: {exc}", None
     trace = None

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     payload, provenance = merge_capacity(args.sweep)
     gpu, extrapolation = check_gpu(args.gpu, provenance, GPU_PRICES, args.allow_other_gpu)
-    price = args.gpu_price if args.gpu_price is not None else GPU_PRICES.get(gpu)
+    price = planner.gpu_price(gpu, args.gpu_price)
     spec = _workload_mapping(args.workload, payload.get("machine")) if args.workload else payload.get("spec")
     trace, why = None, ""
     if spec:
