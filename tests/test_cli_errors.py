@@ -78,6 +78,17 @@ def test_serve_refuses_a_busy_port_in_one_line(capsys):
     assert f"--port {port}: 127.0.0.1:{port} is in use" in one_line_error(capsys, "serve")
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--engine", "warp"], "--engine warp: not one of merged, multilora, peft"),
+    (["--max-queue", "0"], "--max-queue 0: must be >= 1"),
+    (["--max-body-bytes", "10"], "--max-body-bytes 10: must be >= 1024"),
+    (["--port", "70000"], "--port 70000: must be in [0, 65535]"),
+])
+def test_serve_names_the_flag_as_typed(argv, words, capsys):
+    assert main(["serve", *argv]) == 2
+    assert words in one_line_error(capsys, "serve")
+
+
 def test_help_states_exit_codes_and_precedence(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
