@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 def run_engines(runs_dir: Path, *engines: str, timeout_s: float = 240.0) -> set[Path]:
     """One `harness run` of the CI workload over the engines in order, one CPU thread, as scripts/ci_gate.sh."""
-    before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
+    before = {p for p in runs_dir.iterdir() if p.is_dir()} if runs_dir.is_dir() else set()
     cmd = [sys.executable, "-m", "harness", "run", "workloads/ci-gate.yaml", "--runs-dir", str(runs_dir),
            "--no-progress"] + [arg for item in SETS for arg in ("--set", item)]
     for engine in engines:
@@ -48,7 +48,7 @@ def run_engines(runs_dir: Path, *engines: str, timeout_s: float = 240.0) -> set[
                 proc.kill()
                 proc.wait()
     assert proc.returncode == 0, log[-3000:]
-    new = set(runs_dir.iterdir()) - before
+    new = {p for p in runs_dir.iterdir() if p.is_dir()} - before  # beside them: this invocation's results.csv
     assert len(new) == len(engines), log[-3000:]
     return new
 
