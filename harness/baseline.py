@@ -151,8 +151,8 @@ def snapshot(runs: list[RunData]) -> dict[str, Any]:
             if all(isinstance(r.windows.get(name), list) for r in ordered):
                 sample["per_window"] = [[_number(v) for v in r.windows[name]] for r in ordered]
             entry["metrics"][name] = sample
-    window_s = first.windows.get("window_s")
-    return {"format": FORMAT, **identity, "window_s": window_s, "environment": first.env, "engines": engines}
+    bin_s = first.windows.get("bin_s")
+    return {"format": FORMAT, **identity, "bin_s": bin_s, "environment": first.env, "engines": engines}
 
 
 def snapshot_dirs(paths: list[str | Path]) -> dict[str, Any]:

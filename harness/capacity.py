@@ -14,6 +14,10 @@ class Probe:
     goodput_tok_s: float = 0.0
     run: str = ""  # the run directory (or any label) that produced it
     note: str = ""  # why a run counts as failed although it may have numbers (invalid, server died, ...)
+    limited: bool = False  # the load generator could not send this load on time: neither a pass nor an SLO miss
+
+    def passes(self, target: float) -> bool:
+        return not self.limited and not self.note and self.attainment >= target
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,28 @@ class SearchConfig:
             raise ValueError(f"max_probes: {self.max_probes} must be >= 2 (one to bracket, one to refine)")
 
 
+BOUNDS = ("bracket", "lower", "upper", "unknown")  # how a capacity was found; see SearchResult.bound
+
+
+def bound_kind(lo: float, hi: float) -> str:
+    """bracket: lo passed and hi failed, the capacity lies in [lo, hi); lower: only lo passed, the capacity is
+    at least lo; upper: only hi failed (nothing passed), it is below hi; unknown: no load passed or failed."""
+    if lo > 0:
+        return "bracket" if math.isfinite(hi) else "lower"
+    return "upper" if math.isfinite(hi) else "unknown"
+
+
+def bound_text(kind: str, lo: float | None, hi: float | None, fmt: str = ".4g") -> str:
+    """A capacity as it is known: "[2.25, 2.5]", ">= 2.25" (a lower bound), "< 0.5" (an upper bound) or "?"."""
+    if kind == "bracket":
+        return f"[{lo:{fmt}}, {hi:{fmt}}]"
+    if kind == "lower":
+        return f">= {lo:{fmt}}"
+    if kind == "upper":
+        return f"< {hi:{fmt}}"
+    return "?"
+
+
 @dataclass
 class SearchResult:
     """The answer of one search: the largest passing load and every probe it took to find it."""
@@ -52,14 +78,19 @@ class SearchResult:
     best: float  # largest load seen to pass (0.0 if none passed)
     upper: float  # smallest load seen to fail (math.inf if none failed)
     best_probe: Probe | None
-    tried: list[dict] = field(default_factory=list)  # {"load", "attainment", "goodput_tok_s", "run", "note", "pass"}
+    tried: list[dict] = field(default_factory=list)  # {"load", "attainment", ..., "pass", "limited"}
     converged: bool = False  # the bracket closed to the resolution (False: max_probes or a limit stopped it)
     reason: str = ""
+
+    @property
+    def bound(self) -> str:
+        return bound_kind(self.best, self.upper)
 
     def to_dict(self) -> dict:
         return {
             "best": self.best,
             "upper": None if math.isinf(self.upper) else self.upper,
+            "bound": self.bound,
             "goodput_tok_s": self.best_probe.goodput_tok_s if self.best_probe else 0.0,
             "attainment": self.best_probe.attainment if self.best_probe else None,
             "run": self.best_probe.run if self.best_probe else "",
@@ -85,15 +116,15 @@ def search_max(probe: Callable[[float], Probe], cfg: SearchConfig, *, integer: b
     tried: list[dict] = []
     seen: dict[float, Probe] = {}
 
-    def run(x: float) -> bool:
+    def run(x: float) -> str:
+        """ "pass", "fail" or "limited" (the load generator fell behind: the load says nothing either way)."""
         if x not in seen:
             p = probe(x)
             seen[x] = p
-            ok = p.attainment >= cfg.target and not p.note
             tried.append({"load": x, "attainment": p.attainment, "goodput_tok_s": p.goodput_tok_s,
-                          "run": p.run, "note": p.note, "pass": ok})
+                          "run": p.run, "note": p.note, "pass": p.passes(cfg.target), "limited": p.limited})
         p = seen[x]
-        return p.attainment >= cfg.target and not p.note
+        return "limited" if p.limited else ("pass" if p.passes(cfg.target) else "fail")
 
     def snap(x: float) -> float:
         return float(max(1, round(x))) if integer else x
@@ -105,7 +136,11 @@ def search_max(probe: Callable[[float], Probe], cfg: SearchConfig, *, integer: b
         if len(seen) >= cfg.max_probes:
             reason = f"stopped after max_probes={cfg.max_probes} runs while bracketing"
             break
-        if run(x):
+        outcome = run(x)
+        if outcome == "limited" and lo > 0:
+            reason = f"the load generator could not send {x:g} on time; the capacity is at least {lo:g}"
+            break
+        if outcome == "pass":
             lo = max(lo, x)
             if math.isfinite(hi):
                 break
@@ -114,13 +149,15 @@ def search_max(probe: Callable[[float], Probe], cfg: SearchConfig, *, integer: b
                 reason = f"passes at the highest load searched ({cfg.highest:g}); the capacity may be larger"
                 break
             x = nxt
-        else:
-            hi = min(hi, x)
+        else:  # a failure, or a limited load with nothing passed yet: look lower
+            if outcome == "fail":
+                hi = min(hi, x)
             if lo > 0:
                 break
             nxt = snap(max(x / 2, cfg.lowest))
             if nxt >= x:
-                reason = f"fails even at the lowest load searched ({cfg.lowest:g})"
+                reason = (f"fails even at the lowest load searched ({cfg.lowest:g})" if outcome == "fail" else
+                          f"the load generator fell behind even at the lowest load searched ({cfg.lowest:g})")
                 break
             x = nxt
     while lo > 0 and math.isfinite(hi) and not _closed(lo, hi, cfg, integer):  # phase 2: bisect
@@ -130,7 +167,11 @@ def search_max(probe: Callable[[float], Probe], cfg: SearchConfig, *, integer: b
         mid = snap((lo + hi) / 2)
         if mid <= lo or mid >= hi:
             break
-        if run(mid):
+        outcome = run(mid)
+        if outcome == "limited":
+            reason = f"the load generator could not send {mid:g} on time; bracket [{lo:g}, {hi:g}]"
+            break
+        if outcome == "pass":
             lo = mid
         else:
             hi = mid
@@ -153,6 +194,8 @@ class CurvePoint:
     converged: bool
     reason: str
     tried: list
+    bound: str = "bracket"  # how lambda_star is known: bracket [lambda_star, upper), lower or upper bound (BOUNDS)
+    upper: float | None = None  # the smallest failing load (None: none failed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +219,7 @@ def iter_capacity_curve(probe: Callable[[float, int], Probe], ns: list[int], cfg
         res = search_max(lambda rate, n=n: probe(rate, n), step_cfg)
         d = res.to_dict()
         yield CurvePoint(n=n, lambda_star=res.best, goodput_tok_s=d["goodput_tok_s"], attainment=d["attainment"],
-                         run=d["run"], converged=res.converged, reason=res.reason, tried=res.tried)
+                         run=d["run"], converged=res.converged, reason=res.reason, tried=res.tried,
+                         bound=res.bound, upper=d["upper"])
         if res.best > 0:
             start = res.best

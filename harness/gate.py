@@ -1,20 +1,26 @@
-"""Regression gate statistics: Mann-Whitney U, bootstrap interval on the ratio of medians, verdict per metric."""
+"""Regression gate statistics: Mann-Whitney U, bootstrap interval on the ratio of medians, verdict per metric.
+
+Three verdicts per metric: regression (significant and beyond the minimum effect in the bad direction), pass
+(the interval rules out a regression of the minimum effect; an improvement passes too) and inconclusive (the
+interval still reaches beyond the minimum effect in the bad direction: this sample cannot tell).
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 # Which way is worse, per summary metric: "lower" = a drop is a regression (throughput),
 # "higher" = a rise is a regression (latency, memory, energy). Metrics absent here cannot be gated.
 WORSE_WHEN: dict[str, str] = {
-    "req_s": "lower", "output_tok_s": "lower", "goodput_req_s": "lower", "goodput": "lower",
+    "req_s": "lower", "output_tok_s": "lower", "served_tok_s": "lower", "goodput_req_s": "lower", "goodput": "lower",
     "slo_attainment": "lower", "jain_fairness": "lower",
     "ttft_p50": "higher", "ttft_p90": "higher", "ttft_p99": "higher",
     "tpot_p50": "higher", "tpot_p90": "higher", "tpot_p99": "higher",
     "e2e_p50": "higher", "e2e_p90": "higher", "e2e_p99": "higher",
     "itl_p50": "higher", "itl_p99": "higher",
+    "ttft_mean": "higher", "tpot_mean": "higher", "e2e_mean": "higher", "itl_mean": "higher",
     "schedule_lag_p50": "higher", "schedule_lag_p99": "higher", "schedule_lag_max": "higher",
     "gpu_mem_max_gb": "higher", "energy_j": "higher", "energy_per_token_j": "higher",
 }
@@ -152,7 +158,7 @@ def mann_whitney(x, y, alternative: str = "two-sided") -> MannWhitney:
 
 def smallest_p(m: int, n: int) -> float:
     """The smallest one-sided p-value any outcome can reach with m and n samples (no ties)."""
-    return 1.0 / math.comb(m + n, m)
+    return 0.0 if m + n > 1000 else 1.0 / math.comb(m + n, m)  # beyond 1000 samples: below any alpha
 
 
 # ---------------------------------------------------------------- effect size
@@ -194,11 +200,21 @@ class Verdict:
     interval: tuple[float, float]  # of change
     p: float  # one-sided, in the bad direction
     method: str
-    status: str  # "pass" | "improved" | "regression"
+    status: str  # "pass" | "improved" | "regression" | "inconclusive"
+    detectable: float = math.nan  # smallest change this sample resolves: the width of its interval
+    samples_needed: int | None = None  # per side, for the interval to resolve max_regression (None: n/a)
 
     @property
     def failed(self) -> bool:
         return self.status == "regression"
+
+
+def samples_needed(n: int, detectable: float, effect: float) -> int | None:
+    """Samples per side for an interval as wide as `effect` (its width shrinks as 1/sqrt(n)): then an unchanged
+    metric passes (the interval, centred near 0, stays within effect/2 of it) and a drop of 2x effect fails."""
+    if not math.isfinite(detectable) or effect <= 0:
+        return None
+    return max(n, math.ceil(n * (detectable / effect) ** 2))
 
 
 def judge(metric: str, engine: str, base, now, worse_when: str, *, max_regression: float = 0.05,
@@ -224,15 +240,20 @@ def judge(metric: str, engine: str, base, now, worse_when: str, *, max_regressio
     test_bad = mann_whitney(now, base, bad_alt)
     test_good = mann_whitney(now, base, good_alt)
     bad_change = -change if worse_when == "lower" else change
+    interval = bootstrap_change(base, now, level=level, seed=seed)
+    worst = -interval[0] if worse_when == "lower" else interval[1]  # the worst change the interval allows
     if test_bad.p < alpha and bad_change > max_regression:
         status = "regression"
     elif test_good.p < alpha and -bad_change > max_regression:
         status = "improved"
+    elif not math.isfinite(worst) or worst > max_regression:
+        status = "inconclusive"
     else:
         status = "pass"
-    interval = bootstrap_change(base, now, level=level, seed=seed)
+    detectable = interval[1] - interval[0]
     return Verdict(metric, engine, worse_when, len(base), len(now), base_med, now_med, change,
-                   interval, test_bad.p, test_bad.method, status)
+                   interval, test_bad.p, test_bad.method, status, detectable,
+                   samples_needed(min(len(base), len(now)), detectable, max_regression))
 
 
 # ---------------------------------------------------------------- samples of a baseline document
@@ -275,24 +296,47 @@ def metric_samples(doc: dict, spec: MetricSpec, engine: str | None = None, side:
     return [a / b for a, b in pairs if a is not None and b is not None and b > 0 and math.isfinite(a / b)]
 
 
+EXIT_INCONCLUSIVE = 1  # unless --allow-inconclusive (then 0): a gate that cannot see the asked change fails
+
+
 @dataclass
 class GateReport:
     baseline: dict
     verdicts: list[Verdict]
     max_regression: float
     alpha: float
+    allow_inconclusive: bool = False
+    samples_per_run: dict = field(default_factory=dict)  # verdict label -> samples one run adds per side
+
+    @property
+    def verdict(self) -> str:
+        statuses = {v.status for v in self.verdicts}
+        return "regression" if "regression" in statuses else "inconclusive" if "inconclusive" in statuses else "pass"
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(v.failed for v in self.verdicts) else 0
+        return {"regression": 1, "inconclusive": 0 if self.allow_inconclusive else EXIT_INCONCLUSIVE,
+                "pass": 0}[self.verdict]
+
+    def runs_needed(self, v: Verdict) -> int | None:
+        """Runs per side for the interval of v to resolve max_regression (samples_needed / samples per run)."""
+        per_run = self.samples_per_run.get((v.metric, v.engine)) or 1
+        return None if v.samples_needed is None else math.ceil(v.samples_needed / per_run)
+
+
+def _runs(doc: dict, spec: MetricSpec, engine: str | None) -> int:
+    name = spec.numerator if spec.is_ratio else engine
+    return len(((doc.get("engines", {}).get(name) or {}).get("metrics", {}).get(spec.metric) or {}).get("per_run", [])
+               ) or 1
 
 
 def evaluate(baseline: dict, current: dict, specs: list[MetricSpec], *, max_regression: float = 0.05,
-             alpha: float = 0.05, min_samples: int = 3) -> GateReport:
+             alpha: float = 0.05, min_samples: int = 3, allow_inconclusive: bool = False) -> GateReport:
     """Judge every metric (per engine of the current runs, or once per ratio) against the baseline."""
     if not 0.0 < alpha < 1.0:
         raise GateInputError(f"--alpha {alpha} must be between 0 and 1 (e.g. 0.05)")
     verdicts = []
+    per_run: dict = {}
     for spec in specs:
         if spec.is_ratio:
             rows = [(f"{spec.numerator}/{spec.denominator}", None)]
@@ -304,7 +348,8 @@ def evaluate(baseline: dict, current: dict, specs: list[MetricSpec], *, max_regr
             metric = f"{spec.metric} ratio" if spec.is_ratio else spec.metric
             verdicts.append(judge(metric, label, base, now, spec.worse_when, max_regression=max_regression,
                                   alpha=alpha, min_samples=min_samples))
-    return GateReport(baseline, verdicts, max_regression, alpha)
+            per_run[(metric, label)] = len(now) / _runs(current, spec, engine)
+    return GateReport(baseline, verdicts, max_regression, alpha, allow_inconclusive, per_run)
 
 
 # ---------------------------------------------------------------- markdown
@@ -314,44 +359,60 @@ def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x * 100:+.1f}%"
 
 
+_VERDICT = {"regression": "**FAIL**", "improved": "pass (improved)", "pass": "pass",
+            "inconclusive": "**inconclusive**"}
+
+
 def render_markdown(report: GateReport) -> str:
     base = report.baseline
-    failed = [v for v in report.verdicts if v.failed]
-    head = "REGRESSION" if failed else "PASS"
+    head = report.verdict.upper()
     git = (base.get("environment") or {}).get("git") or {}
     commit = f", commit {str(git['commit'])[:10]}" if git.get("commit") else ""
+    effect = f"{report.max_regression * 100:g}%"
     lines = [
-        f"### Regression gate: {head}",
+        f"### Regression gate: {head} (exit {report.exit_code})",
         "",
         f"Baseline `{base.get('name', '?')}` (workload `{base.get('workload')}`, model `{base.get('model')}`, "
         f"GPU `{base.get('gpu')}`, saved {base.get('created_at', '?')}{commit}). A regression needs both a one-sided "
-        f"Mann-Whitney U p < {report.alpha:g} and a median change beyond {report.max_regression * 100:g}% "
-        "in the bad direction; the interval is a 95% bootstrap interval of the change of medians.",
+        f"Mann-Whitney U p < {report.alpha:g} and a median change beyond {effect} in the bad direction; a pass "
+        f"needs the 95% bootstrap interval of the change of medians to rule out a {effect} regression; otherwise "
+        "the sample cannot tell and the verdict is inconclusive.",
         "",
-        "| metric | engine | worse when | baseline median (n) | now median (n) | change | 95% interval | p | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| metric | engine | worse when | baseline median (n) | now median (n) | change | 95% interval | "
+        "resolves | p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in report.verdicts:
-        verdict = {"regression": "**FAIL**", "improved": "pass (improved)", "pass": "pass"}[v.status]
         lines.append(f"| {v.metric} | {v.engine} | {v.worse_when} | {v.base:.4g} ({v.n_base}) | "
                      f"{v.now:.4g} ({v.n_now}) | {_pct(v.change)} | [{_pct(v.interval[0])}, {_pct(v.interval[1])}] | "
-                     f"{v.p:.3g} | {verdict} |")
+                     f"{v.detectable * 100:.1f}% | {v.p:.3g} | {_VERDICT[v.status]} |")
     lines.append("")
-    for v in failed:
-        lines.append(f"- {v.metric} of {v.engine} regressed {_pct(v.change)} (p = {v.p:.3g}).")
+    for v in report.verdicts:
+        if v.status == "regression":
+            lines.append(f"- {v.metric} of {v.engine} regressed {_pct(v.change)} (p = {v.p:.3g}).")
+        elif v.status == "inconclusive":
+            runs = report.runs_needed(v)
+            more = (f" about {v.samples_needed} samples per side ({runs} run(s) of this length) would resolve it"
+                    if runs else "")
+            lines.append(f"- {v.metric} of {v.engine}: inconclusive. This sample resolves changes of about "
+                         f"{v.detectable * 100:.1f}% (the width of its interval), not the {effect} asked;{more}.")
+    if report.verdict == "inconclusive":
+        lines.append(f"- Inconclusive exits {EXIT_INCONCLUSIVE} (a gate that cannot see the change fails) unless "
+                     "--allow-inconclusive, which exits 0.")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def report_json(report: GateReport) -> dict:
     """The verdict as data: what `harness gate --json` writes."""
     base = report.baseline
-    return {"verdict": "regression" if report.exit_code else "pass", "exit_code": report.exit_code,
+    return {"verdict": report.verdict, "exit_code": report.exit_code,
             "baseline": {k: base.get(k) for k in ("name", "workload", "model", "gpu", "created_at")},
             "max_regression": report.max_regression, "alpha": report.alpha,
             "metrics": [{"metric": v.metric, "engine": v.engine, "worse_when": v.worse_when, "n_base": v.n_base,
                          "n_now": v.n_now, "base_median": v.base, "now_median": v.now, "change": v.change,
-                         "interval": list(v.interval), "p": v.p, "test": f"mann-whitney-{v.method}",
-                         "status": v.status} for v in report.verdicts]}
+                         "interval": list(v.interval), "detectable": v.detectable,
+                         "samples_needed": v.samples_needed, "runs_needed": report.runs_needed(v), "p": v.p,
+                         "test": f"mann-whitney-{v.method}", "status": v.status} for v in report.verdicts]}
 
 
 def render_unusable(message: str) -> str:

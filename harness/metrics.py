@@ -5,9 +5,16 @@ Definitions (times in s, from the records):
   ITL = gaps between token arrivals after the first chunk (a chunk of k tokens is k equal gaps);
   schedule lag = actual_send - intended_send.
 Measured requests are those intended in [warmup_s, warmup_s + duration_s). Throughput divides by the measured
-span: duration_s, or longer when the last measured request ended later (an overloaded server stretches it).
+span (summary "measured_s"): duration_s, or longer when the last measured request ended later (an overloaded
+server stretches it). Windows (summary "windows", the gate's repeated samples) tile that same span from
+warmup_s in bins of bin_s (a last partial bin is left out) and count only measured ok requests, by the same
+rule as the totals: a request's output tokens where its tokens arrived, a request where it ended. served_tok_s
+is the server's pace instead: every token streamed during the measured span, whatever request it belonged to
+(warm-up requests and requests that later failed included), over the span, in total and per bin.
 A request is good when it is ok and meets every SLO given; SLO attainment = good / measured requests (errors,
 timeouts and unsent requests count as misses). Jain's fairness is taken over per-adapter SLO attainment.
+Latencies have their mean and standard deviation beside the percentiles (p50, p90, p99 always, and any others
+asked for).
 """
 from __future__ import annotations
 
@@ -20,6 +27,27 @@ import pandas as pd
 from harness.schema import RECORD_STATUSES
 
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99}
+BIN_S = 1.0  # width of the summary's windows
+
+
+def percentile_keys(qs) -> dict[str, float]:
+    """{"p50": 50, "p99.9": 99.9, ...}: the defaults and the percentiles asked for, in order."""
+    out = dict(PERCENTILES)
+    for q in qs or ():
+        q = float(q)
+        if not 0 < q < 100:
+            raise ValueError(f"percentile {q:g} must be between 0 and 100")
+        out[f"p{q:g}"] = q
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def _stats(values: np.ndarray, name: str, pcts: dict[str, float]) -> dict[str, float | None]:
+    """{name}_mean, {name}_std (population) and {name}_pXX of the finite values; None when there are none."""
+    values = values[np.isfinite(values)]
+    out = {f"{name}_mean": float(values.mean()) if len(values) else None,
+           f"{name}_std": float(values.std()) if len(values) else None}
+    out.update({f"{name}_{label}": _pct(values, q) for label, q in pcts.items()})
+    return out
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -65,7 +93,8 @@ def good_mask(df: pd.DataFrame, lat: pd.DataFrame, slo: dict[str, float | None])
     return good
 
 
-def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float) -> dict[str, Any]:
+def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float,
+           pcts: dict[str, float] = PERCENTILES) -> dict[str, Any]:
     ok = df["status"] == "ok"
     n = len(df)
     out: dict[str, Any] = {
@@ -82,31 +111,38 @@ def _block(df: pd.DataFrame, lat: pd.DataFrame, good: pd.Series, span: float) ->
         "slo_attainment": float(good.sum() / n) if n else None,
     }
     for name in ("ttft", "tpot", "e2e"):
-        values = lat.loc[ok, name].to_numpy(np.float64)
-        for label, q in PERCENTILES.items():
-            out[f"{name}_{label}"] = _pct(values, q)
+        out.update(_stats(lat.loc[ok, name].to_numpy(np.float64), name, pcts))
     return out
 
 
-def _windows(df: pd.DataFrame, good: pd.Series, start: float, duration: float, window_s: float) -> dict[str, Any]:
-    n = max(1, int(math.floor(duration / window_s + 1e-9)))
-    edges = start + window_s * np.arange(n + 1)
-    tokens = np.zeros(n)
-    good_tokens = np.zeros(n)
-    for times, first, is_good in zip(df["token_times"], df.get("first_chunk_tokens", pd.Series(1, index=df.index)),
-                                     good):
-        if times is None or len(times) == 0:
-            continue
-        counts = np.histogram(np.asarray(times, dtype=np.float64), bins=edges)[0]
-        tokens += counts
-        if is_good:
-            good_tokens += counts
-    ends = df.loc[df["status"] == "ok", "end"].to_numpy(np.float64)
+def _arrivals(df: pd.DataFrame, edges: np.ndarray) -> np.ndarray:
+    """Token arrivals of every record per bin."""
+    counts = np.zeros(len(edges) - 1)
+    for times in df["token_times"]:
+        if times is not None and len(times):
+            counts += np.histogram(np.asarray(times, dtype=np.float64), bins=edges)[0]
+    return counts
+
+
+def windows(measured: pd.DataFrame, good: pd.Series, warmup_s: float, span: float, bin_s: float = BIN_S,
+            every: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Per bin of the measured span [warmup_s, warmup_s + k*bin_s), k = floor(span / bin_s): output tokens/s,
+    requests/s and goodput tokens/s of the measured ok requests (tokens where they arrived, requests where
+    they ended), the summary's totals cut into bins; with `every` (all records), served tokens/s too."""
+    n = max(1, int(math.floor(span / bin_s + 1e-9)))
+    edges = warmup_s + bin_s * np.arange(n + 1)
+    ok = measured["status"] == "ok"
+    tokens = _arrivals(measured[ok], edges)
+    good_tokens = _arrivals(measured[ok & good], edges)
+    ends = measured.loc[ok, "end"].to_numpy(np.float64)
     reqs = np.histogram(ends[np.isfinite(ends)], bins=edges)[0] if len(ends) else np.zeros(n)
-    return {"window_s": window_s, "t": [float(x) for x in edges[:-1]],
-            "output_tok_s": [float(x) for x in tokens / window_s],
-            "req_s": [float(x) for x in np.asarray(reqs) / window_s],
-            "goodput": [float(x) for x in good_tokens / window_s]}
+    out = {"bin_s": bin_s, "t": [float(x) for x in edges[:-1]],
+           "output_tok_s": [float(x) for x in tokens / bin_s],
+           "req_s": [float(x) for x in np.asarray(reqs) / bin_s],
+           "goodput": [float(x) for x in good_tokens / bin_s]}
+    if every is not None:
+        out["served_tok_s"] = [float(x) for x in _arrivals(every, edges) / bin_s]
+    return out
 
 
 def _gpu(gpu: pd.DataFrame | None, start: float, end: float, tokens: float) -> dict[str, Any]:
@@ -130,8 +166,11 @@ def _gpu(gpu: pd.DataFrame | None, start: float, end: float, tokens: float) -> d
 
 
 def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo: dict[str, float | None],
-              max_lag_p99_s: float, gpu: pd.DataFrame | None = None, window_s: float = 1.0) -> dict[str, Any]:
-    """counts, metrics, per_adapter, windows, valid and invalid_reasons of summary.json."""
+              max_lag_p99_s: float, gpu: pd.DataFrame | None = None, bin_s: float = BIN_S,
+              percentiles=()) -> dict[str, Any]:
+    """counts, metrics, per_adapter, windows, valid and invalid_reasons of summary.json (percentiles: more
+    latency percentiles beside p50, p90, p99, e.g. (95, 99.9))."""
+    pcts = percentile_keys(percentiles)
     df = records.reset_index(drop=True)
     counts = {"total": int(len(df)), "sent": int(df["actual_send"].notna().sum())}
     for status in RECORD_STATUSES:
@@ -143,12 +182,11 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
     ok_m = m["status"] == "ok"
     last_end = float(m.loc[ok_m, "end"].max()) if ok_m.any() else warmup_s + duration_s
     span = max(duration_s, last_end - warmup_s)
-    metrics = _block(m, mlat, mgood, span)
+    metrics = _block(m, mlat, mgood, span, pcts)
     itl = np.concatenate([_itl(t, k) for t, k in zip(m.loc[ok_m, "token_times"],
                                                      m.loc[ok_m].get("first_chunk_tokens", pd.Series(1, index=m.loc[ok_m].index)))]
                          or [np.empty(0)])
     lag = mlat["lag"].to_numpy(np.float64)
-    windows = _windows(df, good, warmup_s, duration_s, window_s)
     per_adapter = {str(a): _block(g, mlat.loc[g.index], mgood.loc[g.index], span)
                    for a, g in m.groupby("adapter", sort=True)}
     attain = [v["slo_attainment"] for v in per_adapter.values() if v["slo_attainment"] is not None]
@@ -156,8 +194,9 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         "req_s": metrics["req_s"], "output_tok_s": metrics["output_tok_s"],
         "goodput_req_s": metrics["goodput_req_s"], "goodput": metrics["goodput"],
         "slo_attainment": metrics["slo_attainment"],
-        **{f"{n}_{p}": metrics[f"{n}_{p}"] for n in ("ttft", "tpot", "e2e") for p in PERCENTILES},
-        "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99),
+        "served_tok_s": float(_arrivals(df, np.array([warmup_s, warmup_s + span]))[0] / span),
+        **{k: v for k, v in metrics.items() if k.startswith(("ttft_", "tpot_", "e2e_"))},
+        **_stats(itl, "itl", pcts),
         "schedule_lag_p50": _pct(lag, 50), "schedule_lag_p99": _pct(lag, 99),
         "schedule_lag_max": float(np.nanmax(lag)) if np.isfinite(lag).any() else None,
         "jain_fairness": jain(attain),
@@ -174,5 +213,7 @@ def summarize(records: pd.DataFrame, *, warmup_s: float, duration_s: float, slo:
         reasons.append("no request of the measured window completed")
     if counts["not_sent"]:
         reasons.append(f"{counts['not_sent']} request(s) of the trace were never sent")
-    return {"window_s": span, "warmup_s": warmup_s, "counts": counts, "metrics": out_metrics,
-            "per_adapter": per_adapter, "windows": windows, "valid": not reasons, "invalid_reasons": reasons}
+    return {"measured_s": span, "warmup_s": warmup_s, "offered_req_s": len(m) / duration_s,
+            "percentiles": list(pcts), "counts": counts,
+            "metrics": out_metrics, "per_adapter": per_adapter, "windows": windows(m, mgood, warmup_s, span, bin_s, every=df),
+            "valid": not reasons, "invalid_reasons": reasons}

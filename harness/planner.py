@@ -1,8 +1,10 @@
 """The capacity planner's arithmetic: adapters per GPU, GPUs needed, $/1M tokens, shared vs dedicated."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -11,12 +13,14 @@ GPU_PRICES = {"h100": 2.50, "h200": 3.50, "a100-80gb": 1.80, "l40s": 1.00, "a10g
 
 FORMULAS = (
     "total rate = adapters x rate per adapter",
-    "adapters per GPU = largest N with lambda*(N) >= N x rate per adapter (lambda* linear between measured N)",
+    "adapters per GPU = largest N with lambda*(N) >= N x rate per adapter (lambda* linear between measured N; "
+    "each measured lambda* is the passing end of its bracket, or a lower bound, so this errs on the safe side)",
     "GPUs = ceil(total rate / per-GPU capacity), per-GPU capacity = adapters per GPU x rate per adapter",
     "goodput tokens/s = total rate x (goodput at lambda* / lambda*) at that N",
     "$/1M output tokens = 1e6 x ($/GPU-hour x GPUs / 3600) / goodput tokens/s",
     "shared base at the peak: the same with the trace's aggregate peak rate / adapters as the rate per adapter",
-    "dedicated: one merged deployment per adapter, GPU share = that adapter's peak rate / lambda*(1)",
+    "dedicated: one merged deployment per adapter, sized for that adapter's own peak rate; "
+    "its share = that peak / lambda*(1), the fraction of one GPU it needs",
 )
 _EPS = 1e-9
 
@@ -41,6 +45,17 @@ class Curve:
     n: tuple[int, ...]
     lambda_star: tuple[float, ...]
     goodput_tok_s: tuple[float, ...]
+    bounds: tuple[str, ...] = ()  # per point, how lambda* was found (harness.capacity.BOUNDS); empty: brackets
+
+    def lower_bound_ns(self, up_to: float) -> list[int]:
+        """Measured N (<= up_to, and the first above it) whose lambda* is only a lower bound."""
+        out = []
+        for n, kind in zip(self.n, self.bounds):
+            if kind == "lower":
+                out.append(n)
+            if n >= up_to:
+                break
+        return out
 
     @classmethod
     def from_points(cls, engine: str, points: list[dict]) -> "Curve":
@@ -56,7 +71,8 @@ class Curve:
         lam = [float(p["lambda_star"]) for p in pts]
         if any(v < 0 or not math.isfinite(v) for v in lam):
             raise ValueError(f"capacity curve of {engine!r}: lambda_star {lam} must be finite and >= 0")
-        return cls(engine, tuple(ns), tuple(lam), tuple(float(p.get("goodput_tok_s") or 0.0) for p in pts))
+        return cls(engine, tuple(ns), tuple(lam), tuple(float(p.get("goodput_tok_s") or 0.0) for p in pts),
+                   tuple(str(p.get("bound", "bracket")) for p in pts))
 
     @property
     def n_max(self) -> int:
@@ -110,6 +126,7 @@ class EnginePlan:
     usd_per_hour: float | None
     usd_per_m_tokens: float | None
     note: str = ""
+    lower_bound_ns: list[int] = field(default_factory=list)  # measured N used whose lambda* is a lower bound
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,9 +148,12 @@ def plan_engine(curve: Curve, adapters: int, rate_per_adapter: float, usd_per_gp
     usd_hour = usd_per_gpu_hour * gpus
     usd_m = 1e6 * (usd_hour / 3600.0) / goodput if goodput > 0 else None
     limited = a == curve.n_max and adapters > a
-    note = (f"adapters per GPU is at least {a}: the curve was measured up to N={curve.n_max}" if limited else "")
+    notes = [f"adapters per GPU is at least {a}: the curve was measured up to N={curve.n_max}"] if limited else []
+    lower = curve.lower_bound_ns(a)
+    if lower:
+        notes.append(f"lambda* at N={','.join(map(str, lower))} is a lower bound: the GPUs are an upper bound")
     return EnginePlan(curve.engine, a, limited, per_gpu, gpus, total, goodput, usd_per_gpu_hour, usd_hour,
-                      usd_m, note)
+                      usd_m, "; ".join(notes), lower)
 
 
 @dataclass
@@ -153,7 +173,8 @@ class Peaks:
 
 
 def trace_peaks(trace: pd.DataFrame, window_s: float = 10.0, adapters: list[str] | None = None) -> Peaks:
-    """Aggregate and per-adapter peak rates (max requests in a window / window_s) of a trace (t, adapter)."""
+    """Aggregate and per-adapter peak rates (max requests in a window / window_s) of a trace (t, adapter).
+    Every adapter named in `adapters` is counted, also those the trace never sent a request to (peak 0)."""
     if window_s <= 0:
         raise ValueError(f"peak window: {window_s} must be > 0 seconds")
     missing = {"t", "adapter"} - set(trace.columns)
@@ -166,8 +187,8 @@ def trace_peaks(trace: pd.DataFrame, window_s: float = 10.0, adapters: list[str]
     win = (t // window_s).astype(int)
     agg_peak = win.value_counts().max() / window_s
     by = trace.assign(_w=win).groupby(["adapter", "_w"]).size()
-    per_peak = {str(k): float(v) / window_s for k, v in by.groupby(level=0).max().items()}
-    per_mean = {str(k): float(v) / duration for k, v in trace.groupby("adapter").size().items()}
+    per_peak = {str(k): float(v) / window_s for k, v in by.groupby(level=0).max().items() if str(k)}
+    per_mean = {str(k): float(v) / duration for k, v in trace.groupby("adapter").size().items() if str(k)}
     for name in adapters or []:  # adapters that never sent a request still exist
         per_peak.setdefault(name, 0.0)
         per_mean.setdefault(name, 0.0)
@@ -211,18 +232,44 @@ def shared_vs_dedicated(shared: Curve, dedicated_lambda1: float, peaks: Peaks, u
 PLAN_TRACE_S = 600.0  # peaks are counted over this much planned traffic: longer traces meet higher peaks
 
 
-def planned_trace(spec, adapters: int, rate_per_adapter: float, duration_s: float | None = PLAN_TRACE_S
+@dataclass(frozen=True)
+class _PlannedAdapters:
+    count: int
+
+    def names(self) -> list[str]:
+        return [f"adapter-{i:04d}" for i in range(self.count)]
+
+
+@dataclass(frozen=True)
+class PlannedWorkload:
+    """What harness.trace.build_trace reads of a workload (name, seed, traffic, adapter names, horizon), parsed
+    from the traffic section alone: planning needs no engine or model checks, so the report can plan too."""
+
+    name: str
+    seed: int
+    traffic: object
+    adapters: _PlannedAdapters
+    horizon_s: float
+
+
+def planned_trace(spec: dict, adapters: int, rate_per_adapter: float, duration_s: float | None = PLAN_TRACE_S
                   ) -> pd.DataFrame:
-    """The workload's trace (its popularity and burstiness) at the planned adapter count and total rate,
-    duration_s seconds long (None: the workload's own duration)."""
-    from harness.spec import load_workload
+    """The workload's trace (its popularity and burstiness; spec = the workload as a mapping, as capacity.json
+    stores it) at the planned adapter count and total rate, duration_s seconds long (None: its own horizon)."""
+    from harness.spec_sections import TrafficSpec
     from harness.trace import build_trace
 
-    base = spec if hasattr(spec, "with_overrides") else load_workload(spec)
-    overrides = {"adapters.count": int(adapters), "traffic.rate": float(adapters * rate_per_adapter)}
-    if duration_s is not None:
-        overrides["duration_s"] = float(duration_s)
-    return build_trace(base.with_overrides(overrides))
+    traffic = copy.deepcopy(spec.get("traffic") or {})
+    if "replay" in traffic:
+        raise ValueError("the workload replays a trace file, whose rate and adapters cannot be re-planned")
+    if isinstance(traffic.get("arrivals"), dict):
+        traffic["arrivals"].pop("burst_rate", None)  # the planned total rate replaces it
+    traffic["rate"] = float(adapters * rate_per_adapter)
+    horizon = float(duration_s) if duration_s is not None else float(spec.get("warmup_s", 0)) + float(spec["duration_s"])
+    workload = PlannedWorkload(str(spec.get("name", "planned")), int(spec.get("seed", 0)),
+                               TrafficSpec.parse(traffic, Path(spec.get("base_dir", "."))), _PlannedAdapters(adapters),
+                               horizon)
+    return build_trace(workload)
 
 
 def plan_fleet(curves: dict[str, list[dict]], adapters: int, rate_per_adapter: float, usd_per_gpu_hour: float,
@@ -239,10 +286,12 @@ def plan_fleet(curves: dict[str, list[dict]], adapters: int, rate_per_adapter: f
     out: dict = {"adapters": adapters, "rate_per_adapter": rate_per_adapter, "usd_per_gpu_hour": usd_per_gpu_hour,
                  "formulas": list(FORMULAS), "plans": [p.to_dict() for p in plans], "peaks": None, "comparison": []}
     if trace is not None:
-        names = sorted(trace["adapter"].astype(str).unique())
+        names = [f"adapter-{i:04d}" for i in range(adapters)]  # as planned_trace names them
         peaks = trace_peaks(trace, window_s, adapters=names)
+        silent = sum(1 for v in peaks.per_adapter_peak.values() if v == 0)
         out["peaks"] = {"window_s": window_s, "mean_rate": peaks.mean_rate, "aggregate_peak": peaks.aggregate_peak,
-                        "sum_of_peaks": peaks.sum_of_peaks}
+                        "sum_of_peaks": peaks.sum_of_peaks, "trace_s": peaks.duration_s,
+                        "adapters_without_requests": silent}
         for name, c in parsed.items():
             ded = parsed.get(dedicated_engine, c)
             if ded.n[0] != 1:
@@ -252,4 +301,16 @@ def plan_fleet(curves: dict[str, list[dict]], adapters: int, rate_per_adapter: f
                 continue
             row = shared_vs_dedicated(c, ded.lambda_star[0], peaks, usd_per_gpu_hour)
             out["comparison"].append({"engine": name, "dedicated_engine": ded.engine, **row})
+    return out
+
+
+def without_prices(plan: dict) -> dict:
+    """The same plan with every $ figure removed (None): for curves that cannot be priced (measured on a CPU)."""
+    out = copy.deepcopy(plan)
+    out["usd_per_gpu_hour"] = None
+    for p in out["plans"]:
+        p.update(usd_per_gpu_hour=None, usd_per_hour=None, usd_per_m_tokens=None)
+    for c in out["comparison"]:
+        for key in [k for k in c if k.startswith("usd_")]:
+            c[key] = None
     return out

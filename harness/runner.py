@@ -170,7 +170,8 @@ def warm_up(url: str, models: list[str], timeout_s: float = WARMUP_TIMEOUT_S) ->
 # ---------------------------------------------------------------------------- the run
 
 def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any] | EngineEntry, runs_root: str | Path = "runs", *,
-               log: Callable[[str], None] = print, progress: bool = True, workers: int | None = None) -> Path:
+               log: Callable[[str], None] = print, progress: bool = True, workers: int | None = None,
+               percentiles: tuple[float, ...] = ()) -> Path:
     """Run the workload against one engine; returns its run directory (status.json says how it ended).
 
     A spec not yet resolved for a machine is resolved for this one; workers overrides loadgen.workers.
@@ -247,7 +248,7 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any] | EngineEntry, r
             launcher.stop()
         except KeyboardInterrupt:
             interrupted, status, message = True, "interrupted", "interrupted by the user (Ctrl-C) while stopping"
-        _finish(writer, spec, eng, trace, env, gpu, scraper, loadgen, status, message, started_at)
+        _finish(writer, status, message, spec, eng, trace, env, gpu, scraper, loadgen, started_at, percentiles)
     if status in ("error", "server_died"):  # the cause with the last lines of the server's log
         log(f"[{eng['label']}] {status}: {message}")
     if interrupted:
@@ -263,17 +264,16 @@ def one_line(message: str) -> str:
     return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
-def _finish(writer: RunWriter, *args: Any) -> None:
+def _finish(writer: RunWriter, status: str, message: str, *args: Any) -> None:
     """Write the run's results, even through a second Ctrl-C (raised once they are written); a failed write
     (disk full, folder gone read-only) ends the run as "error" with the OS error, leaving what was written
     readable (status.json is rewritten in place)."""
     interrupted = False
     while True:
         try:
-            _write_results(writer, *args)
+            _write_results(writer, status, message, *args)
             break
         except OSError as exc:
-            status, message = args[-3], args[-2]
             writer.set_status("error", message if status == "error" else f"error: {exc}")
             break
         except KeyboardInterrupt:
@@ -282,9 +282,9 @@ def _finish(writer: RunWriter, *args: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any],
-                   gpu: GpuSampler, scraper: MetricsScraper | None, loadgen: LoadgenProcess | None, status: str,
-                   message: str, started_at: str) -> None:
+def _write_results(writer: RunWriter, status: str, message: str, spec: WorkloadSpec, eng: dict[str, Any], trace,
+                   env: dict[str, Any], gpu: GpuSampler, scraper: MetricsScraper | None,
+                   loadgen: LoadgenProcess | None, started_at: str, percentiles: tuple[float, ...] = ()) -> None:
     t0 = loadgen.t0 if loadgen is not None and loadgen.t0 is not None else time.monotonic()
     reason = {"completed": "the load generator ended first", "interrupted": "the run was interrupted",
               "server_died": "the server died"}.get(status, "the run failed")
@@ -293,7 +293,7 @@ def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], t
     writer.write_samples("gpu", gpu_df)
     writer.write_samples("server", scraper.frame(t0) if scraper is not None else gpu_df.iloc[:0, :1])
     body = summarize(records, warmup_s=spec.warmup_s, duration_s=spec.duration_s, slo=spec.slo.limits(),
-                     max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df)
+                     max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df, percentiles=percentiles)
     if status != "completed":
         body["valid"] = False
         body["invalid_reasons"] = [f"run {status}: {one_line(message)}"] + body["invalid_reasons"]
@@ -305,4 +305,3 @@ def _write_results(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], t
                if scraper is not None else None}
     writer.write_json("summary", summary)
     writer.set_status(status, message, records=len(records))
-

@@ -56,7 +56,7 @@ RECORD_STATUSES = ("ok", "error", "timeout", "rejected", "not_sent")
 
 # summary.json top-level keys
 SUMMARY_KEYS = ("workload", "engine", "model", "gpu", "started_at", "status", "valid", "invalid_reasons",
-                "window_s", "warmup_s", "counts", "metrics", "per_adapter", "windows", "slo")
+                "measured_s", "warmup_s", "counts", "metrics", "per_adapter", "windows", "slo")
 
 # written by `harness run` beside SUMMARY_KEYS: engine_kind, gpu_info {available, reason}, loadgen (the load
 # generator's own counts), server_scrape {rows, errors, last_error}
@@ -64,12 +64,15 @@ SUMMARY_EXTRA_KEYS = ("engine_kind", "gpu_info", "loadgen", "server_scrape")
 
 # summary["metrics"] keys (seconds for latencies; None when undefined)
 METRIC_KEYS = (
-    "req_s", "output_tok_s", "goodput_req_s", "goodput", "slo_attainment",
+    "req_s", "output_tok_s", "goodput_req_s", "goodput", "slo_attainment", "served_tok_s",
     "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p50", "tpot_p90", "tpot_p99",
     "e2e_p50", "e2e_p90", "e2e_p99", "itl_p50", "itl_p99",
+    "ttft_mean", "ttft_std", "tpot_mean", "tpot_std", "e2e_mean", "e2e_std", "itl_mean", "itl_std",
     "schedule_lag_p50", "schedule_lag_p99", "schedule_lag_max",
     "jain_fairness", "gpu_util_mean", "gpu_mem_max_gb", "energy_j", "energy_per_token_j",
 )
-# summary["windows"]: {"window_s": float, "t": [...], "output_tok_s": [...], "req_s": [...], "goodput": [...]}
+# summary["measured_s"]: the measured span throughput divides by (docs/loadgen.md, "Windows")
+# summary["windows"]: {"bin_s": float, "t": [...], "output_tok_s": [...], "req_s": [...], "goodput": [...]}: the
+#   measured span in bins, measured ok requests only (harness.metrics.windows)
 # summary["counts"]: {"total", "sent", "ok", "error", "timeout", "rejected", "not_sent"};
 # total == ok+error+timeout+rejected+not_sent

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.capacity import Probe, SearchConfig, iter_capacity_curve, search_max
+from harness.capacity import Probe, SearchConfig, bound_text, iter_capacity_curve, search_max
 
 OVER = ("rate", "adapters")
 CAPACITY_FILE = "capacity.json"
@@ -53,22 +54,44 @@ class RunFailed(RuntimeError):
     That says nothing about capacity, so the engine's search stops instead of reading it as an SLO miss."""
 
 
-def probe_from_run(summary: dict, status: dict, run: str) -> Probe:
-    """A run's SLO attainment and goodput; a run that did not complete or is invalid counts as a failure."""
+def client_lagged(summary: dict, max_lag_p99_s: float) -> bool:
+    """The load generator fell behind its schedule (p99 lag over the workload's limit): the run measured the
+    client, not the server."""
+    lag = (summary.get("metrics") or {}).get("schedule_lag_p99")
+    return lag is not None and lag > max_lag_p99_s
+
+
+def probe_from_run(summary: dict, status: dict, run: str, *, max_lag_p99_s: float | None = None,
+                   workers: int = 0) -> Probe:
+    """A run's SLO attainment and goodput. A run whose client fell behind (given max_lag_p99_s) is
+    load-generator-limited, never an SLO miss; another run that did not complete or is invalid is a failure."""
     m = summary.get("metrics") or {}
     state = (status or {}).get("status", summary.get("status", ""))
     note = ""
-    if state != "completed":
+    limited = state == "completed" and max_lag_p99_s is not None and client_lagged(summary, max_lag_p99_s)
+    if limited:
+        note = (f"load-generator-limited: p99 schedule lag {m['schedule_lag_p99'] * 1000:.1f} ms > "
+                f"{max_lag_p99_s * 1000:.1f} ms with {workers} Locust worker(s)")
+    elif state != "completed":
         note = f"run {state or 'unknown'}: {(status or {}).get('message', '')}".strip()
     elif not summary.get("valid", False):
         note = "invalid: " + "; ".join(summary.get("invalid_reasons") or ["marked invalid"])
     return Probe(attainment=float(m.get("slo_attainment") or 0.0), goodput_tok_s=float(m.get("goodput") or 0.0),
-                 run=run, note=note)
+                 run=run, note=note, limited=limited)
+
+
+def worker_steps(first: int, cores: int) -> list[int]:
+    """Locust worker counts to try for one probe: the first, then doubling up to the machine's cores."""
+    steps = [max(1, first)]
+    while steps[-1] < cores:
+        steps.append(min(cores, steps[-1] * 2))
+    return steps
 
 
 def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run: Callable | None = None,
-              has_cuda: bool | None = None, log: Callable[[str], None] = print) -> Path:
-    """Run the sweep; every run lands in <sweep>/runs/, capacity.json is rewritten after each search."""
+              has_cuda: bool | None = None, log: Callable[[str], None] = print, cores: int | None = None) -> Path:
+    """Run the sweep; every run lands in <sweep>/runs/, capacity.json is rewritten after each search.
+    A probe whose client fell behind is re-run with twice the Locust workers, up to `cores` (this machine's)."""
     from harness.spec import load_workload, machine_has_cuda
 
     if run_engine is None or load_run is None:
@@ -92,7 +115,7 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
                "config": asdict(cfg), "spec": base.to_dict(), "curves": {}}
     (sweep_dir / "sweep.json").write_text(json.dumps(asdict(cfg), indent=1))
     try:
-        _search_all(cfg, base, engines, sweep_dir, payload, run_engine, load_run, log)
+        _search_all(cfg, base, engines, sweep_dir, payload, run_engine, load_run, log, cores or os.cpu_count() or 1)
     except BaseException:
         if not any(runs_root.iterdir()):  # nothing ran: leave no empty sweep folder behind
             shutil.rmtree(sweep_dir)
@@ -101,20 +124,27 @@ def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run:
 
 
 def _search_all(cfg: SweepConfig, base, engines: list, sweep_dir: Path, payload: dict, run_engine: Callable,
-                load_run: Callable, log: Callable[[str], None]) -> None:
+                load_run: Callable, log: Callable[[str], None], cores: int) -> None:
     runs_root = sweep_dir / "runs"
+    max_lag = float(base.loadgen.max_lag_p99_s)
+    steps = worker_steps(cfg.workers or base.loadgen.workers, cores)
     for engine in engines:
         name = engine if isinstance(engine, str) else engine.get("name", "engine")
 
         def probe(rate: float, n: int, engine=engine) -> Probe:
             spec = base.with_overrides({"traffic.rate": float(rate), "adapters.count": int(n)})
-            log(f"sweep: {name} with {int(n)} adapters at {rate:.4g} req/s")
-            extra = {"workers": cfg.workers} if cfg.workers is not None else {}
-            path = Path(run_engine(spec, engine, runs_root, log=log, progress=False, **extra))
-            run = load_run(path)
-            if (run.status or {}).get("status") == "error":
-                raise RunFailed(f"{name}: {path} could not run: {(run.status or {}).get('message', '')}")
-            return probe_from_run(run.summary, run.status, str(path.relative_to(sweep_dir)))
+            for workers in steps:  # a client that fell behind is given more Locust workers, up to the cores
+                log(f"sweep: {name} with {int(n)} adapters at {rate:.4g} req/s ({workers} Locust worker(s))")
+                path = Path(run_engine(spec, engine, runs_root, log=log, progress=False, workers=workers))
+                run = load_run(path)
+                if (run.status or {}).get("status") == "error":
+                    raise RunFailed(f"{name}: {path} could not run: {(run.status or {}).get('message', '')}")
+                found = probe_from_run(run.summary, run.status, str(path.relative_to(sweep_dir)),
+                                       max_lag_p99_s=max_lag, workers=workers)
+                if not found.limited:
+                    return found
+                log(f"sweep: {found.note}")
+            return found
 
         start = float(base.traffic.rate or 1.0)
         points: list[dict] = []
@@ -145,16 +175,29 @@ def _points(cfg: SweepConfig, base, probe: Callable[[float, int], Probe], start:
         d = res.to_dict()
         yield {"n": int(res.best), "lambda_star": float(rate), "goodput_tok_s": d["goodput_tok_s"],
                "attainment": d["attainment"], "run": d["run"], "converged": res.converged, "reason": res.reason,
-               "tried": res.tried}
+               "tried": res.tried, "bound": res.bound, "upper": d["upper"]}
+
+
+def point_text(point: dict, over: str = "rate") -> str:
+    """How a point's answer is known: the bracket, or a bound (see harness.capacity.bound_text)."""
+    lo = point["lambda_star"] if over == "rate" else point["n"]
+    return bound_text(point.get("bound", "bracket"), lo, point.get("upper"))
 
 
 def curve_table(payload: dict) -> str:
-    """capacity.json as a plain-text table: engine, N, λ*, goodput, attainment, runs tried, converged."""
-    head = f"{'engine':<12} {'N':>6} {'lambda* req/s':>14} {'goodput tok/s':>14} {'attain':>7} {'runs':>5}  note"
+    """capacity.json as a plain-text table: engine, N, λ* as a bracket or a bound, goodput, runs, why it stopped."""
+    over = payload.get("over", "rate")
+    what = "lambda* req/s" if over == "rate" else "N* adapters"
+    head = f"{'engine':<12} {'N' if over == 'rate' else 'req/s':>7} {what:>20} {'goodput tok/s':>14} {'attain':>7} " \
+           f"{'runs':>5} {'limited':>7}  how it stopped"
     lines = [head, "-" * len(head)]
     for engine, pts in payload.get("curves", {}).items():
         for p in pts:
             att = "" if p.get("attainment") is None else f"{p['attainment']:.3f}"
-            lines.append(f"{engine:<12} {p['n']:>6} {p['lambda_star']:>14.4g} {p.get('goodput_tok_s') or 0:>14.4g} "
-                         f"{att:>7} {len(p.get('tried', [])):>5}  {p.get('reason', '')}")
+            key = p["n"] if over == "rate" else format(p["lambda_star"], ".4g")
+            limited = sum(1 for t in p.get("tried", []) if t.get("limited"))
+            lines.append(f"{engine:<12} {key:>7} {point_text(p, over):>20} {p.get('goodput_tok_s') or 0:>14.4g} "
+                         f"{att:>7} {len(p.get('tried', [])):>5} {limited:>7}  {p.get('reason', '')}")
+    lines.append("[lo, hi]: lo met the SLO and hi did not; >= x: a lower bound (nothing above x was measured as a "
+                 "miss); < x: an upper bound; limited: runs whose load generator fell behind (not SLO misses)")
     return "\n".join(lines)

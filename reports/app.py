@@ -12,8 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from harness import planner
+from harness.plan_text import plan_sweep
+from harness.provenance import gpu_type, sweep_provenance
 from harness.schema import RUN_FILES
-from reports import data, views
+from reports import data, labels, views
 
 RUNS_ENV, SWEEPS_ENV = "LORA_FLEET_RUNS_DIR", "LORA_FLEET_SWEEPS_DIR"
 FILTERS = ("workload", "engine", "model", "gpu")
@@ -54,10 +56,18 @@ def sidebar(table: pd.DataFrame) -> tuple[str, pd.DataFrame, list[str]]:
     return section, filtered, compare
 
 
+UNITS = "Latencies in ms; failed = errors + timeouts + requests never sent, as `harness run` counts them."
+
+
 def page_runs(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
     st.header("Runs")
-    st.caption(f"{len(table)} runs match the filters; choose runs to compare in the sidebar.")
-    st.dataframe(table.drop(columns=["path"]), hide_index=True)
+    st.caption(f"{len(table)} runs match the filters; choose runs to compare in the sidebar. {UNITS}")
+    st.dataframe(labels.humanize(table.drop(columns=["path"])), hide_index=True)
+
+
+def log_toggle() -> bool:
+    return st.toggle("log-scale latency axes", value=True, key="log_axes",
+                     help="ms-scale engines stay visible beside one that takes seconds")
 
 
 def page_compare(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
@@ -67,9 +77,11 @@ def page_compare(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
         st.info("Choose runs to compare in the sidebar.")
         return
     sel = data.runs_table(chosen)
-    st.dataframe(sel[["run", "engine", "req_s", "output_tok_s", "goodput", "slo_attainment", "ttft_p50", "ttft_p99",
-                      "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99", "errors"]], hide_index=True)
-    for fig in views.compare(chosen):
+    st.caption(UNITS)
+    st.dataframe(labels.humanize(sel[["run", "engine", "offered_req_s", "req_s", "output_tok_s", "goodput",
+                                      "slo_attainment", "ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50",
+                                      "tpot_p99", "e2e_mean", "e2e_p50", "e2e_p99", "failed"]]), hide_index=True)
+    for fig in views.compare(chosen, log=log_toggle()):
         st.plotly_chart(fig)
 
 
@@ -87,6 +99,8 @@ def page_timeline(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
     if run is None:
         return
     bin_s = st.select_slider("bin (s)", options=[0.5, 1.0, 2.0, 5.0, 10.0], value=1.0, key="timeline_bin")
+    start, end = data.measured_window(run)
+    st.caption(f"Grey: the warm-up [0, {start:g}) s, not measured; green: the measured span [{start:g}, {end:.4g}) s.")
     for fig in views.timeline(run, bin_s):
         st.plotly_chart(fig)
 
@@ -98,17 +112,18 @@ def page_adapters(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
         return
     fairness = (run.summary.get("metrics") or {}).get("jain_fairness")
     st.metric("Jain's fairness over adapters", "n/a" if fairness is None else f"{fairness:.3f}")
-    st.dataframe(data.adapter_table(run), hide_index=True)
+    st.dataframe(labels.humanize(data.adapter_table(run)), hide_index=True)
     for fig in views.adapters(run):
         st.plotly_chart(fig)
 
 
-def planner_inputs() -> tuple[int, float, str, float, float]:
+def planner_inputs(measured_gpu: str | None) -> tuple[int, float, str, float, float]:
     c1, c2, c3, c4, c5 = st.columns(5)
     adapters = int(c1.number_input("adapters", min_value=1, value=500, step=10, key="plan_adapters"))
     rate = float(c2.number_input("req/s per adapter", min_value=1e-4, value=0.05, step=0.01, format="%.4f",
                                  key="plan_rate"))
-    gpu = c3.selectbox("GPU", list(planner.GPU_PRICES), key="plan_gpu")
+    names = list(planner.GPU_PRICES)
+    gpu = c3.selectbox("GPU", names, index=names.index(measured_gpu) if measured_gpu in names else 0, key="plan_gpu")
     price = float(c4.number_input("$ / GPU-hour", min_value=0.01, value=planner.GPU_PRICES[gpu], step=0.1,
                                   key=f"plan_price_{gpu}"))
     window = float(c5.number_input("peak window (s)", min_value=0.5, value=10.0, step=1.0, key="plan_window"))
@@ -125,43 +140,57 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
         return
     folder = st.selectbox("sweep", list(sweeps), key="sweep")
     payload = sweeps[folder]
-    st.caption(f"workload {payload.get('workload')}, SLO attainment target {payload.get('target')}, "
-               f"resolution {payload.get('resolution')}")
+    provenance = sweep_provenance(folder, payload)
+    st.markdown("**Measured on:** " + "; ".join(
+        f"{engine}: {p.get('machine')}, model {p.get('model')}, workload {p.get('workload')}"
+        for engine, records in provenance.items() for p in records))
+    st.caption(f"SLO attainment target {payload.get('target')}, resolution {payload.get('resolution')}")
     for engine, message in (payload.get("errors") or {}).items():
         st.warning(f"{engine}: the sweep stopped early: {message}")
-    adapters, rate, gpu, price, window = planner_inputs()
+    measured = {gpu_type(p.get("gpu"), planner.GPU_PRICES) for records in provenance.values() for p in records}
+    adapters, rate, gpu, price, window = planner_inputs(next(iter(measured)) if len(measured) == 1 else None)
     for fig in views.capacity(payload, rate):
         st.plotly_chart(fig)
-    st.dataframe(data.capacity_points(payload), hide_index=True)
+    points = data.capacity_points(payload)
+    st.markdown("**λ\\*(N) as found** — [lo, hi]: lo met the SLO, hi did not; >= lo: a lower bound (the search "
+                "stopped before a miss, or the load generator could not go faster); < hi: an upper bound.")
+    st.dataframe(labels.humanize(points[["engine", "n", "capacity", "bound", "goodput_tok_s", "runs_tried",
+                                         "limited_runs", "reason"]]), hide_index=True)
     st.subheader("Planner")
     st.markdown("\n".join(f"- {f}".replace("$", "\\$") for f in planner.FORMULAS))  # $ is not LaTeX here
-    trace, why = None, ""
-    if payload.get("spec"):
-        try:
-            trace = planner.planned_trace(payload["spec"], adapters, rate)
-        except (ValueError, ModuleNotFoundError) as exc:
-            why = f"no shared-vs-dedicated comparison: the planned trace could not be built ({exc})"
-    else:
-        why = "no shared-vs-dedicated comparison: this sweep stored no workload spec"
     try:
-        plan = planner.plan_fleet(payload.get("curves", {}), adapters, rate, price, trace=trace, window_s=window)
+        plan, text = plan_sweep(folder, payload, adapters=adapters, rate_per_adapter=rate, gpu=gpu, price=price,
+                                window_s=window)
     except ValueError as exc:
         st.error(f"cannot plan from {folder}: {exc}")
         return
-    plans = pd.DataFrame(plan["plans"])
-    cols = st.columns(len(plans))
+    if plan["extrapolation"]:
+        st.warning(plan["extrapolation"])
+    cols = st.columns(len(plan["plans"]))
     for col, p in zip(cols, plan["plans"]):
-        col.metric(f"{p['engine']}: GPUs", "n/a" if p["gpus"] is None else p["gpus"],
-                   help=p["note"] or None)
+        col.metric(f"{p['engine']}: GPUs", "n/a" if p["gpus"] is None else p["gpus"])
         col.metric(f"{p['engine']}: $ / 1M output tokens",
                    "n/a" if p["usd_per_m_tokens"] is None else f"{p['usd_per_m_tokens']:.3f}")
-    st.dataframe(plans, hide_index=True)
+        if p["note"]:
+            col.caption(p["note"])
+    plans = pd.DataFrame(plan["plans"])[["engine", "adapters_per_gpu", "gpus", "usd_per_hour", "usd_per_m_tokens",
+                                         "note"]]
+    st.dataframe(labels.humanize(plans), hide_index=True)
     if plan["comparison"]:
         st.markdown(f"Peaks over {window:g} s windows: aggregate {plan['peaks']['aggregate_peak']:.3g} req/s, "
                     f"sum of per-adapter peaks {plan['peaks']['sum_of_peaks']:.3g} req/s.")
-        st.dataframe(pd.DataFrame(plan["comparison"]), hide_index=True)
-    elif why:
-        st.caption(why)
+    with st.expander("The plan as `harness plan` prints it (shared base vs dedicated, in sentences)", expanded=True):
+        st.code(text, language=None)
+    if plan["comparison"]:
+        comp = pd.DataFrame(plan["comparison"])
+        keep = [c for c in ("engine", "shared_gpus", "dedicated_gpus_whole", "dedicated_gpus_shares",
+                            "dedicated_engine", "note") if c in comp.columns]
+        st.dataframe(comp[keep].rename(columns={
+            "shared_gpus": "shared base GPUs", "dedicated_gpus_whole": "dedicated: a whole GPU each",
+            "dedicated_gpus_shares": "dedicated: shares packed (optimistic)",
+            "dedicated_engine": "dedicated engine"}), hide_index=True)
+    elif not payload.get("spec"):
+        st.caption("no shared-vs-dedicated comparison: this sweep stored no workload spec")
 
 
 SECTIONS = {"Runs": page_runs, "Compare": page_compare, "Timeline": page_timeline, "Adapters": page_adapters,
@@ -174,7 +203,8 @@ def main() -> None:
     st.session_state.setdefault("sweeps_root", os.environ.get(SWEEPS_ENV, "sweeps"))
     root = st.session_state["runs_root"]
     try:
-        loaded = load_runs(root)
+        with st.spinner(f"Reading the run directories under {root} ..."):  # a cold first load is not blank
+            loaded = load_runs(root)
     except FileNotFoundError as exc:
         st.error(str(exc))
         return

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.capacity import bound_text
+from harness.console import failed
 from harness.store import list_runs, load_run
 
-TABLE_METRICS = ("req_s", "output_tok_s", "goodput", "goodput_req_s", "slo_attainment", "ttft_p50", "ttft_p99",
-                 "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99", "jain_fairness")
+TABLE_METRICS = ("req_s", "output_tok_s", "goodput", "goodput_req_s", "slo_attainment", "ttft_mean", "ttft_p50",
+                 "ttft_p99", "tpot_mean", "tpot_p50", "tpot_p99", "e2e_mean", "e2e_p50", "e2e_p99", "jain_fairness")
 PERCENTILES = ("p50", "p90", "p99")
+LATENCIES = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}  # latency -> its SLO key
 
 
 def load(run_dir: str | Path):
@@ -45,12 +48,11 @@ def runs_table(runs: list) -> pd.DataFrame:
             "model": s.get("model", ""), "gpu": s.get("gpu", ""),
             "started_at": pd.to_datetime(s.get("started_at"), utc=True, errors="coerce"),
             "status": (r.status or {}).get("status", s.get("status", "")), "valid": bool(s.get("valid", False)),
-            **{k: m.get(k) for k in TABLE_METRICS},
-            "requests": counts.get("total"), "errors": (counts.get("error") or 0) + (counts.get("timeout") or 0),
-            "path": str(r.path),
+            "offered_req_s": s.get("offered_req_s"), **{k: m.get(k) for k in TABLE_METRICS},
+            "requests": counts.get("total"), "failed": failed(counts), "path": str(r.path),
         })
-    cols = ["run", "workload", "engine", "model", "gpu", "started_at", "status", "valid", *TABLE_METRICS,
-            "requests", "errors", "path"]
+    cols = ["run", "workload", "engine", "model", "gpu", "started_at", "status", "valid", "offered_req_s",
+            *TABLE_METRICS, "requests", "failed", "path"]
     return pd.DataFrame(rows, columns=cols).sort_values("started_at", ascending=False, ignore_index=True)
 
 
@@ -71,17 +73,38 @@ def filter_runs(table: pd.DataFrame, *, workload=None, engine=None, model=None, 
 
 
 def percentile_table(runs: list) -> pd.DataFrame:
-    """Long table: run, engine, metric (ttft/tpot/e2e), percentile, seconds."""
+    """Long table: run, engine, metric (ttft/tpot/e2e), statistic (mean, p50, p90, p99), ms."""
     rows = []
     for r in runs:
         m = r.summary.get("metrics") or {}
-        for metric in ("ttft", "tpot", "e2e"):
-            for p in PERCENTILES:
+        for metric in LATENCIES:
+            for p in ("mean", *PERCENTILES):
                 v = m.get(f"{metric}_{p}")
                 if v is not None:
                     rows.append({"run": label(r), "engine": r.summary.get("engine", ""), "metric": metric,
-                                 "percentile": p, "seconds": float(v)})
-    return pd.DataFrame(rows, columns=["run", "engine", "metric", "percentile", "seconds"])
+                                 "percentile": p, "ms": float(v) * 1000.0})
+    return pd.DataFrame(rows, columns=["run", "engine", "metric", "percentile", "ms"])
+
+
+def slo_ms(runs: list) -> dict[str, float]:
+    """The latency SLO thresholds of the runs in ms, by latency (ttft, tpot, e2e); the first run that has one."""
+    out: dict[str, float] = {}
+    for r in runs:
+        slo = (r.summary or {}).get("slo") or {}
+        for metric, key in LATENCIES.items():
+            if slo.get(key) is not None:
+                out.setdefault(metric, float(slo[key]) * 1000.0)
+    return out
+
+
+def measured_window(run) -> tuple[float, float]:
+    """(start, end) of the measured span in seconds from the run's start: warm-up before it."""
+    s = run.summary or {}
+    start = float(s.get("warmup_s") or 0.0)
+    span = s.get("measured_s", s.get("window_s"))
+    if span is None:
+        span = float(((run.config or {}).get("workload") or {}).get("duration_s") or 0.0)
+    return start, start + float(span)
 
 
 def latency_samples(run) -> pd.DataFrame:
@@ -98,13 +121,13 @@ def latency_samples(run) -> pd.DataFrame:
 
 
 def cdf(samples: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Empirical CDF per run of one latency column: run, seconds, fraction of requests at or below it."""
+    """Empirical CDF per run of one latency column: run, ms, fraction of requests at or below it."""
     parts = []
     for run, g in samples.groupby("run", sort=False):
-        v = np.sort(g[column].dropna().to_numpy(dtype=float))
+        v = np.sort(g[column].dropna().to_numpy(dtype=float)) * 1000.0
         if len(v):
-            parts.append(pd.DataFrame({"run": run, "seconds": v, "fraction": np.arange(1, len(v) + 1) / len(v)}))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "seconds", "fraction"])
+            parts.append(pd.DataFrame({"run": run, "ms": v, "fraction": np.arange(1, len(v) + 1) / len(v)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "ms", "fraction"])
 
 
 def arrivals(run, bin_s: float = 1.0) -> pd.DataFrame:
@@ -186,8 +209,17 @@ def find_sweeps(*roots: str | Path) -> dict[str, dict]:
     return found
 
 
+CAPACITY_COLUMNS = ["engine", "n", "capacity", "bound", "lambda_star", "upper", "goodput_tok_s", "runs_tried",
+                    "limited_runs", "reason"]
+
+
 def capacity_points(payload: dict) -> pd.DataFrame:
-    """A sweep's curves as one table: engine, n, lambda_star, goodput_tok_s, runs tried."""
-    rows = [{"engine": e, "n": p["n"], "lambda_star": p["lambda_star"], "goodput_tok_s": p.get("goodput_tok_s"),
-             "runs_tried": len(p.get("tried", []))} for e, pts in payload.get("curves", {}).items() for p in pts]
-    return pd.DataFrame(rows, columns=["engine", "n", "lambda_star", "goodput_tok_s", "runs_tried"])
+    """A sweep's curves as one table: engine, n, λ* as found ("[lo, hi]", ">= lo", "< hi"), how it is known
+    (bound), lambda_star (lo) and upper (hi), goodput at λ*, runs tried, runs limited by the load generator."""
+    rows = [{"engine": e, "n": p["n"], "bound": p.get("bound", "bracket"),
+             "capacity": bound_text(p.get("bound", "bracket"), p["lambda_star"], p.get("upper")),
+             "lambda_star": p["lambda_star"], "upper": p.get("upper"), "goodput_tok_s": p.get("goodput_tok_s"),
+             "runs_tried": len(p.get("tried", [])),
+             "limited_runs": sum(1 for t in p.get("tried", []) if t.get("limited")), "reason": p.get("reason", "")}
+            for e, pts in payload.get("curves", {}).items() for p in pts]
+    return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)

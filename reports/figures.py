@@ -37,19 +37,63 @@ def attainment(table: pd.DataFrame, target: float | None = None) -> go.Figure:
     return _style(fig, "SLO attainment (fraction of requests meeting every SLO)")
 
 
-def percentiles(pct: pd.DataFrame) -> go.Figure:
-    """TTFT / TPOT / E2E p50, p90, p99 per run: one panel per metric."""
-    fig = px.bar(pct, x="percentile", y="seconds", color="run", facet_col="metric", barmode="group",
-                 labels={"seconds": "seconds", "percentile": ""})
+def percentiles(pct: pd.DataFrame, slo_ms: dict[str, float] | None = None, log: bool = True) -> go.Figure:
+    """TTFT / TPOT / E2E mean, p50, p90, p99 per run in ms: one panel per metric, each with its SLO threshold.
+    log: a log-scale latency axis, so engines in ms stay visible beside one in tens of seconds."""
+    order = [m for m in ("ttft", "tpot", "e2e") if m in set(pct["metric"])] or ["ttft"]
+    fig = px.bar(pct, x="percentile", y="ms", color="run", facet_col="metric", barmode="group",
+                 category_orders={"metric": order}, log_y=log,
+                 labels={"ms": "ms" + (" (log scale)" if log else ""), "percentile": ""})
     fig.update_yaxes(matches=None, showticklabels=True)
-    return _style(fig, "Latency percentiles")
+    slo_ms = slo_ms or {}
+    fig.for_each_annotation(lambda a: a.update(text=_facet_title(a.text.split("=")[-1], slo_ms)))
+    for i, metric in enumerate(order, start=1):
+        slo = slo_ms.get(metric)
+        values = pct.loc[pct["metric"] == metric, "ms"]
+        if slo is not None:
+            fig.add_hline(y=slo, line_dash="dash", line_color="red", col=i, row=1)
+        if len(values):  # room for the SLO line and its label above the bars
+            fig.update_yaxes(range=_span(values, slo, log), col=i, row=1)
+    return _style(fig, "Latency: mean and percentiles (ms)")
 
 
-def latency_cdf(cdf: pd.DataFrame, metric: str) -> go.Figure:
-    """Empirical CDF of one latency metric, one line per run."""
-    fig = px.line(cdf, x="seconds", y="fraction", color="run", line_shape="hv",
-                  labels={"seconds": f"{metric.upper()} (s)", "fraction": "fraction of requests"})
+def _facet_title(metric: str, slo_ms: dict[str, float]) -> str:
+    slo = slo_ms.get(metric)
+    return metric.upper() + (f" (SLO {slo:g} ms: red line)" if slo is not None else "")
+
+
+def _span(values, extra: float | None, log: bool) -> list[float]:
+    """An axis range over values and the extra threshold, with a margin; in log10 units on a log axis."""
+    v = [float(x) for x in values if x == x and (x > 0 or not log)]
+    hi = max(v + ([extra] if extra else [])) * 1.4
+    if log:
+        lo = min(v + ([extra] if extra else [])) / 1.4
+        return [float(np.log10(lo)), float(np.log10(hi))]
+    return [0.0, hi]
+
+
+def latency_cdf(cdf: pd.DataFrame, metric: str, slo_ms: float | None = None, log: bool = True) -> go.Figure:
+    """Empirical CDF of one latency metric in ms, one line per run, with its SLO threshold."""
+    fig = px.line(cdf, x="ms", y="fraction", color="run", line_shape="hv", log_x=log,
+                  labels={"ms": f"{metric.upper()} (ms{', log scale' if log else ''})",
+                          "fraction": "fraction of requests"})
+    if slo_ms is not None:  # the label as its own annotation: add_vline places labels wrongly on log axes
+        fig.add_vline(x=slo_ms, line_dash="dash", line_color="red")
+        fig.add_annotation(x=float(np.log10(slo_ms)) if log else slo_ms, y=0.5, yref="paper", text=f"SLO {slo_ms:g} ms",
+                           showarrow=False, xanchor="right", font=dict(color="red"), textangle=-90)
+    if len(cdf):
+        fig.update_xaxes(range=_span(cdf["ms"], slo_ms, log))
     return _style(fig, f"{metric.upper()} CDF")
+
+
+def mark_window(fig: go.Figure, start: float, end: float) -> go.Figure:
+    """Shade the warm-up [0, start) grey and outline the measured span [start, end) on a timeline."""
+    if start > 0:
+        fig.add_vrect(x0=0, x1=start, fillcolor="grey", opacity=0.15, line_width=0, annotation_text="warm-up",
+                      annotation_position="top left")
+    fig.add_vrect(x0=start, x1=end, fillcolor="green", opacity=0.05, line_width=1, line_color="green",
+                  annotation_text="measured", annotation_position="top right")
+    return fig
 
 
 def arrivals_heatmap(arr: pd.DataFrame, bin_s: float = 1.0) -> go.Figure:
@@ -84,12 +128,16 @@ def adapters_resident(server_long: pd.DataFrame) -> go.Figure:
     return _style(fig, "Adapters resident, loads and swaps")
 
 
-def adapter_latency(adapters: pd.DataFrame, columns: tuple[str, ...] = ("ttft_p50", "ttft_p99", "e2e_p99")):
-    """Per-adapter latency percentiles (grouped bars, adapters sorted by share)."""
+def adapter_latency(adapters: pd.DataFrame, columns: tuple[str, ...] = ("ttft_p50", "ttft_p99", "e2e_p99"),
+                    log: bool = True):
+    """Per-adapter latency percentiles in ms (grouped bars, adapters sorted by share)."""
     cols = [c for c in columns if c in adapters.columns]
-    long = adapters.melt(id_vars=["adapter"], value_vars=cols, var_name="metric", value_name="seconds")
-    fig = px.bar(long, x="adapter", y="seconds", color="metric", barmode="group", labels={"adapter": ""})
-    return _style(fig, "Latency per adapter")
+    long = adapters.melt(id_vars=["adapter"], value_vars=cols, var_name="metric", value_name="ms")
+    long["ms"] = pd.to_numeric(long["ms"], errors="coerce") * 1000.0
+    long["metric"] = [f"{m.split('_')[0].upper()} {m.split('_')[1]}" for m in long["metric"]]
+    fig = px.bar(long, x="adapter", y="ms", color="metric", barmode="group", log_y=log,
+                 labels={"adapter": "", "ms": "ms" + (" (log scale)" if log else "")})
+    return _style(fig, "Latency per adapter (ms)")
 
 
 def adapter_share(adapters: pd.DataFrame, fairness: float | None = None) -> go.Figure:
@@ -105,10 +153,21 @@ def adapter_share(adapters: pd.DataFrame, fairness: float | None = None) -> go.F
 
 
 def capacity(points: pd.DataFrame, rate_per_adapter: float | None = None) -> go.Figure:
-    """Capacity curves λ*(N) per engine; with a rate per adapter, the demand line N·λ_adapter."""
+    """Capacity curves λ*(N) per engine, each point drawn as it is known: a bracket [lo, hi] as an error bar
+    from lo up to hi, a lower bound as an upward triangle at lo; with a rate per adapter, the demand line."""
     points = points[points["n"] >= 1]  # N*=0 (nothing met the SLO) has no place on a log axis
-    fig = px.line(points, x="n", y="lambda_star", color="engine", markers=True, log_x=True,
-                  labels={"n": "adapters N", "lambda_star": "λ*(N), total requests/s"})
+    points = points.assign(plus=(points["upper"].astype(float) - points["lambda_star"]).where(
+        points["bound"] == "bracket"), minus=0.0,
+        symbol=points["bound"].map({"lower": "triangle-up"}).fillna("circle"))
+    fig = px.line(points, x="n", y="lambda_star", color="engine", markers=True, log_x=True, error_y="plus",
+                  error_y_minus="minus",
+                  hover_data={"capacity": True, "bound": True, "plus": False, "minus": False, "symbol": False},
+                  labels={"n": "adapters N", "lambda_star": "λ*(N), total requests/s (brackets: [lo, hi]; "
+                                                            "▲ lower bound)"})
+    for trace in fig.data:  # lower bounds as upward triangles
+        sub = points[points["engine"] == trace.name]
+        trace.marker.symbol = sub["symbol"].tolist()
+        trace.marker.size = 10
     if rate_per_adapter and not points.empty:
         n = np.geomspace(points["n"].min(), points["n"].max(), 64)  # enough points to draw it smoothly on the log axis
         fig.add_scatter(x=n, y=n * rate_per_adapter, mode="lines", name=f"demand N x {rate_per_adapter:g}",

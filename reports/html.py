@@ -6,12 +6,14 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from reports import data, figures, views
+from harness.plan_text import plan_sweep
+from reports import data, figures, labels, views
 
 _HEAD = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}}</style>
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}}
+.wide{{overflow-x:auto}} pre{{background:#f8f8f8;padding:1em;white-space:pre-wrap;font-size:13px}}</style>
 </head><body><h1>{title}</h1>
 """
 
@@ -20,10 +22,28 @@ def _figure_html(fig: go.Figure, first: bool) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=bool(first), default_width="100%", default_height="450px")
 
 
+def _table(df) -> str:
+    """A table with human column names and units, scrolling sideways rather than cut off."""
+    return '<div class="wide">' + labels.humanize(df).to_html(index=False, float_format=lambda v: f"{v:.4g}",
+                                                            na_rep="") + "</div>"
+
+
+def planner_block(folder: str, payload: dict) -> str:
+    """The planner's answer for the workload a sweep measured, as `harness plan` prints it."""
+    try:
+        _, text = plan_sweep(folder, payload)
+    except ValueError as exc:
+        return f"<p>No plan from this sweep: {html.escape(str(exc))}</p>"
+    return ("<h3>Planner: the measured workload</h3><pre>" + html.escape(text) + "</pre>"
+            "<p>Other fleets: <code>harness plan --sweep " + html.escape(folder)
+            + " --adapters N --rate-per-adapter R</code>, or the report app's Capacity section.</p>")
+
+
 def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
-            max_compare: int = 8) -> tuple["data.pd.DataFrame", list[tuple[str, list[go.Figure]]]]:
-    """The runs table and every section's figures: compare per workload (and across the newest max_compare
-    runs when the folder holds several workloads), timeline and adapters per run, capacity per sweep."""
+            max_compare: int = 8) -> tuple["data.pd.DataFrame", list[tuple[str, list]]]:
+    """The runs table and every section's figures (and HTML blocks): compare per workload (and across the newest
+    max_compare runs when the folder holds several workloads), timeline and adapters per run, capacity and the
+    planner's answer per sweep."""
     paths = data.find_runs(runs_root)
     sweeps = data.find_sweeps(runs_root, *([sweeps_root] if sweeps_root else []))
     if not paths and not sweeps:
@@ -42,7 +62,10 @@ def collect(runs_root: str | Path, *, sweeps_root: str | Path | None = None,
         sections.append((f"Timeline: {data.label(r)}", views.timeline(r)))
         sections.append((f"Adapters: {data.label(r)}", views.adapters(r)))
     for folder, payload in sweeps.items():
-        sections.append((f"Capacity: {folder}", views.capacity(payload)))
+        points = data.capacity_points(payload)[["engine", "n", "capacity", "bound", "goodput_tok_s", "runs_tried",
+                                                 "limited_runs"]]
+        sections.append((f"Capacity: {folder}", [*views.capacity(payload), _table(points),
+                                                 planner_block(folder, payload)]))
     return table, sections
 
 
@@ -50,13 +73,17 @@ def build_page(runs_root: str | Path, *, title: str = "LoRA fleet report", sweep
                max_compare: int = 8) -> str:
     """The whole page: the runs table, then every section of collect() with plotly.js inlined once."""
     table, sections = collect(runs_root, sweeps_root=sweeps_root, max_compare=max_compare)
-    parts = [_HEAD.format(title=html.escape(title)), "<h2>Runs</h2>",
-             table.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+    parts = [_HEAD.format(title=html.escape(title)), "<h2>Runs</h2>", _table(table.drop(columns=["path"])),
+             "<p>Latencies in ms; failed = errors + timeouts + requests never sent, as <code>harness run</code> "
+             "counts them.</p>"]
     first = True
-    for heading, figs in sections:
+    for heading, items in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        for fig in figs:
-            parts.append(_figure_html(fig, first))
+        for item in items:
+            if isinstance(item, str):
+                parts.append(item)
+                continue
+            parts.append(_figure_html(item, first))
             first = False
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -78,6 +105,6 @@ def write_pngs(runs_root: str | Path, out_dir: str | Path, *, sweeps_root: str |
     written = []
     for i, (heading, figs) in enumerate(sections):
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in heading)[:80]
-        for j, fig in enumerate(figs):
+        for j, fig in enumerate(f for f in figs if isinstance(f, go.Figure)):
             written.append(figures.save_png(fig, out_dir / f"{i:02d}-{stem}-{j}.png"))
     return written

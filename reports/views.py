@@ -17,26 +17,31 @@ def slo_target(runs: list, default: float = 0.9) -> float:
     return default
 
 
-def compare(runs: list) -> list[go.Figure]:
-    """Throughput, goodput, SLO attainment, latency percentiles and CDFs of the given runs."""
+def compare(runs: list, log: bool = True) -> list[go.Figure]:
+    """Throughput, goodput, SLO attainment, latency percentiles and CDFs (ms, log axes unless log=False, SLO
+    thresholds drawn) of the given runs."""
     table = data.runs_table(runs)
     samples = [data.latency_samples(r) for r in runs]
     merged = data.pd.concat(samples, ignore_index=True) if samples else data.pd.DataFrame()
+    slo = data.slo_ms(runs)
     figs = [figures.throughput(table), figures.attainment(table, slo_target(runs)),
-            figures.percentiles(data.percentile_table(runs))]
-    figs += [figures.latency_cdf(data.cdf(merged, m), m) for m in LATENCIES]
+            figures.percentiles(data.percentile_table(runs), slo, log=log)]
+    figs += [figures.latency_cdf(data.cdf(merged, m), m, slo.get(m), log=log) for m in LATENCIES]
     return figs
 
 
 def timeline(run, bin_s: float = 1.0) -> list[go.Figure]:
-    """One run over time: per-adapter arrivals, requests in flight, tokens/s, GPU, adapters resident."""
-    return [
+    """One run over time: per-adapter arrivals, requests in flight, tokens/s, GPU, adapters resident; the
+    warm-up and the measured span marked on each."""
+    start, end = data.measured_window(run)
+    figs = [
         figures.arrivals_heatmap(data.arrivals(run, bin_s), bin_s),
         figures.series(data.in_flight(run, bin_s / 2), "t", "in_flight", "Requests in flight", "requests"),
         figures.series(data.token_rate(run, bin_s), "t", "tokens_s", "Output tokens/s", "tokens/s"),
         figures.gpu(data.gpu_series(run)),
         figures.adapters_resident(data.server_series(run)),
     ]
+    return [figures.mark_window(f, start, end) for f in figs]
 
 
 def adapters(run) -> list[go.Figure]:

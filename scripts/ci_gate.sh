@@ -30,7 +30,7 @@ if [ -e "$runs" ] && [ -n "$(ls -A "$runs" 2>/dev/null)" ]; then
   echo "ci_gate.sh: $runs is not empty; point CI_GATE_OUT at a fresh folder" >&2
   exit 2
 fi
-metric="ratio:output_tok_s:multilora/merged"
+metric="ratio:served_tok_s:multilora/merged"  # the engines' pace when saturated (docs/loadgen.md)
 baseline_dir="${CI_GATE_BASELINE_DIR:-baselines}"
 max_regression="${CI_GATE_MAX_REGRESSION:-25%}"
 multilora="${CI_GATE_MULTILORA:-multilora}"

@@ -106,17 +106,26 @@ def make_runs(root: Path) -> list[Path]:
 
 
 def make_sweep(root: Path, engines: tuple[str, ...] = ("multilora", "merged"), spec: dict | None = None,
-               name: str = "sweep-bursty30") -> Path:
-    """A sweep folder with capacity.json: λ*(N) = c / (1 + N/30) per engine, as `harness sweep` writes it."""
+               name: str = "sweep-bursty30", gpu: str | None = "NVIDIA H100 80GB HBM3", model: str = "llama3-8b"
+               ) -> Path:
+    """A sweep folder with capacity.json: λ*(N) = c / (1 + N/30) per engine, each point a bracket
+    [λ*, 1.05 λ*], as `harness sweep` writes it; one run directory per engine holds env.json and config.json
+    (gpu None: measured on a CPU)."""
     sweep = Path(root) / name
     sweep.mkdir(parents=True, exist_ok=True)
     curves = {}
     for k, engine in enumerate(engines):
         c = 12.0 / (k + 1)
+        run = Path("runs") / f"20261122-100000-bursty30-{engine}"
+        (sweep / run).mkdir(parents=True, exist_ok=True)
+        (sweep / run / RUN_FILES["env"]).write_text(json.dumps({"host": "box", "cpu_count": 16, "gpu_name": gpu}))
+        (sweep / run / RUN_FILES["config"]).write_text(json.dumps(
+            {"workload": {"name": "bursty30", "model": model}, "engine": {"name": engine, "kind": "inprocess"}}))
         curves[engine] = [{"n": n, "lambda_star": round(c / (1 + n / 30), 4), "goodput_tok_s":
-                           round(c / (1 + n / 30) * 120.0, 3), "attainment": 0.93, "run": "", "converged": True,
+                           round(c / (1 + n / 30) * 120.0, 3), "attainment": 0.93, "run": str(run), "converged": True,
+                           "bound": "bracket", "upper": round(1.05 * c / (1 + n / 30), 4),
                            "reason": "", "tried": [{"load": 1.0, "attainment": 1.0, "goodput_tok_s": 120.0,
-                                                    "run": "", "note": "", "pass": True}]}
+                                                    "run": str(run), "note": "", "pass": True, "limited": False}]}
                           for n in (1, 10, 30, 100)]
     payload = {"workload": "bursty30", "over": "rate", "target": 0.9, "resolution": 0.1,
                "spec": spec, "curves": curves}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from harness.capacity import Probe, SearchConfig, capacity_curve, search_max
+from harness.capacity import Probe, SearchConfig, bound_kind, bound_text, capacity_curve, search_max
 
 
 def step_curve(threshold: float):
@@ -102,3 +102,37 @@ def test_bad_config_names_field():
         SearchConfig(resolution=0)
     with pytest.raises(ValueError, match="start"):
         SearchConfig(start=0.0)
+
+
+def test_limited_loads_are_neither_pass_nor_fail_and_give_a_lower_bound():
+    # the server meets the SLO up to 10 req/s, but the client cannot send more than 6 on time
+    def probe(rate):
+        if rate > 6:
+            return Probe(attainment=0.2, limited=True, note="load-generator-limited")
+        return Probe(attainment=1.0 if rate <= 10 else 0.0)
+
+    res = search_max(probe, SearchConfig(start=1.0, resolution=0.05, max_probes=20))
+    assert res.bound == "lower" and res.best == 4.0 and math.isinf(res.upper)
+    assert [t["limited"] for t in res.tried] == [False, False, False, True]
+    assert "load generator" in res.reason
+    assert bound_text(res.bound, res.best, None) == ">= 4"
+
+
+def test_limited_start_looks_lower_and_a_limited_midpoint_keeps_the_bracket():
+    def probe(rate):
+        if 2.5 < rate < 3.5:
+            return Probe(attainment=0.0, limited=True)
+        return Probe(attainment=1.0 if rate <= 3 else 0.0)
+
+    res = search_max(probe, SearchConfig(start=2.0, resolution=0.01, max_probes=20))
+    assert res.bound == "bracket" and res.best == 2.0 and res.upper == 4.0 and not res.converged
+    assert "could not send 3" in res.reason
+
+
+def test_bound_kinds_and_texts():
+    assert bound_kind(2.0, 3.0) == "bracket" and bound_text("bracket", 2.0, 3.0) == "[2, 3]"
+    assert bound_kind(2.0, math.inf) == "lower"
+    assert bound_kind(0.0, 0.5) == "upper" and bound_text("upper", 0.0, 0.5) == "< 0.5"
+    assert bound_kind(0.0, math.inf) == "unknown" and bound_text("unknown", 0.0, None) == "?"
+    res = search_max(lambda r: Probe(attainment=0.0), SearchConfig(start=1.0, lowest=0.25, max_probes=10))
+    assert res.bound == "upper" and res.upper == 0.25

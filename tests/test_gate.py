@@ -113,9 +113,24 @@ def test_significant_but_small_change_passes():
     assert v.p < 1e-6 and v.status == "pass"
 
 
-def test_large_but_insignificant_change_passes():
+def test_large_but_insignificant_change_is_inconclusive_and_says_what_it_would_take():
     v = judge("output_tok_s", "e", [100, 10, 200, 50, 120], [60, 150, 5, 90, 40], "lower")
-    assert v.change < -0.05 and v.p > 0.05 and v.status == "pass"
+    assert v.change < -0.05 and v.p > 0.05 and v.status == "inconclusive" and not v.failed
+    # the interval is far wider than the 5% asked: its width is the change this sample can resolve
+    assert v.interval[0] < -0.05 and v.detectable == pytest.approx(v.interval[1] - v.interval[0])
+    assert v.samples_needed == math.ceil(5 * (v.detectable / 0.05) ** 2)
+
+
+def test_a_wide_interval_is_inconclusive_and_a_narrow_one_passes():
+    rng = np.random.default_rng(7)
+    base, now = rng.normal(100, 30, 12), rng.normal(100, 30, 12)  # the "[-48%, +80%]" case: cannot see 5%
+    wide = judge("output_tok_s", "e", base, now, "lower", max_regression=0.05)
+    assert wide.status == "inconclusive" and wide.detectable > 0.05
+    # more samples of the same noise narrow the interval until it rules a 5% regression out
+    need = wide.samples_needed
+    big = judge("output_tok_s", "e", rng.normal(100, 30, need), rng.normal(100, 30, need), "lower",
+                max_regression=0.05)
+    assert big.status == "pass" and big.detectable == pytest.approx(0.05, rel=0.25)
 
 
 def test_latency_direction_and_improvement():
@@ -133,8 +148,10 @@ def test_integer_windows_with_many_ties():
     base = rng.poisson(40, 30).astype(float)  # tokens per 1 s window: integers, many ties
     v = judge("output_tok_s", "e", base, rng.poisson(30, 30).astype(float), "lower")
     assert v.method == "normal" and v.status == "regression"
-    same = judge("output_tok_s", "e", base, rng.poisson(40, 30).astype(float), "lower")
-    assert same.status == "pass"
+    same = rng.poisson(40, 30).astype(float)
+    assert judge("output_tok_s", "e", base, same, "lower", max_regression=0.2).status == "pass"
+    # 30 windows of ~16% noise cannot rule out a 5% drop: inconclusive, not a silent pass
+    assert judge("output_tok_s", "e", base, same, "lower").status == "inconclusive"
 
 
 def test_tiny_samples_are_unusable():
@@ -175,7 +192,7 @@ def make_run(root: Path, name: str, engine: str, windows: list[float], *, starte
     summary = {"workload": "ci-gate", "engine": engine, "model": model, "gpu": gpu, "started_at": started,
                "status": status, "valid": valid, "invalid_reasons": [] if valid else ["client fell behind"],
                "metrics": {**METRICS, "output_tok_s": float(np.mean(windows)), **metrics},
-               "windows": {"window_s": 1.0, "t": list(range(len(windows))), "output_tok_s": list(windows),
+               "windows": {"bin_s": 1.0, "t": list(range(len(windows))), "output_tok_s": list(windows),
                            "req_s": [w / 20 for w in windows], "goodput": list(windows)}}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "status.json").write_text(json.dumps({"status": status, "message": "", "records": 10}))
@@ -256,6 +273,26 @@ def test_gate_pass_regression_and_markdown(tmp_path, base_runs, capsys):
     assert row["change"] == pytest.approx(-0.2, abs=0.04) and row["status"] == "pass" and row["n_now"] == 20
     assert gate(tmp_path, slow, "--json", tmp_path / "v.json") == 1
     assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "regression"
+
+
+def test_gate_too_noisy_to_see_the_change_is_inconclusive(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    noisy = list(np.round(rng.normal(100, 40, 20)))  # 40% noise per window
+    make_run(tmp_path / "base", "r1-multilora", "multilora", noisy)
+    save(tmp_path)
+    now = [make_run(tmp_path / "now", "a", "multilora", list(rng.permutation(noisy)))]  # unchanged, reshuffled
+    capsys.readouterr()
+    assert gate(tmp_path, now, "--json", tmp_path / "v.json") == 1
+    out = capsys.readouterr().out
+    assert "Regression gate: INCONCLUSIVE (exit 1)" in out and "**inconclusive**" in out
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    (row,) = verdict["metrics"]
+    assert verdict["verdict"] == "inconclusive" and row["detectable"] > 0.05
+    # runs of 20 windows each: how many would resolve the 5% asked, stated in the output
+    assert row["runs_needed"] == math.ceil(row["samples_needed"] / 20) and row["runs_needed"] > 1
+    assert f"({row['runs_needed']} run(s) of this length) would resolve it" in out
+    assert gate(tmp_path, now, "--allow-inconclusive") == 0
+    assert gate(tmp_path, now, "--max-regression", "90%") == 0  # a 90% drop it can rule out
 
 
 def test_ratio_is_machine_independent(tmp_path, base_runs):

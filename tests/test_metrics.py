@@ -90,20 +90,74 @@ def test_latencies_throughput_and_slo_on_known_records():
     assert s["valid"] is False and any("never sent" in r for r in s["invalid_reasons"])
 
 
-def test_windows_count_token_arrivals():
-    records = [rec(0, "a", 0.0, [0.5, 1.5, 1.6, 2.5]), rec(1, "a", 0.1, [0.2, 0.3], window=False)]
+def test_windows_count_measured_requests_over_the_measured_span():
+    records = [rec(0, "a", 0.0, [0.5, 1.5, 1.6, 2.5]), rec(1, "a", 0.1, [0.2, 0.3], window=False),
+               rec(2, "a", 1.0, [1.2, 3.7])]
     s = summary_of(records, duration_s=3.0, slo={})
     w = s["windows"]
-    assert w["t"] == [0.0, 1.0, 2.0] and w["window_s"] == 1.0
-    assert w["output_tok_s"] == [3.0, 2.0, 1.0]  # every token that arrived in the window, warm-up requests too
-    assert w["req_s"] == [1.0, 0.0, 1.0] and w["goodput"] == [3.0, 2.0, 1.0]
-    assert s["counts"]["total"] == 2 and s["per_adapter"]["a"]["requests"] == 1  # only measured requests
+    assert s["measured_s"] == pytest.approx(3.7)  # the last measured request ended at 3.7 s
+    assert w["t"] == [0.0, 1.0, 2.0] and w["bin_s"] == 1.0  # whole bins of the measured span
+    assert w["output_tok_s"] == [1.0, 3.0, 1.0]  # tokens of measured requests only, where they arrived
+    assert w["req_s"] == [0.0, 0.0, 1.0] and w["goodput"] == [1.0, 3.0, 1.0]
+    # the same rule as the totals: every measured token lies in [warm-up, warm-up + measured span)
+    assert s["metrics"]["output_tok_s"] * s["measured_s"] == pytest.approx(6)
+    assert s["counts"]["total"] == 3 and s["per_adapter"]["a"]["requests"] == 2  # only measured requests
+
+
+def test_means_standard_deviations_and_chosen_percentiles():
+    records = [rec(i, "a", float(i), [i + 0.1 * (i + 1), i + 2.0]) for i in range(5)]
+    s = summary_of(records, slo={}, percentiles=(95, 99.9))
+    m = s["metrics"]
+    ttft = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert m["ttft_mean"] == pytest.approx(ttft.mean()) and m["ttft_std"] == pytest.approx(ttft.std())
+    assert m["ttft_p95"] == pytest.approx(np.percentile(ttft, 95))
+    assert m["ttft_p99.9"] == pytest.approx(np.percentile(ttft, 99.9))
+    assert m["ttft_p50"] is not None and m["e2e_mean"] == pytest.approx(2.0) and m["e2e_std"] == pytest.approx(0)
+    assert s["percentiles"] == ["p50", "p90", "p95", "p99", "p99.9"]
+    assert m["itl_mean"] == pytest.approx((2.0 - ttft).mean())
+    with pytest.raises(ValueError, match="percentile 100"):
+        summary_of(records, percentiles=(100,))
+
+
+def test_gate_samples_are_recomputed_from_records_jsonl(tmp_path):
+    """The gate's per-window samples follow from records.jsonl alone, by the rule of docs/loadgen.md."""
+    import math
+
+    from fixtures_runs import make_run
+    from harness.baseline import snapshot_dirs
+
+    run = make_run(tmp_path, duration_s=12.0, warmup_s=2.0)
+    summary = json.loads((run / "summary.json").read_text())
+    warmup, span = summary["warmup_s"], summary["measured_s"]
+    n = math.floor(span)
+    tokens, ends, served = [0] * n, [0] * n, [0] * n
+    total = 0
+    for line in (run / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        for t in r["token_times"]:  # served: every token streamed in the span, whatever its request
+            if warmup <= t < warmup + n:
+                served[int(t - warmup)] += 1
+        if not r["in_window"] or r["status"] != "ok":
+            continue
+        total += r["output_tokens"]
+        for t in r["token_times"]:
+            assert warmup <= t <= warmup + span  # every token of a measured request lies in the measured span
+            if t < warmup + n:
+                tokens[int(t - warmup)] += 1
+        if r["end"] < warmup + n:
+            ends[int(r["end"] - warmup)] += 1
+    assert summary["metrics"]["output_tok_s"] == pytest.approx(total / span)
+    doc = snapshot_dirs([run])
+    per_window = doc["engines"]["multilora"]["metrics"]["output_tok_s"]["per_window"]
+    assert per_window == [[float(x) for x in tokens]]
+    assert doc["engines"]["multilora"]["metrics"]["req_s"]["per_window"] == [[float(x) for x in ends]]
+    assert doc["engines"]["multilora"]["metrics"]["served_tok_s"]["per_window"] == [[float(x) for x in served]]
 
 
 def test_warmup_excluded_and_span_stretches_when_the_server_is_slow():
     records = [rec(0, "a", 0.5, [0.6, 0.7], window=False), rec(1, "a", 2.0, [20.0, 22.0])]
     s = summary_of(records, warmup_s=1.0, duration_s=5.0, slo={})
-    assert s["window_s"] == pytest.approx(21.0)  # last measured request ended 21 s after the warm-up
+    assert s["measured_s"] == pytest.approx(21.0)  # last measured request ended 21 s after the warm-up
     assert s["metrics"]["req_s"] == pytest.approx(1 / 21) and s["metrics"]["ttft_p99"] == pytest.approx(18.0)
 
 

@@ -119,18 +119,19 @@ def test_plan_command_prints_formulas_numbers_and_json(tmp_path, capsys):
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
     sweep = make_sweep(tmp_path, spec=spec)
     out = tmp_path / "plan.json"
-    assert main(["plan", "--sweep", str(sweep), "--adapters", "500", "--rate-per-adapter", "0.05", "--gpu", "l40s",
-                 "--json", str(out)]) == 0
+    assert main(["plan", "--sweep", str(sweep), "--adapters", "500", "--rate-per-adapter", "0.05",
+                 "--json", str(out)]) == 0  # priced as the GPU it was measured on: an H100
     text = capsys.readouterr().out
     assert "$/1M output tokens = 1e6 x ($/GPU-hour x GPUs / 3600) / goodput tokens/s" in text
     plan = json.loads(out.read_text())
+    assert plan["gpu"] == "h100" and plan["extrapolation"] == ""
     payload = json.loads((sweep / "capacity.json").read_text())
-    want = plan_engine(Curve.from_points("multilora", payload["curves"]["multilora"]), 500, 0.05, GPU_PRICES["l40s"])
+    want = plan_engine(Curve.from_points("multilora", payload["curves"]["multilora"]), 500, 0.05, GPU_PRICES["h100"])
     got = next(p for p in plan["plans"] if p["engine"] == "multilora")
     assert got["gpus"] == want.gpus and got["usd_per_m_tokens"] == pytest.approx(want.usd_per_m_tokens)
     assert f"{want.usd_per_m_tokens:.3f}" in text
     assert {c["engine"] for c in plan["comparison"]} == {"multilora", "merged"}
-    assert "sum of per-adapter peaks" in text
+    assert "summed over adapters" in text
     assert main(["plan", "--sweep", str(sweep), "--adapters", "5", "--rate-per-adapter", "1", "--gpu", "b200"]) == 2
     assert "unknown type 'b200'" in capsys.readouterr().err
     assert main(["plan", "--sweep", str(tmp_path / "none"), "--adapters", "5", "--rate-per-adapter", "1"]) == 2
@@ -146,7 +147,8 @@ def test_plan_merges_sweeps_per_engine_and_n(tmp_path, capsys):
     for engine in payload["curves"]:
         payload["curves"][engine] = [dict(payload["curves"][engine][0], lambda_star=50.0)]
     (dedicated / "capacity.json").write_text(json.dumps(payload))
-    merged = merge_capacity([str(shared), str(dedicated)])
+    merged, provenance = merge_capacity([str(shared), str(dedicated)])
+    assert provenance["merged"][0]["machine"] == "NVIDIA H100 80GB HBM3"
     assert [p["n"] for p in merged["curves"]["multilora"]] == [1, 10, 30, 100]
     assert merged["curves"]["multilora"][0]["lambda_star"] == 50.0  # the later sweep's N=1 point wins
     assert [p["n"] for p in merged["curves"]["merged"]] == [1]
@@ -183,3 +185,70 @@ def test_plan_draws_the_curves_and_the_demand_line(tmp_path, capsys):
     assert demand.y[-1] == pytest.approx(demand.x[-1] * 0.1)
     assert set(data.capacity_points(json.loads((sweep / "capacity.json").read_text()))["engine"]) == {
         "multilora", "merged"}
+
+
+def _plan(sweep, *extra):
+    return main(["plan", "--sweep", str(sweep), "--adapters", "500", "--rate-per-adapter", "0.05", *extra])
+
+
+def test_plan_says_what_it_was_measured_on_and_how_each_lambda_is_known(tmp_path, capsys):
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
+    sweep = make_sweep(tmp_path, spec=spec)
+    payload = json.loads((sweep / "capacity.json").read_text())
+    payload["curves"]["merged"][0].update(bound="lower", upper=None)  # found while bracketing: a lower bound
+    (sweep / "capacity.json").write_text(json.dumps(payload))
+    assert _plan(sweep) == 0
+    text = capsys.readouterr().out
+    assert "merged: NVIDIA H100 80GB HBM3 (host box, 16 CPU cores), model llama3-8b, workload bursty30" in text
+    lam = payload["curves"]["merged"][0]["lambda_star"]
+    assert f"N=1 >= {lam:.4g}" in text  # the lower bound is printed as one, not as a plain number
+    pt = payload["curves"]["multilora"][1]
+    assert f"N=10 [{pt['lambda_star']:.4g}, {pt['upper']:.4g}]" in text
+    assert "lambda* at N=1 is a lower bound" in text
+
+
+def test_plan_refuses_another_gpu_or_a_cpu_sweep_unless_allowed(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    assert _plan(sweep, "--gpu", "a100-80gb") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--gpu a100-80gb" in err and "--allow-other-gpu" in err
+    assert _plan(sweep, "--gpu", "a100-80gb", "--allow-other-gpu") == 0
+    out = capsys.readouterr().out
+    assert "EXTRAPOLATION: priced as a100-80gb from curves measured on NVIDIA H100 80GB HBM3" in out
+    cpu = make_sweep(tmp_path, gpu=None, model="tiny", name="cpu-sweep")
+    assert _plan(cpu) == 2 and "measured on CPU only, which has no default price" in capsys.readouterr().err
+    assert _plan(cpu, "--gpu", "h100") == 2
+    assert "measured on CPU only" in capsys.readouterr().err
+    assert _plan(cpu, "--gpu", "h100", "--allow-other-gpu") == 0
+    assert "EXTRAPOLATION: priced as h100 from curves measured on CPU only" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--rate-per-adapter", "-1", "--rate-per-adapter: -1 must be > 0"),
+    ("--adapters", "0", "--adapters: 0 must be >= 1"),
+    ("--peak-window", "0", "--peak-window: 0 must be > 0"),
+    ("--gpu-price", "-2", "--gpu-price: -2 must be > 0"),
+])
+def test_plan_errors_name_the_flag_as_typed(tmp_path, capsys, flag, value, message):
+    sweep = make_sweep(tmp_path)
+    args = {"--adapters": "500", "--rate-per-adapter": "0.05", flag: value}
+    assert main(["plan", "--sweep", str(sweep), *[x for kv in args.items() for x in kv]]) == 2
+    assert capsys.readouterr().err.strip() == f"harness plan: error: {message}"
+
+
+def test_plan_counts_agree_between_tables_and_shares_are_explained(tmp_path, capsys):
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads" / "bursty30.yaml").read_text())
+    sweep = make_sweep(tmp_path, spec=spec)
+    out = tmp_path / "plan.json"
+    assert _plan(sweep, "--json", str(out), "--trace-duration", "60") == 0
+    text = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    for row in plan["comparison"]:
+        assert row["adapters"] == 500  # every planned adapter is counted, also those the trace left silent
+    assert plan["peaks"]["adapters_without_requests"] > 0
+    assert f"{plan['peaks']['adapters_without_requests']} of 500 adapters sent no request" in text
+    assert "A share is the fraction of one GPU an adapter's peak needs" in text
+    assert "sizes for the mean rate" in text
+    row = next(c for c in plan["comparison"] if c["engine"] == "multilora")
+    assert f"needs {row['shared_gpus']} GPU(s)" in text
+    assert f"needs {row['dedicated_gpus_whole']} with a whole GPU each" in text

@@ -59,7 +59,7 @@ def test_runs_page_lists_every_run_and_filters(roots):
     at.sidebar.multiselect(key="filter_workload").set_value(["steady"]).run()
     df = at.dataframe[0].value
     assert list(df["workload"]) == ["steady"]
-    assert df["output_tok_s"].iloc[0] == pytest.approx(summary(roots[2][3])["metrics"]["output_tok_s"])
+    assert df["output tok/s"].iloc[0] == pytest.approx(summary(roots[2][3])["metrics"]["output_tok_s"])
     at.sidebar.multiselect(key="filter_workload").set_value([]).run()
     at.sidebar.multiselect(key="filter_engine").set_value(["peft", "merged"]).run()
     assert sorted(at.dataframe[0].value["engine"]) == ["merged", "peft"]
@@ -70,13 +70,24 @@ def test_compare_page_shows_metrics_and_charts(roots):
     df = at.dataframe[0].value.set_index("run")
     for p in roots[2][:3]:
         m = summary(p)["metrics"]
-        assert df.loc[p.name, "output_tok_s"] == pytest.approx(m["output_tok_s"])
-        assert df.loc[p.name, "slo_attainment"] == pytest.approx(m["slo_attainment"])
-        assert df.loc[p.name, "ttft_p99"] == pytest.approx(m["ttft_p99"])
+        s = summary(p)
+        assert df.loc[p.name, "output tok/s"] == pytest.approx(m["output_tok_s"])
+        assert df.loc[p.name, "SLO met %"] == pytest.approx(100 * m["slo_attainment"])
+        assert df.loc[p.name, "TTFT p99 (ms)"] == pytest.approx(1000 * m["ttft_p99"])  # ms, as the CLI prints
+        c = s["counts"]  # the same failed count as the CLI: requests never sent included
+        assert df.loc[p.name, "failed (errors + timeouts + never sent)"] == c["error"] + c["timeout"] + c["not_sent"]
     charts = at.get("plotly_chart")
     assert len(charts) == 6  # throughput/goodput, attainment, percentiles, 3 CDFs
-    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
+    specs = [json.loads(c.proto.spec) for c in charts]
+    titles = [f["layout"]["title"]["text"] for f in specs]
     assert "TTFT CDF" in titles and "Throughput and goodput" in titles
+    cdf = specs[titles.index("TTFT CDF")]
+    assert cdf["layout"]["xaxis"]["type"] == "log"  # ms engines stay visible beside slow ones
+    slo = [sh for sh in cdf["layout"]["shapes"] if sh.get("line", {}).get("color") == "red"]
+    assert slo and slo[0]["x0"] == pytest.approx(2000.0)  # the TTFT SLO of the runs, in ms
+    at.toggle(key="log_axes").set_value(False).run()
+    cdf = json.loads(at.get("plotly_chart")[3].proto.spec)
+    assert cdf["layout"]["xaxis"].get("type") != "log"
 
 
 def test_timeline_page(roots):
@@ -99,7 +110,7 @@ def test_adapters_page(roots):
     assert at.metric[0].value == f"{s['metrics']['jain_fairness']:.3f}"
     df = at.dataframe[0].value
     assert set(df["adapter"]) == set(s["per_adapter"])
-    assert df["share"].sum() == pytest.approx(1.0)
+    assert df["share of requests %"].sum() == pytest.approx(100.0)
     assert len(at.get("plotly_chart")) == 2
 
 
@@ -133,27 +144,28 @@ def test_capacity_page_compares_shared_and_dedicated_from_the_trace(roots):
     at.selectbox(key="sweep").set_value(str(roots[1] / "sweep-with-spec")).run()
     assert not at.exception, at.exception
     comp = at.dataframe[-1].value.set_index("engine")
+    assert "A share is the fraction of one GPU" in at.code[0].value
+    assert "Measured on:" in at.markdown[0].value
     from harness import planner
     payload = json.loads((roots[1] / "sweep-with-spec" / "capacity.json").read_text())
     trace = planner.planned_trace(payload["spec"], 500, 0.05)
     want = planner.plan_fleet(payload["curves"], 500, 0.05, 2.5, trace=trace, window_s=10.0)
     for row in want["comparison"]:
         got = comp.loc[row["engine"]]
-        assert got["shared_gpus"] == row["shared_gpus"]
-        assert got["dedicated_gpus_whole"] == row["dedicated_gpus_whole"]
+        assert got["shared base GPUs"] == row["shared_gpus"]
+        assert got["dedicated: a whole GPU each"] == row["dedicated_gpus_whole"]
         # bursty per-adapter traffic: dedicated deployments need more GPUs than one shared base
         assert row["dedicated_gpus_whole"] > row["shared_gpus"]
     assert any("sum of per-adapter peaks" in m.value for m in at.markdown)
 
 
-def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
+def capacity_page(tmp_path, engines: tuple, edit) -> tuple[AppTest, dict]:
+    """The Capacity section on one sweep whose capacity.json `edit` changed."""
     runs = tmp_path / "runs"
     make_runs(runs)
-    sweep = make_sweep(tmp_path / "sweeps", engines=("multilora",))
+    sweep = make_sweep(tmp_path / "sweeps", engines=engines)
     payload = json.loads((sweep / "capacity.json").read_text())
-    for p in payload["curves"]["multilora"]:
-        p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
-    payload["errors"] = {"merged": "runs/x could not run: warm-up failed"}
+    edit(payload)
     (sweep / "capacity.json").write_text(json.dumps(payload))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["runs_root"] = str(runs)
@@ -161,5 +173,28 @@ def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
     at.run()
     at.sidebar.radio(key="section").set_value("Capacity").run()
     assert not at.exception, at.exception
+    return at, payload
+
+
+def test_capacity_page_with_an_unusable_curve_says_why(tmp_path):
+    def edit(payload):
+        for p in payload["curves"]["multilora"]:
+            p["n"] = 0  # an adapter sweep in which no adapter count met the SLO
+        payload["errors"] = {"merged": "runs/x could not run: warm-up failed"}
+
+    at, _ = capacity_page(tmp_path, ("multilora",), edit)
     assert "no adapter count met the SLO" in at.error[0].value
     assert "merged: the sweep stopped early" in at.warning[0].value
+
+
+def test_capacity_page_shows_bounds_and_labels_another_gpu_an_extrapolation(tmp_path):
+    at, payload = capacity_page(tmp_path, ("multilora", "merged"),
+                                lambda payload: payload["curves"]["merged"][0].update(bound="lower", upper=None))
+    assert at.selectbox(key="plan_gpu").value == "h100"  # the GPU the sweep ran on
+    points = at.dataframe[0].value
+    lam = payload["curves"]["merged"][0]["lambda_star"]
+    assert f">= {lam:.4g}" in set(points["λ* as found (req/s)"])  # visible in the table, not only a tooltip
+    assert set(points["how λ* is known"]) == {"bracket", "lower"}
+    assert not at.warning
+    at.selectbox(key="plan_gpu").set_value("l40s").run()
+    assert any("EXTRAPOLATION: priced as l40s" in w.value for w in at.warning)

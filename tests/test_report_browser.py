@@ -53,8 +53,15 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-async def screenshot(ws_url: str, page_url: str, min_charts: int, deadline: float) -> tuple[bytes, int]:
-    """Open page_url through the DevTools protocol, wait until min_charts plotly charts are drawn, screenshot."""
+# charts whose SVG holds at least one drawn trace (bars, lines or a heatmap)
+CHARTS_JS = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
+             ".filter(e => e.querySelector('.main-svg .trace')).length")
+
+
+async def screenshot(ws_url: str, page_url: str, min_charts: int, deadline: float,
+                     text: str = "") -> tuple[bytes, int, bool]:
+    """Open page_url through the DevTools protocol, wait until min_charts plotly charts are drawn (and `text` is
+    on the page), screenshot."""
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url, max_msg_size=0) as ws:
             ids = iter(range(1, 10_000))
@@ -72,19 +79,32 @@ async def screenshot(ws_url: str, page_url: str, min_charts: int, deadline: floa
             await call("Emulation.setDeviceMetricsOverride", width=1400, height=1600, deviceScaleFactor=1,
                        mobile=False)
             await call("Page.navigate", url=page_url)
-            drawn = 0
-            # charts whose SVG holds at least one drawn trace (bars, lines or a heatmap)
-            js = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                  ".filter(e => e.querySelector('.main-svg .trace')).length")
+            drawn, found = 0, False
+            has_text = f"document.body.innerText.includes({json.dumps(text)})"
             while time.monotonic() < deadline:
-                res = await call("Runtime.evaluate", expression=js, returnByValue=True)
+                res = await call("Runtime.evaluate", expression=CHARTS_JS, returnByValue=True)
                 drawn = int(res["result"].get("value") or 0)
-                if drawn >= min_charts:
+                res = await call("Runtime.evaluate", expression=has_text, returnByValue=True)
+                found = bool(res["result"].get("value"))
+                if drawn >= min_charts and found:
                     break
                 await asyncio.sleep(0.5)
             await asyncio.sleep(1.5)  # let the last charts finish their transition
             shot = await call("Page.captureScreenshot", format="png")
-            return base64.b64decode(shot["data"]), drawn
+            return base64.b64decode(shot["data"]), drawn, found
+
+
+def check_not_blank(png: bytes) -> None:
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+    assert img.shape == (1600, 1400)
+    assert img.std() > 10, "the screenshot is blank"
+    # many distinct grey levels: text and coloured traces, not a flat page
+    assert len(np.unique(img.astype(int))) > 50
+
+
+# (section in the URL, plotly charts it must draw, text it must show): the cold first load, then two sections
+PAGES = [("", 0, "runs match the filters"), ("Compare", 6, "SLO 2000 ms"),
+         ("Capacity", 1, "Measured on:")]
 
 
 def need_chromium() -> None:
@@ -100,7 +120,7 @@ def need_chromium() -> None:
 def test_app_draws_charts_in_headless_chromium(tmp_path):
     need_chromium()
     start = time.monotonic()
-    deadline = start + 55
+    deadline = start + 80
     runs, sweeps = tmp_path / "runs", tmp_path / "sweeps"
     make_runs(runs)
     make_sweep(sweeps)
@@ -125,26 +145,27 @@ def test_app_draws_charts_in_headless_chromium(tmp_path):
         dev_port = int(port_file.read_text().splitlines()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{dev_port}/json/list", timeout=5) as r:
             page = next(t for t in json.loads(r.read()) if t["type"] == "page")
-        png, drawn = asyncio.run(screenshot(page["webSocketDebuggerUrl"],
-                                            f"http://127.0.0.1:{port}/?section=Compare", 6, deadline))
+        shots = {}
+        for section, charts, text in PAGES:
+            url = f"http://127.0.0.1:{port}/" + (f"?section={section}" if section else "")
+            shots[section or "first-load"] = (asyncio.run(screenshot(page["webSocketDebuggerUrl"], url, charts,
+                                                                     deadline, text)), charts)
     finally:
         if browser is not None:
             stop(browser)
         stop(app)
         app_log.close()
-    (tmp_path / "report.png").write_bytes(png)
-    if SHOT_DIR:
-        SHOT_DIR.mkdir(parents=True, exist_ok=True)
-        (SHOT_DIR / "report-compare.png").write_bytes(png)
     log = (tmp_path / "streamlit.log").read_text()
     assert "Traceback" not in log, log[-3000:]
-    assert drawn >= 6, f"only {drawn} of 6 charts drawn; streamlit log:\n{log[-2000:]}"
-    img = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
-    assert img.shape == (1600, 1400)
-    assert img.std() > 10, "the screenshot is blank"
-    # many distinct grey levels: text and coloured traces, not a flat page
-    assert len(np.unique(img.astype(int))) > 50
-    assert time.monotonic() - start < 60
+    for name, ((png, drawn, found), charts) in shots.items():
+        (tmp_path / f"report-{name}.png").write_bytes(png)
+        if SHOT_DIR:
+            SHOT_DIR.mkdir(parents=True, exist_ok=True)
+            (SHOT_DIR / f"report-{name}.png").write_bytes(png)
+        assert drawn >= charts, f"{name}: only {drawn} of {charts} charts drawn; streamlit log:\n{log[-2000:]}"
+        assert found, f"{name}: the page never showed its text"
+        check_not_blank(png)
+    assert time.monotonic() - start < 85
 
 
 @pytest.mark.e2e

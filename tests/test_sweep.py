@@ -62,7 +62,10 @@ def test_rate_sweep_finds_each_lambda_star(tmp_path):
     assert all(c[3] == 4.0 and c[4] == 2 for c in runner.calls)  # duration and workers reached every run
     assert len(list((out / "runs").iterdir())) == len(runner.calls)
     table = curve_table(payload)
-    assert "multilora" in table and "merged" in table and len(table.splitlines()) == 2 + 6
+    assert "multilora" in table and "merged" in table and len(table.splitlines()) == 2 + 6 + 1
+    for p in payload["curves"]["merged"]:  # every lambda* is shown as the bracket it was found in
+        assert p["bound"] == "bracket" and p["lambda_star"] < p["upper"]
+        assert f"[{p['lambda_star']:.4g}, {p['upper']:.4g}]" in table
 
 
 def test_adapters_sweep_finds_largest_n(tmp_path):
@@ -86,6 +89,50 @@ def test_invalid_or_failed_runs_count_as_failures():
     p = probe_from_run({"metrics": {"slo_attainment": None, "goodput": None}, "valid": True},
                        {"status": "completed"}, "r")
     assert p.attainment == 0.0 and p.note == ""
+
+
+class LaggingRunner(FakeRunner):
+    """The client falls behind above `client_max` req/s per Locust worker; the server meets the SLO below truth."""
+
+    def __init__(self, client_max: float):
+        super().__init__()
+        self.client_max = client_max
+
+    def __call__(self, spec, engine, runs_root, *, log=print, progress=True, workers=None):
+        path = super().__call__(spec, engine, runs_root, log=log, progress=progress, workers=workers)
+        summary = json.loads((path / "summary.json").read_text())
+        rate = spec.traffic.rate
+        lagging = rate > self.client_max * workers
+        # a lagging client also makes the server look slow: attainment would read as a miss
+        summary["metrics"].update(schedule_lag_p99=0.2 if lagging else 0.001,
+                                  slo_attainment=0.5 if lagging else summary["metrics"]["slo_attainment"])
+        summary["valid"] = not lagging
+        (path / "summary.json").write_text(json.dumps(summary))
+        return path
+
+
+def test_lagging_probe_is_rerun_with_more_workers_then_recorded_as_limited(tmp_path):
+    # multilora's lambda*(1) is 22.9 req/s; one worker sends at most 5 req/s on time, the machine has 4 cores
+    runner = LaggingRunner(client_max=5.0)
+    cfg = SweepConfig(workload=WORKLOAD, engines=("multilora",), adapters=(1,), resolution=0.05, max_runs=20,
+                      out=str(tmp_path))
+    out = run_sweep(cfg, run_engine=runner, load_run=fake_load, has_cuda=False, log=lambda s: None, cores=4)
+    payload = json.loads((out / "capacity.json").read_text())
+    (point,) = payload["curves"]["multilora"]
+    # rates the client could not send with 1 worker were re-run with 2, then 4 (the cores), never more
+    workers_at = {}
+    for name, rate, n, _, workers in runner.calls:
+        workers_at.setdefault(rate, []).append(workers)
+    assert max(w for ws in workers_at.values() for w in ws) == 4
+    assert any(ws == [1, 2, 4] for ws in workers_at.values())
+    # nothing lagging counted as an SLO miss: the answer is a lower bound below the client's 20 req/s
+    limited = [t for t in point["tried"] if t["limited"]]
+    assert limited and all(not t["pass"] and t["load"] > 20.0 for t in limited)
+    assert all(t["load"] <= 20.0 for t in point["tried"] if not t["limited"])
+    assert point["bound"] == "lower" and point["upper"] is None and 0 < point["lambda_star"] <= 20.0
+    assert "load generator" in point["reason"]
+    table = curve_table(payload)
+    assert f">= {point['lambda_star']:.4g}" in table
 
 
 def test_bad_sweep_config_names_field():
@@ -165,3 +212,16 @@ def test_sweep_engines_accept_names_lists_and_external_json():
     got = parse_engines(["multilora,merged", '{"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}'])
     assert got[:2] == ("multilora", "merged")
     assert got[2] == {"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--adapters", "0,3"], "--adapters: [0, 3] must all be >= 1"),
+    (["--max-runs", "1"], "--max-runs: 1 must be >= 2"),
+    (["--duration", "-2"], "--duration: -2.0 must be > 0 seconds"),
+])
+def test_sweep_errors_name_the_flag_as_typed(capsys, args, message):
+    from harness.cli import main
+
+    assert main(["sweep", WORKLOAD, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"harness sweep: error: {message}") and len(err.splitlines()) == 1

@@ -68,7 +68,7 @@ def _show(args) -> int:
 
     doc = load_baseline(args.name, args.dir)
     print(f"baseline {doc.get('name')!r}: workload {doc['workload']}, model {doc['model']}, GPU {doc['gpu']}, "
-          f"saved {doc.get('created_at', '?')}, window {doc.get('window_s')} s, trace sha256 "
+          f"saved {doc.get('created_at', '?')}, windows of {doc.get('bin_s', doc.get('window_s'))} s, trace sha256 "
           f"{str(doc.get('trace_sha256'))[:12]}")
     for engine, entry in sorted(doc["engines"].items()):
         print(f"\n{engine}: {len(entry['runs'])} run(s): " + ", ".join(r["dir"] for r in entry["runs"]))

@@ -1,4 +1,4 @@
-"""`harness gate`: compare runs with a stored baseline; exit 0 pass, 1 regression, 2 unusable input."""
+"""`harness gate`: compare runs with a stored baseline; exit 0 pass, 1 regression or inconclusive, 2 unusable input."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +13,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "gate", help="fail CI when runs are slower than a baseline",
         description="Compare runs with a baseline using repeated samples (per-window values inside each run, "
-                    "and repeated runs): a metric regresses when a one-sided Mann-Whitney U test is significant "
-                    "AND its median moved more than --max-regression in the bad direction. Prints a markdown "
-                    "verdict. Exit 0: pass; 1: regression; 2: unusable input (different workload, model or GPU "
-                    "than the baseline, too few samples, an invalid run).",
+                    "and repeated runs). Three verdicts per metric: regression (a one-sided Mann-Whitney U test is "
+                    "significant AND the median moved more than --max-regression in the bad direction); pass (the "
+                    "95%% bootstrap interval of the change rules out a regression of --max-regression); "
+                    "inconclusive (the interval is too wide to tell: the output gives the smallest change this "
+                    "sample detects and how many runs would detect the one asked). Prints a markdown verdict. "
+                    "Exit 0: pass; 1: regression, or inconclusive unless --allow-inconclusive (then 0); "
+                    "2: unusable input (different workload, model or GPU than the baseline, too few samples, an "
+                    "invalid run). Windows: docs/loadgen.md.",
         epilog="Example: harness gate --baseline ci-cpu runs/ --metric ratio:output_tok_s:multilora/merged")
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="run directories, or folders whose sub-folders are run directories")
@@ -30,6 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     parser.add_argument("--min-samples", type=int, default=3,
                         help="fewest samples per side (windows or runs) to judge at all (default: %(default)s)")
+    parser.add_argument("--allow-inconclusive", action="store_true",
+                        help="exit 0 when the sample is too small to tell (default: inconclusive exits 1)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the verdict to this file")
     parser.add_argument("--json", metavar="OUT.json", help="also write the verdict as JSON to this file")
     parser.set_defaults(func=run)
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         current = snapshot_dirs(args.runs)
         check_comparable(baseline, current)
         report = evaluate(baseline, current, specs, max_regression=max_regression, alpha=args.alpha,
-                          min_samples=args.min_samples)
+                          min_samples=args.min_samples, allow_inconclusive=args.allow_inconclusive)
     except GateInputError as exc:
         message = f"Unusable input, nothing was judged: {exc}"
         print(f"gate: {message}", file=sys.stderr)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from harness.errors import UsageError
 from harness.planner import FORMULAS, GPU_PRICES, PLAN_TRACE_S
+from harness.provenance import check_gpu, sweep_provenance
 
 _PRICES = ", ".join(f"{k} ${v:.2f}" for k, v in GPU_PRICES.items())
 
@@ -15,15 +16,22 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "plan", help="GPUs and $/1M tokens for N adapters from a capacity sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Plan a shared-base fleet from the capacity curves λ*(N) of `harness sweep`.\n\nFormulas:\n"
-                    + "\n".join(f"  {f}" for f in FORMULAS)
+        description="Plan a shared-base fleet from the capacity curves λ*(N) of `harness sweep`. The plan first "
+                    "says what the curves were measured on (machine, GPU, model, workload, read from the sweep's "
+                    "run directories) and how each λ* is known (a bracket or a bound). It prices only the GPU "
+                    "the curves were measured on: another GPU type, or a GPU from a sweep on a CPU, is refused "
+                    "(exit 2) unless --allow-other-gpu, and then the plan is labelled an extrapolation.\n\n"
+                    "Formulas:\n" + "\n".join(f"  {f}" for f in FORMULAS)
                     + f"\n\nDefault $/GPU-hour (edit with --gpu-price): {_PRICES}.",
         epilog="Example: harness plan --sweep sweeps/20261122-101500-bursty30-rate --adapters 500 "
-               "--rate-per-adapter 0.05 --gpu h100 --gpu-price 2.5")
+               "--rate-per-adapter 0.05 --gpu-price 2.5")
     parser.add_argument("--adapters", type=int, required=True, help="adapters to serve")
     parser.add_argument("--rate-per-adapter", type=float, required=True, metavar="REQ_S",
                         help="mean requests/s of each adapter")
-    parser.add_argument("--gpu", default="h100", help=f"GPU type for the default price: {', '.join(GPU_PRICES)}")
+    parser.add_argument("--gpu", default=None,
+                        help=f"GPU type to price: {', '.join(GPU_PRICES)} (default: the GPU the sweep ran on)")
+    parser.add_argument("--allow-other-gpu", action="store_true",
+                        help="price a GPU other than the one measured (or a GPU from a CPU sweep): an extrapolation")
     parser.add_argument("--gpu-price", type=float, default=None, metavar="USD",
                         help="$ per GPU-hour (default: the --gpu type's default)")
     parser.add_argument("--sweep", required=True, metavar="DIR", nargs="+",
@@ -44,98 +52,103 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _load_capacity(path: str) -> dict:
+def _capacity_file(path: str) -> Path:
     p = Path(path)
     p = p / "capacity.json" if p.is_dir() else p
     if not p.is_file():
-        raise FileNotFoundError(f"--sweep {path}: no capacity.json there; make one with `harness sweep WORKLOAD`")
+        raise UsageError(f"--sweep {path}: no capacity.json there; make one with `harness sweep WORKLOAD`")
+    return p
+
+
+def _load_capacity(path: str) -> dict:
+    p = _capacity_file(path)
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc}); rerun `harness sweep`") from exc
+        raise UsageError(f"--sweep {path}: {p} is not valid JSON ({exc.msg}); rerun `harness sweep`") from None
 
 
-def merge_capacity(paths: list[str]) -> dict:
-    """One capacity payload from several sweeps of the same workload: curves merged per engine, points
-    keyed by N (a later sweep's point replaces an earlier one's), the first sweep's spec kept."""
+def merge_capacity(paths: list[str]) -> tuple[dict, dict[str, list[dict]]]:
+    """One capacity payload from several sweeps of the same workload (curves merged per engine, points keyed by
+    N, a later sweep's point replacing an earlier one's, the first sweep's spec kept) and, per engine, what
+    its points were measured on."""
     payloads = [_load_capacity(p) for p in paths]
     names = {pl.get("workload") for pl in payloads}
     if len(names) > 1:
-        raise ValueError(f"--sweep: the sweeps are of different workloads {sorted(map(str, names))}; "
+        raise UsageError(f"--sweep: the sweeps are of different workloads {sorted(map(str, names))}; "
                          "plan from sweeps of one workload")
     curves: dict[str, dict[int, dict]] = {}
-    for pl in payloads:
+    provenance: dict[str, list[dict]] = {}
+    for path, pl in zip(paths, payloads):
         for engine, points in pl.get("curves", {}).items():
             for point in points:
                 curves.setdefault(engine, {})[point["n"]] = point
+        for engine, records in sweep_provenance(_capacity_file(path).parent, pl).items():
+            provenance.setdefault(engine, [])
+            provenance[engine] += [r for r in records if r not in provenance[engine]]
     merged = dict(payloads[0])
     merged["curves"] = {e: [pts[n] for n in sorted(pts)] for e, pts in curves.items()}
-    return merged
+    return merged, provenance
 
 
-def _fmt(v, spec: str = ".4g") -> str:
-    return "n/a" if v is None else format(v, spec)
+def _check_args(args: argparse.Namespace) -> None:
+    """Each flag checked as the user typed it."""
+    if args.adapters < 1:
+        raise UsageError(f"--adapters: {args.adapters} must be >= 1")
+    for flag, value in (("--rate-per-adapter", args.rate_per_adapter), ("--peak-window", args.peak_window),
+                        ("--trace-duration", args.trace_duration), ("--gpu-price", args.gpu_price)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag}: {value:g} must be > 0")
+    if args.gpu is not None and args.gpu.lower() not in GPU_PRICES and args.gpu_price is None:
+        raise UsageError(f"--gpu: unknown type {args.gpu!r}; use one of {', '.join(GPU_PRICES)} or give --gpu-price")
 
 
-def render(plan: dict, gpu: str) -> str:
-    """The plan as text: formulas, one row per engine, then shared vs dedicated at the peaks."""
-    lines = ["Formulas:", *(f"  {f}" for f in plan["formulas"]), "",
-             f"{plan['adapters']} adapters x {plan['rate_per_adapter']:g} req/s = "
-             f"{plan['adapters'] * plan['rate_per_adapter']:.4g} req/s, {gpu} at ${plan['usd_per_gpu_hour']:.2f}"
-             "/GPU-hour", ""]
-    head = f"{'engine':<12} {'adapters/GPU':>12} {'GPUs':>6} {'$/hour':>9} {'goodput tok/s':>14} {'$/1M tok':>9}  note"
-    lines += [head, "-" * len(head)]
-    for p in plan["plans"]:
-        lines.append(f"{p['engine']:<12} {p['adapters_per_gpu']:>12} {_fmt(p['gpus'], 'd'):>6} "
-                     f"{_fmt(p['usd_per_hour'], '.2f'):>9} {p['goodput_tok_s']:>14.4g} "
-                     f"{_fmt(p['usd_per_m_tokens'], '.3f'):>9}  {p['note']}")
-    if plan["peaks"]:
-        pk = plan["peaks"]
-        lines += ["", f"Peaks over {pk['window_s']:g} s windows of the planned trace: aggregate "
-                      f"{pk['aggregate_peak']:.4g} req/s, sum of per-adapter peaks {pk['sum_of_peaks']:.4g} req/s "
-                      f"(mean {pk['mean_rate']:.4g})"]
-        head = (f"{'engine':<12} {'shared GPUs':>11} {'dedicated (whole GPUs)':>22} {'dedicated (shares)':>18} "
-                f"{'via':>10}")
-        lines += [head, "-" * len(head)]
-        for c in plan["comparison"]:
-            if "note" in c and "shared_gpus" not in c:
-                lines.append(f"{c['engine']:<12} {c['note']}")
-                continue
-            lines.append(f"{c['engine']:<12} {_fmt(c['shared_gpus'], 'd'):>11} {c['dedicated_gpus_whole']:>22} "
-                         f"{c['dedicated_gpus_shares']:>18} {c['dedicated_engine']:>10}  {c.get('note', '')}")
-    return "\n".join(lines)
+def _workload_mapping(path: str, machine: str | None) -> dict:
+    from harness.spec import WorkloadError, load_workload
+
+    try:
+        return load_workload(path).for_machine(machine != "cpu").to_dict()
+    except (WorkloadError, FileNotFoundError) as exc:
+        raise UsageError(f"--workload {path}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from harness import planner
+    from harness.plan_text import render
 
-    try:
-        price = planner.gpu_price(args.gpu, args.gpu_price)
-        payload = merge_capacity(args.sweep)
-        spec = args.workload or payload.get("spec")
-        trace = None
-        if spec:
-            if args.trace_duration <= 0:
-                raise ValueError(f"--trace-duration {args.trace_duration} must be > 0 seconds")
+    _check_args(args)
+    payload, provenance = merge_capacity(args.sweep)
+    gpu, extrapolation = check_gpu(args.gpu, provenance, GPU_PRICES, args.allow_other_gpu)
+    price = planner.gpu_price(gpu, args.gpu_price)
+    spec = _workload_mapping(args.workload, payload.get("machine")) if args.workload else payload.get("spec")
+    trace, why = None, ""
+    if spec:
+        try:
             trace = planner.planned_trace(spec, args.adapters, args.rate_per_adapter, args.trace_duration)
+        except ValueError as exc:
+            why = f"no shared-vs-dedicated comparison: the planned trace could not be built ({exc})"
+    else:
+        why = "no workload: pass --workload W to compare a shared base with dedicated deployments"
+    try:
         plan = planner.plan_fleet(payload.get("curves", {}), args.adapters, args.rate_per_adapter, price,
                                   trace=trace, window_s=args.peak_window, dedicated_engine=args.dedicated_engine)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"plan: {exc}", file=sys.stderr)
-        return 2
-    print(render(plan, args.gpu))
-    if not spec:
-        print("\n(no workload: pass --workload W to compare a shared base with dedicated deployments)")
+    except ValueError as exc:
+        raise UsageError(f"--sweep {' '.join(args.sweep)}: {exc}") from None
+    plan.update(gpu=gpu, extrapolation=extrapolation, measured_on=provenance)
+    print(render(plan, gpu, provenance, payload.get("curves", {}), extrapolation))
+    if why:
+        print(f"\n({why})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(plan, indent=1))
     if args.png:
-        from reports import figures, views
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            figures.save_png(views.capacity(payload, args.rate_per_adapter)[0], args.png)
-        except RuntimeError as exc:  # kaleido missing: the plan is printed, the figure is not
-            print(f"plan: {exc}", file=sys.stderr)
-            return 2
+        import tempfile
+
+        from harness.report_proc import run_reports
+
+        with tempfile.TemporaryDirectory() as tmp:  # the merged curves, drawn by the reports package
+            merged = Path(tmp) / "capacity.json"
+            merged.write_text(json.dumps(payload))
+            run_reports(["capacity-png", str(merged), args.png, "--rate-per-adapter", str(args.rate_per_adapter)])
         print(f"wrote {args.png}")
     return 0

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.errors import UsageError
+
 APP = Path(__file__).resolve().parents[2] / "reports" / "app.py"
 
 
@@ -38,26 +40,19 @@ def app_command(runs_dir: str, sweeps_dir: str, port: int) -> tuple[list[str], d
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports import html
+    from harness.report_proc import run_reports
 
     if not Path(args.runs_dir).is_dir():
-        print(f"report: runs folder {args.runs_dir} does not exist; run `harness run WORKLOAD` first",
-              file=sys.stderr)
-        return 2
-    sweeps = args.sweeps if Path(args.sweeps).is_dir() else None
-    if args.html or args.png:
-        try:
-            if args.html:
-                print(f"wrote {html.write_page(args.runs_dir, args.html, sweeps_root=sweeps)}")
-            if args.png:
-                print(f"wrote {len(html.write_pngs(args.runs_dir, args.png, sweeps_root=sweeps))} PNGs to {args.png}")
-        except (FileNotFoundError, RuntimeError) as exc:
-            print(f"report: {exc}", file=sys.stderr)
-            return 2
+        raise UsageError(f"RUNS_DIR {args.runs_dir}: the folder does not exist; run `harness run WORKLOAD` first")
+    sweeps = ["--sweeps", args.sweeps] if Path(args.sweeps).is_dir() else []
+    if args.html or args.png:  # the reports package runs in its own process: the harness never imports it
+        if args.html:
+            print(run_reports(["html", args.runs_dir, args.html, *sweeps]), end="")
+        if args.png:
+            print(run_reports(["png", args.runs_dir, args.png, *sweeps]), end="")
         return 0
     if not 0 < args.port < 65536:
-        print(f"report: --port {args.port} must be in 1..65535", file=sys.stderr)
-        return 2
+        raise UsageError(f"--port: {args.port} must be in 1..65535")
     cmd, env = app_command(args.runs_dir, args.sweeps, args.port)
     print(f"report: serving http://127.0.0.1:{args.port} (Ctrl-C stops it)")
     proc = subprocess.Popen(cmd, env=env)

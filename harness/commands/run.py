@@ -28,7 +28,20 @@ def register(subparsers) -> None:
                         f"else {LoadgenSpec.workers})")
     add_workload_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--percentiles", type=_percentiles, default=(), metavar="Q,Q,...",
+                   help="latency percentiles beside p50, p90, p99 and the mean and sd, e.g. 95,99.9")
     p.set_defaults(func=run)
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        qs = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers, e.g. 95,99.9") from None
+    bad = [q for q in qs if not 0 < q < 100]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]:g} must be between 0 and 100")
+    return qs
 
 
 def parse_engine(text: str, flag: str = "--engine"):
@@ -61,33 +74,6 @@ def engines_to_run(args: argparse.Namespace, spec) -> list:
     return out
 
 
-def _ms(x) -> str:
-    return "-" if x is None else f"{x * 1000:.0f}"
-
-
-def _f(x, fmt: str = ".2f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def comparison_table(runs) -> str:
-    header = ["engine", "status", "valid", "req/s", "out tok/s", "goodput tok/s", "SLO %", "TTFT p50 ms",
-              "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "E2E p99 s", "fairness", "errors"]
-    rows = []
-    for r in runs:
-        m, c = r.summary.get("metrics", {}), r.summary.get("counts", {})
-        errors = c.get("error", 0) + c.get("timeout", 0) + c.get("not_sent", 0)
-        att = m.get("slo_attainment")
-        rows.append([r.engine, r.status.get("status", "?"), "yes" if r.summary.get("valid") else "no",
-                     _f(m.get("req_s")), _f(m.get("output_tok_s"), ".1f"), _f(m.get("goodput"), ".1f"),
-                     "-" if att is None else f"{att * 100:.1f}", _ms(m.get("ttft_p50")), _ms(m.get("ttft_p99")),
-                     _ms(m.get("tpot_p50")), _ms(m.get("tpot_p99")), _f(m.get("e2e_p99")),
-                     _f(m.get("jain_fairness"), ".3f"), f"{errors}/{c.get('total', 0)}"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(x).rjust(w) for x, w in zip(cells, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
-
-
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -108,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # a CI timeout stops the servers and keeps the records too
     # Ctrl-C stops the run even when this process was started with SIGINT ignored (a background job of a shell)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    from harness import console
+
+    print(console.header(spec))
     try:
         for engine in engines:
-            paths.append(run_engine(spec, engine, args.runs_dir, progress=not args.no_progress))
+            paths.append(run_engine(spec, engine, args.runs_dir, progress=not args.no_progress,
+                                    percentiles=args.percentiles))
+            done = load_run(paths[-1])  # this engine's row now, not after the last engine
+            print(console.engine_block(done, console.percentile_labels([done]), with_head=True))
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:  # the interrupted engine's directory is complete too: show it
@@ -119,12 +111,13 @@ def run(args: argparse.Namespace) -> int:
     runs = [load_run(p) for p in paths]
     if runs:
         print()
-        print(f"{spec.name}: {spec.duration_s:g} s measured after {spec.warmup_s:g} s warm-up, "
-              f"model {spec.model}, {spec.adapters.count} adapters")
-        print(comparison_table(runs))
+        print(console.header(spec, runs))
+        print(console.comparison_table(runs))
         for r in runs:
             reasons = r.summary.get("invalid_reasons") or []
             print(f"  {r.engine}: {r.path}" + (f"  (invalid: {'; '.join(reasons)})" if reasons else ""))
+        csv_path, json_path = console.write_results(runs, spec, args.runs_dir)
+        print(f"results of this invocation: {csv_path} and {json_path}")
         print(f"total {time.monotonic() - t_start:.0f} s")
     if interrupted:
         print("interrupted: the records gathered so far are kept", file=sys.stderr)

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from harness.errors import UsageError
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -28,8 +30,12 @@ def register(subparsers) -> None:
                     "passes and one fails, then bisect until the bracket is within --resolution (relative). "
                     "--over adapters: at each --rates value, the same search over the adapter count "
                     "(integers). Every run is kept in SWEEP/runs/; SWEEP/capacity.json holds, per engine, the "
-                    "points (N, λ*, goodput at λ*, every run tried). A run that did not complete or was marked "
-                    "invalid counts as failing the SLO.",
+                    "points (N, λ*, goodput at λ*, every run tried) and how each λ* is known: a bracket [lo, hi] "
+                    "(lo met the SLO, hi did not), a lower bound (>= lo: nothing above it was seen to fail) or an "
+                    "upper bound (< hi). A run whose load generator fell behind (p99 schedule lag over "
+                    "loadgen.max_lag_p99_s) is re-run with twice the Locust workers, up to this machine's cores, "
+                    "and if it still lags is recorded as load-generator-limited: never an SLO miss. Another run "
+                    "that did not complete or was marked invalid counts as failing the SLO.",
         epilog="Example: harness sweep workloads/bursty30.yaml --over rate --adapters 1,30,100 --engines multilora "
                "merged --out sweeps/")
     parser.add_argument("workload", help="workload YAML file")
@@ -68,6 +74,11 @@ def parse_engines(items: list[str]) -> tuple:
     return tuple(out)
 
 
+# SweepConfig's fields as the flags the user typed
+FLAGS = {"over": "--over", "adapters": "--adapters", "rates": "--rates", "target": "--target",
+         "resolution": "--resolution", "max_probes": "--max-runs", "duration_s": "--duration", "workers": "--workers"}
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.sweep import CAPACITY_FILE, SweepConfig, curve_table, run_sweep
 
@@ -77,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
                           rates=args.rates, target=args.target, resolution=args.resolution,
                           max_runs=args.max_runs, duration_s=args.duration, workers=args.workers,
                           out=args.out)
-        out = run_sweep(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"sweep: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        field, _, rest = str(exc).partition(":")
+        raise UsageError(f"{FLAGS.get(field, field)}:{rest}") from None
+    out = run_sweep(cfg)
     payload = json.loads((out / CAPACITY_FILE).read_text())
     print(curve_table(payload))
     for engine, message in payload.get("errors", {}).items():
