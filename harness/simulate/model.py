@@ -2,6 +2,7 @@
 fitted from a run directory's per-request token times."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -129,12 +130,23 @@ def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: flo
 
 
 def _nonneg_lstsq(x: np.ndarray, y: np.ndarray) -> list[float]:
-    """Least squares with every coefficient >= 0 (a cost cannot be negative); columns that never vary get 0."""
-    from scipy.optimize import nnls
-
+    """Least squares with every coefficient >= 0 (a cost cannot be negative): the best over the subsets of
+    columns whose unconstrained fit is non-negative (exact for the 2-3 columns used here)."""
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-    coef, _ = nnls(x / scale, y)
-    return [float(c) for c in coef / scale]
+    xs = x / scale
+    best, best_err = np.zeros(x.shape[1]), float(np.sum(y ** 2))
+    for subset in itertools.product((False, True), repeat=x.shape[1]):
+        cols = np.flatnonzero(subset)
+        if not len(cols):
+            continue
+        coef = np.linalg.lstsq(xs[:, cols], y, rcond=None)[0]
+        if (coef < 0).any():
+            continue
+        err = float(np.sum((xs[:, cols] @ coef - y) ** 2))
+        if err < best_err:
+            best, best_err = np.zeros(x.shape[1]), err
+            best[cols] = coef
+    return [float(c) for c in best / scale]
 
 
 def _adapter_load_s(server: pd.DataFrame) -> float:

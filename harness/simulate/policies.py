@@ -36,7 +36,11 @@ def make_policy(name: str, seed: int = 0, max_ongoing: int | None = None) -> Pol
         def least(adapter: int, replicas: list[Replica]) -> int:
             loads = [r.outstanding for r in replicas]
             low = min(loads)
-            return rng.choice([j for j, n in enumerate(loads) if n == low])  # ties at random, not toward 0
+            start = rng.randrange(len(loads))  # ties go to the first from a random place, not always to 0
+            try:
+                return loads.index(low, start)
+            except ValueError:
+                return loads.index(low)
         return least
     if name == "power_of_two":
         return lambda adapter, replicas: _two_choices(rng, replicas)

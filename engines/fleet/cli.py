@@ -1,0 +1,58 @@
+"""`harness serve --replicas N`: the server's options, served by a fleet of N Ray Serve replicas."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replicas", type=int, default=None, metavar="N",
+                        help="serve N replicas through Ray Serve with adapter-aware routing (one GPU each on CUDA, "
+                             'CPU replicas otherwise; needs pip install -e ".[fleet]"); default: one server, no Ray')
+    parser.add_argument("--max-adapters-per-replica", type=int, default=None, metavar="K",
+                        help="adapters each replica keeps loaded (Ray Serve's multiplexed LRU; default: the "
+                             "engine's gpu_slots)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the fleet, print READY http://HOST:PORT, serve until SIGINT/SIGTERM, then stop Ray."""
+    from engines.config import EngineConfig
+    from engines.fleet.launch import require_ray, start_fleet, stop_fleet
+    from engines.server.cli import load_engine_config
+    from engines.server.state import ServerOptions
+
+    try:
+        if args.replicas < 1:
+            raise ValueError(f"--replicas {args.replicas} must be >= 1")
+        require_ray()
+        data = load_engine_config(args.engine_config)
+        for key in ("engine", "model", "adapters"):
+            if getattr(args, key) is not None:
+                data[key] = getattr(args, key)
+        if data.get("adapters") and not Path(data["adapters"]).is_dir():
+            raise ValueError(f"--adapters {data['adapters']!r} is not a folder")
+        config = EngineConfig.from_dict(data)
+        if ":" in config.engine:
+            raise ValueError(f"--engine {config.engine!r}: a fleet serves the registry's engines "
+                             "(multilora, merged, peft)")
+        k = args.max_adapters_per_replica or config.gpu_slots
+        if k < 1:
+            raise ValueError(f"--max-adapters-per-replica {k} must be >= 1")
+        options = ServerOptions(max_queue=args.max_queue, api_key=args.api_key, adapter_root=args.adapter_root,
+                                max_body_bytes=args.max_body_bytes, model_aliases=(config.model,))
+    except (ValueError, OSError) as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = start_fleet(config, options, args.replicas, k, args.host, args.port)
+        print(f"READY {url}", flush=True)
+        stop.wait()
+    finally:
+        stop_fleet()
+    return 0

@@ -1,0 +1,65 @@
+"""Starting and stopping a fleet: Ray, Serve's HTTP proxy on host:port, the ingress and N engine replicas."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from engines.config import EngineConfig
+from engines.server.state import ServerOptions
+
+INSTALL = 'pip install -e ".[fleet]"'
+
+
+def require_ray() -> None:
+    """Ray Serve is an optional extra: say how to get it."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"--replicas needs Ray Serve, which is not installed ({exc.name}); run: {INSTALL}") from None
+
+
+def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
+              gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None):
+    """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
+    from ray import serve
+
+    from engines.adapters.peft_format import adapter_folders
+    from engines.fleet.deployment import FleetIngress, replica_class
+
+    catalog = [p.name for p in adapter_folders(config.adapters)] if config.adapters else []
+    engine = {**config.to_dict(), "adapters": None}
+    server = {**dataclasses.asdict(options), "adapter_root": options.adapter_root or config.adapters,
+              "model_aliases": tuple(options.model_aliases)}
+    ongoing = max_ongoing or config.max_num_seqs
+    replica = serve.deployment(replica_class(max_adapters), name="EngineReplica", num_replicas=replicas,
+                               max_ongoing_requests=ongoing,
+                               ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica})
+    ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
+                               ray_actor_options={"num_cpus": 0})
+    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads)
+    return ingress.bind(bound, [config.model, *options.model_aliases], catalog)
+
+
+def start_fleet(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, host: str,
+                port: int, *, ray_init: dict[str, Any] | None = None, **kwargs) -> str:
+    """Start Ray (if not running), Serve on host:port and the fleet; returns the URL once every replica is up."""
+    import ray
+    from ray import serve
+
+    require_ray()
+    if not ray.is_initialized():
+        ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init or {})})
+    gpus = 1.0 if config.resolved_device().startswith("cuda") else 0.0
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(fleet_app(config, options, replicas, max_adapters, gpus_per_replica=gpus, **kwargs),
+              name="lora-fleet", route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def stop_fleet() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
