@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from typing import Any
 
 from engines.config import EngineConfig
@@ -51,10 +52,17 @@ def start_fleet(config: EngineConfig, options: ServerOptions, replicas: int, max
     if not ray.is_initialized():
         ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init or {})})
     gpus = 1.0 if config.resolved_device().startswith("cuda") else 0.0
+    port = port or _free_port(host)  # Serve's proxy needs a number: 0 picks a free one here
     serve.start(http_options={"host": host, "port": port})
     serve.run(fleet_app(config, options, replicas, max_adapters, gpus_per_replica=gpus, **kwargs),
               name="lora-fleet", route_prefix="/")
     return f"http://{host}:{port}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def stop_fleet() -> None:
