@@ -28,7 +28,7 @@ from engines.fleet.names import merge_metrics, requested_adapter
 REPLICA_HEADER = "x-lora-fleet-replica"
 METRICS_KEY = "lora_fleet/metrics/"  # + replica id: the replica's latest /metrics page, pushed every second
 METRICS_FRESH_S = 10.0  # pages older than this (a replica that went away) are left out of /metrics
-HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "host"}
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "host", "date", "server"}  # set again by Serve
 
 
 class EngineReplica:
