@@ -237,8 +237,6 @@ class MultiLoRAEngine(Engine):
     # ---- the loop --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         t0 = time.perf_counter()
-        if self.config.step_delay_ms:
-            time.sleep(self.config.step_delay_ms / 1e3)
         self.pool.finish_loads()
         for name, why in list(getattr(self.pool, "failed", {}).items()):
             for seq in [s for s in self._seqs.values() if s.adapter == name and s.status is SeqStatus.WAITING]:
