@@ -44,3 +44,15 @@ def test_merged_metrics_label_every_sample_with_its_replica_and_keep_families_to
     assert lines.count("# TYPE lora_fleet_running gauge") == 1
     family = [i for i, line in enumerate(lines) if "lora_fleet_running" in line]
     assert family == list(range(family[0], family[0] + 4))  # HELP, TYPE, then both samples
+
+
+def test_engine_entry_replicas_key_in_process_only():
+    from harness.distributions import WorkloadError
+    from harness.engine_spec import parse_engine_entry
+
+    assert parse_engine_entry({"name": "multilora", "replicas": 2}, "engines[0]").to_dict()["replicas"] == 2
+    assert "replicas" not in parse_engine_entry("multilora", "engines[0]").to_dict()
+    with pytest.raises(WorkloadError, match=r"engines\[0\].replicas: 0 must be an integer >= 1"):
+        parse_engine_entry({"name": "multilora", "replicas": 0}, "engines[0]")
+    with pytest.raises(WorkloadError, match="unknown key"):
+        parse_engine_entry({"name": "v", "kind": "external", "url": "http://127.0.0.1:9", "replicas": 2}, "e")
