@@ -1,26 +1,15 @@
-"""The trace a simulation routes: a workload's (with --set overrides, as on a GPU machine) or a run's own."""
+"""The trace a simulation routes: a workload's (on the replica model's hardware, then --set) or a run's own."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from harness.errors import UsageError
 from harness.schema import RUN_FILES
-from harness.spec import WorkloadError, load_workload
+from harness.spec import WorkloadError, load_workload, parse_set
 from harness.store import load_run
 from harness.trace import build_trace, read_trace
-
-
-def _overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: write KEY=VALUE, e.g. --set traffic.rate=500")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def measured_on_gpu(run_dir: str | Path) -> bool:
@@ -32,7 +21,7 @@ def workload_trace(path: str, sets: list[str], gpu: bool) -> tuple[pd.DataFrame,
     """(trace, warmup_s, duration_s, slo) of a workload as it runs on the replica model's hardware: its cpu:
     section applies when the model was fitted from a CPU run. --set overrides apply after it."""
     try:
-        spec = load_workload(path).for_machine(gpu).with_overrides(_overrides(sets))
+        spec = load_workload(path, machine="cuda" if gpu else "cpu", overrides=parse_set(sets))
         trace = build_trace(spec)
     except (WorkloadError, OSError) as exc:
         raise UsageError(f"--workload {path}: {exc}") from None
