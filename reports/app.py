@@ -13,7 +13,7 @@ import streamlit as st
 
 from harness import planner
 from harness.schema import RUN_FILES
-from reports import data, views
+from reports import data, fleet_view, views
 
 RUNS_ENV, SWEEPS_ENV = "LORA_FLEET_RUNS_DIR", "LORA_FLEET_SWEEPS_DIR"
 FILTERS = ("workload", "engine", "model", "gpu")
@@ -165,7 +165,7 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
 
 
 SECTIONS = {"Runs": page_runs, "Compare": page_compare, "Timeline": page_timeline, "Adapters": page_adapters,
-            "Capacity": page_capacity}
+            "Capacity": page_capacity, "Fleet": fleet_view.page_fleet}
 
 
 def main() -> None:

@@ -200,3 +200,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_a_folder_that_is_not_a_run_is_exit_2(tmp_path, capsys):
     assert main(["simulate", "--run", str(tmp_path)]) == 2
     assert "not a readable run directory" in capsys.readouterr().err
+
+
+def test_plan_simulate_prints_simulated_fleets_beside_ceil(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--sweep", "docs/results/h100/capacity/sweep-30-1000", "--adapters", "300",
+                 "--rate-per-adapter", "0.05", "--trace-duration", "40", "--simulate", H100_RUN,
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ceil(), multilora" in text and "simulated, affinity" in text
+    rows = json.loads(out.read_text())["simulated"]["rows"]
+    assert {r["policy"] for r in rows} == {"round_robin", "power_of_two", "affinity"}
+    for r in rows:  # the smallest R found meets the target and R - 1 does not
+        assert r["tried"][str(r["gpus"])] >= 0.9  # JSON keys are strings
+        if str(r["gpus"] - 1) in r["tried"]:
+            assert r["tried"][str(r["gpus"] - 1)] < 0.9
+        assert r["adapters_per_gpu"] == pytest.approx(300 / r["gpus"])

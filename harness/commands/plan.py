@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.errors import UsageError
 from harness.planner import FORMULAS, GPU_PRICES, PLAN_TRACE_S
 
 _PRICES = ", ".join(f"{k} ${v:.2f}" for k, v in GPU_PRICES.items())
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dedicated-engine", default="merged",
                         help="engine whose λ*(1) sizes one dedicated deployment (default: %(default)s; "
                              "each engine's own when the sweep lacks it)")
+    parser.add_argument("--simulate", default=None, metavar="RUN",
+                        help="also simulate the planned trace over replicas fitted from run directory RUN "
+                             "(harness simulate): GPUs and adapters per GPU per routing policy beside ceil()")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the plan as JSON")
     parser.add_argument("--png", default=None, metavar="OUT.png",
                         help="also draw the capacity curves with the demand line N x rate per adapter (kaleido)")
@@ -124,6 +128,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"plan: {exc}", file=sys.stderr)
         return 2
     print(render(plan, args.gpu))
+    if args.simulate:
+        from harness.simulate.plan import render_simulated, simulated_plan
+
+        if trace is None:
+            raise UsageError("--simulate needs the workload (--workload W, or a sweep that records its spec)")
+        plan["simulated"] = simulated_plan(args.simulate, trace, spec, args.adapters, payload.get("target", 0.99),
+                                           price)
+        print(render_simulated(plan["simulated"], plan))
     if not spec:
         print("\n(no workload: pass --workload W to compare a shared base with dedicated deployments)")
     if args.json:
