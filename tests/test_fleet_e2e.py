@@ -32,17 +32,20 @@ def post(url, path, body):
         return exc.code, exc.headers, exc.read()
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
+def two_replicas(root, routing: str):
+    """Start 2 CPU replicas of tiny over 3 adapters (small object store, 2 CPUs); yield the URL; stop Ray."""
     make_adapters(ModelArgs.from_name("tiny"), 3, [4], ["q_proj", "v_proj"], root)
     config = EngineConfig(model="tiny", adapters=str(root), max_num_seqs=8, num_kv_blocks=128, cuda_graphs=False)
     try:
-        url = start_fleet(config, ServerOptions(), 2, 2, "127.0.0.1", 0,
+        yield start_fleet(config, ServerOptions(), 2, 2, "127.0.0.1", 0, routing=routing,
                           ray_init={"num_cpus": 2, "object_store_memory": 200 << 20})
-        yield url
     finally:
         stop_fleet()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    yield from two_replicas(tmp_path_factory.mktemp("adapters"), "affinity")
 
 
 def replica_of(url, model):
@@ -83,3 +86,4 @@ def test_metrics_merge_both_replicas_with_a_replica_label(fleet):
         time.sleep(0.5)
     assert len(replicas) == 2
     assert sum(v for k, v in samples.items() if k.startswith("lora_fleet_output_tokens_total")) > 0
+

@@ -15,6 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-adapters-per-replica", type=int, default=None, metavar="K",
                         help="adapters each replica keeps loaded (Ray Serve's multiplexed LRU; default: the "
                              "engine's gpu_slots)")
+    parser.add_argument("--routing", choices=["affinity", "round_robin"], default="affinity",
+                        help="affinity: Ray Serve's multiplexed routing (a replica holding the adapter unless it is "
+                             "at max_ongoing_requests); round_robin: replicas in turn, the baseline (default: "
+                             "%(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        url = start_fleet(config, options, args.replicas, k, args.host, args.port)
+        url = start_fleet(config, options, args.replicas, k, args.host, args.port, routing=args.routing)
         print(f"READY {url}", flush=True)
         stop.wait()
     finally:

@@ -20,10 +20,16 @@ def require_ray() -> None:
         raise ValueError(f"--replicas needs Ray Serve, which is not installed ({exc.name}); run: {INSTALL}") from None
 
 
+ROUTERS = {"affinity": None,  # Ray's own: multiplexed model ids, a replica holding the adapter first
+           "round_robin": "engines.fleet.routers:RoundRobinRouter"}
+
+
 def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
-              gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None):
+              gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None,
+              routing: str = "affinity"):
     """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
     from ray import serve
+    from ray.serve.config import RequestRouterConfig
 
     from engines.adapters.peft_format import adapter_folders
     from engines.fleet.deployment import FleetIngress, replica_class
@@ -32,10 +38,14 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
     engine = {**config.to_dict(), "adapters": None}
     server = {**dataclasses.asdict(options), "adapter_root": options.adapter_root or config.adapters,
               "model_aliases": tuple(options.model_aliases)}
+    if routing not in ROUTERS:
+        raise ValueError(f"--routing {routing!r}: use one of {', '.join(ROUTERS)}")
     ongoing = max_ongoing or config.max_num_seqs
+    router = {"request_router_config": RequestRouterConfig(request_router_class=ROUTERS[routing])} \
+        if ROUTERS[routing] else {}
     replica = serve.deployment(replica_class(max_adapters), name="EngineReplica", num_replicas=replicas,
                                max_ongoing_requests=ongoing,
-                               ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica})
+                               ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}, **router)
     ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
                                ray_actor_options={"num_cpus": 0})
     bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads)

@@ -30,3 +30,34 @@ def replay_run(run_dir: str | Path, model: ServiceModel | None = None) -> dict[s
         rows[key] = {"measured": m, "simulated": s,
                      "error": (s - m) / m if m not in (None, 0) and s is not None else None}
     return {"run": str(run_dir), "model": model.to_dict(), "valid": run.summary.get("valid"), "compare": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m harness.simulate.validate RUN... [--fit RUN] [--out JSON]: the replay table, JSON beside it."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m harness.simulate.validate",
+                                description="Replay measured single-replica runs through the simulator.")
+    p.add_argument("runs", nargs="+", help="run directories to replay")
+    p.add_argument("--fit", default=None, help="fit the replica model from this run for all (default: each its own)")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    model = fit_run(args.fit) if args.fit else None
+    rows = [replay_run(run, model) for run in args.runs]
+    print(f"fitted from: {args.fit or 'each run itself'}; error = simulated / measured - 1")
+    print(f"{'run':<48} {'valid':>5} {'tok/s meas':>10} {'sim':>8} {'err':>7} {'TTFT50 meas ms':>14} {'sim':>7} "
+          f"{'err':>7}")
+    for r in rows:
+        tok, ttft = r["compare"]["output_tok_s"], r["compare"]["ttft_p50"]
+        print(f"{Path(r['run']).name:<48} {str(r['valid']):>5} {tok['measured']:>10.1f} {tok['simulated']:>8.1f} "
+              f"{tok['error'] * 100:>+6.1f}% {ttft['measured'] * 1e3:>14.1f} {ttft['simulated'] * 1e3:>7.1f} "
+              f"{ttft['error'] * 100:>+6.1f}%")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"fit": args.fit, "rows": rows}, indent=1, default=float))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
