@@ -63,6 +63,10 @@ def test_repeat_requests_for_one_adapter_stay_on_one_replica(fleet):
 
 
 def test_same_routes_and_errors_as_the_single_server(fleet):
+    with urllib.request.urlopen(fleet + "/v1/models", timeout=60) as r:
+        models = json.loads(r.read())["data"]
+    assert [m["id"] for m in models] == ["tiny", "adapter-0000", "adapter-0001", "adapter-0002"]
+    assert all(m["parent"] == "tiny" for m in models[1:])  # the whole catalog, whichever replica answered
     status, _, body = post(fleet, "/v1/completions", {"model": "nope", "prompt": "hi"})
     assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found"
     status, _, body = post(fleet, "/v1/completions", {"model": "adapter-0002", "prompt": "hi", "max_tokens": -1})

@@ -135,27 +135,43 @@ def replica_class(max_adapters: int) -> type:
 class FleetIngress:
     """The HTTP entry: picks the multiplexed model id and streams the chosen replica's answer back."""
 
-    def __init__(self, replicas, base_names: list[str], catalog: list[str]) -> None:
+    def __init__(self, replicas, base_names: list[str], catalog: dict[str, str]) -> None:
         self.replicas = replicas
-        self.base_names, self.catalog = set(base_names), set(catalog)
+        self.base_names, self.catalog = set(base_names), dict(catalog)  # adapter name -> its folder
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
         if path == "/metrics":
             return Response(merge_metrics(_replica_pages()), media_type="text/plain; version=0.0.4")
         body = await request.body()
-        adapter = requested_adapter(path, body, self.base_names, self.catalog)
+        adapter = requested_adapter(path, body, self.base_names, set(self.catalog))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         query = f"?{request.url.query}" if request.url.query else ""
         stream = self.replicas.options(stream=True, multiplexed_model_id=adapter).forward.remote(
             request.method, path + query, headers, body)
         status, out = await stream.__anext__()
+        if path == "/v1/models" and status == 200:
+            return await self._models(stream, out)
 
         async def rest() -> AsyncIterator[bytes]:
             async for chunk in stream:
                 yield chunk
 
         return StreamingResponse(rest(), status_code=status, headers=out)
+
+
+    async def _models(self, stream, headers: dict[str, str]) -> Response:
+        """A replica's list (the base and the adapters it holds) completed with the rest of the catalog, in the
+        single server's entry shape, so a client sees every adapter the fleet serves."""
+        data = json.loads(b"".join([chunk async for chunk in stream]))
+        listed = {m["id"] for m in data["data"]}
+        base = next(m for m in data["data"] if not m.get("parent"))
+        adapters = [m for m in data["data"] if m.get("parent")]
+        adapters += [{"id": name, "object": "model", "created": base["created"], "owned_by": base["owned_by"],
+                      "root": folder, "parent": base["id"]} for name, folder in self.catalog.items() if name not in listed]
+        data["data"] = [base, *sorted(adapters, key=lambda m: m["id"])]  # as the single server orders them
+        return Response(json.dumps(data), media_type="application/json",
+                        headers={REPLICA_HEADER: headers.get(REPLICA_HEADER, "")})
 
 
 def _replica_pages() -> dict[str, str]:

@@ -31,10 +31,10 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
-    from engines.adapters.peft_format import adapter_folders
+    from engines.adapters.folders import check_adapter_folders
     from engines.fleet.deployment import FleetIngress, replica_class
 
-    catalog = [p.name for p in adapter_folders(config.adapters)] if config.adapters else []
+    catalog = {p.name: str(p.resolve()) for p in check_adapter_folders(config.adapters)} if config.adapters else {}
     engine = {**config.to_dict(), "adapters": None}
     server = {**dataclasses.asdict(options), "adapter_root": options.adapter_root or config.adapters,
               "model_aliases": tuple(options.model_aliases)}
