@@ -5,7 +5,6 @@ import argparse
 import signal
 import sys
 import threading
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,30 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the fleet, print READY http://HOST:PORT, serve until SIGINT/SIGTERM, then stop Ray."""
-    from engines.config import EngineConfig
     from engines.fleet.launch import require_ray, start_fleet, stop_fleet
-    from engines.server.cli import load_engine_config
-    from engines.server.state import ServerOptions
+    from engines.server.cli import server_config
 
     try:
         if args.replicas < 1:
             raise ValueError(f"--replicas {args.replicas} must be >= 1")
         require_ray()
-        data = load_engine_config(args.engine_config)
-        for key in ("engine", "model", "adapters"):
-            if getattr(args, key) is not None:
-                data[key] = getattr(args, key)
-        if data.get("adapters") and not Path(data["adapters"]).is_dir():
-            raise ValueError(f"--adapters {data['adapters']!r} is not a folder")
-        config = EngineConfig.from_dict(data)
+        config, options = server_config(args)
         if ":" in config.engine:
             raise ValueError(f"--engine {config.engine!r}: a fleet serves the registry's engines "
                              "(multilora, merged, peft)")
         k = args.max_adapters_per_replica or config.gpu_slots
         if k < 1:
             raise ValueError(f"--max-adapters-per-replica {k} must be >= 1")
-        options = ServerOptions(max_queue=args.max_queue, api_key=args.api_key, adapter_root=args.adapter_root,
-                                max_body_bytes=args.max_body_bytes, model_aliases=(config.model,))
     except (ValueError, OSError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
@@ -54,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        url = start_fleet(config, options, args.replicas, k, args.host, args.port, routing=args.routing)
+        try:
+            url = start_fleet(config, options, args.replicas, k, args.host, args.port, routing=args.routing)
+        except Exception as exc:  # a replica that cannot start: Ray's reason in one line, not its traceback
+            print(f"serve: the fleet did not start: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
+                  file=sys.stderr)
+            return 1
         print(f"READY {url}", flush=True)
         stop.wait()
     finally:
