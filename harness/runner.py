@@ -286,10 +286,3 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
     writer.write_json("summary", summary)
     writer.set_status(status, message, records=len(records))
 
-
-def run_workload(spec: WorkloadSpec, engines: list[str | dict[str, Any]] | None = None,
-                 runs_root: str | Path = "runs", *, log: Callable[[str], None] = print, progress: bool = True,
-                 workers: int | None = None) -> list[Path]:
-    """Every engine of the workload (or those given), one after the other; stops at Ctrl-C."""
-    chosen = list(engines) if engines else list(spec.engines)
-    return [run_engine(spec, e, runs_root, log=log, progress=progress, workers=workers) for e in chosen]

@@ -132,3 +132,8 @@ def test_engine_entries_are_checked_once_with_their_place():
         load_workload(base(engines=[{"name": "merged", "options": {"model": "x"}}]))
     entry = parse_engine_entry({"name": "tests.x:Slow", "label": "multilora", "options": {"max_num_seqs": 8}}, "e")
     assert (entry.name, entry.label, entry.options) == ("tests.x:Slow", "multilora", {"max_num_seqs": 8})
+
+
+def test_external_engine_keys_are_checked_when_the_workload_loads():
+    with pytest.raises(WorkloadError, match=r"engines\[0\]: unknown key\(s\) \['gpus'\]"):
+        load_workload(base(engines=[{"kind": "external", "url": "http://127.0.0.1:1", "gpus": 2}]))

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     from harness.spec import PRECEDENCE, LoadgenSpec
 
     p = subparsers.add_parser("run", help="run a workload against engines and compare them",
-                              description=f"{__doc__}\n\nValues: {PRECEDENCE}. The run prints what the cpu: "
+                              description=f"{__doc__}\n\nPrecedence of values: {PRECEDENCE}. The run prints what the cpu: "
                               "section changed; each run's config.json holds the resolved spec.",
                               epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", help="workload YAML, e.g. workloads/bursty30.yaml")
