@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s=0"]
     trace, warmup, duration, slo = workload_trace(WORKLOAD, sets, gpu=True)
     trace_s = time.perf_counter() - t0
+    load = os.getloadavg()[0]
     print(f"{len(trace):,} requests over {args.duration:.0f} s, {trace['adapter'].nunique():,} adapters, "
           f"{args.replicas} replicas fitted from {args.run}; trace built in {trace_s:.1f} s; {os.cpu_count()} "
-          f"CPU(s), one process")
+          f"CPU(s), one process; load average {load:.1f} at the start (other jobs slow the times below)")
     print(f"{'policy':<18} {'sim s':>7} {'sim req/s':>9} {'tok/s':>9} {'TTFT50 ms':>9} {'TTFT99 ms':>9} "
           f"{'TPOT50 ms':>9} {'SLO':>6} {'loads':>8} {'max/R':>6}")
     rows = []
@@ -55,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{policy:<18} {sim_s:>7.1f} {len(trace) / sim_s:>9.0f} {m['output_tok_s']:>9.0f} "
               f"{m['ttft_p50'] * 1e3:>9.0f} {m['ttft_p99'] * 1e3:>9.0f} {m['tpot_p50'] * 1e3:>9.1f} "
               f"{m['slo_attainment']:>6.3f} {s['adapter_loads_total']:>8} {max(s['adapter_loads']):>6}")
-    out = {"requests": len(trace), "adapters": args.adapters, "replicas": args.replicas, "rate": args.rate,
+    out = {"load_average_start": load, "load_average_end": os.getloadavg()[0], "requests": len(trace), "adapters": args.adapters, "replicas": args.replicas, "rate": args.rate,
            "duration_s": args.duration, "trace_s": trace_s, "model": model.to_dict(), "slo": slo, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
-    print(f"wrote {args.out}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end; wrote {args.out}")
     return 0
 
 
