@@ -47,9 +47,8 @@ def simulate(trace: pd.DataFrame, model: ServiceModel, replicas: int, policy: st
     version = [0] * replicas
     events: list[tuple[float, int, int]] = []  # (time, replica, version): stale versions are skipped
 
-    def schedule(j: int) -> None:
+    def schedule(j: int, at: float) -> None:
         version[j] += 1
-        at, _ = reps[j].next_event()
         if at < NO_EVENT:
             heapq.heappush(events, (at, j, version[j]))
 
@@ -57,8 +56,7 @@ def simulate(trace: pd.DataFrame, model: ServiceModel, replicas: int, policy: st
         while events and events[0][0] <= limit:
             at, j, v = heapq.heappop(events)
             if v == version[j]:
-                reps[j].advance(at)
-                schedule(j)
+                schedule(j, reps[j].advance(at))
 
     for i in range(n):
         ti = t[i]
@@ -66,7 +64,7 @@ def simulate(trace: pd.DataFrame, model: ServiceModel, replicas: int, policy: st
         j = route(adapter[i], reps)
         chosen[i] = j
         reps[j].arrive(i, ti)
-        schedule(j)
+        schedule(j, reps[j].next_event()[0])
     run_until(NO_EVENT)
     return FleetResult(replica=np.asarray(chosen), first=np.asarray(first) + model.latency_s,
                        end=np.asarray(end) + model.latency_s,

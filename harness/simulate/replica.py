@@ -70,20 +70,21 @@ class Replica:
                 return at, k
         return done, -1
 
-    def advance(self, limit: float) -> None:
-        """Process every event at or before `limit`."""
+    def advance(self, limit: float) -> float:
+        """Process every event at or before `limit`; return the time of the next one (NO_EVENT: none)."""
         while True:
             at, k = self.next_event()
             if at > limit:
-                return
+                return at
             if k < 0:
                 self._complete(at)
             else:
                 self.n0 += k
                 self._prefill(at)
 
-    def _decode_time(self) -> None:
-        self.s = max(self.model.decode_s(len(self.fin), len(self.running_adapters)), 1e-9)
+    def _decode_time(self) -> None:  # ServiceModel.decode_s, inlined: the hot path
+        m = self.model
+        self.s = max(m.step_s + m.per_seq_s * len(self.fin) + m.per_adapter_s * len(self.running_adapters), 1e-9)
 
     def _complete(self, at: float) -> None:
         fin, step = self.fin, self.fin[0][0]
