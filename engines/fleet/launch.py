@@ -60,7 +60,9 @@ def start_fleet(config: EngineConfig, options: ServerOptions, replicas: int, max
 
     require_ray()
     if not ray.is_initialized():
-        ray.init(**{"include_dashboard": False, "log_to_driver": False, **(ray_init or {})})
+        # requests and token chunks are small: a 256 MB object store is plenty (Ray's default takes 30% of RAM)
+        ray.init(**{"include_dashboard": False, "log_to_driver": False, "object_store_memory": 256 << 20,
+                    **(ray_init or {})})
     gpus = 1.0 if config.resolved_device().startswith("cuda") else 0.0
     port = port or _free_port(host)  # Serve's proxy needs a number: 0 picks a free one here
     serve.start(http_options={"host": host, "port": port})
