@@ -168,7 +168,8 @@ class FleetIngress:
         base = next(m for m in data["data"] if not m.get("parent"))
         adapters = [m for m in data["data"] if m.get("parent")]
         adapters += [{"id": name, "object": "model", "created": base["created"], "owned_by": base["owned_by"],
-                      "root": folder, "parent": base["id"]} for name, folder in self.catalog.items() if name not in listed]
+                      "root": folder, "parent": base["id"]}
+                     for name, folder in self.catalog.items() if name not in listed]
         data["data"] = [base, *sorted(adapters, key=lambda m: m["id"])]  # as the single server orders them
         return Response(json.dumps(data), media_type="application/json",
                         headers={REPLICA_HEADER: headers.get(REPLICA_HEADER, "")})
