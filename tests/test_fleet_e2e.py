@@ -22,9 +22,10 @@ from engines.server.state import ServerOptions  # noqa: E402
 pytestmark = pytest.mark.e2e
 
 
-def post(url, path, body):
+def post(url, path, body, key=None):
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
     req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **auth})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, r.headers, r.read()
@@ -32,12 +33,12 @@ def post(url, path, body):
         return exc.code, exc.headers, exc.read()
 
 
-def two_replicas(root, routing: str):
+def two_replicas(root, routing: str, **options):
     """Start 2 CPU replicas of tiny over 3 adapters (small object store, 2 CPUs); yield the URL; stop Ray."""
     make_adapters(ModelArgs.from_name("tiny"), 3, [4], ["q_proj", "v_proj"], root)
     config = EngineConfig(model="tiny", adapters=str(root), max_num_seqs=8, num_kv_blocks=128, cuda_graphs=False)
     try:
-        yield start_fleet(config, ServerOptions(), 2, 2, "127.0.0.1", 0, routing=routing,
+        yield start_fleet(config, ServerOptions(**options), 2, 2, "127.0.0.1", 0, routing=routing,
                           ray_init={"num_cpus": 2, "object_store_memory": 200 << 20})
     finally:
         stop_fleet()
@@ -48,8 +49,8 @@ def fleet(tmp_path_factory):
     yield from two_replicas(tmp_path_factory.mktemp("adapters"), "affinity")
 
 
-def replica_of(url, model):
-    status, headers, body = post(url, "/v1/completions", {"model": model, "prompt": "hi", "max_tokens": 2})
+def replica_of(url, model, key=None):
+    status, headers, body = post(url, "/v1/completions", {"model": model, "prompt": "hi", "max_tokens": 2}, key)
     assert status == 200, body
     return headers[REPLICA_HEADER]
 

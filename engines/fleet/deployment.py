@@ -52,6 +52,8 @@ class EngineReplica:
         self.server = ServerThread(app).start()
         self.id = serve.get_replica_context().replica_tag
         self.session: aiohttp.ClientSession | None = None
+        key = server_options.get("api_key")  # the replica's own adapter loads pass the server's key check
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.in_flight: Counter = Counter()  # adapter -> requests running here
         self.evicted: set[str] = set()  # evicted while requests of it ran: unregistered when the last ends
         self.pusher = asyncio.get_event_loop().create_task(self._push_metrics())
@@ -63,7 +65,7 @@ class EngineReplica:
 
     async def _post(self, path: str, body: dict) -> None:
         session = await self._http()
-        async with session.post(path, json=body) as r:
+        async with session.post(path, json=body, headers=self.auth) as r:  # never on forwarded requests
             if r.status != 200 and not (path.endswith("/unload_lora_adapter") and r.status == 404):
                 raise RuntimeError(f"{path} {body}: HTTP {r.status} {await r.text()}")
 
