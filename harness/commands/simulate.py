@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import EXIT_CODES_HELP, UsageError
 from harness.simulate.policies import POLICIES
 
 
@@ -15,8 +15,9 @@ def register(subparsers) -> None:
         description="Fit a replica's service model from a run directory (decode step vs batch and distinct "
                     "adapters, prefill, adapter load time, slots), then route a trace over R simulated replicas "
                     "with each policy. The trace is the run's own unless --workload is given.",
-        epilog="Example: harness simulate --run runs/<dir> --workload workloads/powerlaw1000.yaml "
-               "--set adapters.count=10000 --set traffic.rate=500 --replicas 100 --find-replicas")
+        epilog="Example: harness simulate --run runs/<dir> --workload workloads/powerlaw1000.yaml \\\n"
+               "    --set adapters.count=10000 --set traffic.rate=500 --replicas 100 --find-replicas\n\n"
+               + EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="DIR", help="run directory the replica model is fitted from")
     p.add_argument("--workload", default=None, metavar="W", help="workload YAML whose trace is simulated")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a workload field")
