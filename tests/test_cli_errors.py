@@ -37,6 +37,7 @@ def small_workload(tmp_path, **over):
     (["run", BURSTY, "--workers", "0"], "--workers 0: loadgen.workers: 0 must be >= 1"),
     (["run", "nope.yaml"], "workload file nope.yaml does not exist"),
     (["trace", BURSTY, "--set", "duration_s=-1"], "--set duration_s=-1: duration_s: -1 must be > 0"),
+    (["trace", BURSTY, "--out", "/proc/no/trace.csv"], "--out /proc/no/trace.csv: cannot write it"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
     assert main(argv) == 2
