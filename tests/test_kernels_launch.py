@@ -190,3 +190,14 @@ def test_tuner_choice_minimises_total_over_cases_sharing_a_key():
     choose(times, table, log=lambda msg: None)
     assert table["shrink"]["K"]["split_k"] == 4  # 16 us in total beats 25 us, though a wins one case
     assert "expand" not in table  # no config was measured on every case of the key
+
+
+def test_tuner_refuses_a_config_that_only_launches_stepped_down():
+    from kernels.tune import stepped_down
+    big, small = ShrinkConfig(block_k=1024, num_stages=4), ShrinkConfig(block_k=1024, num_stages=3)
+    launch._FITTED.clear()
+    launch._FITTED[("shrink", "T16-H4096-S3-R16-float32", big)] = small
+    launch._FITTED[("shrink", "T16-H4096-S1-R16-float32", small)] = small
+    assert "stepped down" in stepped_down("shrink", big)
+    assert stepped_down("shrink", small) is None and stepped_down("expand", big) is None
+    launch._FITTED.clear()
