@@ -38,6 +38,7 @@ class EngineEntry:
     label: str = ""  # run directories and tables name the engine by this (default: name)
     options: dict[str, Any] = field(default_factory=dict)
     external: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 1  # in-process: > 1 serves it as a Ray Serve fleet (harness serve --replicas)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "label": self.label}
@@ -45,6 +46,8 @@ class EngineEntry:
             out.update(copy.deepcopy(self.external))
         else:
             out["options"] = copy.deepcopy(self.options)
+        if self.replicas > 1:
+            out["replicas"] = self.replicas
         return out
 
 
@@ -84,7 +87,7 @@ def parse_engine_entry(value: Any, where: str, *, engine_options: dict[str, dict
         raise WorkloadError(f"{where}.kind: {kind!r} is not one of {list(ENGINE_KINDS)}")
     if kind == "external":
         return _external(value, where, model)
-    check_keys(value, COMMON_KEYS | {"options"}, where)
+    check_keys(value, COMMON_KEYS | {"options"} | ({"replicas"} if kind == "inprocess" else set()), where)
     name = value.get("name", "stub" if kind == "stub" else None)
     if kind == "inprocess" and (not isinstance(name, str) or (name not in ENGINES and ":" not in name)):
         raise WorkloadError(f"{where}.name: {name!r} is not one of {sorted(ENGINES)} (or package.module:Class "
@@ -95,7 +98,11 @@ def parse_engine_entry(value: Any, where: str, *, engine_options: dict[str, dict
     if kind == "inprocess":
         options = {**(engine_options or {}).get(name, {}), **options}
         check_engine_options(options, f"{where}.options")
-    return EngineEntry(name=name, kind=kind, label=_label(value, name, where), options=copy.deepcopy(options))
+    replicas = value.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise WorkloadError(f"{where}.replicas: {replicas!r} must be an integer >= 1")
+    return EngineEntry(name=name, kind=kind, label=_label(value, name, where), options=copy.deepcopy(options),
+                       replicas=replicas)
 
 
 def _label(value: dict[str, Any], name: str, where: str) -> str:

@@ -63,7 +63,9 @@ class InProcessLauncher:
 
     def start(self) -> str:
         adapters = prepare_adapters(self.spec, self.log)
-        cmd = [sys.executable, "-m", "engines.server", "--engine", self.engine["name"], "--model", self.spec.model,
+        replicas = int(self.engine.get("replicas", 1))  # > 1: a Ray Serve fleet, same flags
+        server = ["harness", "serve", "--replicas", str(replicas)] if replicas > 1 else ["engines.server"]
+        cmd = [sys.executable, "-m", *server, "--engine", self.engine["name"], "--model", self.spec.model,
                "--host", "127.0.0.1", "--port", "0"]
         if adapters is not None:
             cmd += ["--adapters", str(adapters)]

@@ -15,7 +15,7 @@ from harness import planner
 from harness.plan_text import plan_sweep
 from harness.provenance import gpu_type, sweep_provenance
 from harness.schema import RUN_FILES
-from reports import data, labels, views
+from reports import data, fleet_view, labels, views
 
 RUNS_ENV, SWEEPS_ENV = "LORA_FLEET_RUNS_DIR", "LORA_FLEET_SWEEPS_DIR"
 FILTERS = ("workload", "engine", "model", "gpu")
@@ -194,7 +194,7 @@ def page_capacity(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
 
 
 SECTIONS = {"Runs": page_runs, "Compare": page_compare, "Timeline": page_timeline, "Adapters": page_adapters,
-            "Capacity": page_capacity}
+            "Capacity": page_capacity, "Fleet": fleet_view.page_fleet}
 
 
 def main() -> None:

@@ -77,28 +77,36 @@ def plugin_class(spec: str):
     return cls
 
 
+def server_config(args: argparse.Namespace):
+    """(EngineConfig, ServerOptions) from the options: --engine-config, then --engine/--model/--adapters
+    (also what `harness serve --replicas` gives every replica). ValueError/OSError on bad input."""
+    from engines.config import EngineConfig
+    from engines.server.state import ServerOptions
+
+    data = load_engine_config(args.engine_config)
+    for key in ("engine", "model", "adapters"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    if data.get("adapters") and not Path(data["adapters"]).is_dir():
+        raise ValueError(f"--adapters {data['adapters']!r} is not a folder")
+    config = EngineConfig.from_dict(data)
+    options = ServerOptions(max_queue=args.max_queue, api_key=args.api_key,
+                            adapter_root=args.adapter_root or config.adapters,
+                            runtime_lora=args.enable_runtime_lora, max_runtime_loras=args.max_runtime_loras,
+                            unload_wait_s=args.unload_wait_s, drain_s=args.drain_s,
+                            max_body_bytes=args.max_body_bytes, model_aliases=(config.model,))
+    return config, options
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the engine from the options, serve until SIGINT/SIGTERM; print READY http://HOST:PORT once listening."""
-    from engines.config import EngineConfig
     from engines.registry import engine_class
     from engines.server.app import build_app, drain
     from engines.server.runner import serve_forever
-    from engines.server.state import ServerOptions
     from engines.tokenizer import get_tokenizer
 
     try:
-        data = load_engine_config(args.engine_config)
-        for key in ("engine", "model", "adapters"):
-            if getattr(args, key) is not None:
-                data[key] = getattr(args, key)
-        if data.get("adapters") and not Path(data["adapters"]).is_dir():
-            raise ValueError(f"--adapters {data['adapters']!r} is not a folder")
-        config = EngineConfig.from_dict(data)
-        options = ServerOptions(max_queue=args.max_queue, api_key=args.api_key,
-                                adapter_root=args.adapter_root or config.adapters,
-                                runtime_lora=args.enable_runtime_lora, max_runtime_loras=args.max_runtime_loras,
-                                unload_wait_s=args.unload_wait_s, drain_s=args.drain_s,
-                                max_body_bytes=args.max_body_bytes, model_aliases=(config.model,))
+        config, options = server_config(args)
         tokenizer = get_tokenizer(config.model)
         cls = plugin_class(config.engine) if ":" in config.engine else engine_class(config.engine)
     except (ValueError, OSError, ImportError, AttributeError) as exc:

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     parser.add_argument("--dedicated-engine", default="merged",
                         help="engine whose λ*(1) sizes one dedicated deployment (default: %(default)s; "
                              "each engine's own when the sweep lacks it)")
+    parser.add_argument("--simulate", default=None, metavar="RUN",
+                        help="also simulate the planned trace over replicas fitted from run directory RUN "
+                             "(harness simulate): GPUs and adapters per GPU per routing policy beside ceil()")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the plan as JSON")
     parser.add_argument("--png", default=None, metavar="OUT.png",
                         help="also draw the capacity curves with the demand line N x rate per adapter (kaleido)")
@@ -136,6 +139,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--sweep {' '.join(args.sweep)}: {exc}") from None
     plan.update(gpu=gpu, extrapolation=extrapolation, measured_on=provenance)
     print(render(plan, gpu, provenance, payload.get("curves", {}), extrapolation))
+    if args.simulate:
+        from harness.simulate.plan import render_simulated, simulated_plan
+
+        if trace is None:
+            raise UsageError("--simulate needs the workload (--workload W, or a sweep that records its spec)")
+        plan["simulated"] = simulated_plan(args.simulate, trace, spec, args.adapters, payload.get("target", 0.99),
+                                           price)
+        print(render_simulated(plan["simulated"], plan))
     if why:
         print(f"\n({why})")
     if args.json:

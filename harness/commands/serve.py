@@ -1,4 +1,4 @@
-"""`harness serve`: run the OpenAI-compatible server around an in-process engine."""
+"""`harness serve`: run the OpenAI-compatible server around an in-process engine (or N of them with --replicas)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import socket
 
 
 def register(subparsers) -> None:
+    from engines.fleet.cli import add_arguments as add_fleet_arguments
     from engines.server.cli import add_arguments
     from harness.errors import EXIT_CODES_HELP
 
@@ -16,6 +17,7 @@ def register(subparsers) -> None:
                                    "Prints 'READY http://HOST:PORT' once it listens.", epilog=EXIT_CODES_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    add_fleet_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.errors import UsageError
 
     check_flags(args)
+    if args.replicas is not None:  # a Ray Serve fleet of N replicas (engines/fleet)
+        from engines.fleet.cli import run as serve_fleet
+
+        return serve_fleet(args)
     try:
         return serve(args)
     except AdapterFileError as exc:  # the engine reads the adapters at start

@@ -1,0 +1,85 @@
+"""Starting and stopping a fleet: Ray, Serve's HTTP proxy on host:port, the ingress and N engine replicas."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Any
+
+from engines.config import EngineConfig
+from engines.server.state import ServerOptions
+
+INSTALL = 'pip install -e ".[fleet]"'
+
+
+def require_ray() -> None:
+    """Ray Serve is an optional extra: say how to get it."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"--replicas needs Ray Serve, which is not installed ({exc.name}); run: {INSTALL}") from None
+
+
+ROUTERS = {"affinity": None,  # Ray's own: multiplexed model ids, a replica holding the adapter first
+           "round_robin": "engines.fleet.routers:RoundRobinRouter"}
+
+
+def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
+              gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None,
+              routing: str = "affinity"):
+    """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from engines.adapters.folders import check_adapter_folders
+    from engines.fleet.deployment import FleetIngress, replica_class
+
+    catalog = {p.name: str(p.resolve()) for p in check_adapter_folders(config.adapters)} if config.adapters else {}
+    engine = {**config.to_dict(), "adapters": None}
+    server = {**dataclasses.asdict(options), "adapter_root": options.adapter_root or config.adapters,
+              "model_aliases": tuple(options.model_aliases)}
+    if routing not in ROUTERS:
+        raise ValueError(f"--routing {routing!r}: use one of {', '.join(ROUTERS)}")
+    ongoing = max_ongoing or config.max_num_seqs
+    router = {"request_router_config": RequestRouterConfig(request_router_class=ROUTERS[routing])} \
+        if ROUTERS[routing] else {}
+    replica = serve.deployment(replica_class(max_adapters), name="EngineReplica", num_replicas=replicas,
+                               max_ongoing_requests=ongoing,
+                               ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}, **router)
+    ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
+                               ray_actor_options={"num_cpus": 0})
+    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads)
+    return ingress.bind(bound, [config.model, *options.model_aliases], catalog)
+
+
+def start_fleet(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, host: str,
+                port: int, *, ray_init: dict[str, Any] | None = None, **kwargs) -> str:
+    """Start Ray (if not running), Serve on host:port and the fleet; returns the URL once every replica is up."""
+    import ray
+    from ray import serve
+
+    require_ray()
+    if not ray.is_initialized():
+        # requests and token chunks are small: a 256 MB object store is plenty (Ray's default takes 30% of RAM)
+        ray.init(**{"include_dashboard": False, "log_to_driver": False, "object_store_memory": 256 << 20,
+                    **(ray_init or {})})
+    gpus = 1.0 if config.resolved_device().startswith("cuda") else 0.0
+    port = port or _free_port(host)  # Serve's proxy needs a number: 0 picks a free one here
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(fleet_app(config, options, replicas, max_adapters, gpus_per_replica=gpus, **kwargs),
+              name="lora-fleet", route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def stop_fleet() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()

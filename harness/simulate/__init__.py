@@ -1,0 +1,1 @@
+"""Fleet simulator: R replicas fitted from a measured run, routing policies, SLO attainment and the smallest R."""

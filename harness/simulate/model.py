@@ -1,0 +1,168 @@
+"""A replica's service model (decode step vs batch and distinct adapters, prefill per token, adapter load, slots),
+fitted from a run directory's per-request token times."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engines.config import EngineConfig
+from harness.errors import UsageError
+from harness.store import load_run
+
+MAX_FIT_GAPS = 60_000  # token gaps used in the least-squares fit (a sample when a run has more)
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """Times in seconds. A decode step of b sequences over a distinct adapters takes
+    step_s + per_seq_s*b + per_adapter_s*a; a prefill step of n prompt tokens takes prefill_s + per_token_s*n."""
+
+    step_s: float
+    per_seq_s: float
+    per_adapter_s: float
+    prefill_s: float
+    per_prompt_token_s: float
+    latency_s: float = 0.0  # added to first token and end without holding the engine (HTTP, streaming)
+    adapter_load_s: float = 0.0
+    slots: int = 256  # sequences running at once (max_num_seqs)
+    max_batched_tokens: int = 8192  # prompt tokens in one prefill step
+    adapter_slots: int = 64  # adapters one replica keeps resident (its LRU; gpu_slots)
+    source: str = ""  # the run it was fitted from
+
+    def decode_s(self, batch: int, adapters: int) -> float:
+        return self.step_s + self.per_seq_s * batch + self.per_adapter_s * adapters
+
+    def prefill_step_s(self, tokens: int) -> float:
+        return self.prefill_s + self.per_prompt_token_s * tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "ServiceModel":
+        return ServiceModel(**{**asdict(self), **changes})
+
+
+def _running_at(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """How many intervals [start, end) contain each time in t."""
+    return np.searchsorted(np.sort(starts), t, side="right") - np.searchsorted(np.sort(ends), t, side="right")
+
+
+def _gaps(ok: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of every gap between consecutive streamed tokens of the ok requests (a sample if many)."""
+    starts, ends = [], []
+    for times in ok["token_times"]:
+        t = np.asarray(times if times is not None else [], dtype=np.float64)
+        if len(t) > 1:
+            starts.append(t[:-1])
+            ends.append(t[1:])
+    if not starts:
+        raise UsageError("simulate --run: the run has no request with two streamed tokens to fit a step time from")
+    lo, hi = np.concatenate(starts), np.concatenate(ends)
+    keep = hi > lo  # a chunk of several tokens arrives at once: no step boundary between them
+    lo, hi = lo[keep], hi[keep]
+    if len(lo) > MAX_FIT_GAPS:
+        pick = rng.choice(len(lo), MAX_FIT_GAPS, replace=False)
+        lo, hi = lo[pick], hi[pick]
+    return lo, hi
+
+
+def _decoding(ok: pd.DataFrame, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Requests decoding (first token seen, not ended) at each time in t, and their distinct adapters."""
+    batch = _running_at(ok["first_token"].to_numpy(np.float64), ok["end"].to_numpy(np.float64), t)
+    adapters = np.zeros(len(t))
+    for name, g in ok.groupby("adapter"):
+        if str(name):  # the base model is not an adapter
+            adapters += _running_at(g["first_token"].to_numpy(np.float64), g["end"].to_numpy(np.float64), t) > 0
+    return batch, adapters
+
+
+def _first_tokens_inside(first_sorted: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How many first tokens arrived strictly inside each (lo, hi)."""
+    return np.searchsorted(first_sorted, hi, side="left") - np.searchsorted(first_sorted, lo, side="right")
+
+
+def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: float = 0.0,
+                source: str = "") -> ServiceModel:
+    """Three least-squares fits over the client's token times.
+
+    Decode step: a gap between two streamed tokens of one request with no other request's first token inside
+    it is one decode step (plus the server's time outside it) of the b requests decoding at its midpoint over
+    a distinct adapters. Prefill step: a gap with exactly one first token inside held that request's prefill
+    step and one decode step, so gap - decode(b, a) = prefill(prompt). Latency: what a request that waited
+    for nobody spent beyond half a decode step and its prefill (HTTP, tokenizing, streaming: time that does
+    not hold the engine) is added to its first token and its end."""
+    ok = records[(records["status"] == "ok") & records["first_token"].notna()]
+    ok = ok[ok["output_tokens"] >= 1]
+    if len(ok) < 5:
+        raise UsageError(f"simulate --run {source}: only {len(ok)} completed request(s); need at least 5 to fit")
+    order = np.argsort(ok["first_token"].to_numpy(np.float64))
+    first_sorted = ok["first_token"].to_numpy(np.float64)[order]
+    prompt_sorted = ok["prompt_tokens"].to_numpy(np.float64)[order]
+    lo, hi = _gaps(ok, np.random.default_rng(0))
+    inside = _first_tokens_inside(first_sorted, lo, hi)
+    pure, single = inside == 0, inside == 1
+    if pure.sum() < 3 or single.sum() < 3:
+        raise UsageError(f"simulate --run {source}: too few token gaps with zero or one prefill inside to fit "
+                         "step times (a run of a few seconds at a low rate has too few)")
+    batch, adapters = _decoding(ok, (lo[pure] + hi[pure]) / 2)
+    step = _nonneg_lstsq(np.column_stack([np.ones_like(batch), batch, adapters]), hi[pure] - lo[pure])
+
+    def decode(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return step[0] + step[1] * b + step[2] * a
+
+    b, a = _decoding(ok, (lo[single] + hi[single]) / 2)
+    tokens = prompt_sorted[np.searchsorted(first_sorted, lo[single], side="right")]
+    prefill = _nonneg_lstsq(np.column_stack([np.ones_like(tokens), tokens]), hi[single] - lo[single] - decode(b, a))
+    sent, first = ok["actual_send"].to_numpy(np.float64), ok["first_token"].to_numpy(np.float64)
+    alone = _first_tokens_inside(first_sorted, sent, first) == 0
+    b, a = _decoding(ok, sent[alone])
+    rest = (first - sent)[alone] - 0.5 * decode(b, a) * (b > 0) - prefill[0] \
+        - prefill[1] * ok["prompt_tokens"].to_numpy(np.float64)[alone]
+    latency = max(0.0, float(np.median(rest))) if len(rest) else 0.0
+    return ServiceModel(step_s=step[0], per_seq_s=step[1], per_adapter_s=step[2], prefill_s=prefill[0],
+                        per_prompt_token_s=prefill[1], latency_s=latency, adapter_load_s=adapter_load_s,
+                        slots=config.max_num_seqs, max_batched_tokens=config.max_num_batched_tokens,
+                        adapter_slots=config.gpu_slots, source=source)
+
+
+def _nonneg_lstsq(x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Least squares with every coefficient >= 0 (a cost cannot be negative): the best over the subsets of
+    columns whose unconstrained fit is non-negative (exact for the 2-3 columns used here)."""
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    xs = x / scale
+    best, best_err = np.zeros(x.shape[1]), float(np.sum(y ** 2))
+    for subset in itertools.product((False, True), repeat=x.shape[1]):
+        cols = np.flatnonzero(subset)
+        if not len(cols):
+            continue
+        coef = np.linalg.lstsq(xs[:, cols], y, rcond=None)[0]
+        if (coef < 0).any():
+            continue
+        err = float(np.sum((xs[:, cols] @ coef - y) ** 2))
+        if err < best_err:
+            best, best_err = np.zeros(x.shape[1]), err
+            best[cols] = coef
+    return [float(c) for c in best / scale]
+
+
+def _adapter_load_s(server: pd.DataFrame) -> float:
+    """Mean seconds per adapter load from the server samples (0 when the run loaded none)."""
+    loads, secs = "lora_fleet_adapter_loads", "lora_fleet_adapter_load_seconds"
+    if loads not in server or secs not in server or server[loads].max() <= 0:
+        return 0.0
+    return float(server[secs].max() / server[loads].max())
+
+
+def fit_run(run_dir: str | Path) -> ServiceModel:
+    """The service model of the engine a run directory measured (its records, config and server samples)."""
+    try:
+        run = load_run(run_dir)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"simulate --run {run_dir}: not a readable run directory ({exc})") from None
+    options = {k: v for k, v in (run.config.get("engine", {}).get("options") or {}).items()
+               if k in EngineConfig.__dataclass_fields__}
+    return fit_records(run.records, EngineConfig(**options), _adapter_load_s(run.server), source=str(run_dir))

@@ -1,0 +1,63 @@
+"""Replaying a measured single-replica run through the simulator: predicted against measured figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.simulate.fleet import simulate
+from harness.simulate.model import ServiceModel, fit_run
+from harness.simulate.summary import summarize_fleet
+from harness.schema import RUN_FILES
+from harness.store import load_run
+from harness.trace import read_trace
+
+COMPARED = ("output_tok_s", "req_s", "ttft_p50", "ttft_p90", "tpot_p50", "slo_attainment")
+
+
+def replay_run(run_dir: str | Path, model: ServiceModel | None = None) -> dict[str, Any]:
+    """Simulate the run's own trace on one replica (fitted from the run unless a model is given)."""
+    run = load_run(run_dir)
+    model = model or fit_run(run_dir)
+    wl = run.config.get("workload", {})
+    trace = read_trace(Path(run.path) / RUN_FILES["trace"])
+    result = simulate(trace, model, 1, "round_robin")
+    sim = summarize_fleet(trace, result, warmup_s=float(wl["warmup_s"]), duration_s=float(wl["duration_s"]),
+                          slo=dict(wl.get("slo") or {}))["metrics"]
+    measured = run.summary.get("metrics", {})
+    rows = {}
+    for key in COMPARED:
+        m, s = measured.get(key), sim.get(key)
+        rows[key] = {"measured": m, "simulated": s,
+                     "error": (s - m) / m if m not in (None, 0) and s is not None else None}
+    return {"run": str(run_dir), "model": model.to_dict(), "valid": run.summary.get("valid"), "compare": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m harness.simulate.validate RUN... [--fit RUN] [--out JSON]: the replay table, JSON beside it."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m harness.simulate.validate",
+                                description="Replay measured single-replica runs through the simulator.")
+    p.add_argument("runs", nargs="+", help="run directories to replay")
+    p.add_argument("--fit", default=None, help="fit the replica model from this run for all (default: each its own)")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    model = fit_run(args.fit) if args.fit else None
+    rows = [replay_run(run, model) for run in args.runs]
+    print(f"fitted from: {args.fit or 'each run itself'}; error = simulated / measured - 1")
+    print(f"{'run':<48} {'valid':>5} {'tok/s meas':>10} {'sim':>8} {'err':>7} {'TTFT50 meas ms':>14} {'sim':>7} "
+          f"{'err':>7}")
+    for r in rows:
+        tok, ttft = r["compare"]["output_tok_s"], r["compare"]["ttft_p50"]
+        print(f"{Path(r['run']).name:<48} {str(r['valid']):>5} {tok['measured']:>10.1f} {tok['simulated']:>8.1f} "
+              f"{tok['error'] * 100:>+6.1f}% {ttft['measured'] * 1e3:>14.1f} {ttft['simulated'] * 1e3:>7.1f} "
+              f"{ttft['error'] * 100:>+6.1f}%")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"fit": args.fit, "rows": rows}, indent=1, default=float))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
