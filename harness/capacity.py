@@ -60,10 +60,28 @@ def bound_kind(lo: float, hi: float) -> str:
     return "upper" if math.isfinite(hi) else "unknown"
 
 
+def point_bound(point: dict, over: str = "rate") -> tuple[str, float | None]:
+    """(bound kind, upper) of a capacity.json point. Points written before bounds were recorded carry neither:
+    they are derived from the point's tried loads (the smallest failed load is the upper end), the same rule
+    as bound_kind, so an old sweep is never shown as a bracket it does not have."""
+    if "bound" in point or "tried" not in point:  # a point with no search record is taken as given
+        return str(point.get("bound", "bracket")), point.get("upper")
+    lo = float(point["lambda_star"] if over == "rate" else point["n"])
+    failed = [float(t["load"]) for t in point.get("tried", []) if not t.get("pass") and not t.get("limited")]
+    hi = min((f for f in failed if f > lo), default=math.inf)
+    return bound_kind(lo, hi), (hi if math.isfinite(hi) else None)
+
+
+def point_text(point: dict, over: str = "rate") -> str:
+    """How a point's answer is known: the bracket, or a bound (see bound_text)."""
+    kind, upper = point_bound(point, over)
+    return bound_text(kind, point["lambda_star"] if over == "rate" else point["n"], upper)
+
+
 def bound_text(kind: str, lo: float | None, hi: float | None, fmt: str = ".4g") -> str:
     """A capacity as it is known: "[2.25, 2.5]", ">= 2.25" (a lower bound), "< 0.5" (an upper bound) or "?"."""
     if kind == "bracket":
-        return f"[{lo:{fmt}}, {hi:{fmt}}]"
+        return f"[{lo:{fmt}}, {hi:{fmt}}]" if hi is not None else f"{lo:{fmt}}"
     if kind == "lower":
         return f">= {lo:{fmt}}"
     if kind == "upper":

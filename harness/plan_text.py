@@ -2,7 +2,7 @@
 the shared-vs-dedicated answer in sentences; used by `harness plan` and the static report."""
 from __future__ import annotations
 
-from harness.capacity import bound_text
+from harness.capacity import point_text
 
 
 def _fmt(v, spec: str = ".4g") -> str:
@@ -25,7 +25,7 @@ def curve_lines(curves: dict[str, list[dict]]) -> list[str]:
     lines = ["Capacity curves, lambda*(N) in total req/s ([lo, hi]: lo met the SLO, hi did not; >= x: a lower "
              "bound; < x: an upper bound):"]
     for engine, points in curves.items():
-        parts = [f"N={p['n']} {bound_text(p.get('bound', 'bracket'), p['lambda_star'], p.get('upper'))}"
+        parts = [f"N={p['n']} {point_text(p)}"
                  for p in sorted(points, key=lambda p: p["n"])]
         lines.append(f"  {engine}: " + ", ".join(parts))
     return lines

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.capacity import point_bound
+
 # $/GPU-hour defaults: typical on-demand cloud prices; every one is an input (--gpu-price, the app's table).
 GPU_PRICES = {"h100": 2.50, "h200": 3.50, "a100-80gb": 1.80, "l40s": 1.00, "a10g": 0.75}
 
@@ -72,7 +74,7 @@ class Curve:
         if any(v < 0 or not math.isfinite(v) for v in lam):
             raise ValueError(f"capacity curve of {engine!r}: lambda_star {lam} must be finite and >= 0")
         return cls(engine, tuple(ns), tuple(lam), tuple(float(p.get("goodput_tok_s") or 0.0) for p in pts),
-                   tuple(str(p.get("bound", "bracket")) for p in pts))
+                   tuple(point_bound(p)[0] for p in pts))
 
     @property
     def n_max(self) -> int:

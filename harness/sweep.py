@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.capacity import Probe, SearchConfig, bound_text, iter_capacity_curve, search_max
+from harness.capacity import Probe, SearchConfig, iter_capacity_curve, point_text, search_max
 
 OVER = ("rate", "adapters")
 CAPACITY_FILE = "capacity.json"
@@ -176,12 +176,6 @@ def _points(cfg: SweepConfig, base, probe: Callable[[float, int], Probe], start:
         yield {"n": int(res.best), "lambda_star": float(rate), "goodput_tok_s": d["goodput_tok_s"],
                "attainment": d["attainment"], "run": d["run"], "converged": res.converged, "reason": res.reason,
                "tried": res.tried, "bound": res.bound, "upper": d["upper"]}
-
-
-def point_text(point: dict, over: str = "rate") -> str:
-    """How a point's answer is known: the bracket, or a bound (see harness.capacity.bound_text)."""
-    lo = point["lambda_star"] if over == "rate" else point["n"]
-    return bound_text(point.get("bound", "bracket"), lo, point.get("upper"))
 
 
 def curve_table(payload: dict) -> str:

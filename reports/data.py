@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.capacity import bound_text
+from harness.capacity import point_bound, point_text
 from harness.console import failed
 from harness.store import list_runs, load_run
 
@@ -216,9 +216,8 @@ CAPACITY_COLUMNS = ["engine", "n", "capacity", "bound", "lambda_star", "upper", 
 def capacity_points(payload: dict) -> pd.DataFrame:
     """A sweep's curves as one table: engine, n, λ* as found ("[lo, hi]", ">= lo", "< hi"), how it is known
     (bound), lambda_star (lo) and upper (hi), goodput at λ*, runs tried, runs limited by the load generator."""
-    rows = [{"engine": e, "n": p["n"], "bound": p.get("bound", "bracket"),
-             "capacity": bound_text(p.get("bound", "bracket"), p["lambda_star"], p.get("upper")),
-             "lambda_star": p["lambda_star"], "upper": p.get("upper"), "goodput_tok_s": p.get("goodput_tok_s"),
+    rows = [{"engine": e, "n": p["n"], "bound": point_bound(p)[0], "capacity": point_text(p),
+             "lambda_star": p["lambda_star"], "upper": point_bound(p)[1], "goodput_tok_s": p.get("goodput_tok_s"),
              "runs_tried": len(p.get("tried", [])),
              "limited_runs": sum(1 for t in p.get("tried", []) if t.get("limited")), "reason": p.get("reason", "")}
             for e, pts in payload.get("curves", {}).items() for p in pts]
