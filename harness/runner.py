@@ -66,7 +66,8 @@ def prepare_adapters(spec: WorkloadSpec, log: Callable[[str], None]) -> Path | N
     out = ADAPTER_CACHE / f"{Path(spec.model).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     t = time.monotonic()
     jobs = min(16, os.cpu_count() or 1) if spec.adapters.count >= 64 else 1  # thousands take minutes alone
-    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out, jobs=jobs)
+    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out, jobs=jobs,
+                  base_path=None if spec.model in PRESETS else str(Path(spec.model).resolve()))
     log(f"adapters: {spec.adapters.count} synthetic (ranks {list(spec.adapters.ranks)}) in {out} "
         f"({time.monotonic() - t:.1f} s)")
     return out
