@@ -258,7 +258,9 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
                 loadgen.interrupt()
             if bar is not None:
                 bar.stop()
-            if scraper is not None:
+            if scraper is not None and launcher.alive():
+                scraper.finish()  # a last scrape after the load: counters include the last requests
+            elif scraper is not None:
                 scraper.stop()
             gpu.stop()
             launcher.stop()
