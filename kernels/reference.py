@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels.meta import LoRAMeta
 
@@ -67,16 +68,16 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     int32; context_lens: [Bt] int32; returns [Bt, Hq, D] in q's dtype. G = Hq // Hkv (GQA). A sequence
     with no context gives zeros.
 
-    Batched, not a loop over sequences: every sequence's blocks are gathered up to the longest context and
-    the positions past its own length are masked; the batch is cut into chunks so that one gathered K
-    holds at most max_elements values.
+    Batched, not a loop over sequences: every sequence's blocks are gathered up to the longest context, the
+    positions past its own length are masked, and one scaled_dot_product_attention call (grouped query heads,
+    no copy of K/V per query head) attends for the whole batch. The batch is cut into chunks so that one
+    gathered K holds at most max_elements values.
     """
     bt, hq, d = q.shape
     out = torch.zeros_like(q)
     if bt == 0:
         return out
     block_size, hkv = k_cache.shape[1], k_cache.shape[2]
-    group = hq // hkv
     ctx = context_lens.long()
     per_seq = max(1, -(-int(ctx.max()) // block_size) * block_size * hkv * d)
     step = max(1, max_elements // per_seq)
@@ -86,14 +87,13 @@ def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         if n == 0:
             continue
         nblk = -(-n // block_size)
-        blocks = block_tables[sl, :nblk].long().clamp(0, k_cache.shape[0] - 1)  # (b, nblk); unused entries masked
-        b = blocks.shape[0]
-        k = _acc(k_cache[blocks].reshape(b, nblk * block_size, hkv, d))  # (b, L, Hkv, D)
-        v = _acc(v_cache[blocks].reshape(b, nblk * block_size, hkv, d))
-        qs = _acc(q[sl]).reshape(b, hkv, group, d)  # (b, Hkv, G, D): head h = kv * G + g
-        scores = torch.einsum("bkgd,blkd->bkgl", qs, k) * scale  # (b, Hkv, G, L)
-        pad = torch.arange(nblk * block_size, device=q.device) >= ctx[sl, None]  # (b, L)
-        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
-        probs = scores.softmax(-1).nan_to_num_(0.0)  # an empty context: all -inf -> NaN -> zeros
-        out[sl] = torch.einsum("bkgl,blkd->bkgd", probs, v).reshape(b, hq, d).to(q.dtype)
+        length = nblk * block_size
+        blocks = block_tables[sl, :nblk].long().clamp(0, k_cache.shape[0] - 1).reshape(-1)  # unused ones masked
+        b = blocks.numel() // nblk
+        k = _acc(k_cache.index_select(0, blocks)).view(b, length, hkv, d).transpose(1, 2)  # (b, Hkv, L, D)
+        v = _acc(v_cache.index_select(0, blocks)).view(b, length, hkv, d).transpose(1, 2)
+        keep = torch.arange(length, device=q.device) < ctx[sl, None]  # (b, L)
+        o = F.scaled_dot_product_attention(_acc(q[sl]).unsqueeze(2), k, v, attn_mask=keep[:, None, None, :],
+                                           scale=scale, enable_gqa=hq != hkv)  # (b, Hq, 1, D)
+        out[sl] = o.squeeze(2).nan_to_num_(0.0).to(q.dtype)  # a sequence with no context: NaN -> zeros
     return out
