@@ -26,7 +26,6 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.85
     cuda_graphs: bool = True
     merged_copies: int | None = None  # merged: copies kept on the device (None: as many as fit)
-    step_delay_ms: float = 0.0  # testing the CI gate: sleep this long in every step
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific knobs, validated by the engine
 
     def __post_init__(self) -> None:
@@ -37,8 +36,6 @@ class EngineConfig:
                 raise ValueError(f"engine config: {name}={getattr(self, name)!r} must be >= 1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"engine config: gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
-        if self.step_delay_ms < 0:
-            raise ValueError(f"engine config: step_delay_ms={self.step_delay_ms} must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":

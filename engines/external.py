@@ -92,8 +92,9 @@ class ExternalSpec:
             return {}
         if isinstance(self.adapters, dict):
             return {str(k): str(v) for k, v in self.adapters.items()}
-        root = Path(self.adapters)
-        return {p.name: str(p.resolve()) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+        from engines.adapters.folders import adapter_folders
+
+        return {p.name: str(p.resolve()) for p in adapter_folders(self.adapters)}
 
 
 def spec_help() -> str:

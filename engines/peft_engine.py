@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -211,8 +210,6 @@ class PeftEngine(Engine):
 
     # ---- the loop --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        if self.config.step_delay_ms:
-            time.sleep(self.config.step_delay_ms / 1e3)
         outputs, self._pending = self._pending, []
         try:
             if self._group is None and self._waiting:

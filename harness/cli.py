@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunFailed, UsageError
+from harness.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunFailed, UsageError
 
 # name -> module in harness.commands; each module has register(subparsers) and sets func=run(args)->int
 COMMANDS = ["run", "trace", "serve", "adapters", "model", "profile", "sweep", "plan", "report", "baseline", "gate"]
@@ -15,17 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
         description="Benchmark and plan capacity for multi-LoRA LLM serving.",
-        epilog="Start with: harness run workloads/bursty30.yaml",
+        epilog=f"Start with: harness run workloads/bursty30.yaml\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"harness.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"harness.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"harness.commands.{name}").register(sub)
     return parser
 
 
@@ -33,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
@@ -44,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness {args.command}: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"harness {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `harness trace ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

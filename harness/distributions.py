@@ -9,9 +9,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from harness.errors import UsageError
 
-class WorkloadError(ValueError):
-    """A workload file is wrong; the message names the dotted field, the value and the problem."""
+
+class WorkloadError(UsageError, ValueError):
+    """A workload is wrong (bad input, exit 2); the message names the dotted field, the value and the problem."""
 
 
 # ---------------------------------------------------------------------------- field checks

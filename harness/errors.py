@@ -1,12 +1,12 @@
-"""The harness's error kinds and exit codes: what every command returns, written once.
+"""The harness's error kinds and exit codes: what every command returns, written once (EXIT_CODES_HELP is what
+`harness --help` and the README state)."""
+from __future__ import annotations
 
-Exit codes, the same in every command (README and `harness --help` state them):
+EXIT_CODES_HELP = """exit codes (the same in every command):
   0    every run valid / the command did what was asked
   1    a run failed or is invalid (the reason is printed per engine), or a gate found a regression
   2    bad input or usage: one line on stderr naming the file and key, or the flag as typed
-  130  interrupted (Ctrl-C / SIGINT)
-"""
-from __future__ import annotations
+  130  interrupted (Ctrl-C / SIGINT)"""
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -19,7 +19,8 @@ from harness.metrics import summarize
 from harness.progress import RecordProgress
 from harness.scrape import MetricsScraper
 from harness.server_proc import ServerError, ServerProcess
-from harness.spec import WorkloadSpec
+from harness.engine_spec import EngineEntry, parse_engine_entry
+from harness.spec import WorkloadSpec, machine_has_cuda
 from harness.store import RunWriter
 from harness.trace import build_trace
 
@@ -29,25 +30,6 @@ WARMUP_TIMEOUT_S = 300.0
 
 
 # ---------------------------------------------------------------------------- engines: how each kind is served
-
-def normalize_engine(engine: str | dict[str, Any], spec: WorkloadSpec) -> dict[str, Any]:
-    """A name or a dict -> {"name", "kind", ...}; in-process options merged with the workload's engine_options."""
-    if isinstance(engine, str):
-        engine = {"name": engine, "kind": "inprocess"}
-    engine = json.loads(json.dumps(engine))
-    engine.setdefault("kind", "inprocess")
-    if engine["kind"] not in LAUNCHERS:
-        raise ValueError(f"engine kind {engine['kind']!r} is not one of {sorted(LAUNCHERS)}")
-    if engine["kind"] == "inprocess":
-        from engines.registry import ENGINES
-
-        if engine.get("name") not in ENGINES:
-            raise ValueError(f"engine {engine.get('name')!r} is not an in-process engine ({sorted(ENGINES)})")
-        engine["options"] = {**spec.engine_options.get(engine["name"], {}), **engine.get("options", {})}
-    engine.setdefault("name", engine.get("preset") or engine["kind"])
-    engine.setdefault("label", engine["name"])
-    return engine
-
 
 def prepare_adapters(spec: WorkloadSpec, log: Callable[[str], None]) -> Path | None:
     """The adapters folder to serve: the workload's own, or synthetic ones cached under .cache/adapters/."""
@@ -188,28 +170,27 @@ def warm_up(url: str, models: list[str], timeout_s: float = WARMUP_TIMEOUT_S) ->
 
 # ---------------------------------------------------------------------------- the run
 
-def machine_has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str | Path = "runs", *,
+def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any] | EngineEntry, runs_root: str | Path = "runs", *,
                log: Callable[[str], None] = print, progress: bool = True, workers: int | None = None) -> Path:
     """Run the workload against one engine; returns its run directory (status.json says how it ended).
 
+    A spec not yet resolved for a machine is resolved for this one; workers overrides loadgen.workers.
     KeyboardInterrupt is re-raised after the run directory is complete (status "interrupted").
     """
-    if spec.cpu is not None:
+    if spec.resolution.machine is None:
         spec = spec.for_machine(machine_has_cuda())
-    eng = normalize_engine(engine, spec)
+    if workers is not None:
+        spec = spec.with_overrides({"loadgen.workers": workers}, {"loadgen.workers": f"--workers {workers}"})
+    eng = parse_engine_entry(engine, "--engine", engine_options=spec.engine_options,
+                             model=spec.resolution.external_model or spec.model).to_dict()
     trace = build_trace(spec)
     writer = RunWriter(runs_root, spec.name, eng["label"])
     run_dir = writer.path
     env = env_info.collect()
     writer.write_json("env", env)
-    lg = spec.loadgen if workers is None else type(spec.loadgen)(**{**spec.loadgen.to_dict(), "workers": workers})
-    writer.write_json("config", {"workload": spec.to_dict(), "engine": eng, "loadgen": lg.to_dict(),
+    lg = spec.loadgen
+    writer.write_json("config", {"workload": spec.to_dict(), "resolution": spec.resolution.to_dict(),
+                                 "engine": eng, "loadgen": lg.to_dict(),
                                  "trace": {"requests": len(trace), "horizon_s": spec.horizon_s}})
     writer.write_trace(trace)
     launcher = LAUNCHERS[eng["kind"]](eng, spec, run_dir, log)
@@ -267,9 +248,19 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any], runs_root: str 
         except KeyboardInterrupt:
             interrupted, status, message = True, "interrupted", "interrupted by the user (Ctrl-C) while stopping"
         _finish(writer, spec, eng, trace, env, gpu, scraper, loadgen, status, message, started_at)
+    if status in ("error", "server_died"):  # the cause with the last lines of the server's log
+        log(f"[{eng['label']}] {status}: {message}")
     if interrupted:
         raise KeyboardInterrupt
     return run_dir
+
+
+def one_line(message: str) -> str:
+    """A multi-line failure (a headline and the end of a log) as one line: the headline and the log's last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, env: dict[str, Any], gpu: GpuSampler,
@@ -286,7 +277,7 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
                      max_lag_p99_s=spec.loadgen.max_lag_p99_s, gpu=gpu_df)
     if status != "completed":
         body["valid"] = False
-        body["invalid_reasons"] = [f"run {status}: {message.splitlines()[0] if message else ''}"] + body["invalid_reasons"]
+        body["invalid_reasons"] = [f"run {status}: {one_line(message)}"] + body["invalid_reasons"]
     summary = {"workload": spec.name, "engine": eng["label"], "model": spec.model, "gpu": env.get("gpu_name"),
                "started_at": started_at, "status": status, "slo": spec.slo.to_dict(), **body,
                "engine_kind": eng["kind"], "gpu_info": {"available": gpu.available, "reason": gpu.reason},
@@ -296,10 +287,3 @@ def _finish(writer: RunWriter, spec: WorkloadSpec, eng: dict[str, Any], trace, e
     writer.write_json("summary", summary)
     writer.set_status(status, message, records=len(records))
 
-
-def run_workload(spec: WorkloadSpec, engines: list[str | dict[str, Any]] | None = None,
-                 runs_root: str | Path = "runs", *, log: Callable[[str], None] = print, progress: bool = True,
-                 workers: int | None = None) -> list[Path]:
-    """Every engine of the workload (or those given), one after the other; stops at Ctrl-C."""
-    chosen = list(engines) if engines else list(spec.engines)
-    return [run_engine(spec, e, runs_root, log=log, progress=progress, workers=workers) for e in chosen]

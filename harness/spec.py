@@ -1,4 +1,4 @@
-"""Workload spec: the YAML schema as frozen dataclasses, strict validation, overrides and the `cpu:` section."""
+"""The workload spec, typed and validated once: the file, then its cpu: section without CUDA, then every --set."""
 from __future__ import annotations
 
 import copy
@@ -6,279 +6,81 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from harness import distributions as dist
 from harness.distributions import WorkloadError, check_keys
+from harness.engine_spec import EngineEntry, check_engine_options, parse_engine_entry
+from harness.spec_sections import AdaptersSpec, LoadgenSpec, ReplaySpec, SLOSpec, TrafficSpec, _str
 
-__all__ = ["WorkloadError", "WorkloadSpec", "load_workload"]
+__all__ = ["WorkloadError", "WorkloadSpec", "Resolution", "load_workload", "parse_set", "machine_has_cuda",
+           "AdaptersSpec", "LoadgenSpec", "ReplaySpec", "SLOSpec", "TrafficSpec", "EngineEntry", "PRECEDENCE"]
 
-ENGINE_KINDS = ("inprocess", "external", "stub")
+PRECEDENCE = ("precedence: the workload file, then its cpu: section on a machine without CUDA (this machine's "
+              "defaults), then every --set KEY=VALUE in order: an explicit override always wins")
+TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "model", "adapters", "traffic", "slo", "engines",
+            "engine_options", "loadgen", "cpu"}
+DEFAULT_MODEL = "tiny"
+DEFAULT_ENGINES = ("multilora",)
 # keys of the `cpu:` section that set a traffic field rather than a top-level one
 CPU_TRAFFIC_KEYS = {"rate", "popularity", "arrivals", "prompt_tokens", "output_tokens", "base_fraction"}
 CPU_TOP_KEYS = {"model", "duration_s", "warmup_s", "slo", "adapters", "engines", "engine_options", "loadgen"}
-MERGED_SECTIONS = {"adapters", "slo", "loadgen", "engine_options"}
+MERGED_SECTIONS = {"adapters", "slo", "loadgen", "engine_options"}  # merged key by key; anything else replaced
+MACHINES = ("cpu", "cuda")
 
 
-def _num(d, key, where, **kw):
-    return dist._num(d, key, where, **kw)
+def machine_has_cuda() -> bool:
+    import torch
 
-
-def _str(d: dict[str, Any], key: str, where: str, default: Any = dataclasses.MISSING) -> Any:
-    if key not in d:
-        if default is dataclasses.MISSING:
-            raise WorkloadError(f"{where}{key}: missing (required)")
-        return default
-    value = d[key]
-    if value is None and default is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise WorkloadError(f"{where}{key}: {value!r} must be a non-empty string")
-    return value
-
-
-def _path(value: str, base_dir: Path) -> str:
-    p = Path(value).expanduser()
-    return str((p if p.is_absolute() else base_dir / p).resolve())
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
-class AdaptersSpec:
-    """Synthetic adapters (count, ranks round-robin, targets) or a folder of real PEFT adapters (path)."""
-
-    count: int = 0
-    ranks: tuple[int, ...] = (8,)
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    path: str | None = None
-
-    @classmethod
-    def parse(cls, d: Any, base_dir: Path) -> "AdaptersSpec":
-        from engines.model.config import LORA_TARGETS
-
-        check_keys(d, {"count", "ranks", "targets", "path"}, "adapters")
-        path = _str(d, "path", "adapters.", default=None)
-        ranks = d.get("ranks", [8])
-        if not isinstance(ranks, list) or not ranks:
-            raise WorkloadError(f"adapters.ranks: {ranks!r} must be a non-empty list of integers")
-        for i, r in enumerate(ranks):
-            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1024:
-                raise WorkloadError(f"adapters.ranks[{i}]: {r!r} must be an integer in [1, 1024]")
-        targets = d.get("targets", list(cls.targets))
-        if not isinstance(targets, list) or not targets:
-            raise WorkloadError(f"adapters.targets: {targets!r} must be a non-empty list of module names")
-        for i, t in enumerate(targets):
-            if t not in LORA_TARGETS:
-                raise WorkloadError(f"adapters.targets[{i}]: {t!r} is not one of {list(LORA_TARGETS)}")
-        if path is not None:
-            path = _path(path, base_dir)
-            if not Path(path).is_dir():
-                raise WorkloadError(f"adapters.path: {path} is not a folder; give a folder whose sub-folders "
-                                    "are PEFT adapters (adapter_config.json + adapter_model.safetensors)")
-            found = len(adapter_folders(path))
-            count = _num(d, "count", "adapters", default=found, low=0, high=found, integer=True)
-        else:
-            count = _num(d, "count", "adapters", low=0, high=100_000, integer=True)
-        return cls(count=count, ranks=tuple(ranks), targets=tuple(targets), path=path)
-
-    def names(self) -> list[str]:
-        """Adapter names as the server registers them (folder names)."""
-        if self.path is not None:
-            return [p.name for p in adapter_folders(self.path)][: self.count]
-        return [f"adapter-{i:04d}" for i in range(self.count)]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"count": self.count, "ranks": list(self.ranks), "targets": list(self.targets)}
-        if self.path is not None:
-            out["path"] = self.path
-        return out
-
-
-def adapter_folders(path: str | Path) -> list[Path]:
-    return sorted(p for p in Path(path).iterdir() if (p / "adapter_config.json").is_file())
+class Override:
+    key: str  # dotted, e.g. traffic.rate
+    value: Any
+    flag: str  # as the user wrote it, e.g. "--set traffic.rate=16"; errors name it
 
 
 @dataclass(frozen=True)
-class ReplaySpec:
-    """Replay a CSV trace (timestamp, adapter, prompt_tokens, output_tokens); t = (timestamp - first) * time_scale."""
+class Resolution:
+    """How a spec was made: which file, for which machine, what the cpu: section changed, which overrides."""
 
-    path: str
-    time_scale: float = 1.0
-    map_adapters: bool = True  # replayed names -> adapter-0000... in order of first appearance
-
-    @classmethod
-    def parse(cls, d: Any, base_dir: Path) -> "ReplaySpec":
-        check_keys(d, {"path", "time_scale", "map_adapters"}, "traffic.replay")
-        path = _path(_str(d, "path", "traffic.replay."), base_dir)
-        if not Path(path).is_file():
-            raise WorkloadError(f"traffic.replay.path: {path} does not exist; give a CSV with columns "
-                                "timestamp, adapter, prompt_tokens, output_tokens")
-        mapping = d.get("map_adapters", True)
-        if not isinstance(mapping, bool):
-            raise WorkloadError(f"traffic.replay.map_adapters: {mapping!r} must be true or false")
-        return cls(path=path, time_scale=_num(d, "time_scale", "traffic.replay", default=1.0, low=0.0,
-                                              low_open=True), map_adapters=mapping)
+    file: str | None = None
+    machine: str | None = None  # None: not resolved for a machine (the cpu: section kept, unapplied)
+    cpu_applied: bool = False
+    cpu_changes: tuple[tuple[str, Any, Any], ...] = ()  # (key, value in the file, value the run uses)
+    notes: tuple[str, ...] = ()  # what the cpu: section did not change, and why
+    overrides: tuple[Override, ...] = ()
+    external_model: str | None = None  # what an external engine launches when its entry names no model
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"file": self.file, "machine": self.machine, "cpu_applied": self.cpu_applied, "precedence": PRECEDENCE,
+                "external_model": self.external_model,
+                "cpu_section": [{"key": k, "file": a, "used": b} for k, a, b in self.cpu_changes],
+                "notes": list(self.notes), "overrides": [{"key": o.key, "value": o.value, "flag": o.flag}
+                                                         for o in self.overrides]}
+
+    def describe(self) -> list[str]:
+        """Console lines: what this machine changed (the cpu: section) and what --set overrode."""
+        lines = []
+        if self.machine == "cpu" and not self.cpu_applied:
+            lines.append("no CUDA here: engines run on the CPU (the workload has no cpu: section)")
+        elif self.machine == "cpu":
+            lines.append("no CUDA here: the workload's cpu: section applies (file, then cpu:, then --set); "
+                         + ("it changed:" if self.cpu_changes else "it changed nothing"))
+            lines += [f"  {k}: {_short(a)} -> {_short(b)}" for k, a, b in self.cpu_changes]
+        return lines + [f"  {n}" for n in self.notes]
 
 
-@dataclass(frozen=True)
-class TrafficSpec:
-    rate: float | None = None  # total requests/s, mean over the run
-    base_fraction: float = 0.0  # share of requests for the base model (no adapter)
-    popularity: Any = field(default_factory=dist.Uniform)
-    arrivals: Any = field(default_factory=dist.Poisson)
-    prompt_tokens: Any = field(default_factory=lambda: dist.Fixed(128))
-    output_tokens: Any = field(default_factory=lambda: dist.Fixed(64))
-    replay: ReplaySpec | None = None
-
-    @classmethod
-    def parse(cls, d: Any, base_dir: Path) -> "TrafficSpec":
-        check_keys(d, {"rate", "base_fraction", "popularity", "arrivals", "prompt_tokens", "output_tokens",
-                       "replay"}, "traffic")
-        if "replay" in d:
-            extra = sorted(set(d) & {"popularity", "arrivals", "prompt_tokens", "output_tokens", "base_fraction"})
-            if extra:
-                raise WorkloadError(f"traffic.replay: a replayed trace sets {extra} itself; remove them")
-            if "rate" in d:
-                raise WorkloadError("traffic.rate: a replayed trace sets its own rate; use "
-                                    "traffic.replay.time_scale to speed it up or slow it down")
-            return cls(rate=None, replay=ReplaySpec.parse(d["replay"], base_dir))
-        arrivals = dist.parse_arrivals(d.get("arrivals", {"kind": "poisson"}))
-        burst = getattr(arrivals, "burst_rate", None)
-        if burst is not None and "rate" in d:
-            raise WorkloadError("traffic.rate: give either traffic.rate or traffic.arrivals.burst_rate, not both "
-                                f"(with burst_rate={burst:g} the mean rate is {arrivals.mean_rate(None):g}/s)")
-        rate = None if burst is not None else _num(d, "rate", "traffic", low=0.0, low_open=True)
-        return cls(
-            rate=rate,
-            base_fraction=_num(d, "base_fraction", "traffic", default=0.0, low=0.0, high=1.0),
-            popularity=dist.parse_popularity(d.get("popularity", {"kind": "uniform"})),
-            arrivals=arrivals,
-            prompt_tokens=dist.parse_lengths(d.get("prompt_tokens", {"kind": "fixed", "value": 128}),
-                                             "traffic.prompt_tokens", base_dir),
-            output_tokens=dist.parse_lengths(d.get("output_tokens", {"kind": "fixed", "value": 64}),
-                                             "traffic.output_tokens", base_dir),
-        )
-
-    @property
-    def mean_rate(self) -> float | None:
-        return None if self.replay else self.arrivals.mean_rate(self.rate)
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.replay is not None:
-            return {"replay": self.replay.to_dict()}
-        out: dict[str, Any] = {}
-        if self.rate is not None:
-            out["rate"] = self.rate
-        out.update(base_fraction=self.base_fraction, popularity=dist.to_dict(self.popularity),
-                   arrivals=dist.to_dict(self.arrivals), prompt_tokens=dist.to_dict(self.prompt_tokens),
-                   output_tokens=dist.to_dict(self.output_tokens))
-        return out
+def _short(value: Any) -> str:
+    text = str(value) if not isinstance(value, (dict, list)) else _flow(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(frozen=True)
-class SLOSpec:
-    """Latency targets a request must meet to count towards goodput (None: no target)."""
+def _flow(value: Any) -> str:
+    import yaml
 
-    ttft_s: float | None = None
-    tpot_s: float | None = None
-    e2e_s: float | None = None
-    attainment: float | None = None  # fraction of requests that must meet them (capacity search; None: 0.9)
-
-    @classmethod
-    def parse(cls, d: Any) -> "SLOSpec":
-        check_keys(d, {"ttft_s", "tpot_s", "e2e_s", "attainment"}, "slo")
-        out = {k: _num(d, k, "slo", default=None, low=0.0, low_open=True) for k in ("ttft_s", "tpot_s", "e2e_s")}
-        out["attainment"] = _num(d, "attainment", "slo", default=None, low=0.0, low_open=True, high=1.0)
-        return cls(**out)
-
-    def limits(self) -> dict[str, float]:
-        """The latency targets only (what a request must meet)."""
-        return {k: v for k, v in self.to_dict().items() if k != "attainment"}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class LoadgenSpec:
-    """How the Locust process runs the trace."""
-
-    users: int = 512  # user greenlets per worker process: the most requests in flight at once
-    workers: int = 1  # Locust worker processes (1: one local runner, no master)
-    request_timeout_s: float = 300.0  # a request still streaming after this is recorded as a timeout
-    drain_timeout_s: float = 60.0  # after the last send, wait this long for requests in flight
-    max_lag_p99_s: float = 0.05  # a run whose p99 schedule lag exceeds this is invalid (client fell behind)
-
-    @classmethod
-    def parse(cls, d: Any) -> "LoadgenSpec":
-        check_keys(d, {f.name for f in dataclasses.fields(cls)}, "loadgen")
-        return cls(users=_num(d, "users", "loadgen", default=cls.users, low=1, high=100_000, integer=True),
-                   workers=_num(d, "workers", "loadgen", default=cls.workers, low=1, high=256, integer=True),
-                   request_timeout_s=_num(d, "request_timeout_s", "loadgen", default=cls.request_timeout_s,
-                                          low=0.0, low_open=True),
-                   drain_timeout_s=_num(d, "drain_timeout_s", "loadgen", default=cls.drain_timeout_s, low=0.0),
-                   max_lag_p99_s=_num(d, "max_lag_p99_s", "loadgen", default=cls.max_lag_p99_s, low=0.0,
-                                      low_open=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _parse_engine(e: Any, i: int) -> str | dict[str, Any]:
-    from engines.config import EngineConfig
-    from engines.registry import ENGINES
-
-    where = f"engines[{i}]"
-    if isinstance(e, str):
-        if e not in ENGINES:
-            raise WorkloadError(f"{where}: {e!r} is not an in-process engine ({sorted(ENGINES)}); for another "
-                                "server write {name: ..., kind: external, url: ...} or {kind: external, preset: ...}")
-        return e
-    if not isinstance(e, dict):
-        raise WorkloadError(f"{where}: {e!r} must be an engine name or a mapping")
-    kind = e.get("kind", "inprocess")
-    if kind not in ENGINE_KINDS:
-        raise WorkloadError(f"{where}.kind: {kind!r} is not one of {list(ENGINE_KINDS)}")
-    if kind == "inprocess":
-        check_keys(e, {"name", "kind", "options", "label"}, where)
-        if e.get("name") not in ENGINES:
-            raise WorkloadError(f"{where}.name: {e.get('name')!r} is not one of {sorted(ENGINES)}")
-        _engine_options(e.get("options", {}), f"{where}.options")
-    elif kind == "external":
-        from engines.external import ExternalSpec
-
-        check_keys(e, {f.name for f in dataclasses.fields(ExternalSpec)} | {"name", "kind", "label"}, where)
-        if "url" not in e and "preset" not in e and "command" not in e:
-            raise WorkloadError(f"{where}: an external engine needs a url to attach to, or a preset or command "
-                                "to launch")
-        if "url" in e and not str(e["url"]).startswith(("http://", "https://")):
-            raise WorkloadError(f"{where}.url: {e['url']!r} must start with http:// or https://")
-    else:
-        check_keys(e, {"name", "kind", "options", "label"}, where)
-    out = copy.deepcopy(e)
-    out.setdefault("kind", kind)
-    return out
-
-
-def _engine_options(opts: Any, where: str) -> dict[str, Any]:
-    from engines.config import EngineConfig
-
-    if not isinstance(opts, dict):
-        raise WorkloadError(f"{where}: {opts!r} must be a mapping of EngineConfig fields")
-    fixed = sorted(set(opts) & {"engine", "adapters"})
-    if fixed:
-        raise WorkloadError(f"{where}: {fixed} are set by the harness from the workload; remove them")
-    try:
-        EngineConfig.from_dict(dict(opts))
-    except (ValueError, TypeError) as exc:
-        raise WorkloadError(f"{where}: {exc}") from None
-    return copy.deepcopy(opts)
-
-
-TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "model", "adapters", "traffic", "slo", "engines",
-            "engine_options", "loadgen", "cpu"}
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip()
 
 
 @dataclass(frozen=True)
@@ -291,105 +93,257 @@ class WorkloadSpec:
     adapters: AdaptersSpec
     traffic: TrafficSpec
     slo: SLOSpec
-    engines: tuple[Any, ...]
+    engines: tuple[EngineEntry, ...]
     engine_options: dict[str, dict[str, Any]]
     loadgen: LoadgenSpec
-    cpu: dict[str, Any] | None = None  # overrides applied on machines without CUDA
+    cpu: dict[str, Any] | None = None  # the file's cpu: section while the spec is not resolved for a machine
+    resolution: Resolution = field(default_factory=Resolution, compare=False, repr=False)
     base_dir: str = field(default=".", compare=False, repr=False)
+    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the file's mapping
 
     @property
     def horizon_s(self) -> float:
         return self.warmup_s + self.duration_s
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a workload mapping (load_workload reads it back to an equal spec)."""
         out = {"name": self.name, "seed": self.seed, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
                "model": self.model, "adapters": self.adapters.to_dict(), "traffic": self.traffic.to_dict(),
-               "slo": self.slo.to_dict(), "engines": copy.deepcopy(list(self.engines)),
+               "slo": self.slo.to_dict(), "engines": [e.to_dict() for e in self.engines],
                "engine_options": copy.deepcopy(self.engine_options), "loadgen": self.loadgen.to_dict()}
         if self.cpu is not None:
             out["cpu"] = copy.deepcopy(self.cpu)
         return out
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "WorkloadSpec":
-        """A new validated spec with dotted keys replaced, e.g. {"traffic.rate": 4.0, "adapters.count": 100}."""
-        d = self.to_dict()
-        for key, value in overrides.items():
-            parts = key.split(".")
-            node = d
-            for i, part in enumerate(parts[:-1]):
-                nxt = node.get(part)
-                if not isinstance(nxt, dict):
-                    where = ".".join(parts[: i + 1])
-                    raise WorkloadError(f"{key}: cannot override, {where} is {'missing' if nxt is None else 'not a mapping'}")
-                node = nxt
-            node[parts[-1]] = copy.deepcopy(value)
-        return load_workload(d, base_dir=self.base_dir)
+    def with_overrides(self, overrides: dict[str, Any] | Iterable[Override],
+                       flags: dict[str, str] | None = None) -> "WorkloadSpec":
+        """The spec re-resolved with more overrides (dotted keys, e.g. {"traffic.rate": 4.0}); they win over the
+        file and the cpu: section whatever order with_overrides and for_machine are called in. `flags` names
+        how the user wrote each key (errors name it), e.g. {"traffic.rate": "--rate-per-adapter"}."""
+        return self._again(machine=self.resolution.machine,
+                           overrides=self.resolution.overrides + _as_overrides(overrides, flags))
 
     def for_machine(self, has_cuda: bool) -> "WorkloadSpec":
-        """The spec to run here: without CUDA the `cpu:` section is applied (and dropped)."""
-        if has_cuda or self.cpu is None:
-            return self
-        return load_workload(apply_cpu(self.to_dict()), base_dir=self.base_dir)
+        """The spec to run on this machine: without CUDA the cpu: section applies (before any override)."""
+        return self._again(machine="cuda" if has_cuda else "cpu", overrides=self.resolution.overrides)
 
     def engine_list(self) -> list[dict[str, Any]]:
-        """Every engine as a dict with name, kind and (in-process) options merged from engine_options."""
-        out = []
-        for e in self.engines:
-            e = {"name": e, "kind": "inprocess"} if isinstance(e, str) else copy.deepcopy(e)
-            if e["kind"] == "inprocess":
-                e["options"] = {**self.engine_options.get(e["name"], {}), **e.get("options", {})}
-            e.setdefault("name", e.get("preset") or "external")
-            out.append(e)
-        return out
+        """Every engine entry as a mapping (name, kind, label, options or the external server's fields)."""
+        return [e.to_dict() for e in self.engines]
+
+    def _again(self, machine: str | None, overrides: tuple[Override, ...]) -> "WorkloadSpec":
+        source = self.source or self.to_dict()
+        return _resolve(source, Path(self.base_dir), self.resolution.file, machine, overrides)
 
 
-def apply_cpu(d: dict[str, Any]) -> dict[str, Any]:
-    """Merge the `cpu:` section of a workload mapping into it (traffic shorthands and sections deep-merged)."""
+def _as_overrides(overrides: dict[str, Any] | Iterable[Override], flags: dict[str, str] | None) -> tuple[Override, ...]:
+    if isinstance(overrides, dict):
+        return tuple(Override(k, v, (flags or {}).get(k, f"override {k}")) for k, v in overrides.items())
+    return tuple(overrides)
+
+
+def parse_set(items: Iterable[str], flag: str = "--set") -> tuple[Override, ...]:
+    """--set KEY=VALUE items (VALUE read as YAML) -> overrides, in the order given."""
+    import yaml
+
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise WorkloadError(f"{flag} {item!r}: must be KEY=VALUE with a dotted KEY, e.g. {flag} traffic.rate=4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise WorkloadError(f"{flag} {item}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        out.append(Override(key, value, f"{flag} {item}"))
+    return tuple(out)
+
+
+def load_workload(source: str | Path | dict[str, Any], base_dir: str | Path | None = None, *,
+                  machine: str | None = None, overrides: dict[str, Any] | Iterable[Override] = ()) -> WorkloadSpec:
+    """Read and validate a workload (a YAML path or a mapping) once.
+
+    machine: None keeps the cpu: section unapplied; "cpu" applies it, "cuda" ignores it, "auto" asks torch.
+    overrides: dotted keys (or parse_set's result), applied last. A WorkloadError (exit 2) names the file and key,
+    the cpu: section, or the --set flag that is wrong."""
+    file = None
+    if isinstance(source, (str, Path)):
+        data, file = _read_yaml(Path(source)), str(source)
+        base = Path(base_dir) if base_dir is not None else Path(source).resolve().parent
+    else:
+        data, base = copy.deepcopy(source), Path(base_dir if base_dir is not None else ".").resolve()
+    if machine == "auto":
+        machine = "cuda" if machine_has_cuda() else "cpu"
+    if machine is not None and machine not in MACHINES:
+        raise ValueError(f"machine={machine!r}; use None, 'auto', 'cpu' or 'cuda'")
+    return _resolve(data, base, file, machine, _as_overrides(overrides, None))
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise WorkloadError(f"workload file {path} does not exist (see workloads/*.yaml for examples)")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise WorkloadError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+# ---------------------------------------------------------------------------- resolution: file, cpu:, --set
+
+def _resolve(data: Any, base: Path, file: str | None, machine: str | None,
+             overrides: tuple[Override, ...]) -> WorkloadSpec:
+    at = f"{file}: " if file else ""
+    d = _blame(at, lambda: check_keys(data, TOP_KEYS, "workload"))
+    main = {k: copy.deepcopy(v) for k, v in d.items() if k != "cpu"}
+    cpu = copy.deepcopy(d.get("cpu"))
+    cpu_sets = [o for o in overrides if o.key.split(".")[0] == "cpu"]
+    sets = [o for o in overrides if o.key.split(".")[0] != "cpu"]
+    # 1. the main section on its own: a typo there is named as the main section's
+    file_spec = _blame(at, lambda: _parse(main, base))
+    # 2. the cpu: section (with any --set cpu.KEY), checked on every machine
+    cpu_keys = CPU_TOP_KEYS | CPU_TRAFFIC_KEYS
+    if cpu is not None:
+        _blame(at, lambda: check_keys(cpu, cpu_keys, "cpu"))
+    if cpu_sets:
+        cpu = _blame_sets(cpu_sets, lambda: check_keys(_apply_sets({"cpu": cpu or {}}, cpu_sets)["cpu"], cpu_keys,
+                                                       "cpu"))
+    cpu_dict, notes = main, []
+    if cpu is not None:
+        cpu_dict, notes = _apply_cpu(main, cpu)
+        cpu_spec = _blame(at if not cpu_sets else " ".join(o.flag for o in cpu_sets) + ": ",
+                          lambda: _parse(cpu_dict, base, external_model=file_spec.model),
+                          after=" (with the cpu: section applied)", lead="cpu: ")
+    # 3. every --set, last; an external engine's model is never the cpu: section's
+    applied = machine == "cpu" and cpu is not None
+    chosen = cpu_dict if applied else main
+    external_model = _apply_sets(main, [o for o in sets if o.key == "model"]).get("model", DEFAULT_MODEL)
+    final = _blame_sets(sets, lambda: _apply_sets(chosen, sets))
+    spec = _blame_sets(sets, lambda: _parse(final, base, external_model=external_model)) if sets else \
+        (cpu_spec if applied else file_spec)
+    changes: list[tuple[str, Any, Any]] = []
+    if applied:
+        for key, was, now in _diff(file_spec.to_dict(), cpu_spec.to_dict(), cpu):
+            winner = [o for o in sets if o.key == key or key.startswith(o.key + ".") or o.key.startswith(key + ".")]
+            if winner:
+                notes.append(f"the cpu: section's {key}: {_short(now)} is overridden by {winner[-1].flag}")
+            else:
+                changes.append((key, was, now))
+        notes += [f"engine {e.label}: keeps model {e.external['model']!r} (the cpu: section never changes an "
+                  "external engine's model)" for e in spec.engines
+                  if e.kind == "external" and "model" in cpu and e.external.get("model") not in (None, spec.model)]
+    resolution = Resolution(file=file, machine=machine, cpu_applied=applied, cpu_changes=tuple(changes),
+                            notes=tuple(notes) if applied else (), overrides=overrides,
+                            external_model=external_model)
+    return dataclasses.replace(spec, cpu=None if machine else cpu,
+                               resolution=resolution, base_dir=str(base), source=d)
+
+
+def _blame(at: str, parse, after: str = "", lead: str = ""):
+    try:
+        return parse()
+    except WorkloadError as exc:
+        raise WorkloadError(f"{at}{lead}{exc}{after}") from None
+
+
+def _blame_sets(sets: list[Override], parse):
+    """Run parse; a WorkloadError is re-raised naming the --set flag(s) whose key it is about."""
+    try:
+        return parse()
+    except WorkloadError as exc:
+        msg = str(exc)
+        key = msg.split(":", 1)[0].strip()
+        if key == "workload":
+            guilty = [o for o in sets if o.key.split(".")[0] not in TOP_KEYS]
+        else:
+            guilty = [o for o in sets if o.key == key or o.key.startswith(key + ".") or key.startswith(o.key + ".")]
+        flags = " ".join(o.flag for o in (guilty or sets))
+        raise WorkloadError(f"{flags}: {msg}") from None
+
+
+def _apply_sets(d: dict[str, Any], sets: Iterable[Override]) -> dict[str, Any]:
+    """d with every override's dotted key set (missing mappings created); traffic.rate and
+    traffic.arrivals.burst_rate replace each other (each sets the mean rate)."""
     d = copy.deepcopy(d)
-    cpu = d.pop("cpu", None) or {}
+    for o in sets:
+        parts = o.key.split(".")
+        node = d
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(nxt, dict):
+                raise WorkloadError(f"{'.'.join(parts[:i + 1])}: is {nxt!r}, not a mapping; cannot set {o.key}")
+            node = nxt
+        node[parts[-1]] = copy.deepcopy(o.value)
+        _one_rate(d, o.key)
+    return d
+
+
+def _one_rate(d: dict[str, Any], key: str) -> None:
+    traffic = d.get("traffic")
+    if not isinstance(traffic, dict):
+        return
+    arrivals = traffic.get("arrivals")
+    if key == "traffic.rate" and isinstance(arrivals, dict):
+        arrivals.pop("burst_rate", None)
+    elif key == "traffic.arrivals.burst_rate":
+        traffic.pop("rate", None)
+
+
+def _is_preset(model: Any) -> bool:
+    from engines.model.config import PRESETS
+
+    return model in PRESETS
+
+
+def _apply_cpu(main: dict[str, Any], cpu: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The main section with the cpu: section merged in (traffic shorthands; sections merged key by key).
+    A model that is not a preset (a checkpoint folder, a served name) is the user's and is kept."""
+    d, notes = copy.deepcopy(main), []
     for key, value in cpu.items():
-        if key in CPU_TRAFFIC_KEYS:
+        if key == "model" and not _is_preset(d.get("model", DEFAULT_MODEL)):
+            notes.append(f"cpu: section's model {value!r} not applied: the workload's model {d['model']!r} is not a "
+                         "preset (random weights of a shape) but a checkpoint or a served model, so it is kept")
+        elif key in CPU_TRAFFIC_KEYS:
             traffic = d.setdefault("traffic", {})
-            if key == "rate" and isinstance(traffic.get("arrivals"), dict):
-                traffic["arrivals"].pop("burst_rate", None)
-            traffic[key] = copy.deepcopy(value)
+            if isinstance(traffic, dict):
+                traffic[key] = copy.deepcopy(value)
+                _one_rate(d, f"traffic.{key}")
         elif key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(d.get(key), dict):
             if key == "engine_options":
                 for name, opts in value.items():
                     d[key][name] = {**d[key].get(name, {}), **opts}
             else:
-                d[key] = {**d[key], **value}
+                d[key] = {**d[key], **copy.deepcopy(value)}
         else:
             d[key] = copy.deepcopy(value)
-    return d
+    return d, notes
 
 
-def load_workload(source: str | Path | dict[str, Any], base_dir: str | Path | None = None) -> WorkloadSpec:
-    """Read and validate a workload (a YAML path or a mapping); WorkloadError names the field that is wrong."""
-    if isinstance(source, (str, Path)):
-        import yaml
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or "kind" in d or not d:
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}"))
+    return out
 
-        path = Path(source)
-        if not path.is_file():
-            raise WorkloadError(f"workload file {path} does not exist (see workloads/*.yaml for examples)")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise WorkloadError(f"{path}: not valid YAML ({exc})") from None
-        base = Path(base_dir) if base_dir is not None else path.resolve().parent
-    else:
-        data, base = copy.deepcopy(source), Path(base_dir if base_dir is not None else ".").resolve()
-    d = check_keys(data, TOP_KEYS, "workload")
-    name = _str(d, "name", "")
-    seed = _wrap_num(d, "seed", default=0, low=0, integer=True)
-    cpu = d.get("cpu")
-    if cpu is not None:
-        check_keys(cpu, CPU_TOP_KEYS | CPU_TRAFFIC_KEYS, "cpu")
-        try:
-            load_workload(apply_cpu(d), base_dir=base)  # the cpu variant must be valid too
-        except WorkloadError as exc:
-            raise WorkloadError(f"cpu: applying the cpu section gives an invalid workload: {exc}") from None
-    engines = d.get("engines", ["multilora"])
+
+def _diff(before: dict[str, Any], after: dict[str, Any], cpu: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, before, after) for every leaf the cpu: section changed (engines only when it names them)."""
+    a, b = _flatten({k: v for k, v in before.items() if k != "cpu"}), _flatten({k: v for k, v in after.items()
+                                                                               if k != "cpu"})
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return [(k, a.get(k), b.get(k)) for k in keys if not k.startswith("engines") or "engines" in cpu]
+
+
+# ---------------------------------------------------------------------------- one section of the file
+
+def _parse(d: dict[str, Any], base: Path, external_model: str | None = None) -> WorkloadSpec:
+    """The main section of a workload (no cpu: key) -> WorkloadSpec, every field checked."""
+    check_keys(d, TOP_KEYS - {"cpu"}, "workload")
+    engines = d.get("engines", list(DEFAULT_ENGINES))
     if not isinstance(engines, list) or not engines:
         raise WorkloadError(f"engines: {engines!r} must be a non-empty list")
     opts = d.get("engine_options", {})
@@ -400,20 +354,21 @@ def load_workload(source: str | Path | dict[str, Any], base_dir: str | Path | No
     for key in opts:
         if key not in ENGINES:
             raise WorkloadError(f"engine_options.{key}: not an in-process engine ({sorted(ENGINES)})")
+    engine_options = {k: check_engine_options(v, f"engine_options.{k}") for k, v in opts.items()}
+    model = _str(d, "model", "", default=DEFAULT_MODEL)
     spec = WorkloadSpec(
-        name=name,
-        seed=seed,
-        duration_s=_wrap_num(d, "duration_s", low=0.0, low_open=True),
-        warmup_s=_wrap_num(d, "warmup_s", default=0.0, low=0.0),
-        model=_str(d, "model", "", default="tiny"),
+        name=_str(d, "name", ""),
+        seed=_top_num(d, "seed", default=0, low=0, integer=True),
+        duration_s=_top_num(d, "duration_s", low=0.0, low_open=True),
+        warmup_s=_top_num(d, "warmup_s", default=0.0, low=0.0),
+        model=model,
         adapters=AdaptersSpec.parse(d.get("adapters", {"count": 0}), base),
-        traffic=TrafficSpec.parse(d.get("traffic"), base) if "traffic" in d else _missing("traffic"),
+        traffic=TrafficSpec.parse(d["traffic"], base) if "traffic" in d else _missing("traffic"),
         slo=SLOSpec.parse(d.get("slo", {})),
-        engines=tuple(_parse_engine(e, i) for i, e in enumerate(engines)),
-        engine_options={k: _engine_options(v, f"engine_options.{k}") for k, v in opts.items()},
+        engines=tuple(parse_engine_entry(e, f"engines[{i}]", engine_options=engine_options,
+                                         model=external_model or model) for i, e in enumerate(engines)),
+        engine_options=engine_options,
         loadgen=LoadgenSpec.parse(d.get("loadgen", {})),
-        cpu=copy.deepcopy(cpu),
-        base_dir=str(base),
     )
     _check_model(spec)
     if spec.traffic.replay is None and spec.adapters.count == 0 and spec.traffic.base_fraction < 1.0:
@@ -422,8 +377,8 @@ def load_workload(source: str | Path | dict[str, Any], base_dir: str | Path | No
     return spec
 
 
-def _wrap_num(d: dict[str, Any], key: str, *, low: float, low_open: bool = False,
-              default: Any = dataclasses.MISSING, integer: bool = False) -> Any:
+def _top_num(d: dict[str, Any], key: str, *, low: float, low_open: bool = False,
+             default: Any = dataclasses.MISSING, integer: bool = False) -> Any:
     """A top-level number: errors read "duration_s: -1 must be > 0"."""
     if key not in d:
         if default is dataclasses.MISSING:
@@ -444,9 +399,9 @@ def _missing(key: str):
 
 
 def _check_model(spec: WorkloadSpec) -> None:
-    from engines.model.config import PRESETS
+    if any(e.kind == "inprocess" for e in spec.engines) and not _is_preset(spec.model) \
+            and not Path(spec.model).is_dir():
+        from engines.model.config import PRESETS
 
-    inprocess = any(isinstance(e, str) or e.get("kind") == "inprocess" for e in spec.engines)
-    if inprocess and spec.model not in PRESETS and not Path(spec.model).is_dir():
         raise WorkloadError(f"model: {spec.model!r} is neither a preset ({sorted(PRESETS)}) nor a folder "
                             "with config.json and safetensors")

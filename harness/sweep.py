@@ -66,35 +66,20 @@ def probe_from_run(summary: dict, status: dict, run: str) -> Probe:
                  run=run, note=note)
 
 
-def _default_backends():
-    try:
-        from harness.runner import run_engine
-        from harness.store import load_run
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(f"harness sweep needs {exc.name}, which is not in this checkout; "
-                           "it runs every point with `harness run`'s runner") from exc
-    return run_engine, load_run
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def run_sweep(cfg: SweepConfig, *, run_engine: Callable | None = None, load_run: Callable | None = None,
               has_cuda: bool | None = None, log: Callable[[str], None] = print) -> Path:
     """Run the sweep; every run lands in <sweep>/runs/, capacity.json is rewritten after each search."""
-    from harness.spec import load_workload
+    from harness.spec import load_workload, machine_has_cuda
 
     if run_engine is None or load_run is None:
-        run_engine, load_run = _default_backends()
-    cuda = _has_cuda() if has_cuda is None else has_cuda
+        from harness.runner import run_engine
+        from harness.store import load_run
+    cuda = machine_has_cuda() if has_cuda is None else has_cuda
     base = load_workload(cfg.workload).for_machine(cuda)
     if cfg.duration_s is not None:
         base = base.with_overrides({"duration_s": cfg.duration_s})
     if cfg.target is None:  # the workload may state the attainment it needs; 0.9 otherwise
-        cfg = replace(cfg, target=float(getattr(base.slo, "attainment", None) or DEFAULT_TARGET))
+        cfg = replace(cfg, target=float(base.slo.attainment or DEFAULT_TARGET))
     engines = base.engine_list()
     if cfg.engines:
         known = {e["name"]: e for e in engines}

@@ -10,7 +10,8 @@
 #              CI_GATE_REPEATS (run pairs for --update, default 2: a baseline in the middle of the noise),
 #              CI_GATE_BASELINE_DIR (default baselines),
 #              CI_GATE_MULTILORA (the multilora engine as `harness run --engine` takes it; to check that the gate
-#              catches a slow-down: '{"name": "multilora", "options": {"step_delay_ms": 5}}').
+#              catches a slow-down, a test-only engine whose steps take 4x as long:
+#              '{"name": "tests.gate_slow_engine:SlowMultiLoRA", "label": "multilora", "options": {"max_num_seqs": 8}}').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

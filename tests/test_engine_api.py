@@ -1,6 +1,5 @@
 """MultiLoRAEngine's interface: sampling parameters, stop conditions, adapters while serving, errors, stats."""
 import shutil
-import time
 
 import pytest
 import torch
@@ -146,12 +145,10 @@ def test_abort_frees_everything(eng):
     assert not eng.has_unfinished() and st["running"] == 0 and st["kv_blocks_used"] == 0
 
 
-def test_stats_keys_and_step_delay(adapter_dir):
-    eng = create_engine(EngineConfig(model="tiny", device="cpu", step_delay_ms=30.0))
+def test_stats_keys(adapter_dir):
+    eng = create_engine(EngineConfig(model="tiny", device="cpu"))
     eng.add_request(Request("d", PROMPT, None, SamplingParams(max_tokens=3, ignore_eos=True)))
-    t0 = time.perf_counter()
     run(eng, [])
-    assert time.perf_counter() - t0 >= 3 * 0.03
     st = eng.stats()
     for key in ("queue_depth", "running", "batch_size", "kv_blocks_used", "kv_blocks_total", "adapters_resident",
                 "adapter_loads", "adapter_evictions", "adapter_load_seconds", "preemptions", "steps",

@@ -77,6 +77,7 @@ def test_unknown_placeholder_and_missing_executable(tmp_path):
         server.start()
 
 
+@pytest.mark.e2e
 def test_command_template_launches_our_own_server_and_it_is_driven_like_the_others(adapter_dir, tmp_path):
     printed = []
     spec = {"command": "{python} -m engines.server --engine multilora --model {model} --adapters {adapters_dir} "
@@ -101,6 +102,7 @@ def test_command_template_launches_our_own_server_and_it_is_driven_like_the_othe
     assert "READY http://127.0.0.1:" in (tmp_path / "server.log").read_text()  # the log was captured
 
 
+@pytest.mark.e2e
 def test_self_preset_with_a_plugin_engine(tmp_path):
     with ExternalServer({"preset": "self", "model": "tiny", "engine": "tests.test_server_support:EchoEngine",
                          "timeout_s": 120, "log_path": str(tmp_path / "self.log")}, log=lambda s: None) as url:

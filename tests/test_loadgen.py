@@ -41,6 +41,7 @@ def run_loadgen(tmp_path, url, trace, *, workers=1, request_timeout_s=30.0, drai
     return lg, read_records_jsonl(out)
 
 
+@pytest.mark.e2e
 def test_open_loop_streaming_records(tmp_path):
     server = stub(tmp_path, "--ttft-ms", "20", "--token-delay-ms", "5")
     try:
@@ -63,6 +64,7 @@ def test_open_loop_streaming_records(tmp_path):
     assert rec["in_window"].tolist() == (df["t"] >= 0.2).tolist()
 
 
+@pytest.mark.e2e
 def test_multi_token_chunks_use_the_servers_counts(tmp_path):
     server = stub(tmp_path, "--ttft-ms", "5", "--token-delay-ms", "20", "--chunk-tokens", "3")
     try:
@@ -77,6 +79,7 @@ def test_multi_token_chunks_use_the_servers_counts(tmp_path):
         assert times[3] - times[2] == pytest.approx(times[4] - times[3], abs=1e-9)
 
 
+@pytest.mark.e2e
 def test_failures_and_timeouts_are_records_not_losses(tmp_path):
     server = stub(tmp_path, "--fail-every", "4", "--ttft-ms", "1", "--token-delay-ms", "1")
     try:
@@ -99,6 +102,7 @@ def test_failures_and_timeouts_are_records_not_losses(tmp_path):
     assert all(0 < len(t) < 10 for t in rec["token_times"])  # tokens that arrived before the timeout are kept
 
 
+@pytest.mark.e2e
 def test_unknown_adapter_and_dead_server(tmp_path):
     server = stub(tmp_path, "--adapters", "adapter-0000")
     try:
@@ -114,6 +118,7 @@ def test_unknown_adapter_and_dead_server(tmp_path):
     assert len(rec) == 4 and (rec["status"] == "error").all() and (rec["http_status"] == 0).all()
 
 
+@pytest.mark.e2e
 def test_master_worker_mode_shares_the_trace(tmp_path):
     server = stub(tmp_path, "--ttft-ms", "2", "--token-delay-ms", "2")
     try:
@@ -128,6 +133,7 @@ def test_master_worker_mode_shares_the_trace(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.e2e
 def test_sigint_keeps_the_records_of_what_ran(tmp_path, workers):
     server = stub(tmp_path, "--ttft-ms", "1", "--token-delay-ms", "300")
     try:
@@ -186,6 +192,7 @@ def test_server_process_errors_carry_the_log(tmp_path):
     assert not silent.alive()
 
 
+@pytest.mark.e2e
 def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     import json
 

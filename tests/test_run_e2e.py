@@ -18,6 +18,8 @@ from harness.trace import build_trace, read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.e2e  # every test here starts a server and the load generator
+
 
 def workload(tmp_path, **over):
     d = {"name": "e2e", "seed": 5, "duration_s": 3.0, "warmup_s": 0.5, "model": "tiny",
@@ -82,12 +84,34 @@ def test_in_process_engines(tmp_path, engine):
 
 def test_a_server_that_cannot_start_leaves_an_error_run(tmp_path):
     spec = load_workload(workload(tmp_path))
+    printed = []
     run_dir = run_engine(spec, {"name": "stub", "kind": "stub", "options": {"chunk_tokens": 0}}, tmp_path / "runs",
-                         progress=False, log=lambda s: None)
+                         progress=False, log=printed.append)
     run = check_run(run_dir, spec, status="error")
     assert "exited with code 2 before it was ready" in run.status["message"]
     assert "--chunk-tokens must be >= 1" in run.status["message"]  # the server's own words, from its log
     assert run.summary["counts"]["not_sent"] == run.summary["counts"]["total"] and not run.summary["valid"]
+    # the cause is in the one-line reason and, with the end of the server's log, on the console
+    assert "--chunk-tokens must be >= 1" in run.summary["invalid_reasons"][0]
+    assert "--chunk-tokens must be >= 1" in printed[-1] and printed[-1].startswith("[stub] error: ")
+
+
+def test_cli_exits_1_with_the_reason_per_engine_when_a_run_is_invalid(tmp_path, capsys):
+    from harness.cli import main
+
+    bad = '{"name": "stub", "kind": "stub", "label": "broken", "options": {"chunk_tokens": 0}}'
+    code = main(["run", str(workload(tmp_path, duration_s=1.0)), "--engine", "stub", "--engine", bad,
+                 "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--machine", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "harness run: broken: invalid: run error: server exited with code 2" in err and "chunk-tokens" in err
+    assert "harness run: stub:" not in err  # the valid run is not blamed
+    runs = {load_run(p).engine: load_run(p) for p in list_runs(tmp_path / "runs")}
+    assert runs["stub"].summary["valid"] and not runs["broken"].summary["valid"]
+    # config.json holds the resolved spec and how it was resolved
+    config = runs["stub"].config
+    assert config["workload"]["duration_s"] == 1.0 and "cpu" not in config["workload"]
+    assert config["resolution"]["machine"] == "cpu" and config["resolution"]["precedence"].startswith("precedence")
 
 
 def test_external_engine_attached_by_url(tmp_path):
@@ -106,13 +130,6 @@ def test_external_engine_attached_by_url(tmp_path):
     run = check_run(run_dir, spec)
     assert run.summary["engine"] == "vllm-like" and run.summary["engine_kind"] == "external"
     assert run.summary["counts"]["ok"] == run.summary["counts"]["total"]
-
-
-def test_external_engine_keys_are_checked_when_the_workload_loads(tmp_path):
-    from harness.spec import WorkloadError
-
-    with pytest.raises(WorkloadError, match=r"engines\[0\]: unknown key\(s\) \['gpus'\]"):
-        load_workload(workload(tmp_path, engines=[{"kind": "external", "url": "http://127.0.0.1:1", "gpus": 2}]))
 
 
 def start_cli(tmp_path, *extra):

@@ -95,6 +95,7 @@ def test_multilora_disconnect_mid_stream_frees_kv_blocks_and_runtime_load_works(
         engine.close()
 
 
+@pytest.mark.e2e
 def test_harness_serve_prints_ready_and_stops_on_sigterm(adapter_dir):
     cmd = [sys.executable, "-m", "harness", "serve", "--engine", "multilora", "--model", "tiny",
            "--adapters", str(adapter_dir), "--port", "0", "--max-queue", "4",

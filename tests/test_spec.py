@@ -25,8 +25,10 @@ def test_shipped_workloads_load_round_trip_and_have_a_cpu_variant():
         assert isinstance(spec, WorkloadSpec)
         assert load_workload(spec.to_dict(), base_dir=spec.base_dir) == spec
         cpu = spec.for_machine(has_cuda=False)
-        assert cpu.model == "tiny" and cpu.cpu is None
-        assert spec.for_machine(has_cuda=True) is spec
+        assert cpu.model == "tiny" and cpu.cpu is None and cpu.resolution.cpu_applied == (spec.cpu is not None)
+        gpu = spec.for_machine(has_cuda=True)
+        assert gpu.cpu is None and not gpu.resolution.cpu_applied
+        assert gpu.to_dict() == {k: v for k, v in spec.to_dict().items() if k != "cpu"}
 
 
 def test_bursty30_keeps_its_spirit():
@@ -45,8 +47,10 @@ def test_with_overrides_returns_a_new_validated_spec():
     assert spec.traffic.rate == 5.0  # the original is untouched
     with pytest.raises(WorkloadError, match=r"traffic\.rate: -1 must be > 0"):
         spec.with_overrides({"traffic.rate": -1})
-    with pytest.raises(WorkloadError, match=r"nosuch\.x: cannot override, nosuch is missing"):
+    with pytest.raises(WorkloadError, match=r"^override nosuch\.x: workload: unknown key\(s\) \['nosuch'\]"):
         spec.with_overrides({"nosuch.x": 1})
+    with pytest.raises(WorkloadError, match=r"^--rate-per-adapter: traffic\.rate: -1 must be > 0"):
+        spec.with_overrides({"traffic.rate": -1}, {"traffic.rate": "--rate-per-adapter"})
 
 
 @pytest.mark.parametrize("change, message", [
@@ -69,7 +73,7 @@ def test_with_overrides_returns_a_new_validated_spec():
     ({"engine_options": {"multilora": {"warp": 9}}}, r"^engine_options\.multilora: .*unknown key"),
     ({"engine_options": {"tgi": {}}}, r"^engine_options\.tgi: not an in-process engine"),
     ({"loadgen": {"workers": 0}}, r"^loadgen\.workers: 0 must be >= 1"),
-    ({"cpu": {"rate": -3}}, r"^cpu: applying the cpu section gives an invalid workload: traffic\.rate: -3 must be > 0"),
+    ({"cpu": {"rate": -3}}, r"^cpu: traffic\.rate: -3 must be > 0 \(with the cpu: section applied\)"),
     ({"cpu": {"gpu_count": 1}}, r"^cpu: unknown key\(s\) \['gpu_count'\]"),
 ])
 def test_bad_top_level_values_name_the_field(change, message):
@@ -130,7 +134,7 @@ def test_yaml_file_errors(tmp_path):
     with pytest.raises(WorkloadError, match="not valid YAML"):
         load_workload(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(WorkloadError, match="^workload: .* must be a mapping"):
+    with pytest.raises(WorkloadError, match=r"^\S*bad\.yaml: workload: .* must be a mapping"):
         load_workload(bad)
 
 
@@ -139,6 +143,6 @@ def test_engine_list_merges_engine_options():
                                        {"name": "vllm", "kind": "external", "url": "http://127.0.0.1:9"}],
                               engine_options={"multilora": {"gpu_slots": 8}, "merged": {"max_num_seqs": 4}}))
     e = spec.engine_list()
-    assert e[0] == {"name": "multilora", "kind": "inprocess", "options": {"gpu_slots": 8}}
+    assert e[0] == {"name": "multilora", "kind": "inprocess", "label": "multilora", "options": {"gpu_slots": 8}}
     assert e[1]["options"] == {"max_num_seqs": 4, "max_loras": 2}
     assert e[2]["kind"] == "external" and "options" not in e[2]

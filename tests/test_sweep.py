@@ -107,7 +107,7 @@ def test_sweep_that_fails_before_any_run_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_real_sweep_on_the_cpu(tmp_path):
     """harness sweep end to end: real server processes, Locust load and run directories (tiny model, 2 runs)."""
     import yaml

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from engines.adapters.folders import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME, adapter_folders
 from engines.adapters.lora import LoRAAdapter
 from engines.adapters.validate import (LoraSettings, check_config, check_pair, fail, module_group,
                                        module_path)
@@ -20,9 +21,6 @@ from engines.model.config import LORA_TARGETS, ModelArgs
 __all__ = ["LoRAAdapter", "read_adapter", "inspect_adapter", "write_adapter", "read_config", "tensor_key",
            "CONFIG_NAME", "WEIGHTS_NAME", "PICKLE_WEIGHTS_NAME"]
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 
 # PEFT saves "base_model.model.<name in the base>.lora_A.weight"; some exporters keep the adapter name
 # ("lora_A.default.weight") or drop the "base_model.model." prefix.
@@ -226,12 +224,3 @@ def write_adapter(adapter: LoRAAdapter, path, base_model_name: str, n_layers: in
     os.replace(tmp_weights, folder / WEIGHTS_NAME)
     os.replace(tmp_config, folder / CONFIG_NAME)
     return folder
-
-
-def adapter_folders(root: str | Path) -> list[Path]:
-    """The adapter folders an engine serves from `root`: its visible sub-folders, sorted (each registered
-    under its folder name; a broken one is refused by read_adapter with its path and cause)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"adapters={str(root)!r} is not a folder of adapter folders")
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

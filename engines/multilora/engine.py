@@ -237,8 +237,6 @@ class MultiLoRAEngine(Engine):
     # ---- the loop --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         t0 = time.perf_counter()
-        if self.config.step_delay_ms:
-            time.sleep(self.config.step_delay_ms / 1e3)
         self.pool.finish_loads()
         for name, why in list(getattr(self.pool, "failed", {}).items()):
             for seq in [s for s in self._seqs.values() if s.adapter == name and s.status is SeqStatus.WAITING]:
@@ -322,7 +320,3 @@ class MultiLoRAEngine(Engine):
         if self.device.type == "cuda":
             self.runner.graphs = None
             torch.cuda.empty_cache()
-
-    def running_status(self) -> dict[str, str]:
-        """request id -> waiting | running (for tests and debugging)."""
-        return {k: ("running" if s.status is SeqStatus.RUNNING else "waiting") for k, s in self._seqs.items()}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+from harness.errors import UsageError
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -69,13 +70,8 @@ def run_make(args: argparse.Namespace) -> int:
     import torch
 
     from engines.adapters.synth import adapter_nbytes, make_adapters, plan_adapters
-    from engines.model.checkpoint import CheckpointError, resolve_args
 
-    try:
-        base = resolve_args(args.base)
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: --base: {exc}", file=sys.stderr)
-        return 2
+    base = _base(args.base)
     dtype = getattr(torch, args.dtype)
     base_path = str(Path(args.base).resolve()) if Path(args.base).is_dir() else None  # a checkpoint: recorded
     request = dict(base=base, count=args.count, ranks=args.ranks, targets=args.targets, out_dir=args.out_dir,
@@ -85,8 +81,7 @@ def run_make(args: argparse.Namespace) -> int:
         plan = plan_adapters(**request)
         make_adapters(**request, progress=True, jobs=args.jobs)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(" ".join(str(exc).split())) from None
     seconds = time.perf_counter() - start
     written = sum(not p.current for p in plan)
     rows = []
@@ -116,6 +111,16 @@ def run_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base(text: str):
+    """--base: a preset or a checkpoint folder, refused in one line."""
+    from engines.model.checkpoint import CheckpointError, resolve_args
+
+    try:
+        return resolve_args(text)
+    except (CheckpointError, ValueError) as exc:
+        raise UsageError(f"--base {text}: {' '.join(str(exc).split())}") from None
+
+
 def _adapter_folders(root: Path) -> list[Path]:
     from engines.adapters.peft_format import CONFIG_NAME, adapter_folders
 
@@ -125,21 +130,14 @@ def _adapter_folders(root: Path) -> list[Path]:
 def run_check(args: argparse.Namespace) -> int:
     from engines.adapters.peft_format import read_adapter
     from engines.base import AdapterFileError
-    from engines.model.checkpoint import CheckpointError, resolve_args
 
-    try:
-        base = resolve_args(args.base)
-    except (CheckpointError, ValueError) as exc:
-        print(f"error: --base: {exc}", file=sys.stderr)
-        return 2
+    base = _base(args.base)
     root = Path(args.dir)
     if not root.is_dir():
-        print(f"error: {root}: not a folder; give a folder of adapter folders or one adapter folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"{root}: not a folder; give a folder of adapter folders or one adapter folder")
     folders = _adapter_folders(root)
     if not folders:
-        print(f"error: {root}: holds no adapter folders", file=sys.stderr)
-        return 1
+        raise UsageError(f"{root}: holds no adapter folders")
     print(f"{'adapter':<28} {'rank':>5} {'alpha':>7} {'scaling':>8} {'layers':>6} {'bytes':>12}  targets")
     bad = 0
     for folder in folders:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from harness.errors import UsageError
 
 DEFAULT_DIR = "baselines"
 
@@ -90,5 +91,4 @@ def run(args: argparse.Namespace) -> int:
     try:
         return ACTIONS[args.baseline_command](args)
     except GateInputError as exc:
-        print(f"baseline: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(" ".join(str(exc).split())) from None

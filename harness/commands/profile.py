@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from harness.errors import UsageError
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -61,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
                         iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit)
-    if cfg.rank < 1 or cfg.many_rank < 1 or cfg.iters < 1:
-        print("profile: --rank, --many-rank and --iters must be >= 1")
-        return 2
+    for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be >= 1")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     path = Path(args.out or f"docs/results/profile-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-').lower()}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

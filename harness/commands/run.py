@@ -4,47 +4,60 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import time
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("run", help="run a workload against engines and compare them", description=__doc__)
+    from harness.commands.common import add_workload_arguments
+    from harness.errors import EXIT_CODES_HELP
+    from harness.spec import PRECEDENCE, LoadgenSpec
+
+    p = subparsers.add_parser("run", help="run a workload against engines and compare them",
+                              description=f"{__doc__}\n\nValues: {PRECEDENCE}. The run prints what the cpu: "
+                              "section changed; each run's config.json holds the resolved spec.",
+                              epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", help="workload YAML, e.g. workloads/bursty30.yaml")
     p.add_argument("--engine", action="append", default=None, metavar="NAME",
-                   help="engine to run (repeatable): multilora, merged, peft, stub, or a JSON object such as "
-                        '\'{"name": "vllm", "kind": "external", "url": "http://127.0.0.1:8000"}\'; '
-                        "default: the workload's engines")
+                   help="engine to run (repeatable): one of the workload's engines by name, multilora, merged, peft, "
+                        'stub, or a JSON object such as \'{"name": "vllm", "kind": "external", "url": '
+                        '"http://127.0.0.1:8000"}\'; default: the workload\'s engines')
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--workers", type=int, default=None, help="Locust worker processes (default: the workload's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a workload field, e.g. --set traffic.rate=4 --set duration_s=30 (YAML values)")
-    p.add_argument("--machine", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="apply the workload's cpu: section (cpu), ignore it (cuda), or decide from this machine")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Locust worker processes, the same as --set loadgen.workers=N (default: the workload's, "
+                        f"else {LoadgenSpec.workers})")
+    add_workload_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def parse_engine(text: str):
+def parse_engine(text: str, flag: str = "--engine"):
+    """--engine TEXT -> a name or, for text starting with '{', the JSON object (checked by parse_engine_entry)."""
+    from harness.errors import UsageError
+
     text = text.strip()
     if text.startswith("{"):
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise SystemExit(f"error: --engine {text!r} is not valid JSON ({exc})")
-    if text == "stub":
-        return {"name": "stub", "kind": "stub"}
+            raise UsageError(f"{flag} {text}: not valid JSON ({exc})") from None
     return text
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import yaml
+def engines_to_run(args: argparse.Namespace, spec) -> list:
+    """--engine values as engine entries (a name of one of the workload's entries picks that entry), or the
+    workload's own; every one checked before anything runs."""
+    from harness.engine_spec import parse_engine_entry
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --set {item!r} must be KEY=VALUE, e.g. traffic.rate=4")
-        out[key.strip()] = yaml.safe_load(value)
+    if not args.engine:
+        return list(spec.engines)
+    by_label = {e.label: e for e in spec.engines}
+    out = []
+    for text in args.engine:
+        value = parse_engine(text)
+        out.append(by_label[value] if isinstance(value, str) and value in by_label else
+                   parse_engine_entry(value, f"--engine {text}", engine_options=spec.engine_options,
+                                      model=spec.resolution.external_model or spec.model))
     return out
 
 
@@ -80,42 +93,26 @@ def _terminate(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.runner import machine_has_cuda, run_workload
-    from harness.spec import WorkloadError, load_workload
-    from harness.store import load_run
+    from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+    from harness.commands.common import load_spec
+    from harness.runner import run_engine
+    from harness.store import list_runs, load_run
 
     t_start = time.monotonic()
-    try:
-        spec = load_workload(args.workload)
-        overrides = parse_overrides(args.set)
-        if overrides:
-            spec = spec.with_overrides(overrides)
-        cuda = machine_has_cuda() if args.machine == "auto" else args.machine == "cuda"
-        if not cuda and spec.cpu is not None:
-            print(f"no CUDA here: the workload's cpu: section applies (model {spec.for_machine(False).model!r} "
-                  "on the CPU, short window, low rate)")
-        elif not cuda:
-            print("no CUDA here: engines run on the CPU")
-        spec = spec.for_machine(cuda)
-    except WorkloadError as exc:
-        print(f"error: {args.workload}: {exc}")
-        return 2
-    engines = [parse_engine(e) for e in args.engine] if args.engine else None
-    if args.workers is not None and args.workers < 1:
-        print("error: --workers must be >= 1")
-        return 2
+    spec = load_spec(args)
+    engines = engines_to_run(args, spec)
+    for line in spec.resolution.describe():
+        print(line)
     paths = []
     interrupted = False
     signal.signal(signal.SIGTERM, _terminate)  # a CI timeout stops the servers and keeps the records too
     # Ctrl-C stops the run even when this process was started with SIGINT ignored (a background job of a shell)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        for engine in engines or list(spec.engines):
-            paths += run_workload(spec, [engine], args.runs_dir, progress=not args.no_progress, workers=args.workers)
+        for engine in engines:
+            paths.append(run_engine(spec, engine, args.runs_dir, progress=not args.no_progress))
     except KeyboardInterrupt:
         interrupted = True
-    from harness.store import list_runs
-
     if interrupted:  # the interrupted engine's directory is complete too: show it
         latest = [p for p in list_runs(args.runs_dir) if p not in paths]
         paths += sorted(latest, key=lambda p: p.stat().st_mtime)[-1:]
@@ -130,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r.engine}: {r.path}" + (f"  (invalid: {'; '.join(reasons)})" if reasons else ""))
         print(f"total {time.monotonic() - t_start:.0f} s")
     if interrupted:
-        print("interrupted: the records gathered so far are kept")
-        return 130
-    return 0 if all(r.status.get("status") == "completed" for r in runs) else 1
+        print("interrupted: the records gathered so far are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bad = [r for r in runs if r.status.get("status") != "completed" or not r.summary.get("valid")]
+    for r in bad:
+        reasons = r.summary.get("invalid_reasons") or [r.status.get("message") or r.status.get("status", "?")]
+        print(f"harness run: {r.engine}: invalid: {'; '.join(reasons)}", file=sys.stderr)
+    return EXIT_FAILED if bad else EXIT_OK

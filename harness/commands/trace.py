@@ -1,16 +1,21 @@
-"""`harness trace WORKLOAD [--out trace.csv]`: build the workload's trace, write it and print its statistics."""
+"""`harness trace WORKLOAD [--out trace.csv] [--set KEY=VALUE]`: build the workload's trace, write it and print its
+statistics (the same spec `harness run` would run: the file, then its cpu: section on a machine without CUDA, then
+every --set)."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(subparsers) -> None:
+    from harness.commands.common import add_workload_arguments
+    from harness.errors import EXIT_CODES_HELP
+
     p = subparsers.add_parser("trace", help="build a workload's trace and print its statistics",
-                              description=__doc__)
+                              description=__doc__, epilog=EXIT_CODES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", help="workload YAML, e.g. workloads/bursty30.yaml")
     p.add_argument("--out", default=None, help="write the trace CSV here")
-    p.add_argument("--machine", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="apply the workload's cpu: section (cpu), ignore it (cuda), or decide from this machine")
+    add_workload_arguments(p)
     p.add_argument("--top", type=int, default=10, help="adapters listed in the table")
     p.set_defaults(func=run)
 
@@ -33,21 +38,16 @@ def describe(stats: dict, top: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.spec import WorkloadError, load_workload
+    from harness.commands.common import load_spec
+    from harness.errors import UsageError
     from harness.trace import build_trace, trace_stats, write_trace
 
-    try:
-        spec = load_workload(args.workload)
-        if args.machine == "auto":
-            import torch
-
-            spec = spec.for_machine(torch.cuda.is_available())
-        else:
-            spec = spec.for_machine(args.machine == "cuda")
-        df = build_trace(spec)
-    except WorkloadError as exc:
-        print(f"error: {args.workload}: {exc}")
-        return 2
+    if args.top < 0:
+        raise UsageError(f"--top {args.top}: must be >= 0")
+    spec = load_spec(args)
+    for line in spec.resolution.describe():
+        print(line)
+    df = build_trace(spec)
     if args.out:
         print(f"wrote {write_trace(df, args.out)}")
     print(describe(trace_stats(df, spec), args.top))

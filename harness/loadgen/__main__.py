@@ -21,10 +21,12 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--out", required=True, help="records.jsonl to append to")
     p.add_argument("--base-model", required=True, help="model name for requests without an adapter")
     p.add_argument("--warmup-s", type=float, default=0.0)
-    p.add_argument("--users", type=int, default=512, help="users per worker process (most requests in flight)")
-    p.add_argument("--workers", type=int, default=1, help="Locust worker processes (>1: master/worker mode)")
-    p.add_argument("--request-timeout-s", type=float, default=300.0)
-    p.add_argument("--drain-timeout-s", type=float, default=60.0)
+    p.add_argument("--users", type=int, default=Options.users,
+                   help="users per worker process (most requests in flight)")
+    p.add_argument("--workers", type=int, default=Options.workers,
+                   help="Locust worker processes (>1: master/worker mode)")
+    p.add_argument("--request-timeout-s", type=float, default=Options.request_timeout_s)
+    p.add_argument("--drain-timeout-s", type=float, default=Options.drain_timeout_s)
     p.add_argument("--api-key", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--master-port", type=int, default=0, help=argparse.SUPPRESS)

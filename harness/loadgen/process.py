@@ -18,6 +18,7 @@ from locust.env import Environment
 from harness.loadgen.recorder import Recorder
 from harness.loadgen.scheduler import Schedule, spawn
 from harness.loadgen.user import make_user_class
+from harness.spec_sections import LoadgenSpec
 
 START_LEAD_S = 0.3  # t0 is this far after the users are ready, so the first request is not late
 REASON_TO_STATUS = {"drain_timeout": ("timeout", "still streaming at the drain timeout"),
@@ -31,10 +32,10 @@ class Options:
     out: str
     base_model: str
     warmup_s: float = 0.0
-    users: int = 512
-    workers: int = 1
-    request_timeout_s: float = 300.0
-    drain_timeout_s: float = 60.0
+    users: int = LoadgenSpec.users  # the defaults are the workload's (harness/spec_sections.py), written once
+    workers: int = LoadgenSpec.workers
+    request_timeout_s: float = LoadgenSpec.request_timeout_s
+    drain_timeout_s: float = LoadgenSpec.drain_timeout_s
     api_key: str | None = None
     master_port: int = 0  # worker mode: the master to join
 
