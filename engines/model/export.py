@@ -38,9 +38,11 @@ def byte_tokenizer(args: ModelArgs):
 
     BOS and EOS sit at the model's ids; every other id up to vocab_size is a plain `<|reserved_i|>` token,
     so any id a random model samples decodes. A text prompt gets BOS in front (post-processor), as the
-    byte tokenizer's encode(add_bos=True) does. Byte ids decode as Latin-1 characters (ASCII as itself),
-    not as UTF-8: a random model's bytes are rarely valid UTF-8, and a server streaming them as UTF-8 holds
-    back the unfinished characters, so chunks would come without text and clients could not count tokens.
+    byte tokenizer's encode(add_bos=True) does. Each byte id decodes to one character of its own, not
+    as UTF-8: printable ASCII, space, tab and newline as themselves, every other byte as its stand-in of the
+    byte-level alphabet (e.g. 0xC3 -> "Ã", 0x00 -> "Ā"). A random model's bytes are rarely valid UTF-8, and a
+    server streaming them as UTF-8 holds back unfinished characters, so chunks would come without text and
+    clients could not count tokens. Three replacements only: a decoder step per byte costs 20x more.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -56,7 +58,7 @@ def byte_tokenizer(args: ModelArgs):
         vocab[specials.get(i, f"<|reserved_{i}|>")] = i
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.Sequence([decoders.Replace(chars[b], chr(b)) for b in range(256) if chars[b] != chr(b)])
+    tok.decoder = decoders.Sequence([decoders.Replace(chars[b], chr(b)) for b in b" \t\n"])
     tok.add_special_tokens([AddedToken(BOS, special=True, normalized=False),
                             AddedToken(EOS, special=True, normalized=False)])
     tok.post_processor = processors.TemplateProcessing(
