@@ -11,6 +11,7 @@ from engines.model.config import LORA_TARGETS
 from engines.model.llama import LORA_GROUPS, Transformer
 from engines.multilora.adapter_lru import AdapterLRU
 from engines.multilora.engine import MultiLoRAEngine
+from engines.multilora.policy import OneAdapterPerStep
 from engines.multilora.scheduler import Batch
 
 CPU_COPIES = 4
@@ -89,6 +90,9 @@ class MergedPool:
     def wait_briefly(self, seconds: float = 0.0) -> None:
         return None
 
+    def take_failed(self) -> dict[str, str]:
+        return {}  # adapters are read when registered (a merge needs the values): a bad one raises there
+
     def want(self, names: list[str | None]) -> None:
         wanted = frozenset(n for n in names if n is not None)
         for name in names:
@@ -155,11 +159,11 @@ class MergedPool:
 
 
 class MergedEngine(MultiLoRAEngine):
-    """The multilora scheduler and runner with one_adapter_per_step: steps rotate round-robin over the
+    """The multilora scheduler (policy OneAdapterPerStep) and runner: steps rotate round-robin over the
     adapters (weight copies) that have work; LoRA ops never run."""
 
     name = "merged"
-    one_adapter_per_step = True
+    scheduler_policy = OneAdapterPerStep
 
     def _register_start(self, start) -> None:
         for name, (path, adapter) in start.items():  # each is read now: a merge needs the values

@@ -72,7 +72,13 @@ class AttentionCase:
         return 4 * self.batch * self.hq * self.context * self.head_dim
 
 
+QKV = (4096, 1024, 1024)  # Llama-3-8B q, k, v widths: one launch covers the three slices
+
 LORA_CASES = [
+    LoRACase("decode-1x1-r16-qkv", 1, 1, 16, widths=QKV),  # the decode step's shapes at batch 1, 64, 256
+    LoRACase("decode-1x1-r16", 1, 1, 16),
+    LoRACase("decode-64x64-r16-qkv", 64, 64, 16, widths=QKV),
+    LoRACase("decode-256x256-r16-qkv", 256, 256, 16, widths=QKV),
     LoRACase("decode-32x32-r16", 32, 32, 16),
     LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
     LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),

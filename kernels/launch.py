@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,25 +112,54 @@ def _device_name(device) -> str:
     return "cpu"
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_name: str, index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device) -> int:
+    """Multiprocessors of a CUDA device (8 elsewhere: the interpreter's grids stay small)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count(_device_name(device), index)
+
+
 def lookup(op: str, key: str, device, default):
     """The tuned config for (op, key) on this device's GPU, else `default`."""
     return _table_for(_device_name(device)).get(op, {}).get(key, default)
 
 
-def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkConfig:
-    """Used when the GPU's JSON has no entry (from the H100 tuning runs in docs/kernels.md)."""
-    if tokens <= 256:  # decode: one weight stream per adapter; split the hidden dim when adapters are few
-        if max_rank > 16:
-            return ShrinkConfig(block_m=16, block_r=64, block_k=256, split_k=8, num_warps=4, num_stages=4)
-        split = 2 if tokens <= 64 and hidden >= 2048 else 1
-        return ShrinkConfig(block_m=16, block_r=16, block_k=512 if split > 1 else 256, split_k=split,
-                            num_warps=4, num_stages=4)
-    return ShrinkConfig(block_m=32, block_r=16 if max_rank <= 16 else 64, block_k=256 if max_rank <= 16 else 128,
+def default_shrink(tokens: int, hidden: int, slices: int, max_rank: int, tiles: int = 0,
+                   sms: int = 0) -> ShrinkConfig:
+    """Used when the GPU's JSON has no entry (from the H100 tuning runs in docs/kernels.md).
+
+    Decode with few token tiles (`tiles`, e.g. 1 at batch 1) splits the hidden dimension so that
+    about `sms` programs stream the adapter weights, not one or two (a single program reading the
+    whole A is what made a batch-1 shrink cost ~10 us).
+    """
+    block_r = 16 if max_rank <= 16 else 64
+    if tokens <= 256:  # decode: one weight stream per adapter; split the hidden dim when tiles are few
+        split = 1
+        if tiles and sms:
+            split = 1 << max(0, round(math.log2(max(1.0, sms / tiles))))
+            split = max(1, min(32, split, hidden // 64))
+        elif tokens <= 64 and hidden >= 2048:
+            split = 8 if max_rank > 16 else 2
+        block_k = 256 if split == 1 else max(64, min(512, 1 << (hidden // split).bit_length() - 1))
+        return ShrinkConfig(block_m=16, block_r=block_r, block_k=block_k, split_k=split, num_warps=4, num_stages=4)
+    return ShrinkConfig(block_m=32, block_r=block_r, block_k=256 if max_rank <= 16 else 128,
                         split_k=1, num_warps=4, num_stages=4 if max_rank <= 16 else 3)
 
 
 def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> ExpandConfig:
-    """Used when the GPU's JSON has no entry."""
+    """Used when the GPU's JSON has no entry (longer programs, 16-64 column steps, measured slower on the
+    H200 at 128 tokens: docs/performance.md)."""
     block_r = 16 if max_rank <= 16 else 64
     if tokens <= 256:
         return ExpandConfig(block_m=16, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
@@ -140,30 +170,80 @@ def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv
     return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
 
 
-def _shrink_smem(cfg: ShrinkConfig, slices: int) -> int:
-    """Shared memory of the pipelined x and A tiles (16-bit): what the compiler refuses past ~227 KB."""
-    s_pad = 1 << max(0, slices - 1).bit_length()
-    return (cfg.block_r * s_pad + cfg.block_m) * cfg.block_k * 2 * cfg.num_stages
+def _shrink_smem(cfg: ShrinkConfig, slices: int, elem: int = 2) -> int:
+    """Shared memory of the pipelined x and A tiles: an estimate that prunes the tuner's search only.
 
-
-SHRINK_SMEM_LIMIT = 200_000  # bytes; H100 allows 232,448 per block, the formula matches Triton's count
-
-
-def fit_shrink(cfg: ShrinkConfig, slices: int) -> ShrinkConfig:
-    """The config itself, or one with fewer stages / a narrower K (then rank) step that fits shared memory.
-
-    Tuned entries always fit; defaults for many slices of high rank would not (Triton refuses to launch).
+    Launches never rely on it: `launch_fitting` steps a config down when Triton's compiled kernel asks
+    for more than the device has (the estimate once missed float32 tiles, twice the size).
     """
-    while _shrink_smem(cfg, slices) > SHRINK_SMEM_LIMIT:
+    s_pad = 1 << max(0, slices - 1).bit_length()
+    return (cfg.block_r * s_pad + cfg.block_m) * cfg.block_k * elem * cfg.num_stages
+
+
+SHRINK_SMEM_LIMIT = 200_000  # bytes; prunes the tune space (H100/H200 allow 232,448 per block)
+
+
+def step_down(cfg):
+    """The next smaller config of the same kind (less shared memory), or None when none is smaller.
+
+    Order: pipeline stages, then the widest tile dimension (K, then columns, then rank), then rows.
+    """
+    if isinstance(cfg, ShrinkConfig):
         if cfg.num_stages > 2:
-            cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
-        elif cfg.block_k > 64:
-            cfg = dataclasses.replace(cfg, block_k=cfg.block_k // 2)
-        elif cfg.block_r > 16:
-            cfg = dataclasses.replace(cfg, block_r=cfg.block_r // 2)
-        else:
-            break
-    return cfg
+            return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        for name, floor in (("block_k", 32), ("block_r", 16), ("block_m", 16)):
+            if getattr(cfg, name) > floor:
+                return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
+        return dataclasses.replace(cfg, num_stages=1) if cfg.num_stages > 1 else None
+    if isinstance(cfg, ExpandConfig):
+        if cfg.num_stages > 1:
+            return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        for name, floor in (("block_n", 32), ("block_r", 16), ("block_m", 16)):
+            if getattr(cfg, name) > floor:
+                return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
+        return None
+    if isinstance(cfg, AttentionConfig):
+        if cfg.num_stages > 1:
+            return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        if cfg.pages_per_tile > 1:
+            return dataclasses.replace(cfg, pages_per_tile=cfg.pages_per_tile // 2)
+        return None
+    raise TypeError(f"step_down: not a launch config: {cfg!r}")
+
+
+_FITTED: dict[tuple, object] = {}  # (op, key, asked-for config) -> the config that launched
+
+
+def _out_of_resources() -> tuple[type, ...]:
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - every supported Triton has it
+        return ()
+    return (OutOfResources,)
+
+
+def launch_fitting(op: str, key: str, cfg, launch):
+    """launch(cfg), stepping the config down while Triton refuses it for resources (shared memory).
+
+    Triton compiles before it launches and raises OutOfResources when the compiled kernel needs more
+    shared memory than the device has, before anything runs; so the first call of each (op, key,
+    config) finds the largest config that launches, and later calls (CUDA-graph replays included)
+    start from it. Raises the last refusal if even the smallest config does not fit.
+    """
+    memo = (op, key, cfg)
+    tried = _FITTED.get(memo, cfg)
+    refused = _out_of_resources()
+    while True:
+        try:
+            result = launch(tried)
+        except refused:
+            smaller = step_down(tried)
+            if smaller is None:
+                raise
+            tried = smaller
+            continue
+        _FITTED[memo] = tried
+        return result
 
 
 def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[ShrinkConfig]:
@@ -173,6 +253,9 @@ def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[Shrin
         space = [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
                  for br in block_rs for bk in (256, 512, 1024) for sk in (1, 2, 4, 8) for w in (4, 8)
                  for st in ((3, 4) if bk < 1024 else (2, 3))]
+        if tokens <= 16:  # one or two tiles: only a split hidden dim puts many programs on the weights
+            space += [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=4, num_stages=st)
+                      for br in block_rs for bk in (64, 128) for sk in (16, 32) for st in (2, 3)]
     else:
         space = [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
                  for br in block_rs for bm in (16, 32, 64) for bk in (128, 256) for sk in (1, 2)
@@ -184,9 +267,11 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
     """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:
-        return [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
-                for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
-                for st in ((1,) if ns == 1 else (2, 3))]
+        return ([ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+                 for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
+                 for st in ((1,) if ns == 1 else (2, 3))]
+                + [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=4, num_stages=st)
+                   for br in block_rs for bn in (64, 128) for ns in (16, 32, 64) for st in (2, 3)])
     return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
             for br in block_rs for bm in (32, 64) for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
             for st in ((2,) if ns == 1 else (2, 3))]

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.interpret import patch_interpreter
-from kernels.launch import ExpandConfig, default_expand, expand_key, lookup
+from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
 from kernels.tiles import locate_tile, tile_bound
 
@@ -160,20 +160,24 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     slices, r_max = buf.shape[0], lora_b.shape[2]
     if t == 0:
         return y
-    cfg = config or lookup("expand", expand_key(t, lora_b.shape[1], slices, r_max, y.dtype), y.device,
-                           default_expand(t, lora_b.shape[1], slices, r_max))
+    key = expand_key(t, lora_b.shape[1], slices, r_max, y.dtype)
+    asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
     offs = _device_offsets(slice_offsets, y.device)
-    grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
-    _expand_kernel[grid](
-        buf, lora_b, y, offs,
-        meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
-        r_max,
-        buf.stride(0), buf.stride(1), buf.stride(2),
-        lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
-        y.stride(0), y.stride(1),
-        S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
-        PREC="ieee" if y.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+
+    def launch(cfg: ExpandConfig) -> None:
+        grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
+        _expand_kernel[grid](
+            buf, lora_b, y, offs,
+            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
+            r_max,
+            buf.stride(0), buf.stride(1), buf.stride(2),
+            lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
+            y.stride(0), y.stride(1),
+            S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
+            SEG_MAX=meta.max_segments,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
+            PREC="ieee" if y.dtype == torch.float32 else "tf32",
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    launch_fitting("expand", key, asked, launch)
     return y

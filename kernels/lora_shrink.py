@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import ShrinkConfig, default_shrink, fit_shrink, lookup, shrink_key
+from kernels.launch import ShrinkConfig, default_shrink, launch_fitting, lookup, shrink_key, sm_count
 from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
 from kernels.tiles import locate_tile, tile_bound
@@ -146,30 +146,35 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
     slices, r_max = lora_a.shape[1], lora_a.shape[2]
     if t == 0:
         return out
-    cfg = fit_shrink(config or lookup("shrink", shrink_key(t, hidden, slices, r_max, x.dtype), x.device,
-                                      default_shrink(t, hidden, slices, r_max)), slices)
-    n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)
-    split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
-    k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
-    s_pad = triton.next_power_of_2(slices)
-    if split > 1:
-        ws = torch.empty(n_tiles * split * triton.cdiv(r_max, cfg.block_r) * cfg.block_m * s_pad * cfg.block_r,
-                         dtype=torch.float32, device=x.device)
-        cnt = meta.counters(n_tiles)
-    else:
-        ws, cnt = out, meta.seg_len  # not read when split == 1
-    _shrink_kernel[(n_tiles, split)](
-        x, lora_a, out, ws, cnt,
-        meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, scales, ranks,
-        hidden, k_per_split, r_max, triton.cdiv(r_max, cfg.block_r),
-        x.stride(0), x.stride(1),
-        lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
-        out.stride(0), out.stride(1), out.stride(2),
-        S=slices, S_PAD=s_pad, SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
-        BLOCK_M=cfg.block_m, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, SPLIT_K=split,
-        EVEN_K=k_per_split * split == hidden,
-        PREC="ieee" if x.dtype == torch.float32 else "tf32",
-        UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    key = shrink_key(t, hidden, slices, r_max, x.dtype)
+    tiles16 = tile_bound(t, meta.max_segments, 16)
+    asked = config or lookup("shrink", key, x.device,
+                             default_shrink(t, hidden, slices, r_max, tiles16, sm_count(x.device)))
+
+    def launch(cfg: ShrinkConfig) -> None:
+        n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)
+        split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
+        k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
+        s_pad = triton.next_power_of_2(slices)
+        if split > 1:
+            ws = torch.empty(n_tiles * split * triton.cdiv(r_max, cfg.block_r) * cfg.block_m * s_pad * cfg.block_r,
+                             dtype=torch.float32, device=x.device)
+            cnt = meta.counters(n_tiles)
+        else:
+            ws, cnt = out, meta.seg_len  # not read when split == 1
+        _shrink_kernel[(n_tiles, split)](
+            x, lora_a, out, ws, cnt,
+            meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, scales, ranks,
+            hidden, k_per_split, r_max, triton.cdiv(r_max, cfg.block_r),
+            x.stride(0), x.stride(1),
+            lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
+            out.stride(0), out.stride(1), out.stride(2),
+            S=slices, S_PAD=s_pad, SEG_POW2=triton.next_power_of_2(meta.max_segments), SEG_MAX=meta.max_segments,
+            BLOCK_M=cfg.block_m, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, SPLIT_K=split,
+            EVEN_K=k_per_split * split == hidden,
+            PREC="ieee" if x.dtype == torch.float32 else "tf32",
+            UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    launch_fitting("shrink", key, asked, launch)
     return out

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
-from kernels.launch import AttentionConfig, attention_key, default_attention, lookup
+from kernels.launch import AttentionConfig, attention_key, default_attention, launch_fitting, lookup, sm_count
 
 patch_interpreter()
 
@@ -143,7 +143,7 @@ def _num_splits(cfg: AttentionConfig, batch: int, hkv: int, max_blocks: int, pag
     """Splits so that batch x Hkv x splits programs fill the GPU twice over, within the context's pages."""
     if cfg.num_splits > 0:
         return triton.next_power_of_2(cfg.num_splits)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    sms = sm_count(device)
     want = triton.cdiv(2 * sms, batch * hkv)
     most = max(1, triton.cdiv(max_blocks, pages))
     return triton.next_power_of_2(max(1, min(want, most, 64)))
@@ -169,32 +169,35 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if bt == 0:
         return out
     max_blocks = block_tables.shape[1]
-    cfg = config or lookup("attention", attention_key(bt, max_blocks, block_size, hq, hkv, d, q.dtype), q.device,
-                           default_attention(bt, max_blocks, block_size, hq, hkv, d))
-    pages = max(cfg.pages_per_tile, triton.cdiv(16, block_size))  # tl.dot needs >= 16 tokens per step
-    splits = _num_splits(cfg, bt, hkv, max_blocks, pages, q.device)
+    key = attention_key(bt, max_blocks, block_size, hq, hkv, d, q.dtype)
+    asked = config or lookup("attention", key, q.device, default_attention(bt, max_blocks, block_size, hq, hkv, d))
     d_pad = triton.next_power_of_2(d)
-    if splits > 1:
-        acc = torch.empty(bt * hq * splits * d_pad, dtype=torch.float32, device=q.device)
-        ml = torch.empty(bt * hq * splits * 2, dtype=torch.float32, device=q.device)
-    else:
-        acc = ml = out  # not touched with one split
-    _attn_split_kernel[(bt, hkv, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, acc, ml,
-        scale * _LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        *k_cache.stride(), *v_cache.stride(),
-        block_tables.stride(0), block_tables.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        HKV=hkv, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, D_PAD=d_pad,
-        BLOCK_SIZE=block_size, PAGES=pages, NUM_SPLITS=splits,
-        UPCAST=q.dtype == torch.bfloat16 and upcast_bf16_dot(),
-        PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    if splits > 1:
-        _attn_reduce_kernel[(bt, hq)](
-            acc, ml, out, out.stride(0), out.stride(1), out.stride(2),
-            HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=splits, num_warps=4,
+
+    def launch(cfg: AttentionConfig) -> None:
+        pages = max(cfg.pages_per_tile, triton.cdiv(16, block_size))  # tl.dot needs >= 16 tokens per step
+        splits = _num_splits(cfg, bt, hkv, max_blocks, pages, q.device)
+        if splits > 1:
+            acc = torch.empty(bt * hq * splits * d_pad, dtype=torch.float32, device=q.device)
+            ml = torch.empty(bt * hq * splits * 2, dtype=torch.float32, device=q.device)
+        else:
+            acc = ml = out  # not touched with one split
+        _attn_split_kernel[(bt, hkv, splits)](
+            q, k_cache, v_cache, block_tables, context_lens, out, acc, ml,
+            scale * _LOG2E,
+            q.stride(0), q.stride(1), q.stride(2),
+            *k_cache.stride(), *v_cache.stride(),
+            block_tables.stride(0), block_tables.stride(1),
+            out.stride(0), out.stride(1), out.stride(2),
+            HKV=hkv, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), D=d, D_PAD=d_pad,
+            BLOCK_SIZE=block_size, PAGES=pages, NUM_SPLITS=splits,
+            UPCAST=q.dtype == torch.bfloat16 and upcast_bf16_dot(),
+            PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+        if splits > 1:
+            _attn_reduce_kernel[(bt, hq)](
+                acc, ml, out, out.stride(0), out.stride(1), out.stride(2),
+                HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=splits, num_warps=4,
+            )
+    launch_fitting("attention", key, asked, launch)
     return out

@@ -46,12 +46,25 @@ def _compile(job: tuple[str, str, dict]) -> str | None:
     case = _case(name)
     if name not in _WORKER_INPUTS:
         _WORKER_INPUTS[name] = attention_inputs(case) if op == "attention" else lora_inputs(case)
+    cfg = CONFIG_TYPES[op](**fields)
     try:
-        _runner(op, _WORKER_INPUTS[name], case, CONFIG_TYPES[op](**fields))()
+        _runner(op, _WORKER_INPUTS[name], case, cfg)()
         torch.cuda.synchronize()
     except Exception as exc:  # a config the compiler or the GPU refuses (shared memory, registers)
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-    return None
+    return stepped_down(op, cfg)
+
+
+def stepped_down(op: str, cfg) -> str | None:
+    """Why a config is not what ran: launch_fitting stepped it down (too much shared memory), else None.
+
+    Its timings would belong to the smaller config, so the tuner refuses it and times that one instead
+    where the space has it.
+    """
+    from kernels.launch import _FITTED
+
+    ran = {fit for (o, _, asked), fit in _FITTED.items() if o == op and asked == cfg and fit != cfg}
+    return f"launches only stepped down to {sorted(map(str, ran))[0]}" if ran else None
 
 
 def _spaces(case) -> list[tuple[str, str, object]]:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engines.model.llama import TorchOps
-from engines.multilora.fused_ops import FusedOps
+from kernels.fused_ops import FusedOps
 
 
 def rand(*shape, seed=0, dtype=torch.float32):

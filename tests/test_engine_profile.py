@@ -6,21 +6,26 @@ from harness.cli import main
 
 def test_profile_command_writes_json(tmp_path, capsys):
     out = tmp_path / "profile.json"
-    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "1,4", "--adapters", "0,2",
+    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "1,4", "--adapters", "0,1,2",
                "--prefill", "2x32", "--context", "24", "--iters", "2", "--loads", "2", "--many-adapters", "12",
                "--many-slots", "3", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    assert [(r["batch"], r["adapters"]) for r in data["decode"]] == [(1, 0), (4, 0), (4, 2)]
-    assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 for r in data["decode"])
-    assert data["decode"][2]["adapter_gb"] > 0 == data["decode"][1]["adapter_gb"]
+    assert [(r["batch"], r["adapters"]) for r in data["decode"]] == [(1, 0), (1, 1), (4, 0), (4, 1), (4, 2)]
+    assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["flop_floor_ms"] > 0 for r in data["decode"])
+    assert data["decode"][4]["adapter_gb"] > 0 == data["decode"][2]["adapter_gb"]
+    rows = {(r["batch"], r["adapters"]): r for r in data["decode"]}
+    assert rows[(1, 0)]["tax_pct"] is None  # the tax compares each adapter row with its batch's base row
+    assert rows[(4, 2)]["tax_pct"] == (rows[(4, 2)]["step_ms"] / rows[(4, 0)]["step_ms"] - 1) * 100
     assert [p["adapters"] for p in data["prefill"]] == [0, 8]  # prefill_adapters defaults to 8
     assert data["loads"]["count"] == 2
     assert data["many_adapters"]["finished"] == 12 and data["many_adapters"]["errors"] == 0
     assert data["gpu_check"]["passed"] is True
     t = data["targets"]
     assert t["many_adapters_errors"]["passed"] is True
-    assert t["batch64_64_adapters_x_floor"]["measured"] is None  # batch 64 was not measured
+    assert t["batch64_64_adapters_tax_pct"]["measured"] is None  # batch 64 was not measured
+    assert t["batch1_one_adapter_tax_pct"]["measured"] == rows[(1, 1)]["tax_pct"]
+    assert t["batch1_base_x_floor"]["measured"] == rows[(1, 0)]["x_floor"]
     assert "| target | measured | bound | pass |" in capsys.readouterr().out
 
 

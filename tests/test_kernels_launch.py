@@ -43,12 +43,66 @@ def test_spaces_are_valid_and_distinct(tokens):
 
 
 @pytest.mark.parametrize("tokens,slices,rank", [(13, 3, 128), (13, 3, 16), (1, 1, 128), (4096, 3, 64), (64, 2, 64)])
-def test_defaults_fit_shared_memory(tokens, slices, rank):
-    """H100 refused defaults of 245-835 KB (GPU run 3); what the wrapper launches must fit."""
-    cfg = launch.fit_shrink(launch.default_shrink(tokens, 4096, slices, rank), slices)
-    assert launch._shrink_smem(cfg, slices) <= launch.SHRINK_SMEM_LIMIT
-    # Triton's own count for the refused default (block_r 64, block_k 512, 3 stages, 1 slice): 245,760 bytes
-    assert launch._shrink_smem(ShrinkConfig(block_m=16, block_r=64, block_k=512, num_stages=3), 1) == 245_760
+def test_launch_fitting_steps_down_until_triton_accepts(tokens, slices, rank):
+    """Triton refuses a kernel whose compiled shared memory exceeds the device (OutOfResources, raised
+    before anything runs); the launcher steps down and remembers the config that launched."""
+    from triton.runtime.errors import OutOfResources
+
+    limit = 232_448
+    need = lambda c: launch._shrink_smem(c, slices, elem=4)  # float32 tiles: twice the 16-bit estimate
+    asked = launch.default_shrink(tokens, 4096, slices, rank)
+    launched = []
+
+    def fake_launch(cfg):
+        if need(cfg) > limit:
+            raise OutOfResources(need(cfg), limit, "shared memory")
+        launched.append(cfg)
+        return "ran"
+    launch._FITTED.clear()
+    assert launch.launch_fitting("shrink", "k", asked, fake_launch) == "ran"
+    got = launched[-1]
+    assert need(got) <= limit
+    assert got.split_k == asked.split_k and got.num_warps == asked.num_warps
+    if need(asked) > limit:
+        assert got != asked and launch.launch_fitting("shrink", "k", asked, fake_launch) == "ran"
+        assert launched[-1] == got  # the second call starts from the fitted config: one launch, no refusal
+
+
+def test_launch_fitting_reraises_when_nothing_fits_and_passes_other_errors():
+    from triton.runtime.errors import OutOfResources
+
+    def never(cfg):
+        raise OutOfResources(1 << 30, 232_448, "shared memory")
+    for cfg in (ShrinkConfig(), ExpandConfig(), launch.AttentionConfig()):
+        with pytest.raises(OutOfResources):
+            launch.launch_fitting("op", "never", cfg, never)
+    seen = []
+
+    def broken(cfg):
+        seen.append(cfg)
+        raise RuntimeError("not a resource error")
+    with pytest.raises(RuntimeError):
+        launch.launch_fitting("op", "broken", ShrinkConfig(), broken)
+    assert len(seen) == 1
+
+
+def test_step_down_ends_at_the_smallest_config():
+    for cfg in (ShrinkConfig(block_m=64, block_r=64, block_k=1024, num_stages=4), ExpandConfig(block_m=64, block_n=256,
+                block_r=64, num_stages=3), launch.AttentionConfig(pages_per_tile=8, num_stages=3)):
+        steps = 0
+        while (nxt := launch.step_down(cfg)) is not None:
+            assert type(nxt) is type(cfg) and nxt != cfg
+            cfg, steps = nxt, steps + 1
+        assert 3 <= steps < 20
+
+
+def test_default_shrink_fills_the_gpu_at_batch_one():
+    one = launch.default_shrink(1, 4096, 3, 16, tiles=1, sms=132)
+    assert one.split_k == 32 and 4096 // one.split_k >= one.block_k
+    many = launch.default_shrink(256, 4096, 3, 16, tiles=271, sms=132)
+    assert many.split_k == 1
+    assert launch.default_shrink(1, 64, 1, 16, tiles=1, sms=132).split_k == 1  # too little hidden to split
+
 
 
 def test_load_table_rejects_bad_files(tmp_path):
@@ -136,3 +190,14 @@ def test_tuner_choice_minimises_total_over_cases_sharing_a_key():
     choose(times, table, log=lambda msg: None)
     assert table["shrink"]["K"]["split_k"] == 4  # 16 us in total beats 25 us, though a wins one case
     assert "expand" not in table  # no config was measured on every case of the key
+
+
+def test_tuner_refuses_a_config_that_only_launches_stepped_down():
+    from kernels.tune import stepped_down
+    big, small = ShrinkConfig(block_k=1024, num_stages=4), ShrinkConfig(block_k=1024, num_stages=3)
+    launch._FITTED.clear()
+    launch._FITTED[("shrink", "T16-H4096-S3-R16-float32", big)] = small
+    launch._FITTED[("shrink", "T16-H4096-S1-R16-float32", small)] = small
+    assert "stepped down" in stepped_down("shrink", big)
+    assert stepped_down("shrink", small) is None and stepped_down("expand", big) is None
+    launch._FITTED.clear()

@@ -169,3 +169,11 @@ def test_bad_inputs_name_the_field():
     with pytest.raises(ValueError, match="slice_offsets must have S\\+1=2"):
         lora_expand(torch.empty(1, 4, 8), torch.randn(1, 16, 8), meta, ok["ranks"],
                     torch.tensor([0, 8, 16], dtype=torch.int32), torch.zeros(4, 16))
+
+
+@pytest.mark.parametrize("split", [16, 32])
+def test_batch_one_wide_split_over_three_slices(split):
+    """Batch 1 splits the hidden dim 16-32 ways (the default on a GPU): partial sums of all three slices."""
+    cfg = ShrinkConfig(block_m=16, block_r=16, block_k=64, split_k=split, num_stages=2)
+    meta = run_case(2048, [256, 64, 64], [16, 8], [0], torch.bfloat16, cfg)
+    assert all(int(c.abs().sum()) == 0 for c in meta._counters)

@@ -3,12 +3,13 @@ import subprocess
 import sys
 
 from engines.multilora.block_manager import BlockManager
+from engines.multilora.policy import OneAdapterPerStep
 from engines.multilora.scheduler import Scheduler, SchedulerConfig
 from engines.multilora.sequence import Sequence, SeqStatus
 
 
-def make(num_blocks=64, block_size=4, **cfg):
-    return Scheduler(SchedulerConfig(**cfg), BlockManager(num_blocks, block_size))
+def make(num_blocks=64, block_size=4, policy=None, **cfg):
+    return Scheduler(SchedulerConfig(**cfg), BlockManager(num_blocks, block_size), policy)
 
 
 def seq(name, n=4, adapter=None):
@@ -104,7 +105,7 @@ def test_a_lone_sequence_that_cannot_grow_preempts_itself():
 
 
 def test_one_adapter_per_step_rotates_over_adapters_with_work():
-    s = make(one_adapter_per_step=True)
+    s = make(policy=OneAdapterPerStep())
     for i, ad in enumerate(["x", "y", "x", None]):
         s.add(seq(f"r{i}", adapter=ad))
     served = []

@@ -21,6 +21,9 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {m: g for g, mods in LORA_GROUPS.items() for m in mods}
+# the shrink overlaps the base matmul on a side stream up to this many tokens: on the H200 it cut the batch-1
+# LoRA tax from 16% to 13% and did not help at batch 64-256 (docs/performance.md)
+SIDE_STREAM_MAX_TOKENS = 32
 SMALL_MODEL_PARAMS = 1_000_000_000  # below this, random weights are drawn on the CPU (device-independent)
 
 
@@ -64,6 +67,7 @@ class LoRAStack:
         self.slice_offsets = torch.tensor(offs, dtype=torch.int32, device=device)
         self.max_rank = max_rank
         self.num_slices = len(out_sizes)
+        self.stream: torch.cuda.Stream | None = None  # a side stream: shrink overlaps the base matmul
 
     def nbytes(self) -> int:
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
@@ -78,7 +82,7 @@ class RMSNorm(nn.Module):
 
 class TorchOps:
     """The elementwise pieces of a layer in plain torch, with Hugging Face's rounding. On CUDA the runner
-    swaps in engines.multilora.fused_ops.FusedOps (same methods, one Triton kernel each)."""
+    swaps in kernels.fused_ops.FusedOps (same methods, one Triton kernel each)."""
 
     @staticmethod
     def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -145,11 +149,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stack: LoRAStack | None, layer: int, lora: LoRAMeta | None) -> torch.Tensor:
     """y = x W^T (+ b) + sum over slices of scale * x A^T B^T for each token's adapter slot."""
-    y = F.linear(x, weight, bias)  # (T, N_total)
     if stack is None or lora is None:
-        return y
+        return F.linear(x, weight, bias)  # (T, N_total)
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
-    kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+    if stack.stream is None or x.shape[0] > SIDE_STREAM_MAX_TOKENS:
+        y = F.linear(x, weight, bias)
+        kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+    else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
+        main = torch.cuda.current_stream(x.device)
+        stack.stream.wait_stream(main)
+        with torch.cuda.stream(stack.stream):
+            kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+        y = F.linear(x, weight, bias)
+        main.wait_stream(stack.stream)  # join before the expand adds into y (x and buf belong to main)
     kops.lora_expand(buf, stack.b[layer], lora, stack.ranks, stack.slice_offsets, y)
     return y
 
@@ -274,8 +286,14 @@ class Transformer(nn.Module):
 
     def use_fused_ops(self) -> None:
         """One Triton kernel per norm, rope + cache write and SiLU-mul (CUDA only; fewer launches per step)."""
-        from engines.multilora.fused_ops import FusedOps
+        from kernels.fused_ops import FusedOps
         self.ops = FusedOps
+
+    def use_lora_stream(self) -> None:
+        """Run LoRA shrinks of small batches on one side stream beside the base matmul (CUDA only; after enable_lora)."""
+        stream = torch.cuda.Stream(self.inv_freq.device)
+        for stack in self.lora_stacks.values():
+            stack.stream = stream
 
     # ---- weights ---------------------------------------------------------------------------------
     def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

@@ -317,6 +317,10 @@ class AdapterPool:
             done.append(name)
         return done
 
+    def take_failed(self) -> dict[str, str]:
+        failed, self.failed = self.failed, {}
+        return failed
+
     def wait_briefly(self, seconds: float = 0.001) -> None:
         """Nothing could run but loads are in flight: let them progress without spinning hot."""
         time.sleep(seconds)

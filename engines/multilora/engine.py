@@ -15,6 +15,8 @@ from engines.model.llama import MODULE_GROUP, Transformer, build_model
 from engines.multilora.adapter_pool import AdapterPool, default_host_capacity
 from engines.multilora.block_manager import BlockManager
 from engines.multilora.model_runner import ModelRunner, RunnerConfig, kv_block_bytes
+from engines.multilora.policy import MixedAdapters
+from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Sampler
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import Sequence, SeqStatus
@@ -25,6 +27,7 @@ EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
+    "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
 }
@@ -45,7 +48,7 @@ def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype) -
 
 class MultiLoRAEngine(Engine):
     name = "multilora"
-    one_adapter_per_step = False  # the merged baseline serves one weight copy per step
+    scheduler_policy = MixedAdapters  # the merged baseline serves one weight copy per step
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -64,14 +67,16 @@ class MultiLoRAEngine(Engine):
         self.vocab_size = args.vocab_size
         self.base_model_name = config.model
         start = self._read_start_adapters()
-        self.pool = self._make_pool(start)
+        self.pool: AdapterPoolAPI = self._make_pool(start)
+        if self.device.type == "cuda" and self.model.lora_stacks and config.extra.get("lora_stream", True):
+            self.model.use_lora_stream()
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            max_loras=self._max_loras(), one_adapter_per_step=self.one_adapter_per_step), self.blocks)
+            max_loras=self._max_loras()), self.blocks, self.scheduler_policy())
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
@@ -238,10 +243,9 @@ class MultiLoRAEngine(Engine):
     def step(self) -> list[StepOutput]:
         t0 = time.perf_counter()
         self.pool.finish_loads()
-        for name, why in list(getattr(self.pool, "failed", {}).items()):
+        for name, why in self.pool.take_failed().items():
             for seq in [s for s in self._seqs.values() if s.adapter == name and s.status is SeqStatus.WAITING]:
                 self._finish(seq, "error", error=f"adapter {name!r} could not be loaded: {why}")
-            del self.pool.failed[name]
         outputs, self._pending_out = self._pending_out, []
         self.pool.want(self.scheduler.waiting_adapters())
         batch = self.scheduler.schedule(self.pool.is_ready)

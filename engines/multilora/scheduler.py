@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engines.multilora.block_manager import BlockManager
+from engines.multilora.policy import MixedAdapters
 from engines.multilora.sequence import Sequence, SeqStatus
-
-_NOTHING = object()  # no adapter served yet
 
 
 @dataclass
@@ -16,7 +15,6 @@ class SchedulerConfig:
     max_num_seqs: int = 256  # running sequences (and sequences in one step)
     max_num_batched_tokens: int = 8192  # prompt tokens in one prefill step
     max_loras: int = 64  # distinct adapters (not counting the base model) among the running sequences
-    one_adapter_per_step: bool = False  # merged baseline: a step serves one adapter (one weight copy)
 
 
 @dataclass
@@ -38,16 +36,17 @@ class Scheduler:
     KV blocks for all its tokens are free, and the limits hold; one that is not ready is skipped, not
     waited on, so a cold adapter never holds up the others. When a decode step finds no free block, the
     most recently admitted sequence is preempted: its blocks are freed and it is recomputed later.
-    With one_adapter_per_step, steps rotate round-robin over the adapters that have work.
+    The policy (engines.multilora.policy) decides which adapters a step may serve: any mix (multilora)
+    or one at a time in rotation (the merged baseline).
     """
 
-    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager, policy=None) -> None:
         self.config = config
         self.blocks = blocks
+        self.policy = policy or MixedAdapters()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self._rr_last: object = _NOTHING  # last adapter served (one_adapter_per_step)
 
     # ---- queue ----------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -82,12 +81,10 @@ class Scheduler:
 
     # ---- one step -------------------------------------------------------------------------------
     def schedule(self, ready: Callable[[str | None], bool]) -> Batch | None:
-        if not self.config.one_adapter_per_step:
-            return self._prefill(ready, None) or self._decode(None)
-        for target in self._adapter_order(ready):
+        for target in self.policy.targets((*self.running, *self.waiting), ready):
             batch = self._prefill(ready, target) or self._decode(target)
             if batch is not None:
-                self._rr_last = target
+                self.policy.served(target)
                 return batch
         return None
 
@@ -99,7 +96,7 @@ class Scheduler:
         for seq in list(self.waiting):
             if len(self.running) + len(chosen) >= cfg.max_num_seqs:
                 break
-            if self.config.one_adapter_per_step and seq.adapter != target:
+            if not self.policy.admits(seq, target):
                 continue
             if not ready(seq.adapter):
                 continue
@@ -122,7 +119,7 @@ class Scheduler:
         return Batch(chosen, is_prefill=True)
 
     def _decode(self, target) -> Batch | None:
-        pool = [s for s in self.running if not self.config.one_adapter_per_step or s.adapter == target]
+        pool = [s for s in self.running if self.policy.admits(s, target)]
         chosen: list[Sequence] = []
         preempted: list[Sequence] = []
         for seq in pool[: self.config.max_num_seqs]:
@@ -148,15 +145,3 @@ class Scheduler:
         seq.preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
-
-    def _adapter_order(self, ready) -> list[str | None]:
-        """Adapters with a running or a ready waiting sequence, round-robin: the one after the last served first."""
-        order: list[str | None] = []
-        for s in (*self.running, *self.waiting):
-            if s.adapter not in order and (s.status is SeqStatus.RUNNING or ready(s.adapter)):
-                order.append(s.adapter)
-        order.sort(key=lambda a: "" if a is None else "\x00" + a)
-        if self._rr_last in order:
-            i = order.index(self._rr_last) + 1
-            order = order[i:] + order[:i]
-        return order

@@ -21,7 +21,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _pairs(text: str) -> tuple[tuple[int, int], ...]:
     out = []
-    for part in text.split(","):
+    for part in text.split(",") if text.strip() else ():  # "": no prefill section
         m = re.fullmatch(r"\s*(\d+)x(\d+)\s*", part)
         if not m or int(m[1]) < 1 or int(m[2]) < 1:
             raise argparse.ArgumentTypeError(f"{part!r}: give prefill batches as PROMPTSxTOKENS, e.g. 8x1024,4x2048")
@@ -49,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--many-rank", type=int, default=8, help="rank in the many-adapter run")
     p.add_argument("--many-time-limit", type=float, default=150.0, help="seconds the many-adapter run may serve")
     p.add_argument("--no-check", action="store_true", help="skip the tiny-model agreement check on the device")
+    p.add_argument("--no-lora-stream", action="store_true",
+                   help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
 
@@ -56,13 +58,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.multilora.profile import ProfileConfig, print_summary, run_profile
+    from engines.profile import ProfileConfig, print_summary, run_profile
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     cfg = ProfileConfig(model=args.model, dtype=args.dtype, device=args.device, rank=args.rank, targets=targets,
                         context=args.context, batches=args.batches, adapters=args.adapters, prefill=args.prefill,
                         iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
-                        many_time_limit_s=args.many_time_limit)
+                        many_time_limit_s=args.many_time_limit, lora_stream=not args.no_lora_stream)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
         if value < 1:
             raise UsageError(f"{flag} {value}: must be >= 1")

@@ -14,10 +14,13 @@ from engines.model.config import ModelArgs
 from engines.multilora.engine import MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 
-TARGETS = {  # issue 3, on the H100 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
-    "batch1_one_adapter_tok_s": (">=", 160.0),
-    "batch64_64_adapters_x_floor": ("<=", 1.3),
-    "batch64_30_adapters_slowdown_pct": ("<=", 8.0),
+TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
+    "batch1_one_adapter_tax_pct": ("<=", 5.0),
+    "batch64_64_adapters_tax_pct": ("<=", 10.0),
+    "batch256_256_adapters_tax_pct": ("<=", 15.0),
+    "batch1_base_x_floor": ("<=", 1.30),
+    "batch64_base_x_floor": ("<=", 1.35),
+    "batch256_base_x_floor": ("<=", 1.5),
     "prefill_tok_s": (">=", 25000.0),
     "adapter_load_ms": ("<=", 5.0),
     "decode_step_delay_during_loads_pct": ("<=", 5.0),
@@ -46,6 +49,7 @@ class ProfileConfig:
     many_host_capacity: int = 512
     many_time_limit_s: float = 150.0
     seed: int = 0
+    lora_stream: bool = True  # LoRA shrink on a side stream beside the base matmul (engine extra)
     extra_notes: dict = field(default_factory=dict)
 
 
@@ -122,7 +126,7 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         model=cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, max_lora_rank=rank, gpu_slots=slots,
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
-        extra={"lora_targets": list(cfg.targets)}))
+        extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream}))
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
@@ -143,7 +147,7 @@ def _load_all(eng: MultiLoRAEngine, names: list[str]) -> None:
         raise RuntimeError(f"profile: {len(missing)} adapters did not load (slots {eng.config.gpu_slots})")
 
 
-def decode_sweep(eng, cfg, names, bw, out) -> None:
+def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
     a = eng.model.args
     elem = torch.empty((), dtype=eng.dtype).element_size()
     w_bytes = weight_bytes_per_step(eng.model)
@@ -165,10 +169,16 @@ def decode_sweep(eng, cfg, names, bw, out) -> None:
             t = _time(step, eng.device, cfg.warmup, cfg.iters)
             kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
             floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
+            fl = 2 * b * (w_bytes + (ad_bytes if d else 0)) / elem  # each token: the weights and its adapter
+            fl_floor = (fl + 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers) / flops  # + attention
+            base = _row(rows, batch=b, adapters=0)
+            tax = (t * 1e3 / base["step_ms"] - 1) * 100 if base and d else None
             rows.append(dict(batch=b, adapters=d, step_ms=t * 1e3, floor_ms=floor * 1e3, x_floor=t / floor,
+                             flop_floor_ms=fl_floor * 1e3, tax_pct=tax,
                              tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
-            print(f"decode batch {b:4d} adapters {d:4d}: {t * 1e3:8.3f} ms  floor {floor * 1e3:7.3f} ms  "
-                  f"x{t / floor:5.2f}  {b / t:9.0f} tok/s", flush=True)
+            print(f"decode batch {b:4d} adapters {d:4d}: {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  "
+                  f"x{t / floor:5.2f}  FLOP floor {fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
+                  + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter"), flush=True)
     out["decode"] = rows
     for s in seqs:
         eng.blocks.free(s)
@@ -353,7 +363,7 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
     _load_all(eng, names)
     graph_check(eng, names, cfg, out)
     save(out)
-    decode_sweep(eng, cfg, names, bw, out)
+    decode_sweep(eng, cfg, names, bw, flops, out)
     save(out)
     prefill_sweep(eng, cfg, names, flops, out)
     save(out)
@@ -383,12 +393,11 @@ def evaluate(out: dict) -> dict:
     """Each target of the issue: measured value, the bound, pass/fail (None where not measured)."""
     dec = out.get("decode", [])
     got = {}
-    r = _row(dec, batch=1, adapters=1)
-    got["batch1_one_adapter_tok_s"] = r and r["tok_s"]
-    r = _row(dec, batch=64, adapters=64)
-    got["batch64_64_adapters_x_floor"] = r and r["x_floor"]
-    r30, r0 = _row(dec, batch=64, adapters=30), _row(dec, batch=64, adapters=0)
-    got["batch64_30_adapters_slowdown_pct"] = r30 and r0 and (r30["step_ms"] / r0["step_ms"] - 1) * 100
+    for b, d in ((1, 1), (64, 64), (256, 256)):
+        r = _row(dec, batch=b, adapters=d)
+        got[f"batch{b}_{'one_adapter' if d == 1 else f'{d}_adapters'}_tax_pct"] = r and r["tax_pct"]
+        r0 = _row(dec, batch=b, adapters=0)
+        got[f"batch{b}_base_x_floor"] = r0 and r0["x_floor"]
     pre = [p["tok_s"] for p in out.get("prefill", []) if p["adapters"] == 0]
     got["prefill_tok_s"] = min(pre) if pre else None
     loads = out.get("loads") or {}

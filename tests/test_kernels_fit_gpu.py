@@ -1,0 +1,68 @@
+"""Every preset's LoRA shapes launch with the default config on the GPU (1-3 slices, ranks 8-128) and match the reference.
+
+On a CUDA machine only (the interpreter has no shared-memory limit): the default configs are launched as
+a GPU without a tuned config file would launch them, and launch_fitting must find a config that fits.
+"""
+import pytest
+import torch
+
+from engines.model.config import PRESETS, ModelArgs
+from engines.model.llama import LORA_GROUPS
+from kernels import launch
+from kernels.meta import LoRAMeta
+from kernels.reference import lora_expand_ref, lora_shrink_ref
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="shared-memory limits exist on GPUs only")
+
+
+def _shapes():
+    """(in_features, out sizes) of every LoRA group of every preset, without repeats."""
+    seen = {}
+    for name in PRESETS:
+        shapes = ModelArgs.from_name(name).module_shapes()
+        for mods in LORA_GROUPS.values():
+            key = (shapes[mods[0]][0], tuple(shapes[m][1] for m in mods))
+            seen.setdefault(key, name)
+    return sorted(seen)
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("rank", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("tokens", [1, 64, 256, 4096])
+def test_default_configs_launch_for_every_preset_shape(rank, tokens, monkeypatch):
+    from kernels.lora_expand import lora_expand
+    from kernels.lora_shrink import lora_shrink
+
+    monkeypatch.setattr(launch, "lookup", lambda op, key, device, default: default)  # no tuned file
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(rank * 7 + tokens)
+    for hidden, widths in _shapes():
+        # float32 (twice the shared memory per tile) on the tiny preset, as its agreement check runs it
+        for dtype in [torch.bfloat16] + ([torch.float32] if hidden <= 128 else []):
+            slots_n = 4
+            x = torch.randn(tokens, hidden, device=dev, generator=g).to(dtype)
+            a = (torch.randn(slots_n, len(widths), rank, hidden, device=dev, generator=g) / hidden ** 0.5).to(dtype)
+            b = (torch.randn(slots_n, sum(widths), rank, device=dev, generator=g) / rank ** 0.5).to(dtype)
+            scales = torch.full((slots_n,), 2.0, device=dev)
+            ranks = torch.tensor([rank, rank // 2, rank, 1], dtype=torch.int32, device=dev)
+            offs = [0]
+            for w in widths:
+                offs.append(offs[-1] + w)
+            offs_t = torch.tensor(offs, dtype=torch.int32, device=dev)
+            token_slots = [(t % 5) - 1 for t in range(tokens)]  # -1 and every slot
+            meta = LoRAMeta(tokens, slots_n, device=dev).prepare(token_slots)
+            buf = torch.full((len(widths), tokens, rank), float("nan"), device=dev)
+            lora_shrink(x, a, meta, scales, ranks, buf)
+            y0 = torch.randn(tokens, sum(widths), device=dev, generator=g).to(dtype)
+            y = y0.clone()
+            lora_expand(buf, b, meta, ranks, offs_t, y)
+            torch.cuda.synchronize()
+            ref_buf = torch.zeros(len(widths), tokens, rank, device=dev, dtype=torch.float32)
+            lora_shrink_ref(x.float(), a.float(), meta, scales, ranks, ref_buf)
+            ref_y = y0.float().clone()
+            lora_expand_ref(ref_buf, b.float(), meta, ranks, offs_t, ref_y)
+            what = f"hidden {hidden} widths {widths} rank {rank} tokens {tokens} {dtype}"
+            assert _rel(y.float() - y0.float(), ref_y - y0.float()) < 2e-2, what

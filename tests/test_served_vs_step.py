@@ -1,0 +1,54 @@
+"""scripts/served_vs_step.py: served tokens/s beside what the profiled step allows at the run's mean batch."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("served_vs_step", Path(__file__).parents[1] / "scripts" / "served_vs_step.py")
+svs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(svs)
+
+PROFILE = {"decode": [dict(batch=b, adapters=a, step_ms=ms) for b, a, ms in
+                      [(64, 0, 6.0), (64, 30, 8.0), (128, 30, 10.0), (256, 30, 14.0), (256, 0, 12.0)]]}
+
+
+def make_run(tmp_path, batches, served=5000.0, window=10.0):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"window_s": window, "metrics": {"output_tok_s": served}}))
+    (run / "config.json").write_text(json.dumps({"workload": {"adapters": {"count": 30}}}))
+    rows = ["t,lora_fleet_batch_size"] + [f"{t},{b}" for t, b in batches]
+    (run / "server.csv").write_text("\n".join(rows) + "\n")
+    return run
+
+
+def test_interpolates_the_step_at_the_mean_batch_of_the_window(tmp_path):
+    # samples before the window (t < 0) and after it are left out: mean batch (128 + 192) / 2 = 160
+    run = make_run(tmp_path, [(-1.0, 999), (0.5, 128), (9.5, 192), (11.0, 999)])
+    out = svs.compare(run, PROFILE)
+    assert out["adapters"] == 30 and out["mean_batch"] == 160
+    assert out["step_ms"] == pytest.approx(11.0)  # a quarter of the way from 10 ms (128) to 14 ms (256)
+    assert out["allowed_tok_s"] == pytest.approx(160 / 0.011)
+    assert out["ratio"] == pytest.approx(5000 / (160 / 0.011)) and out["met"] is False
+
+
+def test_outside_the_profiled_batches_is_a_usage_error(tmp_path, capsys):
+    run = make_run(tmp_path, [(1.0, 20)])
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 2
+    assert "outside the profiled batches" in capsys.readouterr().err
+
+
+def test_prints_both_figures_side_by_side(tmp_path, capsys):
+    run = make_run(tmp_path, [(1.0, 128)], served=11_000.0)
+    out_json = tmp_path / "o.json"
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE)), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "12,800" in text and "11,000" in text and "86% (meets >= 85%)" in text
+    assert json.loads(out_json.read_text())["met"] is True
+
+
+def _write(tmp_path, obj):
+    p = tmp_path / "profile.json"
+    p.write_text(json.dumps(obj))
+    return p
