@@ -15,7 +15,7 @@ from harness.spec_sections import AdaptersSpec, LoadgenSpec, ReplaySpec, SLOSpec
 __all__ = ["WorkloadError", "WorkloadSpec", "Resolution", "load_workload", "parse_set", "machine_has_cuda",
            "AdaptersSpec", "LoadgenSpec", "ReplaySpec", "SLOSpec", "TrafficSpec", "EngineEntry", "PRECEDENCE"]
 
-PRECEDENCE = ("precedence: the workload file, then its cpu: section on a machine without CUDA (this machine's "
+PRECEDENCE = ("the workload file, then its cpu: section on a machine without CUDA (this machine's "
               "defaults), then every --set KEY=VALUE in order: an explicit override always wins")
 TOP_KEYS = {"name", "seed", "duration_s", "warmup_s", "model", "adapters", "traffic", "slo", "engines",
             "engine_options", "loadgen", "cpu"}

@@ -140,6 +140,7 @@ def test_cli_base_from_a_checkpoint_folder_and_bad_input(tmp_path, capsys):
     assert "comma-separated list of integers" in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # starts worker processes that each import torch
 def test_concurrent_makers_share_one_cache_folder(tmp_path):
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
@@ -160,6 +161,7 @@ def test_concurrent_makers_share_one_cache_folder(tmp_path):
     assert [read_adapter(tmp_path / f"adapter-{i:04d}", BASE).rank for i in range(6)] == [4, 8] * 3
 
 
+@pytest.mark.e2e  # starts worker processes that each import torch
 def test_parallel_writers_give_the_same_files(tmp_path):
     base = ModelArgs.from_name("tiny")
     serial = make_adapters(base, 5, [4, 8], ["q_proj", "v_proj"], tmp_path / "one")

@@ -37,6 +37,7 @@ def small_workload(tmp_path, **over):
     (["run", BURSTY, "--workers", "0"], "--workers 0: loadgen.workers: 0 must be >= 1"),
     (["run", "nope.yaml"], "workload file nope.yaml does not exist"),
     (["trace", BURSTY, "--set", "duration_s=-1"], "--set duration_s=-1: duration_s: -1 must be > 0"),
+    (["trace", BURSTY, "--out", "/proc/no/trace.csv"], "--out /proc/no/trace.csv: cannot write it"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
     assert main(argv) == 2
@@ -76,6 +77,17 @@ def test_serve_refuses_a_busy_port_in_one_line(capsys):
         port = s.getsockname()[1]
         assert main(["serve", "--model", "tiny", "--port", str(port)]) == 2
     assert f"--port {port}: 127.0.0.1:{port} is in use" in one_line_error(capsys, "serve")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--engine", "warp"], "--engine warp: not one of merged, multilora, peft"),
+    (["--max-queue", "0"], "--max-queue 0: must be >= 1"),
+    (["--max-body-bytes", "10"], "--max-body-bytes 10: must be >= 1024"),
+    (["--port", "70000"], "--port 70000: must be in [0, 65535]"),
+])
+def test_serve_names_the_flag_as_typed(argv, words, capsys):
+    assert main(["serve", *argv]) == 2
+    assert words in one_line_error(capsys, "serve")
 
 
 def test_help_states_exit_codes_and_precedence(capsys):

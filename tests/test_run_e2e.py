@@ -111,7 +111,7 @@ def test_cli_exits_1_with_the_reason_per_engine_when_a_run_is_invalid(tmp_path, 
     # config.json holds the resolved spec and how it was resolved
     config = runs["stub"].config
     assert config["workload"]["duration_s"] == 1.0 and "cpu" not in config["workload"]
-    assert config["resolution"]["machine"] == "cpu" and config["resolution"]["precedence"].startswith("precedence")
+    assert config["resolution"]["machine"] == "cpu" and config["resolution"]["precedence"].startswith("the workload file")
 
 
 def test_external_engine_attached_by_url(tmp_path):

@@ -14,8 +14,8 @@ def register(subparsers) -> None:
     from harness.spec import PRECEDENCE, LoadgenSpec
 
     p = subparsers.add_parser("run", help="run a workload against engines and compare them",
-                              description=f"{__doc__}\n\nValues: {PRECEDENCE}. The run prints what the cpu: "
-                              "section changed; each run's config.json holds the resolved spec.",
+                              description=f"{__doc__}\n\nPrecedence of values: {PRECEDENCE}. The run prints what "
+                              "the cpu: section changed; each run's config.json holds the resolved spec.",
                               epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", help="workload YAML, e.g. workloads/bursty30.yaml")
     p.add_argument("--engine", action="append", default=None, metavar="NAME",
@@ -93,8 +93,8 @@ def _terminate(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
     from harness.commands.common import load_spec
+    from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
     from harness.runner import run_engine
     from harness.store import list_runs, load_run
 

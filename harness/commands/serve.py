@@ -36,12 +36,27 @@ def check_port(host: str, port: int) -> None:
             raise UsageError(f"--port {port}: {host}:{port} {why}; pick another port or --port 0") from None
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags the server would refuse under their internal names, refused here under the flag as typed."""
+    from engines.registry import ENGINES
+    from harness.errors import UsageError
+
+    if args.engine is not None and ":" not in args.engine and args.engine not in ENGINES:
+        raise UsageError(f"--engine {args.engine}: not one of {', '.join(sorted(ENGINES))} "
+                         "(or package.module:Class of a custom engine)")
+    if args.max_queue is not None and args.max_queue < 1:
+        raise UsageError(f"--max-queue {args.max_queue}: must be >= 1 (leave it out for no limit)")
+    if args.max_body_bytes < 1024:
+        raise UsageError(f"--max-body-bytes {args.max_body_bytes}: must be >= 1024")
+    check_port(args.host, args.port)
+
+
 def run(args: argparse.Namespace) -> int:
     from engines.base import AdapterFileError, EngineError
     from engines.server.cli import run as serve
     from harness.errors import UsageError
 
-    check_port(args.host, args.port)
+    check_flags(args)
     try:
         return serve(args)
     except AdapterFileError as exc:  # the engine reads the adapters at start

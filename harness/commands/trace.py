@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     df = build_trace(spec)
     if args.out:
-        print(f"wrote {write_trace(df, args.out)}")
+        try:
+            print(f"wrote {write_trace(df, args.out)}")
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot write it ({exc.strerror or exc})") from None
     print(describe(trace_stats(df, spec), args.top))
     return 0
