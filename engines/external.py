@@ -18,32 +18,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engines.external_prep import check_model_path, launch_env, server_python, with_lora_limits
 from engines.external_presets import PRESETS
 from engines.procs import ChildProcess
 
 
+def _key(doc: str, default: Any = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A spec field with its one-line documentation."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class ExternalSpec:
-    """What ExternalServer needs; built from a dict with unknown keys refused."""
+    """What ExternalServer needs; built from a dict with unknown keys refused. Each key's doc is the one
+    `spec_help()` prints and docs/peers.md lists."""
 
-    url: str | None = None  # attach to a running server (nothing is launched)
-    preset: str | None = None  # vllm | sglang | tgi | lorax | self
-    command: list[Any] | str | None = None  # a template of one's own (see engines/external_presets.py)
-    model: str | None = None  # base model: HF id or folder (self: a preset such as tiny)
-    adapters: str | dict[str, str] | None = None  # folder of adapter folders, or name -> folder
-    max_loras: int | None = None  # adapters in one batch (None: the server's own default)
-    max_lora_rank: int | None = None  # largest adapter rank (None: the server's own default)
-    engine: str = "multilora"  # self preset: which in-process engine
-    engine_options: dict[str, Any] = field(default_factory=dict)  # self preset: more EngineConfig fields
-    extra_args: list[str] = field(default_factory=list)  # appended to the command
-    env: dict[str, str] = field(default_factory=dict)
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: a free port
-    health_path: str | None = None  # default: the preset's (else /health)
-    timeout_s: float = 600.0  # to become healthy
-    stop_timeout_s: float = 30.0  # between terminate and kill
-    log_path: str | None = None  # default: a file in the temp folder
-    cwd: str | None = None
+    url: str | None = _key("attach to a running server at this URL (nothing is launched)")
+    preset: str | None = _key("launch one: vllm | sglang | tgi | lorax | self (engines/external_presets.py)")
+    command: list[Any] | str | None = _key("launch a template of one's own (placeholders: external_presets.py)")
+    model: str | None = _key("base model: a checkpoint folder (`harness model make`) or a hub id; self: a preset")
+    adapters: str | dict[str, str] | None = _key("folder of adapter folders, or name -> folder (default: the run's)")
+    max_loras: int | None = _key("adapters in one batch (default: the adapter count, capped by the server)")
+    max_lora_rank: int | None = _key("largest adapter rank (default: the adapters' largest, as the server rounds)")
+    python: str | None = _key("the server's Python for {python} (default: this one, else the preset's venv)")
+    engine: str = _key("self preset: which in-process engine", "multilora")
+    engine_options: dict[str, Any] = _key("self preset: more EngineConfig fields", factory=dict)
+    extra_args: list[str] = _key("appended to the command, e.g. [\"--dtype\", \"float32\"]", factory=list)
+    env: dict[str, str] = _key("environment of the server, over the preset's and ours", factory=dict)
+    host: str = _key("where it listens", "127.0.0.1")
+    port: int = _key("0: a free port", 0)
+    health_path: str | None = _key("polled until 200 (default: the preset's, else /health)")
+    timeout_s: float = _key("seconds to become healthy (big models load for minutes)", 600.0)
+    stop_timeout_s: float = _key("seconds between SIGTERM and SIGKILL at stop", 30.0)
+    log_path: str | None = _key("the server's stdout and stderr (default: the run's server.log or a temp file)")
+    cwd: str | None = _key("its working folder (self preset: this checkout)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExternalSpec":
@@ -87,6 +97,13 @@ class ExternalSpec:
         return {p.name: str(p.resolve()) for p in adapter_folders(self.adapters)}
 
 
+def spec_help() -> str:
+    """Every key of an external engine entry with its doc, one per line (for --help and docs/peers.md)."""
+    fields = dataclasses.fields(ExternalSpec)
+    width = max(len(f.name) for f in fields)
+    return "\n".join(f"  {f.name:<{width}}  {f.metadata['doc']}" for f in fields)
+
+
 LIST_PLACEHOLDERS = ("lora_modules",)  # a whole argument that expands to several
 
 
@@ -96,14 +113,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _values(spec: ExternalSpec, port: int) -> dict[str, Any]:
+def _values(spec: ExternalSpec, port: int, python: str | None = None) -> dict[str, Any]:
     adapters = spec.adapter_paths()
     modules = [f"{name}={path}" for name, path in adapters.items()]
     adapters_dir = spec.adapters if isinstance(spec.adapters, str) else None
     limits = {"max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank}
     engine_config = {**{k: v for k, v in limits.items() if v is not None}, **spec.engine_options}
     return {"model": spec.model, "host": spec.host, "port": port, "max_loras": spec.max_loras,
-            "max_lora_rank": spec.max_lora_rank, "python": sys.executable, "engine": spec.engine,
+            "max_lora_rank": spec.max_lora_rank, "python": python or spec.python or sys.executable, "engine": spec.engine,
             "engine_config": json.dumps(engine_config), "adapters_dir": adapters_dir,
             "lora_modules": modules or None, "lora_modules_csv": ",".join(modules) or None}
 
@@ -125,12 +142,13 @@ def _expand(token: str, values: dict[str, Any]) -> list[str] | None:
     return [token.format(**values)]
 
 
-def build_command(spec: ExternalSpec, port: int) -> list[str]:
-    """The argument list a preset or command template gives for this spec and port."""
+def build_command(spec: ExternalSpec, port: int, python: str | None = None) -> list[str]:
+    """The argument list a preset or command template gives for this spec and port ({python}: `python`,
+    else the spec's, else this interpreter)."""
     template = PRESETS[spec.preset].command if spec.preset else spec.command
     if isinstance(template, str):
         template = shlex.split(template)
-    values = _values(spec, port)
+    values = _values(spec, port, python)
     args: list[str] = []
     for item in template:
         if isinstance(item, list):  # optional group
@@ -186,18 +204,23 @@ class ExternalServer:
             self._wait_healthy()
             self._attached = True
             return self.base_url
+        check_model_path(self.spec)
+        self.spec = with_lora_limits(self.spec)
         port = self.spec.port or free_port(self.spec.host)
-        self.command = build_command(self.spec, port)
+        self.command = build_command(self.spec, port, server_python(self.spec))
         if shutil.which(self.command[0]) is None and not Path(self.command[0]).is_file():
-            raise FileNotFoundError(f"external: {self.command[0]!r} is not on PATH; install it (e.g. pip install "
-                                    f"{self.spec.preset or self.command[0]}) or attach with url:")
+            preset = PRESETS.get(self.spec.preset) if self.spec.preset else None
+            hint = preset.install if preset is not None and preset.install else f"install {self.command[0]}"
+            raise FileNotFoundError(f"external: {self.command[0]!r} is not on PATH; {hint}; or attach with url:")
         self.log_path = Path(self.spec.log_path) if self.spec.log_path else Path(
             tempfile.mkstemp(prefix=f"external-{self.spec.preset or 'command'}-", suffix=".log")[1])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log(f"external: {shlex.join(self.command)}  (log: {self.log_path})")
+        env, added = launch_env(self.spec)
+        shown = "".join(f"{k}={v} " for k, v in added.items())
+        self.log(f"external: {shown}{shlex.join(self.command)}  (log: {self.log_path})")
         self._log_file = open(self.log_path, "ab")
         self.child = ChildProcess(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **self.spec.env}, cwd=self._cwd())
+                                  env=env, cwd=self._cwd())
         self.proc = self.child.start()
         self.base_url = f"http://{self.spec.host}:{port}"
         try:

@@ -8,7 +8,8 @@ import sys
 from harness.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunFailed, UsageError
 
 # name -> module in harness.commands; each module has register(subparsers) and sets func=run(args)->int
-COMMANDS = ["run", "trace", "serve", "adapters", "profile", "sweep", "plan", "report", "baseline", "gate", "simulate"]
+COMMANDS = ["run", "trace", "serve", "adapters", "model", "profile", "sweep", "plan", "report", "baseline", "gate",
+            "simulate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

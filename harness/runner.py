@@ -48,7 +48,8 @@ def prepare_adapters(spec: WorkloadSpec, log: Callable[[str], None]) -> Path | N
     out = ADAPTER_CACHE / f"{Path(spec.model).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     t = time.monotonic()
     jobs = min(16, os.cpu_count() or 1) if spec.adapters.count >= 64 else 1  # thousands take minutes alone
-    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out, jobs=jobs)
+    make_adapters(args, spec.adapters.count, list(spec.adapters.ranks), list(spec.adapters.targets), out, jobs=jobs,
+                  base_path=None if spec.model in PRESETS else str(Path(spec.model).resolve()))
     log(f"adapters: {spec.adapters.count} synthetic (ranks {list(spec.adapters.ranks)}) in {out} "
         f"({time.monotonic() - t:.1f} s)")
     return out
@@ -244,7 +245,9 @@ def run_engine(spec: WorkloadSpec, engine: str | dict[str, Any] | EngineEntry, r
                 loadgen.interrupt()
             if bar is not None:
                 bar.stop()
-            if scraper is not None:
+            if scraper is not None and launcher.alive():
+                scraper.finish()  # a last scrape after the load: counters include the last requests
+            elif scraper is not None:
                 scraper.stop()
             gpu.stop()
             launcher.stop()

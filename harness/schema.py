@@ -7,7 +7,7 @@ A run directory (runs/<YYYYmmdd-HHMMSS>-<workload>-<engine>/) holds:
   records.jsonl   one JSON record per request, appended as each finishes (survives a crash)
   records.parquet the same records as a table, written at the end (absent if the run died hard)
   gpu.csv         GPU samples: t, gpu, util_pct, mem_used_gb, power_w, energy_j (empty without a GPU)
-  server.csv      /metrics scrapes: t plus one column per server gauge or counter
+  server.csv      /metrics scrapes, long: t, metric, labels, value (harness/server_metrics.py maps them)
   summary.json    every metric of DESIGN.md, overall, per adapter and per window (SUMMARY_KEYS)
   env.json        versions, GPU name, driver, git revision, host
   status.json     {"status": one of RUN_STATUSES, "message": str, "records": n}

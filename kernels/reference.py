@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels.meta import LoRAMeta
 
@@ -57,27 +58,42 @@ def lora_expand_ref(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ran
 
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, context_lens: torch.Tensor,
-                               scale: float) -> torch.Tensor:
+                               scale: float, max_elements: int = 1 << 24) -> torch.Tensor:
     """Decode attention over a paged KV cache, one query token per sequence:
 
         for b: keys = k_cache[block_tables[b, j // B], j % B] for j < context_lens[b] (likewise values)
                out[b, h] = softmax(scale * q[b, h] @ keys[:, h // G].T) @ values[:, h // G]
 
     q: [Bt, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]; block_tables: [Bt, max_blocks]
-    int32; context_lens: [Bt] int32; returns [Bt, Hq, D] in q's dtype. G = Hq // Hkv (GQA).
+    int32; context_lens: [Bt] int32; returns [Bt, Hq, D] in q's dtype. G = Hq // Hkv (GQA). A sequence
+    with no context gives zeros.
+
+    Batched, not a loop over sequences: every sequence's blocks are gathered up to the longest context, the
+    positions past its own length are masked, and one scaled_dot_product_attention call (grouped query heads,
+    no copy of K/V per query head) attends for the whole batch. The batch is cut into chunks so that one
+    gathered K holds at most max_elements values.
     """
     bt, hq, d = q.shape
+    out = torch.zeros_like(q)
+    if bt == 0:
+        return out
     block_size, hkv = k_cache.shape[1], k_cache.shape[2]
-    group = hq // hkv
-    out = torch.empty_like(q)
-    for b in range(bt):
-        n = int(context_lens[b])
-        nblk = (n + block_size - 1) // block_size
-        blocks = block_tables[b, :nblk].long()
-        k = _acc(k_cache[blocks].reshape(-1, hkv, d)[:n])  # (n, Hkv, D)
-        v = _acc(v_cache[blocks].reshape(-1, hkv, d)[:n])
-        k = k.repeat_interleave(group, dim=1)  # (n, Hq, D)
-        v = v.repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,nhd->hn", _acc(q[b]), k) * scale
-        out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
+    ctx = context_lens.long()
+    per_seq = max(1, -(-int(ctx.max()) // block_size) * block_size * hkv * d)
+    step = max(1, max_elements // per_seq)
+    for start in range(0, bt, step):
+        sl = slice(start, min(bt, start + step))
+        n = int(ctx[sl].max())
+        if n == 0:
+            continue
+        nblk = -(-n // block_size)
+        length = nblk * block_size
+        blocks = block_tables[sl, :nblk].long().clamp(0, k_cache.shape[0] - 1).reshape(-1)  # unused ones masked
+        b = blocks.numel() // nblk
+        k = _acc(k_cache.index_select(0, blocks)).view(b, length, hkv, d).transpose(1, 2)  # (b, Hkv, L, D)
+        v = _acc(v_cache.index_select(0, blocks)).view(b, length, hkv, d).transpose(1, 2)
+        keep = torch.arange(length, device=q.device) < ctx[sl, None]  # (b, L)
+        o = F.scaled_dot_product_attention(_acc(q[sl]).unsqueeze(2), k, v, attn_mask=keep[:, None, None, :],
+                                           scale=scale, enable_gqa=hq != hkv)  # (b, Hq, 1, D)
+        out[sl] = o.squeeze(2).nan_to_num_(0.0).to(q.dtype)  # a sequence with no context: NaN -> zeros
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import server_metrics
 from harness.capacity import point_bound, point_text
 from harness.console import failed
 from harness.store import list_runs, load_run
@@ -170,15 +171,13 @@ def gpu_series(run) -> pd.DataFrame:
     return g.assign(gpu=gid).melt(id_vars=["t", "gpu"], value_vars=cols, var_name="series", value_name="value")
 
 
-def server_series(run, keys: tuple[str, ...] = ("resident", "load", "evict", "swap")) -> pd.DataFrame:
-    """Server gauges/counters whose name holds one of keys (adapters resident, loads, evictions, swaps)."""
-    s = run.server
-    if s is None or s.empty or "t" not in s.columns:
-        return pd.DataFrame(columns=["t", "series", "value"])
-    cols = [c for c in s.columns if c != "t" and any(k in c for k in keys) and "second" not in c]
-    long = s.melt(id_vars=["t"], value_vars=cols, var_name="series", value_name="value")
-    long["series"] = long["series"].str.replace("lora_fleet_", "", regex=False)
-    return long
+ADAPTER_SERIES = ("adapters_resident", "adapters_running", "adapters_waiting", "adapter_loads", "adapter_evictions")
+
+
+def server_series(run, keys: tuple[str, ...] = ADAPTER_SERIES) -> pd.DataFrame:
+    """The server's adapter series (harness.server_metrics' explicit mapping for its kind): t, series, value."""
+    long = server_metrics.series(run.server)
+    return long[long["series"].isin(keys)].reset_index(drop=True)
 
 
 def adapter_table(run) -> pd.DataFrame:

@@ -123,9 +123,11 @@ def gpu(gpu_long: pd.DataFrame) -> go.Figure:
 
 
 def adapters_resident(server_long: pd.DataFrame) -> go.Figure:
-    """Adapters resident, loads, evictions and swaps from the server's /metrics over the run."""
+    """Adapters resident, running and waiting, loads and evictions from the server's /metrics over the run."""
     fig = px.line(server_long, x="t", y="value", color="series", line_shape="hv", labels={"t": "time (s)"})
-    return _style(fig, "Adapters resident, loads and swaps")
+    if server_long.empty:
+        fig.add_annotation(text="this server exports none of these series", showarrow=False)
+    return _style(fig, "Adapters resident, running and loaded (server /metrics)")
 
 
 def adapter_latency(adapters: pd.DataFrame, columns: tuple[str, ...] = ("ttft_p50", "ttft_p99", "e2e_p99"),

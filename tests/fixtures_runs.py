@@ -80,11 +80,13 @@ def make_run(root: Path, *, engine: str = "multilora", workload: str = "bursty30
                            "mem_used_gb": 20 + 0.1 * ts, "power_w": 300 + 10 * np.cos(ts),
                            "energy_j": np.cumsum(np.full_like(ts, 150.0))})
     gpu_df.to_csv(run / RUN_FILES["gpu"], index=False)
-    pd.DataFrame({"t": ts, "lora_fleet_adapters_resident": np.minimum(adapters, 1 + (ts // 2)).astype(int),
-                  "lora_fleet_adapter_loads": (ts // 2).astype(int), "lora_fleet_adapter_evictions": (ts // 5).astype(int),
-                  "lora_fleet_queue_depth": rng.integers(0, 5, size=len(ts)),
-                  "lora_fleet_running": rng.integers(0, 8, size=len(ts))}).to_csv(run / RUN_FILES["server"],
-                                                                                  index=False)
+    wide = pd.DataFrame({"t": ts, "lora_fleet_adapters_resident": np.minimum(adapters, 1 + (ts // 2)).astype(int),
+                         "lora_fleet_adapter_loads": (ts // 2).astype(int),
+                         "lora_fleet_adapter_evictions": (ts // 5).astype(int),
+                         "lora_fleet_queue_depth": rng.integers(0, 5, size=len(ts)),
+                         "lora_fleet_running": rng.integers(0, 8, size=len(ts))})
+    wide.melt(id_vars=["t"], var_name="metric", value_name="value").assign(labels="")[
+        ["t", "metric", "labels", "value"]].to_csv(run / RUN_FILES["server"], index=False)  # long, as harness.scrape
     summary = summarize(rec, workload=workload, engine=engine, model=model, gpu=gpu, started_at=started_at,
                         window_s=duration_s, warmup_s=warmup_s, slo=SLO, gpu_df=gpu_df)
     (run / RUN_FILES["summary"]).write_text(json.dumps(summary, indent=1))

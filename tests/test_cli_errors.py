@@ -54,7 +54,7 @@ def test_trace_takes_set_and_says_when_the_cpu_section_applied(capsys):
     assert main(["trace", BURSTY, "--machine", "cpu", "--set", "traffic.rate=16", "--top", "0"]) == 0
     out = capsys.readouterr().out
     assert "no CUDA here: the workload's cpu: section applies" in out and "model: llama3-8b -> tiny" in out
-    assert "traffic.rate: 3.0 is overridden by --set traffic.rate=16" in out
+    assert "traffic.rate: 26.0 is overridden by --set traffic.rate=16" in out
     assert main(["trace", BURSTY, "--machine", "cuda", "--top", "0"]) == 0
     assert "cpu: section" not in capsys.readouterr().out
 

@@ -156,17 +156,21 @@ def test_sigint_keeps_the_records_of_what_ran(tmp_path, workers):
 
 def test_scraper_parser_and_progress(tmp_path):
     values = parse_prometheus('# HELP x\nlora_fleet_running 3\nreq_total{status="ok"} 7 1700000\n'
-                              'bad line here\nlatency{le="+Inf"} 2\n')
-    assert values == {"lora_fleet_running": 3.0, 'req_total{status="ok"}': 7.0, 'latency{le="+Inf"}': 2.0}
+                              'bad line here\nlatency{le="+Inf"} 2\nlatency_bucket{le="1"} 1\n')
+    assert values == [("lora_fleet_running", "", 3.0), ("req_total", 'status="ok"', 7.0),
+                      ("latency", 'le="+Inf"', 2.0)]  # histogram buckets are skipped
     server = stub(tmp_path)
     try:
         scraper = MetricsScraper(server.url + "/metrics", interval_s=0.1).start()
-        time.sleep(0.5)
-        scraper.stop()
+        deadline = time.monotonic() + 30
+        while scraper.scrapes < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scraper.finish()  # the last scrape after the load
     finally:
         server.stop()
     frame = scraper.frame(t0=0.0)
-    assert len(frame) >= 2 and "lora_fleet_running" in frame.columns
+    assert scraper.scrapes >= 3 and list(frame.columns) == ["t", "metric", "labels", "value"]
+    assert frame["t"].nunique() == scraper.scrapes and "lora_fleet_running" in set(frame["metric"])
     path = tmp_path / "r.jsonl"
     path.write_text('{"a":1}\n{"a":2}\n{"a"')
     bar = RecordProgress(path, total=3, desc="x", enabled=False)

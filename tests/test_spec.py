@@ -36,7 +36,7 @@ def test_bursty30_keeps_its_spirit():
     assert spec.adapters.count == 30
     assert spec.traffic.arrivals.kind == "onoff" and spec.traffic.popularity.kind == "zipf"
     cpu = spec.for_machine(False)
-    assert cpu.traffic.rate == 3.0 and cpu.duration_s == 20 and cpu.slo.tpot_s == 0.5
+    assert cpu.traffic.rate == 26.0 and cpu.duration_s == 15 and cpu.slo.tpot_s == 0.2
     assert cpu.traffic.arrivals.kind == "onoff"  # the cpu section keeps the bursts, only slower
 
 

@@ -25,7 +25,7 @@ def test_set_wins_over_the_cpu_section():
     assert {"model", "warmup_s", "slo.tpot_s"} <= changed and not changed & {"traffic.rate", "duration_s"}
     text = "\n".join(spec.resolution.describe())
     assert "no CUDA here" in text and "model: llama3-8b -> tiny" in text
-    assert "traffic.rate: 3.0 is overridden by --set traffic.rate=16" in text
+    assert "traffic.rate: 26.0 is overridden by --set traffic.rate=16" in text
     gpu = load_workload(BURSTY, machine="cuda", overrides=parse_set(["traffic.rate=16"]))
     assert (gpu.traffic.rate, gpu.duration_s, gpu.model) == (16.0, 120.0, "llama3-8b")
     assert gpu.resolution.describe() == []
@@ -80,7 +80,7 @@ def test_a_typo_in_the_main_section_is_named_as_such(tmp_path):
 
 def test_a_bad_cpu_value_is_named_as_the_cpu_sections(tmp_path):
     path = tmp_path / "w.yaml"
-    path.write_text(BURSTY.read_text().replace("  rate: 3.0", "  rate: -3.0"))
+    path.write_text(BURSTY.read_text().replace("  rate: 26.0", "  rate: -3.0"))
     with pytest.raises(WorkloadError, match=r"w\.yaml: cpu: traffic\.rate: -3\.0 must be > 0 \(with the cpu: "):
         load_workload(path, machine="cuda")  # checked on every machine
 

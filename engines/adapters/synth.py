@@ -53,11 +53,14 @@ def adapter_nbytes(base: ModelArgs, rank: int, targets: Sequence[str], dtype: to
 
 
 def _stamp(base: ModelArgs, index: int, rank: int, alpha: float, targets: Sequence[str], seed: int,
-           dtype: torch.dtype) -> str:
+           dtype: torch.dtype, base_path: str | None = None) -> str:
     shape = {k: getattr(base, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                                            "intermediate_size")}
-    return json.dumps({"index": index, "rank": rank, "alpha": alpha, "targets": sorted(targets), "seed": seed,
-                       "dtype": str(dtype).removeprefix("torch."), "base": shape}, sort_keys=True)
+    stamp = {"index": index, "rank": rank, "alpha": alpha, "targets": sorted(targets), "seed": seed,
+             "dtype": str(dtype).removeprefix("torch."), "base": shape}
+    if base_path is not None:  # recorded as base_model_name_or_path: a new path rewrites the config
+        stamp["base_path"] = base_path
+    return json.dumps(stamp, sort_keys=True)
 
 
 def synth_adapter(base: ModelArgs, index: int, rank: int, targets: Sequence[str], seed: int = 0,
@@ -131,12 +134,16 @@ class Planned:
     folder: Path
     stamp: str
     current: bool
+    base_path: str | None = None
 
 
 def plan_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
                   seed: int = 0, prefix: str = "adapter-", dtype: torch.dtype = torch.float16,
-                  alpha: float | None = None) -> list[Planned]:
-    """What make_adapters would write, checking the request and reading only file headers."""
+                  alpha: float | None = None, base_path: str | None = None) -> list[Planned]:
+    """What make_adapters would write, checking the request and reading only file headers.
+
+    base_path (a checkpoint folder) is what the adapters' base_model_name_or_path records; else the base's name.
+    """
     ranks, targets = list(ranks), list(targets)
     check_request(count, ranks, targets, dtype, alpha, prefix)
     plan = []
@@ -144,8 +151,8 @@ def plan_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
         rank = ranks[i % len(ranks)]
         a = float(2 * rank if alpha is None else alpha)
         folder = Path(out_dir) / f"{prefix}{i:04d}"
-        stamp = _stamp(base, i, rank, a, targets, seed, dtype)
-        plan.append(Planned(i, rank, a, folder, stamp, is_current(folder, stamp)))
+        stamp = _stamp(base, i, rank, a, targets, seed, dtype, base_path)
+        plan.append(Planned(i, rank, a, folder, stamp, is_current(folder, stamp), base_path))
     return plan
 
 
@@ -156,7 +163,7 @@ def _write_planned(base: ModelArgs, p: Planned, targets: Sequence[str], seed: in
         tmp = out / f".{p.folder.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         adapter = synth_adapter(base, p.index, p.rank, targets, seed, dtype, p.alpha, name=p.folder.name)
-        write_adapter(adapter, tmp, base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
+        write_adapter(adapter, tmp, p.base_path or base.name, n_layers=base.n_layers, metadata={STAMP_KEY: p.stamp})
         _install(tmp, p.folder, p.stamp)
 
 
@@ -169,7 +176,8 @@ def _write_chunk(base, chunk, targets, seed, dtype, out) -> int:
 
 def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Sequence[str], out_dir,
                   seed: int = 0, prefix: str = "adapter-", dtype: torch.dtype = torch.float16,
-                  alpha: float | None = None, progress: bool = False, jobs: int = 1) -> list[Path]:
+                  alpha: float | None = None, progress: bool = False, jobs: int = 1,
+                  base_path: str | None = None) -> list[Path]:
     """Write `count` adapters out_dir/<prefix>0000 ... (ranks round-robin) and return their folders.
 
     One adapter is in memory at a time per process (`jobs` processes write in parallel; the files
@@ -179,7 +187,7 @@ def make_adapters(base: ModelArgs, count: int, ranks: Sequence[int], targets: Se
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
-    plan = plan_adapters(base, count, ranks, targets, out_dir, seed, prefix, dtype, alpha)
+    plan = plan_adapters(base, count, ranks, targets, out_dir, seed, prefix, dtype, alpha, base_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [p for p in plan if not p.current]

@@ -100,6 +100,7 @@ def server_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Build the engine from the options, serve until SIGINT/SIGTERM; print READY http://HOST:PORT once listening."""
+    from engines.cpu_threads import limit_for_serving
     from engines.registry import engine_class
     from engines.server.app import build_app, drain
     from engines.server.runner import serve_forever
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError, AttributeError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
+    limit_for_serving(config.resolved_device())
     engine = cls(config)
     print(f"serve: engine {config.engine} model {engine.base_model_name} with {len(engine.adapters())} adapter(s)",
           file=sys.stderr, flush=True)

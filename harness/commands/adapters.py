@@ -73,8 +73,9 @@ def run_make(args: argparse.Namespace) -> int:
 
     base = _base(args.base)
     dtype = getattr(torch, args.dtype)
+    base_path = str(Path(args.base).resolve()) if Path(args.base).is_dir() else None  # a checkpoint: recorded
     request = dict(base=base, count=args.count, ranks=args.ranks, targets=args.targets, out_dir=args.out_dir,
-                   seed=args.seed, prefix=args.prefix, dtype=dtype, alpha=args.alpha)
+                   seed=args.seed, prefix=args.prefix, dtype=dtype, alpha=args.alpha, base_path=base_path)
     start = time.perf_counter()
     try:
         plan = plan_adapters(**request)
