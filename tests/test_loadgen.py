@@ -1,5 +1,4 @@
 """The Locust process against the stub server: open-loop timing, chunk counting, failures, timeouts, workers, SIGINT."""
-import signal
 import sys
 import time
 
