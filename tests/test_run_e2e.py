@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness import server_metrics
 from harness.runner import run_engine
 from harness.schema import (METRIC_KEYS, RECORD_EXTRA_FIELDS, RECORD_FIELDS, RUN_FILES, SUMMARY_EXTRA_KEYS,
                             SUMMARY_KEYS)
@@ -66,7 +67,10 @@ def test_stub_run_writes_a_complete_run_directory(tmp_path):
     assert run.config["workload"]["name"] == "e2e" and run.config["engine"]["kind"] == "stub"
     assert run.env["git"]["commit"] and "locust" in run.env["packages"]
     assert run.env["gpu"]["available"] or run.env["gpu"]["reason"]  # no GPU here: it says why
-    assert "lora_fleet_running" in run.server.columns
+    assert list(run.server.columns) == ["t", "metric", "labels", "value"]  # stored long
+    assert "lora_fleet_running" in set(run.server["metric"])
+    last_token = max(t for ts in run.records["token_times"] for t in ts)
+    assert run.server["t"].max() > last_token  # the last scrape came after the load
     assert list_runs(tmp_path / "runs") == [run_dir]
 
 
@@ -79,7 +83,8 @@ def test_in_process_engines(tmp_path, engine):
     ok = run.records
     assert (ok["output_tokens"] == ok["requested_output_tokens"]).all()  # min_tokens + ignore_eos honoured
     assert run.summary["metrics"]["output_tok_s"] > 0
-    assert any(c.startswith("lora_fleet_") for c in run.server.columns)
+    mapped = set(server_metrics.series(run.server)["series"])  # peft has no paged KV cache: no kv_use
+    assert {"requests_running", "requests_waiting", "adapters_resident"} <= mapped
 
 
 def test_a_server_that_cannot_start_leaves_an_error_run(tmp_path):
