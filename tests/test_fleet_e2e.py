@@ -55,12 +55,32 @@ def replica_of(url, model, key=None):
     return headers[REPLICA_HEADER]
 
 
+def tokens_by_replica(url) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        samples = parse_prometheus(r.read().decode())
+    return {k.split('replica="')[1].split('"')[0]: v for k, v in samples.items()
+            if k.startswith("lora_fleet_output_tokens_total") and 'replica="' in k}
+
+
+def first_request(url, model) -> str:
+    """One request for `model`; returns once the replica that served (and loaded) it has pushed a /metrics page
+    counting it. Ray pushes a replica's adapter ids every 0.1 s, our pages every 1 s: by then the router knows
+    the holder (before that, Ray sends a second request to the replica with the fewest adapters, so both load it)."""
+    before = tokens_by_replica(url)
+    replica = replica_of(url, model)
+    deadline = time.monotonic() + 60
+    while tokens_by_replica(url).get(replica, 0.0) <= before.get(replica, 0.0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return replica
+
+
 def test_repeat_requests_for_one_adapter_stay_on_one_replica(fleet):
-    # sequential requests never overload a replica: after the first load, Ray routes to the holder
-    counts = collections.Counter(replica_of(fleet, "adapter-0000") for _ in range(20))
-    assert counts.most_common(1)[0][1] >= 18, counts  # random routing would put >= 18 of 20 on one: p < 0.001
-    counts = collections.Counter(replica_of(fleet, "tiny:adapter-0001") for _ in range(20))
-    assert counts.most_common(1)[0][1] >= 18, counts
+    # sequential requests never overload a replica: once the first load is known, Ray routes to the holder
+    for model in ("adapter-0000", "tiny:adapter-0001"):
+        holder = first_request(fleet, model)
+        counts = collections.Counter(replica_of(fleet, model) for _ in range(20))
+        # random routing would put >= 18 of 20 on one replica with p < 0.001
+        assert counts.most_common(1)[0][1] >= 18 and counts[holder] >= 18, (model, holder, counts)
 
 
 def test_same_routes_and_errors_as_the_single_server(fleet):
@@ -78,6 +98,10 @@ def test_same_routes_and_errors_as_the_single_server(fleet):
     status, _, body = post(fleet, "/generate", {"inputs": "hi", "parameters": {"adapter_id": "adapter-0002",
                                                                                "max_new_tokens": 2}})
     assert status == 200 and "generated_text" in json.loads(body)
+    # the replicas load adapters themselves; a client's runtime load is refused, as on a single server without
+    # --enable-runtime-lora
+    status, _, body = post(fleet, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "adapter-0001"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "runtime_lora_off"
 
 
 def test_metrics_merge_both_replicas_with_a_replica_label(fleet):

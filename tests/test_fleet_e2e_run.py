@@ -20,7 +20,8 @@ def test_run_with_a_two_replica_engine_entry(tmp_path):
     run = check_run(run_dir, spec)
     assert run.summary["counts"]["ok"] == run.summary["counts"]["total"] and run.summary["valid"]
     assert run.config["engine"]["replicas"] == 2
-    replicas = {c.split('replica="')[1].split('"')[0] for c in run.server.columns if 'replica="' in c}
+    labels = run.server["labels"].dropna().astype(str)  # server.csv is long: t, metric, labels, value
+    replicas = {x.split('replica="')[1].split('"')[0] for x in labels if 'replica="' in x}
     assert len(replicas) == 2  # the merged /metrics was scraped with both replicas' samples
     left = [p for p in psutil.process_iter(["pid", "name", "cmdline"])
             if p.info["pid"] not in before and "ray" in " ".join(p.info["cmdline"] or []).lower()]

@@ -134,7 +134,7 @@ def test_a_full_disk_ends_the_run_as_error_with_the_os_error(tmp_path):
     assert proc.returncode == 1, out
     assert gone(children)
     assert "Traceback" not in out
-    run_dir = next((tmp_path / "runs").iterdir())
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # beside it: the invocation's results
     run = load_run(run_dir)  # a readable partial run directory
     assert run.status["status"] == "error" and "File too large" in run.status["message"], run.status
     assert "records.jsonl" in run.status["message"]

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from engines.fleet.names import merge_metrics, requested_adapter
+from engines.server.protocol import ApiError
 
 REPLICA_HEADER = "x-lora-fleet-replica"
 METRICS_KEY = "lora_fleet/metrics/"  # + replica id: the replica's latest /metrics page, pushed every second
@@ -134,6 +135,11 @@ def replica_class(max_adapters: int) -> type:
     return Replica
 
 
+RUNTIME_LORA_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+RUNTIME_LORA_OFF = ApiError(403, "loading and unloading adapters at run time is not offered by a fleet: every "
+                                 "replica loads the adapters of --adapters on demand", code="runtime_lora_off")
+
+
 class FleetIngress:
     """The HTTP entry: picks the multiplexed model id and streams the chosen replica's answer back."""
 
@@ -145,6 +151,8 @@ class FleetIngress:
         path = request.url.path
         if path == "/metrics":
             return Response(merge_metrics(_replica_pages()), media_type="text/plain; version=0.0.4")
+        if path in RUNTIME_LORA_PATHS:  # the replicas load from the catalog themselves; clients may not
+            return Response(json.dumps(RUNTIME_LORA_OFF.body()), status_code=403, media_type="application/json")
         body = await request.body()
         adapter = requested_adapter(path, body, self.base_names, set(self.catalog))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}

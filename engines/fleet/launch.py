@@ -36,8 +36,11 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
 
     catalog = {p.name: str(p.resolve()) for p in check_adapter_folders(config.adapters)} if config.adapters else {}
     engine = {**config.to_dict(), "adapters": None}
+    # each replica's own server loads its multiplexed adapters through its runtime-load route (loopback, behind
+    # the ingress, which refuses those routes to clients), so that route is on there whatever the fleet's flag
     server = {**dataclasses.asdict(options), "adapter_root": options.adapter_root or config.adapters,
-              "model_aliases": tuple(options.model_aliases)}
+              "model_aliases": tuple(options.model_aliases), "runtime_lora": True,
+              "max_runtime_loras": max(len(catalog), max_adapters, 1)}
     if routing not in ROUTERS:
         raise ValueError(f"--routing {routing!r}: use one of {', '.join(ROUTERS)}")
     ongoing = max_ongoing or config.max_num_seqs
