@@ -12,29 +12,20 @@ and the environment it needs on a machine without CUDA.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
+
+from engines.hostmem import available_bytes
 
 Template = list  # list[str | list[str]]
 
 GIB = 1 << 30
 
 
-def free_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (0 where it cannot be read)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
 
 def vllm_cpu_env() -> dict[str, str]:
     """vLLM-CPU reserves 92% of RAM for its KV cache without VLLM_CPU_KVCACHE_SPACE (GiB) and then refuses to
     start; a quarter of the free memory (at least 1 GiB, at most 64) leaves room for its weights and the rest."""
-    return {"VLLM_CPU_KVCACHE_SPACE": str(min(64, max(1, free_memory_bytes() // 4 // GIB)))}
+    return {"VLLM_CPU_KVCACHE_SPACE": str(min(64, max(1, (available_bytes() or 0) // 4 // GIB)))}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from engines.adapters.peft_format import check_inside
 from engines.base import AdapterFileError
+from engines.hostmem import available_bytes
 from engines.server.engine_thread import status_for
 from engines.server.generation import read_body
 from engines.server.protocol import ApiError, parse_adapter_load, show
@@ -81,7 +82,7 @@ def _check_room(state: ServerState, name: str, path: Path) -> None:
         raise ApiError(409, f"{cap} adapters are already loaded at run time (--max-runtime-loras); unload one "
                             f"before loading {name!r}", param="lora_name", code="too_many_adapters")
     need = 2 * sum(f.stat().st_size for f in path.iterdir() if f.is_file())  # the file and its unpacked copy
-    free = host_memory_available()
+    free = available_bytes()
     if free is not None and need > free // 2:
         raise ApiError(507, f"loading {name!r} needs about {need / 2**20:.0f} MiB of host memory and only "
                             f"{free / 2**20:.0f} MiB are available", param="lora_path", code="out_of_memory")
@@ -157,17 +158,6 @@ async def unload_adapter(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "lora_name": name,
                               "message": f"Success: LoRA adapter '{name}' removed successfully."})
 
-
-def host_memory_available() -> int | None:
-    """Bytes of host memory available (Linux MemAvailable); None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def add_routes(app: web.Application) -> None:
