@@ -65,3 +65,12 @@ def test_float64_stays_float64_and_bf16_is_close():
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     out = paged_decode_attention_ref(qb, kb, vb, t, c, s)
     torch.testing.assert_close(out.double(), loop_attention(qb, kb, vb, t, c, s), rtol=2e-2, atol=2e-2)
+
+
+def test_a_batch_sorted_into_several_chunks_keeps_every_row_in_place():
+    from kernels.reference import ATTN_CHUNKS, MIN_CHUNK
+    n = MIN_CHUNK * (ATTN_CHUNKS + 1) + 5  # more chunks than ATTN_CHUNKS would give at MIN_CHUNK each
+    lens = [(i * 37) % 61 for i in range(n)]  # unsorted, with empty contexts among them
+    q, k, v, t, c, s = case(lens, 4, 2, 8, 4)
+    out = paged_decode_attention_ref(q, k, v, t, c, s)
+    torch.testing.assert_close(out.double(), loop_attention(q, k, v, t, c, s), rtol=1e-5, atol=1e-5)
