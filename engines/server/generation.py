@@ -12,7 +12,7 @@ from engines.base import ParamError, Request, SamplingParams, StepOutput
 from engines.server.engine_thread import Admitted, Failed
 from engines.server.protocol import ApiError, GenerationRequest, parse_chat, parse_completion, parse_json, parse_tgi
 from engines.server.state import STATE, ServerState
-from engines.server.streaming import TextStream, open_sse, send_done, send_event
+from engines.server.streaming import ChunkEvents, TextStream, open_sse, send_done, send_event
 
 # request key: the status a generation request ended with (for requests_total)
 OUTCOME = web.RequestKey("outcome", int) if hasattr(web, "RequestKey") else "lora_fleet_outcome"
@@ -109,18 +109,6 @@ def _prepare(state: ServerState, gen: GenerationRequest) -> tuple[str | None, li
     return adapter, prompt_ids, sampling
 
 
-def _completion_chunk(job: _Job, ids: list[int], delta: str, first: bool) -> dict[str, Any]:
-    reason = job.finish_reason if job.done else None
-    if job.gen.kind == "chat":
-        msg = {"role": "assistant", "content": delta} if first else {"content": delta}
-        choice = {"index": 0, "delta": msg, "logprobs": None, "finish_reason": reason, "token_ids": ids}
-        kind = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason, "token_ids": ids}
-        kind = "text_completion"
-    return {"id": job.id, "object": kind, "created": job.created, "model": job.gen.model, "choices": [choice]}
-
-
 def _completion_body(job: _Job) -> dict[str, Any]:
     if job.gen.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": job.text.text},
@@ -161,16 +149,17 @@ async def _stream(request: web.Request, job: _Job) -> web.StreamResponse:
 async def _stream_events(response: web.StreamResponse, job: _Job) -> None:
     """One event per engine step output, then the usage chunk (when asked) and [DONE] (OpenAI routes)."""
     first, index = True, 0
+    chunks = ChunkEvents(job.id, job.gen.kind, job.created, job.gen.model)
     while not job.done:
         ids, delta = await job.next()
         if job.gen.kind == "tgi":
             index += 1
             token = {"id": ids[-1] if ids else -1, "text": delta, "logprob": 0.0, "special": False}
-            payload = {"index": index, "token": token, "generated_text": job.text.text if job.done else None,
-                       "details": _tgi_details(job) if job.done else None}
-        else:
-            payload = _completion_chunk(job, ids, delta, first)
-        await send_event(response, payload)
+            await send_event(response, {"index": index, "token": token,
+                                        "generated_text": job.text.text if job.done else None,
+                                        "details": _tgi_details(job) if job.done else None})
+        else:  # OpenAI chunks, the per-token path of every benchmark: bytes spliced, no dict encoded
+            await response.write(chunks.event(ids, delta, first, job.finish_reason if job.done else None))
         first = False
     if job.gen.include_usage:
         kind = "chat.completion.chunk" if job.gen.kind == "chat" else "text_completion"

@@ -48,6 +48,28 @@ class TextStream:
         return delta
 
 
+class ChunkEvents:
+    """Server-Sent Events of one completion's stream chunks (OpenAI text or chat) as bytes, without building
+    and encoding a dict per token: the fields that never change are encoded once, the token's text, ids and
+    finish reason are spliced in. json.loads of an event's data is the chunk object the OpenAI API sends."""
+
+    def __init__(self, completion_id: str, kind: str, created: int, model: str) -> None:
+        self._chat = kind == "chat"
+        head = json.dumps({"id": completion_id, "object": "chat.completion.chunk" if self._chat else "text_completion",
+                           "created": created, "model": model}, separators=(",", ":"))
+        self._head = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,'
+
+    def event(self, ids: list[int], delta: str, first: bool, finish_reason: str | None) -> bytes:
+        text = json.dumps(delta)
+        if self._chat:
+            body = ('"delta":{"role":"assistant","content":' if first else '"delta":{"content":') + text + "}"
+        else:
+            body = '"text":' + text
+        reason = "null" if finish_reason is None else json.dumps(finish_reason)
+        tail = f',"logprobs":null,"finish_reason":{reason},"token_ids":[{",".join(map(str, ids))}]}}]}}'
+        return self._head + (body + tail).encode() + b"\n\n"
+
+
 async def open_sse(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
