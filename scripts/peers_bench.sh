@@ -26,7 +26,7 @@ import json, subprocess, sys
 from pathlib import Path
 out, before, after = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 runs = []
-for run in sorted((out / "runs").iterdir()):
+for run in sorted(p for p in (out / "runs").iterdir() if (p / "summary.json").is_file()):  # not results.*
     summary = json.loads((run / "summary.json").read_text())
     runs.append({"engine": summary["engine"], "run": str(run), "valid": summary["valid"],
                  "invalid_reasons": summary.get("invalid_reasons", []),
