@@ -112,7 +112,7 @@ def _expand_kernel(
                              stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
 
 
-def _device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
+def device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
     if slice_offsets.device == device:
         return slice_offsets if slice_offsets.dtype == torch.int32 else slice_offsets.to(torch.int32)
     key = (str(device), tuple(int(v) for v in slice_offsets.tolist()))
@@ -162,7 +162,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
         return y
     key = expand_key(t, lora_b.shape[1], slices, r_max, y.dtype)
     asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
-    offs = _device_offsets(slice_offsets, y.device)
+    offs = device_offsets(slice_offsets, y.device)
 
     def launch(cfg: ExpandConfig) -> None:
         grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))

@@ -1,0 +1,187 @@
+"""Triton fused LoRA (shrink + expand in one launch) against the float64 reference; path choice and modes."""
+import pytest
+import torch
+
+from kernels import launch
+from kernels.launch import FusedConfig
+from kernels.lora_fused import lora_fused
+from kernels.meta import LoRAMeta
+from kernels.reference import lora_expand_ref, lora_shrink_ref
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# the rank vector is an fp32 accumulation of exact products; it enters the expand as tf32; y is rounded once
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def run_case(hidden, widths, ranks, slots, dtype, cfg=None, max_segments=8, seed=0, poison_rows=True):
+    """lora_fused on y with NaN rows for tokens without an adapter (they must stay NaN) against float64."""
+    g = torch.Generator().manual_seed(seed)
+    n_slots, s, r_max = len(ranks), len(widths), max(max(ranks), 1)
+    t, n_total = len(slots), sum(widths)
+    x = torch.randn(t, hidden, generator=g).to(dtype)
+    a = (torch.randn(n_slots, s, r_max, hidden, generator=g) / hidden ** 0.5).to(dtype)
+    b = (torch.randn(n_slots, n_total, r_max, generator=g) / r_max ** 0.5).to(dtype)
+    for k, r in enumerate(ranks):  # stale values past a slot's rank (a previous adapter's) must not be read
+        a[k, :, r:] = float("nan")
+        b[k, :, r:] = float("nan")
+    scales = torch.rand(n_slots, generator=g) + 0.5
+    ranks_t = torch.tensor(ranks, dtype=torch.int32)
+    offs = torch.tensor([0] + list(torch.tensor(widths).cumsum(0)), dtype=torch.int32)
+    y0 = (0.01 * torch.randn(t, n_total + 5, generator=g)).to(dtype)  # 5 columns past N_total stay untouched
+    untouched = torch.tensor([sl < 0 or ranks[sl] == 0 for sl in slots], dtype=torch.bool)
+    if poison_rows:
+        y0[untouched] = float("nan")
+
+    meta_ref = LoRAMeta(max(t, 1), max_segments).prepare(slots)
+    buf_ref = torch.zeros(s, t, r_max, dtype=torch.float64)
+    lora_shrink_ref(x.double(), a.double().nan_to_num(), meta_ref, scales.double(), ranks_t, buf_ref)
+    y_ref = y0.double().clone()
+    lora_expand_ref(buf_ref, b.double().nan_to_num(), meta_ref, ranks_t, offs, y_ref)
+
+    meta = LoRAMeta(max(t, 1), max_segments, device=DEV).prepare(slots)
+    y = y0.to(DEV).clone()
+    lora_fused(x.to(DEV), a.to(DEV), b.to(DEV), meta, scales.to(DEV), ranks_t.to(DEV), offs.to(DEV), y, config=cfg)
+    y = y.cpu()
+    assert same(y[:, n_total:], y0[:, n_total:]), "touched columns past N_total"
+    assert same(y[untouched], y0[untouched]), "touched rows without an adapter"
+    done = ~untouched
+    assert not y[done].isnan().any(), "read past a slot's rank or missed a column"
+    if done.any():
+        assert rel(y[done], y_ref[done]) < TOL[dtype]
+    return meta
+
+
+def rand_slots(t, n_slots, seed, none_frac=0.25):
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randint(0, n_slots, (t,), generator=g)
+    slots[torch.rand(t, generator=g) < none_frac] = -1
+    return slots.tolist()
+
+
+SMALL = FusedConfig(block_m=16, block_n=32, block_k=64, n_steps=2, num_stages=2)  # several chunks per slice
+
+
+@pytest.mark.parametrize("hidden,widths,ranks,dtype", [
+    (896, [896], [8, 16], torch.float32),  # Qwen2.5-0.5B hidden, not a power of two
+    (320, [160, 48, 48], [1, 8, 16, 64, 128], torch.bfloat16),  # mixed ranks 1-128, qkv-like unequal slices
+    (200, [72, 40], [16, 64, 8], torch.float16),  # two slices, the second starts off a multiple of 16
+])
+@pytest.mark.parametrize("cfg", [None, SMALL])
+def test_random_mappings(hidden, widths, ranks, dtype, cfg):
+    run_case(hidden, widths, ranks, rand_slots(13, len(ranks), seed=hidden), dtype, cfg)
+
+
+def test_all_tokens_on_one_adapter_span_several_tiles():
+    run_case(128, [96, 32], [0, 32], [1] * 37, torch.bfloat16, SMALL)
+
+
+def test_no_token_on_any_adapter_leaves_everything():
+    run_case(128, [64, 32], [8, 16], [-1] * 9, torch.float32)
+
+
+def test_every_token_its_own_adapter_like_decode():
+    run_case(256, [128, 32, 32], [16] * 12, list(range(12)), torch.bfloat16, max_segments=16)
+
+
+def test_rank_zero_slot_and_unused_segment_capacity():
+    # slot 1 has rank 0 (adapter without this module); meta has room for 64 segments, 3 used
+    run_case(192, [96], [8, 0, 4], [0, 1, 2, 1, -1, 0, 2], torch.float16, max_segments=64)
+
+
+def test_single_token_rank_128_three_slices():
+    run_case(512, [128, 32, 32], [128], [0], torch.float32, FusedConfig(block_k=64, block_n=32, n_steps=1))
+
+
+def test_same_function_as_the_pair_in_graph_like_reuse():
+    """One meta refilled with new mappings, one y buffer: the fused path follows each new mapping."""
+    from kernels.lora_expand import lora_expand
+    from kernels.lora_shrink import lora_shrink
+
+    g = torch.Generator().manual_seed(3)
+    t, h, r = 6, 128, 16
+    x = torch.randn(t, h, generator=g).to(DEV)
+    a = (torch.randn(4, 2, r, h, generator=g) / 12).to(DEV)
+    b = (torch.randn(4, 80, r, generator=g) / 4).to(DEV)
+    scales, ranks = torch.ones(4, device=DEV), torch.tensor([16, 8, 4, 16], dtype=torch.int32, device=DEV)
+    offs = torch.tensor([0, 48, 80], dtype=torch.int32, device=DEV)
+    meta = LoRAMeta(t, 4, device=DEV)
+    y = torch.empty(t, 80, device=DEV)
+    for slots in ([0, 1, 2, 3, 0, 1], [3, 3, -1, 2, 2, 2]):
+        meta.prepare(slots)
+        y.zero_()
+        lora_fused(x, a, b, meta, scales, ranks, offs, y, config=SMALL)
+        buf = torch.zeros(2, t, r, device=DEV)
+        y_pair = torch.zeros(t, 80, device=DEV)
+        lora_shrink(x, a, meta, scales, ranks, buf)
+        lora_expand(buf, b, meta, ranks, offs, y_pair)
+        assert rel(y.cpu(), y_pair.cpu()) < 1e-5
+
+
+def test_bad_inputs_name_the_field():
+    meta = LoRAMeta(4, 2).prepare([0, 0, 0, 0])
+    x, y = torch.randn(4, 64), torch.zeros(4, 16)
+    a, b = torch.randn(1, 1, 8, 64), torch.randn(1, 16, 8)
+    ok = dict(scales=torch.ones(1), ranks=torch.tensor([8], dtype=torch.int32),
+              slice_offsets=torch.tensor([0, 16], dtype=torch.int32))
+    with pytest.raises(ValueError, match="share a dtype"):
+        lora_fused(x, a, b.half(), meta, y=y, **ok)
+    with pytest.raises(ValueError, match="agree on slots and R_max"):
+        lora_fused(x, a, torch.randn(1, 16, 4), meta, y=y, **ok)
+    with pytest.raises(ValueError, match="hidden size"):
+        lora_fused(x, torch.randn(1, 1, 8, 32), b, meta, y=y, **ok)
+    with pytest.raises(ValueError, match="only 8"):
+        lora_fused(x, a, b, meta, y=torch.zeros(4, 8), **ok)
+
+
+def test_fused_mode_parsing_and_path_choice():
+    assert [launch.fused_mode(v) for v in ("auto", True, False, "on", "off", "true", 64, "128")] == \
+        ["auto", True, False, True, False, True, 64, 128]
+    for bad in ("maybe", -1, 1.5, None):
+        with pytest.raises(ValueError, match="fused_lora=.*auto, true, false or a token count"):
+            launch.fused_mode(bad)
+    shape = dict(hidden=4096, n_total=6144, slices=3, max_rank=16, dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert launch.fused_wanted("auto", 1, **shape) and launch.fused_wanted("auto", launch.FUSED_MAX_TOKENS, **shape)
+    assert not launch.fused_wanted("auto", 4096, **shape)
+    assert launch.fused_wanted(True, 4096, **shape) and not launch.fused_wanted(False, 1, **shape)
+    assert launch.fused_wanted(64, 64, **shape) and not launch.fused_wanted(64, 65, **shape)
+
+
+def test_auto_follows_the_gpu_files_lora_path(tmp_path, monkeypatch):
+    import json
+    key = launch.fused_key(64, 4096, 6144, 3, 16, torch.bfloat16)
+    (tmp_path / "test-gpu.json").write_text(json.dumps({"lora_path": {key: {"fused": False}}}))
+    monkeypatch.setattr(launch, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(launch, "_device_name", lambda device: "Test GPU")
+    launch._table_for.cache_clear()
+    try:
+        shape = dict(hidden=4096, n_total=6144, slices=3, max_rank=16, dtype=torch.bfloat16, device="cpu")
+        assert not launch.fused_wanted("auto", 64, **shape)  # the file says the pair won at this key
+        assert launch.fused_wanted("auto", 16, **shape)  # another key: the default threshold
+        assert launch.fused_wanted(True, 64, **shape)  # forced on
+    finally:
+        launch._table_for.cache_clear()
+
+
+def test_default_fused_chunks_and_step_down():
+    one = launch.default_fused(1, 4096, 6144, 3, 16)
+    assert one.block_n * one.n_steps == 512 and one.block_m == 16
+    many = launch.default_fused(256, 4096, 6144, 3, 16)
+    assert many.block_n * many.n_steps == 4096  # a whole q or o slice: no recomputed A at 17-256 tokens
+    big = launch.default_fused(64, 4096, 4096, 1, 128)
+    assert big.block_n == 64 and big.block_k == 64
+    cfg, steps = big, 0
+    while (nxt := launch.step_down(cfg)) is not None:
+        assert nxt.block_n * nxt.n_steps == cfg.block_n * cfg.n_steps  # the chunk (the work split) is kept
+        cfg, steps = nxt, steps + 1
+    assert cfg.block_k == 16 and cfg.block_n == 16 and cfg.num_stages == 1 and steps < 20
+    for tokens in (1, 64, 256):
+        space = launch.fused_space(tokens, 16)
+        assert space and len(set(space)) == len(space)
