@@ -185,3 +185,34 @@ def test_default_fused_chunks_and_step_down():
     for tokens in (1, 64, 256):
         space = launch.fused_space(tokens, 16)
         assert space and len(set(space)) == len(space)
+
+
+def test_bench_row_times_fused_beside_the_pair(monkeypatch, capsys):
+    """kernels.bench's LoRA row on a small case (CPU: interpreter, one call per timing): the fused columns,
+    their floors and errors, and the path auto takes, as the integrator's one GPU run prints them."""
+    from kernels import bench
+    from kernels.cases import LoRACase, lora_inputs
+
+    case = LoRACase("decode-4x4-r16-qkv-small", 4, 4, 16, hidden=128, widths=(64, 32, 32))
+    calls = []
+    monkeypatch.setattr(bench, "lora_sets", lambda c: [lora_inputs(c, dtype=torch.float32, device=DEV)])
+    monkeypatch.setattr(bench, "time_sets", lambda fns, replays=40: [f() for f in fns] and calls.append(1) or 2.0)
+    row = bench.bench_lora(case, bw=1e12, peak=1e15)
+    assert len(calls) == 5  # shrink, expand, pair, fused, torch
+    assert row["fused_us"] == row["us"] == 2.0 and row["auto_path"] == "fused" and row["auto_us"] == 2.0
+    assert row["fused_bytes"] == row["bytes"] - 2 * 3 * 4 * 16 * 4  # no fp32 intermediate written and read
+    assert row["fused_rel_err_vs_reference"] < 1e-5 and row["rel_err_vs_reference"] < 1e-5
+    # default 512-column chunks: one per slice of <= 512 columns, so only x is read again (by 2 of 3 slices)
+    assert row["fused_recompute_mb"] == 2 * 4 * 128 * 2 / 1e6
+    bench.print_tables({"gpu": "cpu", "copy_bandwidth_GBps": 1e3, "matmul_TFLOPs": 1e3, "kernel_launch_floor_us": 2.0,
+                        "versions": {"torch": "x", "triton": "y"}, "lora": [row], "attention": []})
+    assert "| decode-4x4-r16-qkv-small | 2.0 | 2.0 | fused |" in capsys.readouterr().out
+
+
+def test_recompute_bytes_follow_chunks_and_tiles():
+    from kernels.cases import LORA_CASES
+
+    case = next(c for c in LORA_CASES if c.name == "decode-64x64-r16-qkv")
+    assert case.recompute_bytes(4096) == 2 * 64 * 4096 * 2  # one chunk per slice: only x is read again (k, v)
+    # 512-column chunks: 12 chunks for 3 slices, 9 extra A reads of 16 x 4096 per token tile, 11 extra x reads
+    assert case.recompute_bytes(512) == 9 * 64 * 16 * 4096 * 2 + 11 * 64 * 4096 * 2
