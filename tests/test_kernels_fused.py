@@ -216,3 +216,28 @@ def test_recompute_bytes_follow_chunks_and_tiles():
     assert case.recompute_bytes(4096) == 2 * 64 * 4096 * 2  # one chunk per slice: only x is read again (k, v)
     # 512-column chunks: 12 chunks for 3 slices, 9 extra A reads of 16 x 4096 per token tile, 11 extra x reads
     assert case.recompute_bytes(512) == 9 * 64 * 16 * 4096 * 2 + 11 * 64 * 4096 * 2
+
+
+def test_tuner_writes_the_faster_path_per_fused_key():
+    from dataclasses import asdict
+
+    from kernels.cases import LORA_CASES
+    from kernels.launch import ExpandConfig, ShrinkConfig
+    from kernels.tune import _keys, _spaces, choose, choose_paths
+
+    one = next(c for c in LORA_CASES if c.name == "decode-1x1-r16-qkv")
+    big = next(c for c in LORA_CASES if c.name == "decode-256x256-r16-qkv")
+    prefill = next(c for c in LORA_CASES if c.name.startswith("prefill"))
+    assert _spaces(one)[0][0] == "fused" and not [s for s in _spaces(prefill) if s[0] == "fused"]
+    f, s, e = FusedConfig(), ShrinkConfig(), ExpandConfig()
+    times = {}
+    for case, (tf, ts, te) in ((one, (3.0, 4.6, 2.4)), (big, (90.0, 30.0, 57.0))):
+        k = _keys(case)
+        times[("fused", k["fused"])] = {f: {case.name: tf}}
+        times[("shrink", k["shrink"])] = {s: {case.name: ts}}
+        times[("expand", k["expand"])] = {e: {case.name: te}}
+    table = {}
+    choose(times, table, log=lambda m: None)
+    choose_paths(times, table, [one, big, prefill], log=lambda m: None)
+    assert table["fused"][_keys(one)["fused"]] == asdict(f)
+    assert table["lora_path"] == {_keys(one)["fused"]: {"fused": True}, _keys(big)["fused"]: {"fused": False}}
