@@ -203,6 +203,8 @@ def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank:
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
     block_n = 128 if r_pad <= 32 else 64  # the fp32 B tile (r_pad x block_n) stays <= 32 KiB
     block_k = 256 if r_pad <= 32 else (128 if r_pad <= 64 else 64)
+    if tokens <= 16 and r_pad <= 32:
+        block_k = 512  # one program streams a whole A slice: more bytes in flight per step
     chunk = 512 if tokens <= 16 else 4096
     block_m = 16 if tokens <= 256 else 64
     return FusedConfig(block_m=block_m, block_n=block_n, block_k=block_k, n_steps=max(1, chunk // block_n),
@@ -364,11 +366,10 @@ def fused_space(tokens: int, max_rank: int = 16) -> list[FusedConfig]:
     """The autotune space of the fused kernel (decode sizes): chunk width, K step, warps, stages."""
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
     block_ks = (256, 512) if r_pad <= 32 else (64, 128)
-    block_n = 128 if r_pad <= 32 else 64
+    block_ns = (64,) if r_pad > 32 else ((128,) if tokens <= 16 else (128, 256))
     chunks = (256, 512, 1024) if tokens <= 16 else (1024, 2048, 4096)
-    return [FusedConfig(block_m=16, block_n=block_n, block_k=bk, n_steps=max(1, ch // block_n), num_warps=w,
-                        num_stages=st)
-            for ch in chunks for bk in block_ks for w in (4, 8) for st in (2, 3)]
+    return [FusedConfig(block_m=16, block_n=bn, block_k=bk, n_steps=max(1, ch // bn), num_warps=w, num_stages=st)
+            for ch in chunks for bn in block_ns for bk in block_ks for w in (4, 8) for st in (2, 3)]
 
 
 def attention_space(batch: int) -> list[AttentionConfig]:
