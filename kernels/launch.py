@@ -195,20 +195,20 @@ def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank:
     """Used when the GPU's JSON has no entry (docs/kernels.md, "Fused shrink + expand", has the arithmetic).
 
     A program's chunk of columns decides how often its rank-r vector is recomputed: once per chunk, so the
-    adapter's A (r x H, read from L2 after the first chunk) is read columns/chunk times per token tile.
-    At <= 16 tokens there are only a few token tiles: 512-column chunks put 12 programs on a q,k,v call
-    (each reads A once and 16 KiB of B). Beyond, token tiles are many: 4096-column chunks (a whole q or o
-    slice) read each A once per tile, no recompute. Prefill-sized calls (only when forced) take 64-row tiles.
+    adapter's A (r x H, from L2 after the first chunk) is read columns/chunk times per token tile. Each loop
+    step of a program costs about a memory latency over the pipeline depth (16-64 column steps per expand
+    program cost 2 ms a step at batch 128 on the H200), so steps are wide and few: 512 hidden columns per
+    shrink step (8 for H=4096), 256 output columns per expand step. At <= 16 tokens the token tiles are few:
+    512-column chunks put 12 programs on a q,k,v call. Beyond, 2048-column chunks read q's and o's A twice
+    per tile and k's and v's once (L2 traffic at 256 x 256 adapters: 133 MB, under the 150 MB from HBM).
+    Prefill-sized calls (only when forced) take 64-row tiles.
     """
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
-    block_n = 128 if r_pad <= 32 else 64  # the fp32 B tile (r_pad x block_n) stays <= 32 KiB
-    block_k = 256 if r_pad <= 32 else (128 if r_pad <= 64 else 64)
-    if tokens <= 16 and r_pad <= 32:
-        block_k = 512  # one program streams a whole A slice: more bytes in flight per step
-    chunk = 512 if tokens <= 16 else 4096
-    block_m = 16 if tokens <= 256 else 64
-    return FusedConfig(block_m=block_m, block_n=block_n, block_k=block_k, n_steps=max(1, chunk // block_n),
-                       num_warps=4, num_stages=3)
+    block_n = {16: 256, 32: 256, 64: 128}.get(r_pad, 64)  # the fp32 B tile (r_pad x block_n) stays <= 32 KiB
+    block_k = 512 if r_pad <= 32 else (128 if r_pad <= 64 else 64)
+    chunk = 512 if tokens <= 16 else 2048
+    return FusedConfig(block_m=16 if tokens <= 256 else 64, block_n=block_n, block_k=block_k,
+                       n_steps=max(1, chunk // block_n), num_warps=4, num_stages=3 if tokens <= 16 else 2)
 
 
 def fused_mode(value) -> bool | int | str:
@@ -363,10 +363,10 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
 
 
 def fused_space(tokens: int, max_rank: int = 16) -> list[FusedConfig]:
-    """The autotune space of the fused kernel (decode sizes): chunk width, K step, warps, stages."""
+    """The autotune space of the fused kernel (decode sizes): chunk width, step widths, warps, stages."""
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
-    block_ks = (256, 512) if r_pad <= 32 else (64, 128)
-    block_ns = (64,) if r_pad > 32 else ((128,) if tokens <= 16 else (128, 256))
+    block_ks = (512, 1024) if r_pad <= 32 else (64, 128)
+    block_ns = (128, 256) if r_pad <= 32 else (64,)
     chunks = (256, 512, 1024) if tokens <= 16 else (1024, 2048, 4096)
     return [FusedConfig(block_m=16, block_n=bn, block_k=bk, n_steps=max(1, ch // bn), num_warps=w, num_stages=st)
             for ch in chunks for bn in block_ns for bk in block_ks for w in (4, 8) for st in (2, 3)]

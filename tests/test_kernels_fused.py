@@ -174,9 +174,10 @@ def test_default_fused_chunks_and_step_down():
     one = launch.default_fused(1, 4096, 6144, 3, 16)
     assert one.block_n * one.n_steps == 512 and one.block_m == 16
     many = launch.default_fused(256, 4096, 6144, 3, 16)
-    assert many.block_n * many.n_steps == 4096  # a whole q or o slice: no recomputed A at 17-256 tokens
+    assert many.block_n * many.n_steps == 2048 and many.n_steps <= 8  # q's A read twice per tile, k's and v's once
     big = launch.default_fused(64, 4096, 4096, 1, 128)
     assert big.block_n == 64 and big.block_k == 64
+    assert launch.default_fused(4096, 4096, 6144, 3, 16).block_m == 64  # prefill, when forced
     cfg, steps = big, 0
     while (nxt := launch.step_down(cfg)) is not None:
         assert nxt.block_n * nxt.n_steps == cfg.block_n * cfg.n_steps  # the chunk (the work split) is kept
