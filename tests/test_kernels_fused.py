@@ -7,14 +7,11 @@ from kernels.launch import FusedConfig
 from kernels.lora_fused import lora_fused
 from kernels.meta import LoRAMeta
 from kernels.reference import lora_expand_ref, lora_shrink_ref
+from tests.test_kernels_lora import make_inputs, rand_slots, rel
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # the rank vector is an fp32 accumulation of exact products; it enters the expand as tf32; y is rounded once
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -23,19 +20,11 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def run_case(hidden, widths, ranks, slots, dtype, cfg=None, max_segments=8, seed=0, poison_rows=True):
     """lora_fused on y with NaN rows for tokens without an adapter (they must stay NaN) against float64."""
-    g = torch.Generator().manual_seed(seed)
-    n_slots, s, r_max = len(ranks), len(widths), max(max(ranks), 1)
-    t, n_total = len(slots), sum(widths)
-    x = torch.randn(t, hidden, generator=g).to(dtype)
-    a = (torch.randn(n_slots, s, r_max, hidden, generator=g) / hidden ** 0.5).to(dtype)
-    b = (torch.randn(n_slots, n_total, r_max, generator=g) / r_max ** 0.5).to(dtype)
+    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
     for k, r in enumerate(ranks):  # stale values past a slot's rank (a previous adapter's) must not be read
         a[k, :, r:] = float("nan")
         b[k, :, r:] = float("nan")
-    scales = torch.rand(n_slots, generator=g) + 0.5
-    ranks_t = torch.tensor(ranks, dtype=torch.int32)
-    offs = torch.tensor([0] + list(torch.tensor(widths).cumsum(0)), dtype=torch.int32)
-    y0 = (0.01 * torch.randn(t, n_total + 5, generator=g)).to(dtype)  # 5 columns past N_total stay untouched
     untouched = torch.tensor([sl < 0 or ranks[sl] == 0 for sl in slots], dtype=torch.bool)
     if poison_rows:
         y0[untouched] = float("nan")
@@ -57,13 +46,6 @@ def run_case(hidden, widths, ranks, slots, dtype, cfg=None, max_segments=8, seed
     if done.any():
         assert rel(y[done], y_ref[done]) < TOL[dtype]
     return meta
-
-
-def rand_slots(t, n_slots, seed, none_frac=0.25):
-    g = torch.Generator().manual_seed(seed)
-    slots = torch.randint(0, n_slots, (t,), generator=g)
-    slots[torch.rand(t, generator=g) < none_frac] = -1
-    return slots.tolist()
 
 
 SMALL = FusedConfig(block_m=16, block_n=32, block_k=64, n_steps=2, num_stages=2)  # several chunks per slice
