@@ -39,6 +39,7 @@ class FusedConfig:
     block_n: int = 128  # output columns per step
     block_k: int = 256  # hidden columns per shrink step
     n_steps: int = 4  # column steps per program: a program's chunk is block_n * n_steps columns of one slice
+    split_k: int = 1  # programs sharing one program's hidden dimension; the last to finish reduces and expands
     num_warps: int = 4
     num_stages: int = 3
 
@@ -363,13 +364,20 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
 
 
 def fused_space(tokens: int, max_rank: int = 16) -> list[FusedConfig]:
-    """The autotune space of the fused kernel (decode sizes): chunk width, step widths, warps, stages."""
+    """The autotune space of the fused kernel (decode sizes): chunk width, step widths, split hidden dim, stages."""
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
-    block_ks = (512, 1024) if r_pad <= 32 else (64, 128)
     block_ns = (128, 256) if r_pad <= 32 else (64,)
-    chunks = (256, 512, 1024) if tokens <= 16 else (1024, 2048, 4096)
-    return [FusedConfig(block_m=16, block_n=bn, block_k=bk, n_steps=max(1, ch // bn), num_warps=w, num_stages=st)
-            for ch in chunks for bn in block_ns for bk in block_ks for w in (4, 8) for st in (2, 3)]
+    if tokens <= 16:  # few token tiles: a split hidden dimension shortens each program's shrink
+        chunks = (256, 512, 1024)
+        ks = ((512, 1), (1024, 1), (512, 4), (256, 8)) if r_pad <= 32 else ((128, 1), (64, 4), (64, 8))
+        warps = (4,)
+    else:
+        chunks = (1024, 2048, 4096)
+        ks = ((512, 1), (1024, 1)) if r_pad <= 32 else ((64, 1), (128, 1))
+        warps = (4, 8)
+    return [FusedConfig(block_m=16, block_n=bn, block_k=bk, n_steps=max(1, ch // bn), split_k=sk, num_warps=w,
+                        num_stages=st)
+            for ch in chunks for bn in block_ns for bk, sk in ks for w in warps for st in (2, 3)]
 
 
 def attention_space(batch: int) -> list[AttentionConfig]:

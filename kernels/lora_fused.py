@@ -17,24 +17,24 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _shrink_rows(x_ptr, a_ptr, tok, m_mask, slot, sl, rank, hidden,
+def _shrink_rows(x_ptr, a_ptr, tok, m_mask, slot, sl, rank, k_lo, k_hi,
                  stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
                  BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
                  PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """x[tok] @ A[slot, sl, :rank].T over the whole hidden dimension: (BLOCK_M, BLOCK_R) float32, 0 past rank."""
+    """x[tok, k_lo:k_hi] @ A[slot, sl, :rank, k_lo:k_hi].T: (BLOCK_M, BLOCK_R) float32, 0 past rank."""
     offs_r = tl.arange(0, BLOCK_R)
     r_mask = offs_r < rank
     offs_k = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + tok[:, None] * stride_xt
     a_cols = a_ptr + slot.to(tl.int64) * stride_aslot + sl * stride_as + offs_r[None, :] * stride_ar
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
         if EVEN_K:
             xt = tl.load(x_rows + kk[None, :] * stride_xh, mask=m_mask[:, None], other=0.0)
             at = tl.load(a_cols + kk[:, None] * stride_ah, mask=r_mask[None, :], other=0.0)
         else:
-            k_mask = kk < hidden
+            k_mask = kk < k_hi
             xt = tl.load(x_rows + kk[None, :] * stride_xh, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
             at = tl.load(a_cols + kk[:, None] * stride_ah, mask=r_mask[None, :] & k_mask[:, None], other=0.0)
         if UPCAST:
@@ -45,17 +45,33 @@ def _shrink_rows(x_ptr, a_ptr, tok, m_mask, slot, sl, rank, hidden,
 
 
 @triton.jit
+def _expand_program(h, b_ptr, y_ptr, tok, m_mask, slot, rank, n_lo, n_hi, n_chunk,
+                    stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+                    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr, PREC: tl.constexpr):
+    """The program's chunk of columns of its slice: y[tok, chunk] += h @ B[slot, chunk, :rank].T."""
+    n_start = n_lo + n_chunk * (BLOCK_N * N_STEPS)
+    # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
+    if n_lo % 16 == 0:
+        expand_rows(h, b_ptr, y_ptr, tok, m_mask, slot, rank, tl.multiple_of(n_start, 16), n_hi,
+                    stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, BLOCK_N, BLOCK_R, N_STEPS, PREC)
+    else:
+        expand_rows(h, b_ptr, y_ptr, tok, m_mask, slot, rank, n_start, n_hi,
+                    stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, BLOCK_N, BLOCK_R, N_STEPS, PREC)
+
+
+@triton.jit
 def _fused_kernel(
-    x_ptr, a_ptr, b_ptr, y_ptr, off_ptr,
+    x_ptr, a_ptr, b_ptr, y_ptr, off_ptr, ws_ptr, cnt_ptr,
     tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, scale_ptr, rank_ptr,
-    hidden, r_max,
+    hidden, k_per_split, r_max,
     stride_xt, stride_xh,
     stride_aslot, stride_as, stride_ar, stride_ah,
     stride_bslot, stride_bn, stride_bk,
     stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    N_STEPS: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    N_STEPS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x one chunk of N_STEPS * BLOCK_N columns of one slice.
 
@@ -63,25 +79,38 @@ def _fused_kernel(
     it in registers and expands it into its chunk of y. Axis 0 walks the slices' chunks, axis 1 the
     segments' token tiles, as in lora_expand: the programs of one token tile (one adapter) run next to
     each other, so the recomputations read that adapter's A from L2.
+
+    SPLIT_K > 1 (axis 2): each program shrinks a 1/SPLIT_K share of the hidden dimension into a workspace;
+    the last of a (tile, chunk) pair's programs to arrive (an acq_rel counter, put back to 0 after) sums the
+    shares in a fixed order and expands: fewer sequential loop steps per program when tiles are few.
     """
     slot, rank, tok, m_mask, sl, n_chunk, n_lo, n_hi = locate_program(
         tl.program_id(1), tl.program_id(0), tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
         off_ptr, r_max, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_N * N_STEPS)
     if rank > 0:  # a valid tile of an adapter that has this module
-        scale = tl.load(scale_ptr + slot)
-        h = _shrink_rows(x_ptr, a_ptr, tok, m_mask, slot, sl, rank, hidden,
+        ks = tl.program_id(2)
+        k_lo = ks * k_per_split
+        h = _shrink_rows(x_ptr, a_ptr, tok, m_mask, slot, sl, rank, k_lo, tl.minimum(hidden, k_lo + k_per_split),
                          stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
-                         BLOCK_M, BLOCK_R, BLOCK_K, EVEN_K, PREC, UPCAST) * scale
-        n_start = n_lo + n_chunk * (BLOCK_N * N_STEPS)
-        # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
-        if n_lo % 16 == 0:
-            expand_rows(h, b_ptr, y_ptr, tok, m_mask, slot, rank, tl.multiple_of(n_start, 16), n_hi,
-                          stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
-                          BLOCK_N, BLOCK_R, N_STEPS, PREC)
-        else:
-            expand_rows(h, b_ptr, y_ptr, tok, m_mask, slot, rank, n_start, n_hi,
-                          stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
-                          BLOCK_N, BLOCK_R, N_STEPS, PREC)
+                         BLOCK_M, BLOCK_R, BLOCK_K, EVEN_K, PREC, UPCAST)
+        last = True
+        if SPLIT_K > 1:
+            pair = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+            offs_h = tl.arange(0, BLOCK_M)[:, None] * BLOCK_R + tl.arange(0, BLOCK_R)[None, :]
+            tl.store(ws_ptr + (pair.to(tl.int64) * SPLIT_K + ks) * (BLOCK_M * BLOCK_R) + offs_h, h)
+            tl.debug_barrier()  # every thread's share is stored before the release below
+            arrived = tl.atomic_add(cnt_ptr + pair, 1, sem="acq_rel", scope="gpu")
+            last = arrived == SPLIT_K - 1
+            if last:  # sum the shares in a fixed order (deterministic), then reset the counter
+                h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+                for j in range(SPLIT_K):
+                    h += tl.load(ws_ptr + (pair.to(tl.int64) * SPLIT_K + j) * (BLOCK_M * BLOCK_R) + offs_h,
+                                 cache_modifier=".cg")
+                tl.atomic_xchg(cnt_ptr + pair, 0, sem="relaxed", scope="gpu")
+        if last:
+            h = h * tl.load(scale_ptr + slot)
+            _expand_program(h, b_ptr, y_ptr, tok, m_mask, slot, rank, n_lo, n_hi, n_chunk,
+                            stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, BLOCK_N, BLOCK_R, N_STEPS, PREC)
 
 
 def _check(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, y):
@@ -138,10 +167,17 @@ def lora_fused(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, meta
 
     def launch(cfg: FusedConfig) -> None:
         grid = (tile_bound(n_total, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
-        _fused_kernel[grid](
-            x, lora_a, lora_b, y, offs,
+        split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
+        k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
+        if split > 1:  # one share of the rank vector per (program pair, split); a counter per program pair
+            ws = torch.empty(grid[0] * grid[1] * split * cfg.block_m * block_r, dtype=torch.float32, device=x.device)
+            cnt = meta.counters(grid[0] * grid[1])
+        else:
+            ws, cnt = y, meta.seg_len  # not read when split == 1
+        _fused_kernel[grid + (split,)](
+            x, lora_a, lora_b, y, offs, ws, cnt,
             meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, scales, ranks,
-            hidden, r_max,
+            hidden, k_per_split, r_max,
             x.stride(0), x.stride(1),
             lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2),
@@ -149,7 +185,7 @@ def lora_fused(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, meta
             S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
             SEG_MAX=meta.max_segments,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=block_r, BLOCK_K=cfg.block_k, N_STEPS=cfg.n_steps,
-            EVEN_K=hidden % cfg.block_k == 0,
+            SPLIT_K=split, EVEN_K=k_per_split * split == hidden,
             PREC="ieee" if x.dtype == torch.float32 else "tf32",
             UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,

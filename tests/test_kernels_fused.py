@@ -1,4 +1,6 @@
 """Triton fused LoRA (shrink + expand in one launch) against the float64 reference; path choice and modes."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -82,6 +84,15 @@ def test_single_token_rank_128_three_slices():
     run_case(512, [128, 32, 32], [128], [0], torch.float32, FusedConfig(block_k=64, block_n=32, n_steps=1))
 
 
+@pytest.mark.parametrize("split", [2, 3, 8])
+def test_split_hidden_dim_reduces_and_resets_its_counters(split):
+    # 200 = 3.1 blocks of 64: the last share is partial; split 3 (2 blocks each) leaves one share empty; 8 is capped at 4
+    cfg = FusedConfig(block_m=16, block_n=32, block_k=64, n_steps=2, split_k=split, num_stages=2)
+    meta = run_case(200, [72, 40, 40], [16, 40, 1], rand_slots(11, 3, seed=split, none_frac=0.1), torch.bfloat16,
+                    cfg)
+    assert meta._counters and all(int(c.abs().sum()) == 0 for c in meta._counters), "counters must return to 0"
+
+
 def test_same_function_as_the_pair_in_graph_like_reuse():
     """One meta refilled with new mappings, one y buffer: the fused path follows each new mapping."""
     from kernels.lora_expand import lora_expand
@@ -99,7 +110,7 @@ def test_same_function_as_the_pair_in_graph_like_reuse():
     for slots in ([0, 1, 2, 3, 0, 1], [3, 3, -1, 2, 2, 2]):
         meta.prepare(slots)
         y.zero_()
-        lora_fused(x, a, b, meta, scales, ranks, offs, y, config=SMALL)
+        lora_fused(x, a, b, meta, scales, ranks, offs, y, config=dataclasses.replace(SMALL, split_k=2))
         buf = torch.zeros(2, t, r, device=DEV)
         y_pair = torch.zeros(t, 80, device=DEV)
         lora_shrink(x, a, meta, scales, ranks, buf)
