@@ -28,11 +28,11 @@ for phase in "$@"; do
         --budget-s ${TUNE_S:-150} --jobs 16 > "$out/tune.log" 2>&1; tail -12 "$out/tune.log" | tee -a "$log"
     cp kernels/configs/*h200*.json "$out/" ;;
   profile)
-    timeout ${PROFILE_S:-280} python3 -m harness profile "${prof[@]}" --out "$out/profile.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
+    timeout ${PROFILE_S:-420} python3 -m harness profile "${prof[@]}" --out "$out/profile.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
   nostream)
-    timeout ${PROFILE_S:-280} python3 -m harness profile "${prof[@]}" --no-lora-stream --out "$out/profile-nostream.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
+    timeout ${PROFILE_S:-420} python3 -m harness profile "${prof[@]}" --no-lora-stream --out "$out/profile-nostream.json" 2>&1 | grep -v "^wrote" | tee -a "$log" ;;
   bench)
-    timeout 200 python3 -m kernels.bench --only ${BENCH_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} --out "$out/kernels.json" 2>&1 | tail -30 | tee -a "$log" ;;
+    timeout ${BENCH_S:-300} python3 -m kernels.bench --only ${BENCH_ONLY:-decode-1x1,decode-64x64-r16,decode-256x256} --out "$out/kernels.json" 2>&1 | tail -30 | tee -a "$log" ;;
   *) echo "unknown phase $phase" | tee -a "$log"; exit 2 ;;
   esac
   echo "== $phase took $((SECONDS - t0)) s" | tee -a "$log"
