@@ -451,6 +451,15 @@ def evaluate(out: dict) -> dict:
 
 
 def print_summary(out: dict) -> None:
+    modes = list(dict.fromkeys(r.get("fused_lora") for r in out.get("decode", []) if r.get("fused_lora")))
+    if len(modes) > 1:  # the LoRA tax of each path side by side (engine extra fused_lora)
+        print("\n| batch | adapters | " + " | ".join(f"fused_lora {m}: step ms (tax)" for m in modes) + " |")
+        print("|---|---|" + "---|" * len(modes))
+        for b, d in dict.fromkeys((r["batch"], r["adapters"]) for r in out["decode"] if r["adapters"]):
+            cells = [_row(out["decode"], batch=b, adapters=d, fused_lora=m) for m in modes]
+            print(f"| {b} | {d} | " + " | ".join(
+                "-" if c is None else f"{c['step_ms']:.3f}" + ("" if c["tax_pct"] is None else f" ({c['tax_pct']:+.1f}%)")
+                for c in cells) + " |")
     print("\n| target | measured | bound | pass |\n|---|---|---|---|")
     for k, r in out["targets"].items():
         v = r["measured"]

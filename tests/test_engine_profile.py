@@ -30,7 +30,10 @@ def test_profile_command_writes_json(tmp_path, capsys):
     assert t["batch64_64_adapters_tax_pct"]["measured"] is None  # batch 64 was not measured
     assert t["batch1_one_adapter_tax_pct"]["measured"] == rows[(1, 1)]["tax_pct"]
     assert t["batch1_base_x_floor"]["measured"] == rows[(1, 0)]["x_floor"]
-    assert "| target | measured | bound | pass |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| target | measured | bound | pass |" in printed
+    assert "| batch | adapters | fused_lora auto: step ms (tax) | fused_lora off: step ms (tax) |" in printed
+    assert f"| 4 | 2 | {rows[(4, 2)]['step_ms']:.3f} ({rows[(4, 2)]['tax_pct']:+.1f}%) |" in printed
 
 
 def test_profile_rejects_bad_lists(capsys):
