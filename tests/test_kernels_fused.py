@@ -235,3 +235,28 @@ def test_tuner_writes_the_faster_path_per_fused_key():
     choose_paths(times, table, [one, big, prefill], log=lambda m: None)
     assert table["fused"][_keys(one)["fused"]] == asdict(f)
     assert table["lora_path"] == {_keys(one)["fused"]: {"fused": True}, _keys(big)["fused"]: {"fused": False}}
+
+
+def test_model_lora_path_follows_the_engine_extra(monkeypatch):
+    """lora_linear takes the fused op or the shrink/expand pair as the model's mode and the call size say;
+    an engine given a bad fused_lora value fails at start naming it."""
+    from engines.config import EngineConfig
+    from engines.model import llama
+    from engines.registry import create_engine
+
+    calls = []
+    for name in ("lora_fused", "lora_shrink", "lora_expand"):
+        monkeypatch.setattr(llama.kops, name, lambda *a, _n=name: calls.append(_n))
+    model = llama.build_model(llama.ModelArgs.from_name("tiny"), torch.float32, "cpu")
+    model.enable_lora(2, 8, ("qkv",))
+    stack = model.lora_stacks["qkv"]
+    meta = LoRAMeta(300, 2).prepare([0])
+    blk = model.model.layers[0].self_attn
+    for mode, tokens, want in (("auto", 1, "lora_fused"), ("auto", 300, "lora_shrink"), (False, 1, "lora_shrink"),
+                               (True, 300, "lora_fused"), (16, 16, "lora_fused"), ("16", 17, "lora_shrink")):
+        model.use_fused_lora(mode)
+        calls.clear()
+        llama.lora_linear(torch.zeros(tokens, model.args.dim), blk.qkv_proj.weight, blk.qkv_proj.bias, stack, 0, meta)
+        assert calls[0] == want, (mode, tokens, calls)
+    with pytest.raises(ValueError, match="fused_lora='sometimes'"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={"fused_lora": "sometimes"}))
