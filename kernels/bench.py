@@ -144,8 +144,8 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     import torch
 
     from kernels.cases import torch_gather_bmm
-
-    from kernels.launch import default_fused, fused_key, fused_wanted, lookup
+    from kernels.launch import default_fused, fused_key, fused_wanted, lookup, sm_count
+    from kernels.tiles import tile_bound
 
     sets = lora_sets(case)
     err = lora_error(sets[0])
@@ -160,8 +160,10 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     fused_floor = case.bytes_moved(fused=True) / bw * 1e6
     r_max = case.r_max or case.rank
     shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
-    auto = "fused" if fused_wanted("auto", *shape, torch.device("cuda")) else "pair"
-    fcfg = lookup("fused", fused_key(*shape), "cuda", default_fused(*shape[:5]))
+    dev = sets[0].x.device
+    auto = "fused" if fused_wanted("auto", *shape, dev) else "pair"
+    tiles16 = tile_bound(case.tokens, max(case.adapters, 1), 16)  # the cases' LoRAMeta has a segment per adapter
+    fcfg = lookup("fused", fused_key(*shape), dev, default_fused(*shape[:5], tiles16, sm_count(dev)))
     t_auto = t_fused if auto == "fused" else t
     target = case.target_us if case.target_us is not None else (
         case.target_floor_ratio * floor if case.target_floor_ratio else None)

@@ -192,24 +192,33 @@ def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> Exp
 FUSED_MAX_TOKENS = 256  # "auto" fuses up to this many tokens where the GPU's file has no lora_path entry
 
 
-def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int) -> FusedConfig:
+def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
+                  sms: int = 0) -> FusedConfig:
     """Used when the GPU's JSON has no entry (docs/kernels.md, "Fused shrink + expand", has the arithmetic).
 
     A program's chunk of columns decides how often its rank-r vector is recomputed: once per chunk, so the
-    adapter's A (r x H, from L2 after the first chunk) is read columns/chunk times per token tile. Each loop
-    step of a program costs about a memory latency over the pipeline depth (16-64 column steps per expand
-    program cost 2 ms a step at batch 128 on the H200), so steps are wide and few: 512 hidden columns per
-    shrink step (8 for H=4096), 256 output columns per expand step. At <= 16 tokens the token tiles are few:
-    512-column chunks put 12 programs on a q,k,v call. Beyond, 2048-column chunks read q's and o's A twice
-    per tile and k's and v's once (L2 traffic at 256 x 256 adapters: 133 MB, under the 150 MB from HBM).
-    Prefill-sized calls (only when forced) take 64-row tiles.
+    adapter's A (r x H, from L2 after the first chunk) is read columns/chunk times per token tile. Chunks are
+    sized so that `tiles` token tiles x chunks is about one program per SM (`sms`; wider in proportion to the
+    rank), between 512 and 4096 columns: 12 programs for q,k,v at batch 1, whole q and o slices (no recompute)
+    at 64 x 64 adapters and beyond.
+    Each loop step of a program costs about a memory latency over the pipeline depth (16-64 column steps per
+    expand program cost 2 ms a step at batch 128 on the H200), so steps are wide and few: 512 hidden columns
+    per shrink step, 256 output columns per expand step, and at <= 16 tokens hidden dimensions past 4096
+    (MLP down) are split so that no share takes more than 8 steps. Prefill-sized calls (only when forced)
+    take 64-row tiles.
     """
     r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
     block_n = {16: 256, 32: 256, 64: 128}.get(r_pad, 64)  # the fp32 B tile (r_pad x block_n) stays <= 32 KiB
     block_k = 512 if r_pad <= 32 else (128 if r_pad <= 64 else 64)
-    chunk = 512 if tokens <= 16 else 2048
+    if tiles and sms:  # programs ~ SMs; a larger A (rank) per recompute asks for wider chunks
+        chunk = 1 << max(0, (n_total * tiles * (r_pad // 16) // sms) - 1).bit_length()
+    else:
+        chunk = 512 if tokens <= 16 else 2048
+    chunk = min(4096, max(512, chunk))
+    split = 1 if tokens > 16 else max(1, min(8, -(-hidden // (8 * block_k))))
     return FusedConfig(block_m=16 if tokens <= 256 else 64, block_n=block_n, block_k=block_k,
-                       n_steps=max(1, chunk // block_n), num_warps=4, num_stages=3 if tokens <= 16 else 2)
+                       n_steps=max(1, chunk // block_n), split_k=split, num_warps=4,
+                       num_stages=3 if tokens <= 16 else 2)
 
 
 def fused_mode(value) -> bool | int | str:

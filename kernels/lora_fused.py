@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
-from kernels.launch import FusedConfig, default_fused, fused_key, launch_fitting, lookup
+from kernels.launch import FusedConfig, default_fused, fused_key, launch_fitting, lookup, sm_count
 from kernels.lora_expand import device_offsets, expand_rows
 from kernels.meta import LoRAMeta
 from kernels.tiles import locate_program, tile_bound
@@ -161,7 +161,9 @@ def lora_fused(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, meta
     if t == 0:
         return y
     key = fused_key(t, hidden, n_total, slices, r_max, x.dtype)
-    asked = config or lookup("fused", key, x.device, default_fused(t, hidden, n_total, slices, r_max))
+    tiles16 = tile_bound(t, meta.max_segments, 16)
+    asked = config or lookup("fused", key, x.device,
+                             default_fused(t, hidden, n_total, slices, r_max, tiles16, sm_count(x.device)))
     offs = device_offsets(slice_offsets, x.device)
     block_r = max(16, triton.next_power_of_2(r_max))  # the whole rank vector stays in registers
 

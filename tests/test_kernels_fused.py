@@ -164,10 +164,17 @@ def test_auto_follows_the_gpu_files_lora_path(tmp_path, monkeypatch):
 
 
 def test_default_fused_chunks_and_step_down():
-    one = launch.default_fused(1, 4096, 6144, 3, 16)
-    assert one.block_n * one.n_steps == 512 and one.block_m == 16
-    many = launch.default_fused(256, 4096, 6144, 3, 16)
-    assert many.block_n * many.n_steps == 2048 and many.n_steps <= 8  # q's A read twice per tile, k's and v's once
+    def chunk(c):
+        return c.block_n * c.n_steps
+    qkv = (4096, 6144, 3, 16)
+    one = launch.default_fused(1, *qkv, tiles=1, sms=132)
+    assert chunk(one) == 512 and one.block_m == 16 and one.split_k == 1  # 12 programs, 8 shrink steps each
+    assert chunk(launch.default_fused(32, 4096, 4096, 1, 16, tiles=33, sms=132)) == 1024  # 4 x 33 programs
+    assert chunk(launch.default_fused(64, *qkv, tiles=67, sms=132)) == 4096  # whole slices: no recompute
+    assert chunk(launch.default_fused(64, 4096, 4096, 1, 64, tiles=11, sms=132)) == 2048  # rank 64: wider
+    down = launch.default_fused(1, 14336, 4096, 1, 16, tiles=1, sms=132)
+    assert down.split_k == 4 and -(-14336 // (down.split_k * down.block_k)) <= 8
+    assert launch.default_fused(64, 4096, 4096, 1, 16).split_k == 1
     big = launch.default_fused(64, 4096, 4096, 1, 128)
     assert big.block_n == 64 and big.block_k == 64
     assert launch.default_fused(4096, 4096, 6144, 3, 16).block_m == 64  # prefill, when forced
