@@ -93,6 +93,12 @@ def test_split_hidden_dim_reduces_and_resets_its_counters(split):
     assert meta._counters and all(int(c.abs().sum()) == 0 for c in meta._counters), "counters must return to 0"
 
 
+def test_mlp_down_default_splits_the_hidden_dim():
+    assert launch.default_fused(1, 14336, 96, 1, 16, tiles=1, sms=8).split_k == 4
+    meta = run_case(14336, [96], [16, 8], [1, -1, 0], torch.bfloat16)  # the default config: split 4
+    assert meta._counters and all(int(c.abs().sum()) == 0 for c in meta._counters)
+
+
 def test_same_function_as_the_pair_in_graph_like_reuse():
     """One meta refilled with new mappings, one y buffer: the fused path follows each new mapping."""
     from kernels.lora_expand import lora_expand
