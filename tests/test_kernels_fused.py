@@ -273,3 +273,37 @@ def test_model_lora_path_follows_the_engine_extra(monkeypatch):
         assert calls[0] == want, (mode, tokens, calls)
     with pytest.raises(ValueError, match="fused_lora='sometimes'"):
         create_engine(EngineConfig(model="tiny", device="cpu", extra={"fused_lora": "sometimes"}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs exist on GPUs only")
+@pytest.mark.parametrize("split", [1, 4])
+def test_cuda_graph_replays_new_mappings(split):
+    """Captured once (no host sync inside), replayed after meta.prepare refills: follows each new mapping."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    t, h, r = 16, 1024, 16
+    x = torch.randn(t, h, device="cuda", generator=g).bfloat16()
+    a = (torch.randn(6, 3, r, h, device="cuda", generator=g) / 32).bfloat16()
+    b = (torch.randn(6, 768, r, device="cuda", generator=g) / 4).bfloat16()
+    scales, ranks = torch.ones(6, device="cuda"), torch.tensor([16, 8, 4, 16, 1, 16], dtype=torch.int32, device="cuda")
+    offs = torch.tensor([0, 512, 640, 768], dtype=torch.int32, device="cuda")
+    meta = LoRAMeta(t, 6, device="cuda").prepare([-1] * t)
+    y = torch.zeros(t, 768, device="cuda", dtype=torch.bfloat16)
+    cfg = FusedConfig(block_n=128, block_k=256, n_steps=2, split_k=split)
+
+    def run():
+        y.zero_()
+        lora_fused(x, a, b, meta, scales, ranks, offs, y, config=cfg)
+    run()  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for slots in ([0, 1, 2, 3, 4, 5] * 2 + [-1] * 4, [5] * 16, list(range(-1, 5)) * 2 + [3] * 4):
+        meta.prepare(slots)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = torch.zeros(t, 768, dtype=torch.float64)
+        ref_meta = LoRAMeta(t, 6).prepare(slots)
+        buf = torch.zeros(3, t, r, dtype=torch.float64)
+        lora_shrink_ref(x.cpu().double(), a.cpu().double(), ref_meta, scales.cpu().double(), ranks.cpu(), buf)
+        lora_expand_ref(buf, b.cpu().double(), ref_meta, ranks.cpu(), offs.cpu(), ref)
+        assert rel(y.cpu(), ref) < 1e-2, slots
