@@ -457,9 +457,9 @@ def print_summary(out: dict) -> None:
         print("|---|---|" + "---|" * len(modes))
         for b, d in dict.fromkeys((r["batch"], r["adapters"]) for r in out["decode"] if r["adapters"]):
             cells = [_row(out["decode"], batch=b, adapters=d, fused_lora=m) for m in modes]
-            print(f"| {b} | {d} | " + " | ".join(
-                "-" if c is None else f"{c['step_ms']:.3f}" + ("" if c["tax_pct"] is None else f" ({c['tax_pct']:+.1f}%)")
-                for c in cells) + " |")
+            texts = ["-" if c is None else f"{c['step_ms']:.3f}" + (
+                "" if c["tax_pct"] is None else f" ({c['tax_pct']:+.1f}%)") for c in cells]
+            print(f"| {b} | {d} | " + " | ".join(texts) + " |")
     print("\n| target | measured | bound | pass |\n|---|---|---|---|")
     for k, r in out["targets"].items():
         v = r["measured"]

@@ -1,4 +1,4 @@
-"""Triton fused LoRA for decode: y[t, cols] += (scale * x[t] @ A_s^T) @ B_s[cols]^T in one launch, rank-r vector on chip."""
+"""Triton fused LoRA for decode: y[t, cols] += (scale * x[t] @ A_s^T) @ B_s[cols]^T in one launch, rank vector on chip."""
 from __future__ import annotations
 
 import torch

@@ -86,7 +86,7 @@ def test_single_token_rank_128_three_slices():
 
 @pytest.mark.parametrize("split", [3, 8])
 def test_split_hidden_dim_reduces_and_resets_its_counters(split):
-    # 200 = 3.1 blocks of 64: the last share is partial; split 3 (2 blocks each) leaves one share empty; 8 is capped at 4
+    # 200 = 3.1 blocks of 64: the last share is partial; split 3 (2 blocks each) leaves one empty; 8 is capped at 4
     cfg = FusedConfig(block_m=16, block_n=32, block_k=64, n_steps=2, split_k=split, num_stages=2)
     meta = run_case(200, [72, 40, 40], [16, 40, 1], rand_slots(11, 3, seed=split, none_frac=0.1), torch.bfloat16,
                     cfg)
