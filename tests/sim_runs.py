@@ -14,9 +14,9 @@ from tests.fixtures_runs import summarize
 SLO = {"ttft_s": 1.0, "tpot_s": 0.2}
 
 
-def emulate(model: ServiceModel, arrivals, seed=0) -> pd.DataFrame:
-    """Records with token times of a prefill-first engine with the model's costs; arrivals are
-    (t, adapter, prompt, output[, request id])."""
+def emulate(model: ServiceModel, arrivals, seed=0, mixed: bool = False) -> pd.DataFrame:
+    """Records with token times of an engine with the model's costs, prefill-first or with mixed steps (a step
+    decodes the running requests and prefills every arrival); arrivals are (t, adapter, prompt, output[, id])."""
     rng = np.random.default_rng(seed)
     pending = sorted(a if len(a) == 5 else (*a, k) for k, a in enumerate(arrivals))
     t, running, rows, i = 0.0, [], [], 0
@@ -25,6 +25,11 @@ def emulate(model: ServiceModel, arrivals, seed=0) -> pd.DataFrame:
         if ready:
             i += len(ready)
             t += model.prefill_step_s(sum(a[2] for a in ready), len(ready))
+            if mixed:
+                t += model.decode_s(len(running), len({r["adapter"] for r in running}))
+                for r in running:
+                    r["times"].append(t)
+                    r["left"] -= 1
             for a in ready:
                 running.append({"arr": a[0], "adapter": a[1], "prompt": a[2], "left": a[3] - 1, "times": [t],
                                 "id": a[4]})

@@ -11,7 +11,7 @@ import pandas as pd
 
 from engines.config import EngineConfig
 from harness.errors import UsageError
-from harness.simulate.samples import counter_total
+from harness.simulate.samples import counter_total, has_counter
 from harness.store import load_run
 
 MAX_FIT_GAPS = 60_000  # token gaps used in the least-squares fit (a sample when a run has more)
@@ -21,7 +21,8 @@ MAX_FIT_GAPS = 60_000  # token gaps used in the least-squares fit (a sample when
 class ServiceModel:
     """Times in seconds. A decode step of b sequences over a distinct adapters takes
     step_s + per_seq_s*b + per_adapter_s*a; a prefill step of k sequences with n prompt tokens in all takes
-    prefill_s + per_prompt_token_s*n + per_prefill_seq_s*k."""
+    prefill_s + per_prompt_token_s*n + per_prefill_seq_s*k. With mixed steps, a step that admits requests
+    takes the decode step of the running ones plus that prefill cost."""
 
     step_s: float
     per_seq_s: float
@@ -32,6 +33,8 @@ class ServiceModel:
     latency_s: float = 0.0  # added to first token and end without holding the engine (HTTP, streaming)
     adapter_load_s: float = 0.0
     async_loads: bool = True  # CUDA: a load copies beside the steps; CPU: it runs inside the step that needs it
+    mixed_steps: bool = False  # a step decodes the running requests and prefills the admitted ones together
+    step_tokens: int = 2048  # mixed steps: decode tokens + prompt tokens in one step
     slots: int = 256  # sequences running at once (max_num_seqs)
     max_batched_tokens: int = 8192  # prompt tokens in one prefill step
     adapter_slots: int = 64  # adapters one replica keeps resident (its LRU; gpu_slots)
@@ -52,7 +55,8 @@ class ServiceModel:
                 f"{self.per_adapter_s * 1e3:.3f} ms/adapter; prefill step {self.prefill_s * 1e3:.1f} ms + "
                 f"{self.per_prompt_token_s * 1e6:.1f} us/token + {self.per_prefill_seq_s * 1e3:.2f} ms/seq; latency "
                 f"{self.latency_s * 1e3:.1f} ms; adapter load {self.adapter_load_s * 1e3:.2f} ms; {self.slots} slots, "
-                f"{self.adapter_slots} adapter slots, {self.max_loras} adapters running at most")
+                f"{self.adapter_slots} adapter slots, {self.max_loras} adapters running at most; "
+                + (f"mixed steps of {self.step_tokens} tokens" if self.mixed_steps else "prefill-first steps"))
 
     def scaled(self, factor: float) -> "ServiceModel":
         """Every step cost (decode and prefill terms) times factor; latency and loads unchanged."""
@@ -106,17 +110,19 @@ def _first_tokens_inside(first_sorted: np.ndarray, lo: np.ndarray, hi: np.ndarra
 ONE_STEP = 0.25  # first tokens closer than this share of the fitted decode constant came from one prefill step
 
 
-def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: float = 0.0,
-                source: str = "", async_loads: bool = True) -> ServiceModel:
+def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: float = 0.0, source: str = "",
+                async_loads: bool = True, mixed_steps: bool = False, step_tokens: int = 2048) -> ServiceModel:
     """Three least-squares fits over the client's token times.
 
     Decode step: a gap between two streamed tokens of one request with no other request's first token inside
     it is one decode step (plus the server's time outside it) of the b requests decoding at its midpoint over
     a distinct adapters. Prefill step: a gap whose k first tokens inside all arrived together (one prefill
     step streams them at once) held that step and one decode step, so gap - decode(b, a) = prefill(n prompt
-    tokens, k sequences). Latency: what a request that waited for nobody spent beyond half a decode step and
-    the prefill step it was in (HTTP, tokenizing, streaming: time that does not hold the engine) is added to its
-    first token and its end."""
+    tokens, k sequences). With mixed steps the admitted requests' first tokens stream right after the running
+    ones' tokens of the same step, so a gap counts the first tokens up to half a short step after its end
+    (not after its start), and that step is decode(b, a) + prefill(n, k). Latency: what a request that waited
+    for nobody spent beyond half a decode step and the step it was prefilled in (HTTP, tokenizing, streaming:
+    time that does not hold the engine) is added to its first token and its end."""
     ok = records[(records["status"] == "ok") & records["first_token"].notna()]
     ok = ok[ok["output_tokens"] >= 1]
     if len(ok) < 5:
@@ -125,7 +131,8 @@ def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: flo
     first_sorted = ok["first_token"].to_numpy(np.float64)[order]
     prompt_cum = np.concatenate([[0.0], np.cumsum(ok["prompt_tokens"].to_numpy(np.float64)[order])])
     lo, hi = _gaps(ok, np.random.default_rng(0))
-    start, inside = _first_tokens_inside(first_sorted, lo, hi)
+    shift = 0.5 * float(np.quantile(hi - lo, 0.1)) if mixed_steps else 0.0  # half a short step
+    start, inside = _first_tokens_inside(first_sorted, lo + shift, hi + shift)
     pure = inside == 0
     if pure.sum() < 3:
         raise UsageError(f"simulate --run {source}: too few token gaps without a prefill inside to fit a decode "
@@ -150,18 +157,18 @@ def fit_records(records: pd.DataFrame, config: EngineConfig, adapter_load_s: flo
     prefill = _nonneg_lstsq(np.column_stack([np.ones_like(tokens), tokens, seqs]),
                             hi[one] - lo[one] - decode(b, a))
     sent, first = ok["actual_send"].to_numpy(np.float64), ok["first_token"].to_numpy(np.float64)
-    alone = _first_tokens_inside(first_sorted, sent, first)[1] == 0
+    alone = _first_tokens_inside(first_sorted, sent, first - tol)[1] == 0
     b, a = _decoding(ok, sent[alone])
     lo_step = np.searchsorted(first_sorted, first[alone] - tol, side="left")  # its prefill step's requests
     hi_step = np.searchsorted(first_sorted, first[alone] + tol, side="right")
-    rest = (first - sent)[alone] - 0.5 * decode(b, a) * (b > 0) - prefill[0] \
+    rest = (first - sent)[alone] - (0.5 * (b > 0) + mixed_steps) * decode(b, a) - prefill[0] \
         - prefill[1] * (prompt_cum[hi_step] - prompt_cum[lo_step]) - prefill[2] * (hi_step - lo_step)
     latency = max(0.0, float(np.median(rest))) if len(rest) else 0.0
     return ServiceModel(step_s=step[0], per_seq_s=step[1], per_adapter_s=step[2], prefill_s=prefill[0],
                         per_prompt_token_s=prefill[1], per_prefill_seq_s=prefill[2], latency_s=latency,
                         adapter_load_s=adapter_load_s, async_loads=async_loads, slots=config.max_num_seqs,
                         max_batched_tokens=config.max_num_batched_tokens, adapter_slots=config.gpu_slots,
-                        max_loras=config.max_loras, source=source)
+                        max_loras=config.max_loras, mixed_steps=mixed_steps, step_tokens=step_tokens, source=source)
 
 
 def _nonneg_lstsq(x: np.ndarray, y: np.ndarray) -> list[float]:
@@ -198,5 +205,11 @@ def fit_run(run_dir: str | Path) -> ServiceModel:
         raise UsageError(f"simulate --run {run_dir}: not a readable run directory ({exc})") from None
     options = {k: v for k, v in (run.config.get("engine", {}).get("options") or {}).items()
                if k in EngineConfig.__dataclass_fields__}
-    return fit_records(run.records, EngineConfig(**options), _adapter_load_s(run.server), source=str(run_dir),
-                       async_loads=bool(run.summary.get("gpu")))
+    config = EngineConfig(**options)
+    extra = config.extra or {}
+    # engines/multilora steps mixed unless extra.mixed_steps is false; an engine from before mixed steps (prefill
+    # first) exports no decode-token counter
+    mixed = bool(extra.get("mixed_steps", has_counter(run.server, "lora_fleet_decode_tokens")))
+    step_tokens = min(int(extra.get("step_tokens", 2048)), config.max_num_batched_tokens)
+    return fit_records(run.records, config, _adapter_load_s(run.server), source=str(run_dir),
+                       async_loads=bool(run.summary.get("gpu")), mixed_steps=mixed, step_tokens=step_tokens)

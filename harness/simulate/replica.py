@@ -1,9 +1,10 @@
-"""One simulated replica as engines/multilora runs: prefill-first continuous batching, device adapter slots that
-running requests pin, at most max_loras distinct adapters running, and adapter loads that overlap serving.
+"""One simulated replica as engines/multilora runs: continuous batching, device adapter slots that running
+requests pin, at most max_loras distinct adapters running, and adapter loads that overlap serving.
 
-Each step is a prefill of the waiting requests that are ready (their adapter loaded), taken in arrival order
-within the free slots, the distinct-adapter limit and the prefill token budget, else one decode token for every
-running request. A load starts at a step boundary (the engine's `want` at the start of a step) once a device
+Prefill-first: each step is a prefill of the waiting requests that are ready (their adapter loaded), taken in
+arrival order within the free slots, the distinct-adapter limit and the prefill token budget, else one decode
+token for every running request. Mixed steps: a step decodes every running request and prefills the ready
+ones admitted within the step's token budget. A load starts at a step boundary (the engine's `want` at the start of a step) once a device
 slot can be had (a free one, or the least recently used adapter that no request runs or waits for); on CUDA it
 copies while steps run (one copy at a time) and its requests can be prefilled from the first step boundary
 after it completes, on the CPU the copy runs inside the step that then prefills them. Between changes of the running set the decode step time is constant, so the replica jumps from event
@@ -168,7 +169,13 @@ class Replica:
             self._start_loads(at)
 
     def _prefill(self, at: float) -> None:
+        """A step that admits the ready requests: a prefill step, or with mixed steps a decode step of the running
+        requests that also prefills the admitted ones."""
         model, waiting, fin = self.model, self.waiting, self.fin
+        if model.mixed_steps:  # the running requests' decode part, before the admitted ones join
+            budget, decode = model.step_tokens - len(fin), (self.s if fin else model.step_s)
+        else:
+            budget, decode = model.max_batched_tokens, 0.0
         ready = []
         while waiting and waiting[0][0] <= at:
             ready.append(heapq.heappop(waiting)[1])
@@ -182,7 +189,7 @@ class Replica:
             if a >= 0 and a not in running and len(running) >= self.max_loras:
                 heapq.heappush(waiting, (at, i))  # skipped, not waited on: the next request may go
                 continue
-            if admitted and tokens + self.prompt[i] > model.max_batched_tokens:
+            if admitted and tokens + self.prompt[i] > budget:
                 ready = ready[n:]
                 break
             admitted.append(i)
@@ -195,8 +202,10 @@ class Replica:
             ready = []
         for i in ready:
             heapq.heappush(waiting, (at, i))
-        done = at + model.prefill_step_s(tokens, len(admitted)) + self.sync_load
+        done = at + decode + model.prefill_step_s(tokens, len(admitted)) + self.sync_load
         self.sync_load = 0.0
+        if model.mixed_steps:
+            self.n0 += 1  # the running requests got a token in this step too (those that end now, at done)
         for i in admitted:
             self.first[i] = done
             if self.out[i] <= 1:

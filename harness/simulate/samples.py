@@ -29,3 +29,8 @@ def counter_by_replica(server: pd.DataFrame | None, metric: str) -> dict[str, tu
 def counter_total(server: pd.DataFrame | None, metric: str) -> float:
     """The counter's last value summed over replicas (0 when never scraped)."""
     return sum(last for _, last in counter_by_replica(server, metric).values())
+
+
+def has_counter(server: pd.DataFrame | None, metric: str) -> bool:
+    """Whether the server exported the metric at all."""
+    return bool(counter_by_replica(server, metric))
