@@ -4,11 +4,12 @@ requests pin, at most max_loras distinct adapters running, and adapter loads tha
 Prefill-first: each step is a prefill of the waiting requests that are ready (their adapter loaded), taken in
 arrival order within the free slots, the distinct-adapter limit and the prefill token budget, else one decode
 token for every running request. Mixed steps: a step decodes every running request and prefills the ready
-ones admitted within the step's token budget. A load starts at a step boundary (the engine's `want` at the start of a step) once a device
-slot can be had (a free one, or the least recently used adapter that no request runs or waits for); on CUDA it
-copies while steps run (one copy at a time) and its requests can be prefilled from the first step boundary
-after it completes, on the CPU the copy runs inside the step that then prefills them. Between changes of the running set the decode step time is constant, so the replica jumps from event
-to event instead of stepping.
+ones admitted within the step's token budget. A load starts at a step boundary (the engine's `want` at the
+start of a step) once a device slot can be had (a free one, or the least recently used adapter that no
+request runs or waits for); on CUDA it copies while steps run (one copy at a time) and its requests can be
+prefilled from the first step boundary after it completes, on the CPU the copy runs inside the step that then
+prefills them. Between changes of the running set the decode step time is constant, so the replica jumps from
+event to event instead of stepping.
 """
 from __future__ import annotations
 
