@@ -1,4 +1,4 @@
-"""A step-by-step prefill-first engine with known costs, and run directories (single server or fleet) written from it."""
+"""A step-by-step engine with known costs, and run directories (single server or fleet) written from its records."""
 from __future__ import annotations
 
 import json
