@@ -86,7 +86,9 @@ def test_round_robin_spreads_requests_evenly_and_affinity_keeps_adapters_togethe
 
 
 def test_least_outstanding_and_power_of_two_beat_random_on_ttft():
-    tr = burst_trace(n=1500, seed=3)
+    # loaded but below saturation (random's TTFT p99 under 1 s): balancing queues pays; past saturation (1,500
+    # requests) every policy queues alike and the order of their p99s is noise
+    tr = burst_trace(n=600, seed=3)
     model = MODEL.with_(adapter_load_s=0, slots=32, adapter_slots=64)
     ttft = {}
     for policy in ("random", "least_outstanding", "power_of_two"):

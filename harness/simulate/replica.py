@@ -23,7 +23,7 @@ NO_EVENT = math.inf
 
 
 class Replica:
-    __slots__ = ("model", "index", "t0", "n0", "s", "fin", "running_adapters", "waiting", "blocked", "pending",
+    __slots__ = ("model", "index", "t0", "n0", "s", "fin", "running_adapters", "waiting", "ready", "blocked", "pending",
                  "wanted", "device", "holders", "loader_free", "sync_load", "max_loras", "outstanding", "loads",
                  "first", "end", "out", "prompt", "adapter")
 
@@ -35,6 +35,7 @@ class Replica:
         self.fin: list[tuple[int, int]] = []  # (decode step at which the request ends, request)
         self.running_adapters: dict[int, int] = {}  # adapter -> running requests (the base model not counted)
         self.waiting: list[tuple[float, int]] = []  # (time it can be prefilled, request): its adapter has a slot
+        self.ready: list[int] = []  # requests past that time, by arrival (the scheduler's queue order)
         self.blocked: dict[int, list[int]] = {}  # adapter without a slot -> its requests, in arrival order
         self.pending: OrderedDict[int, None] = OrderedDict()  # adapters waiting for a slot, in arrival order
         self.wanted: dict[int, int] = {}  # adapter -> requests of it waiting (not yet prefilled)
@@ -106,12 +107,15 @@ class Replica:
 
     def _earliest_ready(self) -> float | None:
         """When the first waiting request the distinct-adapter limit admits can be prefilled (None: none can)."""
+        adapter, running = self.adapter, self.running_adapters
+        free = len(running) < self.max_loras
+        if self.ready and (free or any(adapter[i] < 0 or adapter[i] in running for i in self.ready)):
+            return self.t0  # ready since an earlier step
         waiting = self.waiting
         if not waiting:
             return None
-        if len(self.running_adapters) < self.max_loras:
+        if free:
             return waiting[0][0]
-        adapter, running = self.adapter, self.running_adapters
         return min((r for r, i in waiting if adapter[i] < 0 or adapter[i] in running), default=None)
 
     def next_event(self) -> tuple[float, int]:
@@ -121,7 +125,7 @@ class Replica:
             ready = self._earliest_ready()
             return (max(self.t0, ready), 0) if ready is not None else (NO_EVENT, 0)
         done = self.t0 + (fin[0][0] - self.n0) * self.s
-        if self.waiting and len(fin) < self.model.slots:
+        if (self.waiting or self.ready) and len(fin) < self.model.slots:
             ready = self._earliest_ready()
             if ready is not None:
                 k = 0 if ready <= self.t0 else math.ceil((ready - self.t0) / self.s - 1e-9)
@@ -177,32 +181,28 @@ class Replica:
             budget, decode = model.step_tokens - len(fin), (self.s if fin else model.step_s)
         else:
             budget, decode = model.max_batched_tokens, 0.0
-        ready = []
+        ready = self.ready
         while waiting and waiting[0][0] <= at:
-            ready.append(heapq.heappop(waiting)[1])
-        ready.sort()  # the scheduler walks its queue in arrival order
-        admitted, tokens, running = [], 0, self.running_adapters
-        for n, i in enumerate(ready):
-            if len(fin) + len(admitted) >= model.slots:
-                ready = ready[n:]
-                break
+            heapq.heappush(ready, heapq.heappop(waiting)[1])
+        admitted, skipped, tokens, running = [], [], 0, self.running_adapters
+        # the scheduler walks its queue in arrival order until a limit binds
+        while ready and len(fin) + len(admitted) < model.slots:
+            i = ready[0]
             a = self.adapter[i]
             if a >= 0 and a not in running and len(running) >= self.max_loras:
-                heapq.heappush(waiting, (at, i))  # skipped, not waited on: the next request may go
+                skipped.append(heapq.heappop(ready))  # skipped, not waited on: the next request may go
                 continue
             if admitted and tokens + self.prompt[i] > budget:
-                ready = ready[n:]
                 break
+            heapq.heappop(ready)
             admitted.append(i)
             tokens += self.prompt[i]
             if a >= 0:
                 running[a] = running.get(a, 0) + 1
                 self.wanted[a] -= 1
                 self.device.move_to_end(a)
-        else:
-            ready = []
-        for i in ready:
-            heapq.heappush(waiting, (at, i))
+        for i in skipped:
+            heapq.heappush(ready, i)
         done = at + decode + model.prefill_step_s(tokens, len(admitted)) + self.sync_load
         self.sync_load = 0.0
         if model.mixed_steps:
