@@ -24,7 +24,7 @@ NO_EVENT = math.inf
 
 class Replica:
     __slots__ = ("model", "index", "t0", "n0", "s", "fin", "running_adapters", "waiting", "ready", "blocked", "pending",
-                 "wanted", "device", "holders", "loader_free", "sync_load", "max_loras", "outstanding", "loads",
+                 "wanted", "device", "pinned", "holders", "loader_free", "sync_load", "max_loras", "outstanding", "loads",
                  "first", "end", "out", "prompt", "adapter")
 
     def __init__(self, model: ServiceModel, index: int, holders: dict[int, set[int]], trace) -> None:
@@ -40,6 +40,7 @@ class Replica:
         self.pending: OrderedDict[int, None] = OrderedDict()  # adapters waiting for a slot, in arrival order
         self.wanted: dict[int, int] = {}  # adapter -> requests of it waiting (not yet prefilled)
         self.device: OrderedDict[int, float] = OrderedDict()  # adapter in a slot -> its load's end (LRU order)
+        self.pinned = False  # every slot was found running, loading or wanted, and no adapter stopped running since
         self.loader_free = 0.0  # device copies run one at a time
         self.sync_load = 0.0  # without async loads: load time the next prefill step carries
         self.max_loras = min(model.max_loras, model.adapter_slots)
@@ -82,10 +83,14 @@ class Replica:
         while pending:
             a = next(iter(pending))
             if len(device) >= model.adapter_slots:
+                # a slot frees only when its adapter's last request ends (a wanted or loading one runs first)
+                if self.pinned:
+                    return
                 victim = next((b for b, done in device.items() if b not in self.running_adapters
                                and not self.wanted.get(b) and done <= at), None)
                 if victim is None:
-                    return  # every slot is running, loading or wanted: wait for a request to finish
+                    self.pinned = True  # every slot is running, loading or wanted: wait for a request to finish
+                    return
                 del device[victim]
                 self.holders[victim].discard(self.index)
             del pending[a]
@@ -166,7 +171,7 @@ class Replica:
                     self.running_adapters[a] = left
                 else:
                     del self.running_adapters[a]
-                    freed = True
+                    freed, self.pinned = True, False
         self.t0, self.n0 = at, step
         if fin:
             self._decode_time()
@@ -218,6 +223,7 @@ class Replica:
                         running[a] = left
                     else:
                         del running[a]
+                        self.pinned = False
                 continue
             heapq.heappush(fin, (self.n0 + self.out[i] - 1, i))
         self.t0 = done
