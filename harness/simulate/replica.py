@@ -107,9 +107,6 @@ class Replica:
                 heapq.heappush(self.waiting, (done, i))
 
     # ---- events -----------------------------------------------------------------------------------------------
-    def _admissible(self, a: int) -> bool:
-        return a < 0 or a in self.running_adapters or len(self.running_adapters) < self.max_loras
-
     def _earliest_ready(self) -> float | None:
         """When the first waiting request the distinct-adapter limit admits can be prefilled (None: none can)."""
         adapter, running = self.adapter, self.running_adapters
@@ -125,13 +122,16 @@ class Replica:
 
     def next_event(self) -> tuple[float, int]:
         """(time, k) of the next event: k >= 0 a prefill after k more decode steps, k = -1 a completion."""
-        fin = self.fin
+        fin, waiting = self.fin, self.waiting
         if not fin:
             ready = self._earliest_ready()
             return (max(self.t0, ready), 0) if ready is not None else (NO_EVENT, 0)
         done = self.t0 + (fin[0][0] - self.n0) * self.s
-        if (self.waiting or self.ready) and len(fin) < self.model.slots:
-            ready = self._earliest_ready()
+        if (waiting or self.ready) and len(fin) < self.model.slots:
+            if waiting and not self.ready and len(self.running_adapters) < self.max_loras:
+                ready = waiting[0][0]  # the common case of _earliest_ready, inlined: the hot path
+            else:
+                ready = self._earliest_ready()
             if ready is not None:
                 k = 0 if ready <= self.t0 else math.ceil((ready - self.t0) / self.s - 1e-9)
                 at = self.t0 + k * self.s
