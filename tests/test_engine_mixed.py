@@ -1,0 +1,118 @@
+"""Mixed prefill + decode steps: the greedy tokens of separate prefill steps, fewer steps, stats, merged policy."""
+import pytest
+import torch
+
+from engines.adapters.synth import make_adapters
+from engines.base import Request, SamplingParams
+from engines.config import EngineConfig
+from engines.model.config import ModelArgs
+from engines.registry import create_engine
+
+ARGS = ModelArgs.from_name("tiny")
+NAMES = [f"adapter-{i:04d}" for i in range(12)] + [None]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapters(ARGS, 12, [2, 4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+                  root, dtype=torch.float32)
+    return root
+
+
+def requests(n=26):
+    """Prompts of 1 to 40 tokens over 12 adapters and the base, outputs of 3 to 9 tokens."""
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.randint(1, 41, (n,), generator=g).tolist()
+    return [Request(f"r{i}", torch.randint(0, 256, (lengths[i],), generator=g).tolist(), NAMES[i % len(NAMES)],
+                    SamplingParams(max_tokens=3 + i % 7, ignore_eos=True)) for i in range(n)]
+
+
+def serve(eng, arrivals):
+    """Run to completion with arrivals {step: [Request]}; returns id -> tokens and (decode, prefill) per step."""
+    shapes = []
+    step = eng.runner.step
+
+    def record(decode, prefill, *args):
+        shapes.append((len(decode), len(prefill)))
+        return step(decode, prefill, *args)
+    eng.runner.step = record
+    arrivals, toks, n = dict(arrivals), {}, 0
+    while eng.has_unfinished() or arrivals:
+        for req in arrivals.pop(n, []):
+            eng.add_request(req)
+        for out in eng.step():
+            toks.setdefault(out.request_id, []).extend(out.new_token_ids)
+        n += 1
+        assert n < 3000, "engine did not finish within the step bound"
+    return toks, shapes
+
+
+def staggered():
+    """Three requests every second step."""
+    reqs = requests()
+    return {i // 3 * 2: reqs[i:i + 3] for i in range(0, len(reqs), 3)}
+
+
+def engine(adapter_dir, engine_name="multilora", **extra_and_cfg):
+    extra = {k: extra_and_cfg.pop(k) for k in ("mixed_steps", "step_tokens") if k in extra_and_cfg}
+    return create_engine(EngineConfig(engine=engine_name, model="tiny", device="cpu", adapters=str(adapter_dir),
+                                      extra=extra, **extra_and_cfg))
+
+
+@pytest.fixture(scope="module")
+def separate(adapter_dir):
+    return serve(engine(adapter_dir, mixed_steps=False), staggered())
+
+
+def test_mixed_steps_give_the_tokens_of_separate_steps_without_stalling_decodes(adapter_dir, separate):
+    toks, shapes = serve(engine(adapter_dir), staggered())
+    ref, ref_shapes = separate
+    assert toks == ref and len(toks) == 26
+    assert all(d == 0 or p == 0 for d, p in ref_shapes)  # separate: never both in one step
+    assert sum(1 for d, p in ref_shapes if p) == 9  # a prefill step per arrival group, the running ones wait
+    # mixed: only the first group is prefilled alone (nothing runs yet); the 8 later ones ride with decodes
+    assert [p for d, p in shapes if p and not d] == [3] and sum(1 for d, p in shapes if d and p) == 8
+
+
+def test_a_small_budget_and_preemption_keep_the_tokens(adapter_dir, separate):
+    eng = engine(adapter_dir, step_tokens=24, num_kv_blocks=12, block_size=4)
+    toks, shapes = serve(eng, staggered())
+    assert toks == separate[0]
+    assert eng.stats()["preemptions"] > 0 and any(d and p for d, p in shapes)
+
+
+def test_stats_report_the_batch_and_the_decode_batch(adapter_dir):
+    eng = engine(adapter_dir)
+    reqs = requests(3)
+    eng.add_request(reqs[0])
+    eng.step()
+    eng.add_request(reqs[1])
+    eng.add_request(reqs[2])
+    eng.step()
+    st = eng.stats()
+    assert st["batch_size"] == 3 and st["decode_batch_size"] == 1 and st["decode_tokens"] == 1
+    eng.step()
+    st = eng.stats()
+    assert st["batch_size"] == st["decode_batch_size"] == 3 and st["decode_tokens"] == 4 and st["steps"] == 3
+
+
+def test_merged_mixed_steps_keep_the_tokens_and_one_adapter_per_step(adapter_dir, separate):
+    eng = engine(adapter_dir, "merged", merged_copies=3)
+    adapter_of = {r.request_id: r.adapter for r in requests()}
+    seen = []
+    step = eng.runner.step
+
+    def record(decode, prefill, *args):
+        seen.append({adapter_of[s.seq_id] for s in decode + prefill})
+        return step(decode, prefill, *args)
+    eng.runner.step = record
+    toks, shapes = serve(eng, staggered())
+    assert toks == separate[0] and any(d and p for d, p in shapes)
+    assert len(seen) == len(shapes) and all(len(a) == 1 for a in seen)  # one weight copy per step
+
+
+@pytest.mark.parametrize("bad", [0, -3, "64", True, 1.5])
+def test_bad_step_tokens_are_refused(bad):
+    with pytest.raises(ValueError, match="extra.step_tokens"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={"step_tokens": bad}))
