@@ -25,21 +25,34 @@ DECODE_PER_STEP = "decode sequences per step (counters)"
 GAUGE_MEAN = "batch-size gauge mean (prefills included)"
 
 
-def _window_rows(run_dir: Path, window_s: float, column: str) -> list[dict]:
+def _samples(run_dir: Path, window_s: float) -> list[dict[str, float]]:
+    """The scrapes inside the measured window (0 <= t <= window_s), in time order, as {metric: value} with
+    "t"; server.csv is long (t, metric, labels, value: unlabelled series only) or, in older runs, wide."""
+    by_t: dict[float, dict[str, float]] = {}
     with open(run_dir / "server.csv", newline="") as f:
-        return [r for r in csv.DictReader(f)
-                if r.get(column) not in (None, "") and 0.0 <= float(r["t"]) <= window_s]
+        reader = csv.DictReader(f)
+        long = "metric" in (reader.fieldnames or [])
+        for r in reader:
+            t = float(r["t"])
+            if not 0.0 <= t <= window_s:
+                continue
+            row = by_t.setdefault(t, {"t": t})
+            if long:
+                if not r.get("labels") and r.get("value") not in (None, ""):
+                    row[r["metric"]] = float(r["value"])
+            else:
+                row.update({k: float(v) for k, v in r.items() if k != "t" and v not in (None, "")})
+    return [by_t[t] for t in sorted(by_t)]
 
 
 def mean_batch(run_dir: Path, window_s: float) -> tuple[float, str]:
     """(mean batch over the measured window (samples at 0 <= t <= window_s), what it is)."""
-    rows = [r for r in _window_rows(run_dir, window_s, DECODE) if r.get(STEPS) not in (None, "")]
-    if len(rows) >= 2:
-        first, last = rows[0], rows[-1]
-        steps = float(last[STEPS]) - float(first[STEPS])
-        if steps > 0:
-            return (float(last[DECODE]) - float(first[DECODE])) / steps, DECODE_PER_STEP
-    vals = [float(r[GAUGE]) for r in _window_rows(run_dir, window_s, GAUGE)]
+    rows = _samples(run_dir, window_s)
+    counted = [r for r in rows if DECODE in r and STEPS in r]
+    if len(counted) >= 2 and counted[-1][STEPS] > counted[0][STEPS]:
+        first, last = counted[0], counted[-1]
+        return (last[DECODE] - first[DECODE]) / (last[STEPS] - first[STEPS]), DECODE_PER_STEP
+    vals = [r[GAUGE] for r in rows if GAUGE in r]
     if not vals:
         raise ValueError(f"{run_dir}/server.csv: no {GAUGE} sample (nor two {DECODE} samples a step apart) "
                          f"inside the {window_s:g} s window")
@@ -68,7 +81,8 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     if adapters is None:
         adapters = int(((config.get("workload") or config).get("adapters") or {}).get("count", 0))
-    b, batch_from = mean_batch(run_dir, float(summary["window_s"]))
+    window = summary["measured_s"] if "measured_s" in summary else summary["window_s"]  # the latter: older runs
+    b, batch_from = mean_batch(run_dir, float(window))
     step = step_ms_at(profile, b, adapters)
     allowed = b / (step / 1e3)
     served = float(summary["metrics"]["output_tok_s"])

@@ -13,18 +13,26 @@ PROFILE = {"decode": [dict(batch=b, adapters=a, step_ms=ms) for b, a, ms in
                       [(64, 0, 6.0), (64, 30, 8.0), (128, 30, 10.0), (256, 30, 14.0), (256, 0, 12.0)]]}
 
 
-def make_run(tmp_path, batches, served=5000.0, window=10.0, counters=None):
-    """server.csv with the batch-size gauge at `batches` [(t, b)] and, if given, the steps and decode_tokens
-    counters [(t, steps, decode_tokens)] on the same rows."""
+def make_run(tmp_path, batches, served=5000.0, window=10.0, counters=None, old=False):
+    """A run whose server.csv has the batch-size gauge at `batches` [(t, b)] and, if given, the steps and
+    decode_tokens counters [(t, steps, decode_tokens)] on the same scrapes; long (t, metric, labels, value),
+    or as runs before the long format and "measured_s" had it (old: wide, "window_s")."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({"window_s": window, "metrics": {"output_tok_s": served}}))
+    span = {"window_s" if old else "measured_s": window}
+    (run / "summary.json").write_text(json.dumps({**span, "metrics": {"output_tok_s": served}}))
     (run / "config.json").write_text(json.dumps({"workload": {"adapters": {"count": 30}}}))
-    if counters is None:
-        rows = ["t,lora_fleet_batch_size"] + [f"{t},{b}" for t, b in batches]
+    scrapes = [{"t": t, "lora_fleet_batch_size": b} for t, b in batches]
+    for row, (_, n, d) in zip(scrapes, counters or []):
+        row.update(lora_fleet_steps=n, lora_fleet_decode_tokens=d)
+    if old:
+        cols = list(scrapes[0])
+        rows = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in scrapes]
     else:
-        rows = ["t,lora_fleet_batch_size,lora_fleet_steps,lora_fleet_decode_tokens"]
-        rows += [f"{t},{b},{n},{d}" for (t, b), (_, n, d) in zip(batches, counters)]
+        rows = ["t,metric,labels,value"]
+        for r in scrapes:
+            rows.append(f'{r["t"]},lora_fleet_requests_total,"status=""200""",7')  # labelled: left out
+            rows += [f"{r['t']},{k},,{v}" for k, v in r.items() if k != "t"]
     (run / "server.csv").write_text("\n".join(rows) + "\n")
     return run
 
@@ -49,6 +57,11 @@ def test_uses_decode_sequences_per_step_when_the_counters_are_there(tmp_path, ca
     assert out["step_ms"] == pytest.approx(11.0)
     assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
     assert "decode sequences per step" in capsys.readouterr().out
+
+
+def test_reads_runs_made_before_the_long_server_csv(tmp_path):
+    run = make_run(tmp_path, [(0.5, 128), (9.5, 192), (10.5, 999)], old=True)
+    assert svs.compare(run, PROFILE)["mean_batch"] == 160
 
 
 def test_outside_the_profiled_batches_is_a_usage_error(tmp_path, capsys):
