@@ -116,3 +116,21 @@ def test_merged_mixed_steps_keep_the_tokens_and_one_adapter_per_step(adapter_dir
 def test_bad_step_tokens_are_refused(bad):
     with pytest.raises(ValueError, match="extra.step_tokens"):
         create_engine(EngineConfig(model="tiny", device="cpu", extra={"step_tokens": bad}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path (graphs, fused ops, LoRA side stream) "
+                                                         "runs on a GPU only")
+def test_on_the_gpu_mixed_eager_steps_and_graph_decodes_give_the_tokens_of_separate_steps(adapter_dir):
+    kw = dict(device="cuda", dtype="float32", num_kv_blocks=512)
+    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **kw), staggered())
+    eng = engine(adapter_dir, **kw)
+    replays = []
+    run = eng.runner.graphs.run
+
+    def count(*args):
+        replays.append(args[0].shape[0])
+        return run(*args)
+    eng.runner.graphs.run = count
+    toks, shapes = serve(eng, staggered())
+    assert toks == ref and sum(1 for d, p in shapes if d and p) == 8
+    assert len(replays) == sum(1 for d, p in shapes if d and not p)  # decode-only steps replay graphs
