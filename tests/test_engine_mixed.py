@@ -55,7 +55,7 @@ def staggered():
 
 
 def engine(adapter_dir, engine_name="multilora", **extra_and_cfg):
-    extra = {k: extra_and_cfg.pop(k) for k in ("mixed_steps", "step_tokens") if k in extra_and_cfg}
+    extra = {k: extra_and_cfg.pop(k) for k in ("mixed_steps", "step_tokens", "mixed_graphs") if k in extra_and_cfg}
     return create_engine(EngineConfig(engine=engine_name, model="tiny", device="cpu", adapters=str(adapter_dir),
                                       extra=extra, **extra_and_cfg))
 
@@ -80,6 +80,17 @@ def test_a_small_budget_and_preemption_keep_the_tokens(adapter_dir, separate):
     toks, shapes = serve(eng, staggered())
     assert toks == separate[0]
     assert eng.stats()["preemptions"] > 0 and any(d and p for d, p in shapes)
+
+
+def test_prompts_as_rows_give_the_same_tokens_in_one_kind_of_forward_pass(adapter_dir, separate):
+    eng = engine(adapter_dir, mixed_graphs=True, step_tokens=24, num_kv_blocks=12, block_size=4)
+    forwards = []
+    rows, varlen = eng.runner._rows, eng.runner._varlen
+    eng.runner._rows = lambda *a: forwards.append("rows") or rows(*a)
+    eng.runner._varlen = lambda *a: forwards.append("varlen") or varlen(*a)
+    toks, shapes = serve(eng, staggered())
+    assert toks == separate[0] and eng.stats()["preemptions"] > 0 and any(d and p for d, p in shapes)
+    assert forwards == ["rows"] * len(shapes)  # every step fits max_num_seqs + 256 rows: graphs on CUDA
 
 
 def test_stats_report_the_batch_and_the_decode_batch(adapter_dir):
@@ -134,3 +145,19 @@ def test_on_the_gpu_mixed_eager_steps_and_graph_decodes_give_the_tokens_of_separ
     toks, shapes = serve(eng, staggered())
     assert toks == ref and sum(1 for d, p in shapes if d and p) == 8
     assert len(replays) == sum(1 for d, p in shapes if d and not p)  # decode-only steps replay graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs run on a GPU only")
+def test_on_the_gpu_prompts_as_rows_replay_graphs_for_every_step(adapter_dir):
+    kw = dict(device="cuda", dtype="float32", num_kv_blocks=512)
+    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **kw), staggered())
+    eng = engine(adapter_dir, mixed_graphs=True, **kw)
+    replays = []
+    run = eng.runner.graphs.run
+
+    def count(*args):
+        replays.append(args[0].shape[0])
+        return run(*args)
+    eng.runner.graphs.run = count
+    toks, shapes = serve(eng, staggered())
+    assert toks == ref and sum(1 for d, p in shapes if d and p) == 8 and len(replays) == len(shapes)

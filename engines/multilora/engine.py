@@ -23,6 +23,7 @@ from engines.multilora.sequence import Sequence, SeqStatus
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
+MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
@@ -33,6 +34,8 @@ EXTRA_KEYS = {
               "(default true)",
     "mixed_steps": "one forward pass per step decodes every running sequence and prefills the newly admitted "
                    "ones (default true); false: a prefill step of its own, before any decode",
+    "mixed_graphs": f"prompt tokens ride as decode rows (each attends over its own cache) when a step has at most "
+                    f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default false)",
     "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default {STEP_TOKENS}, at most "
                    "max_num_batched_tokens); the first prompt of a step may exceed it",
 }
@@ -86,7 +89,8 @@ class MultiLoRAEngine(Engine):
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
-            lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs), self.device, self.dtype)
+            lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs, graph_rows=self._graph_rows()),
+            self.device, self.dtype)
         self.sampler = Sampler(self.device, config.seed)
         self._seqs: dict[str, Sequence] = {}
         self._pinned: set[str] = set()
@@ -134,6 +138,9 @@ class MultiLoRAEngine(Engine):
                 print(notice, file=sys.stderr, flush=True)
         return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank, capacity, self.device,
                            self.dtype)
+
+    def _graph_rows(self) -> int:
+        return MIXED_GRAPH_ROWS if self.config.extra.get("mixed_graphs", False) else 0
 
     def _step_tokens(self) -> int:
         n = self.config.extra.get("step_tokens", STEP_TOKENS)
@@ -188,7 +195,7 @@ class MultiLoRAEngine(Engine):
         # activations of the largest step (prompt tokens + a mixed step's decode tokens) and the logits of the
         # largest decode batch, plus graph pools
         reserve = ((c.max_num_batched_tokens + c.max_num_seqs) * (6 * a.dim + 3 * a.intermediate_size) * 2
-                   + c.max_num_seqs * a.vocab_size * 8 + (2 << 30))
+                   + (c.max_num_seqs + self._graph_rows()) * a.vocab_size * 8 + (2 << 30))
         budget = total * c.gpu_memory_utilization - (total - free) - reserve
         n = int(budget // kv_block_bytes(self.model, c.block_size, self.dtype))
         if n < 1:
