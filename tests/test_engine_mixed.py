@@ -123,10 +123,12 @@ def test_merged_mixed_steps_keep_the_tokens_and_one_adapter_per_step(adapter_dir
     assert len(seen) == len(shapes) and all(len(a) == 1 for a in seen)  # one weight copy per step
 
 
-@pytest.mark.parametrize("bad", [0, -3, "64", True, 1.5])
-def test_bad_step_tokens_are_refused(bad):
-    with pytest.raises(ValueError, match="extra.step_tokens"):
-        create_engine(EngineConfig(model="tiny", device="cpu", extra={"step_tokens": bad}))
+@pytest.mark.parametrize("key, bad", [("step_tokens", 0), ("step_tokens", -3), ("step_tokens", "64"),
+                                      ("step_tokens", True), ("step_tokens", 1.5), ("mixed_steps", "false"),
+                                      ("mixed_graphs", 1)])
+def test_bad_extras_are_refused(key, bad):
+    with pytest.raises(ValueError, match=f"extra.{key}"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={key: bad}))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path (graphs, fused ops, LoRA side stream) "

@@ -84,7 +84,7 @@ class MultiLoRAEngine(Engine):
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            max_loras=self._max_loras(), mixed_steps=bool(config.extra.get("mixed_steps", True)),
+            max_loras=self._max_loras(), mixed_steps=self._flag("mixed_steps", True),
             step_tokens=self._step_tokens()), self.blocks, self.scheduler_policy())
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
@@ -139,8 +139,14 @@ class MultiLoRAEngine(Engine):
         return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank, capacity, self.device,
                            self.dtype)
 
+    def _flag(self, key: str, default: bool) -> bool:
+        value = self.config.extra.get(key, default)
+        if not isinstance(value, bool):
+            raise ValueError(f"engine config: extra.{key}={value!r} must be true or false")
+        return value
+
     def _graph_rows(self) -> int:
-        return MIXED_GRAPH_ROWS if self.config.extra.get("mixed_graphs", False) else 0
+        return MIXED_GRAPH_ROWS if self._flag("mixed_graphs", False) else 0
 
     def _step_tokens(self) -> int:
         n = self.config.extra.get("step_tokens", STEP_TOKENS)
