@@ -25,11 +25,13 @@ for phase in "$@"; do
   echo "== $phase $(date -u +%H:%M:%S)"
   case "$phase" in
     install)
-      mkdir -p /tmp/joined
-      for first in .whl*/*.whl.part-aa; do
+      # parts are kept in /tmp/parts: a later call may carry the next part while this folder is gone
+      mkdir -p /tmp/joined /tmp/parts
+      cp .whl*/*.whl.part-* /tmp/parts/ 2>/dev/null || true
+      for first in /tmp/parts/*.whl.part-aa; do
         [ -e "$first" ] || continue
         name=$(basename "${first%.part-aa}")
-        cat .whl*/"$name".part-* > "/tmp/joined/$name"
+        cat /tmp/parts/"$name".part-* > "/tmp/joined/$name"
         if python3 -c "import sys, zipfile; sys.exit(zipfile.ZipFile(sys.argv[1]).testzip() is not None)" \
             "/tmp/joined/$name" 2>/dev/null; then
           echo "joined $name ($(du -h "/tmp/joined/$name" | cut -f1))"
@@ -59,11 +61,13 @@ for phase in "$@"; do
         mkdir -p "$runs"
         harness serve --replicas 2 --routing "$routing" --engine multilora --model llama3-8b --adapters "$adapters" \
           --max-adapters-per-replica 64 --port 8000 > "$log" 2>&1 & pid=$!
+        up=0
         for _ in $(seq 600); do
-          curl -sf http://127.0.0.1:8000/health >/dev/null && break
-          kill -0 $pid 2>/dev/null || { echo "fleet $routing died at start:"; tail -30 "$log"; break; }
+          curl -sf http://127.0.0.1:8000/health >/dev/null && { up=1; break; }
+          kill -0 $pid 2>/dev/null || break
           sleep 1
         done
+        [ "$up" = 1 ] || { echo "fleet $routing did not start:"; tail -30 "$log"; kill $pid 2>/dev/null; continue; }
         harness run workloads/bursty30.yaml --set traffic.rate=32 "${common[@]}" \
           --engine "{\"name\": \"fleet-$routing\", \"kind\": \"external\", \"url\": \"http://127.0.0.1:8000\"}" \
           || echo "fleet $routing: exit $?"

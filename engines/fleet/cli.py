@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"serve: the fleet did not start: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
                   file=sys.stderr)
             return 1
+        for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init may have put its own handlers there
+            signal.signal(sig, lambda *_: stop.set())
         print(f"READY {url}", flush=True)
         stop.wait()
     finally:

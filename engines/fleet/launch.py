@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sys
 from typing import Any
 
 from engines.config import EngineConfig
@@ -80,9 +81,17 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def stop_fleet() -> None:
+def stop_fleet(timeout_s: float = 60.0) -> None:
+    """Serve's shutdown (replicas stop their engines), bounded: on an H200 pair it once hung for minutes after a
+    load whose client had given up on streams; past timeout_s Ray itself is shut down, which kills the actors."""
+    import threading
+
     import ray
     from ray import serve
 
-    serve.shutdown()
+    done = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        print(f"serve: Serve did not shut down within {timeout_s:.0f} s; stopping Ray", file=sys.stderr, flush=True)
     ray.shutdown()

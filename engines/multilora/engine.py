@@ -30,6 +30,7 @@ EXTRA_KEYS = {
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
     "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
+    "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: up to 256 tokens), true, false, or N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
     "mixed_steps": "one forward pass per step decodes every running sequence and prefills the newly admitted "
@@ -78,6 +79,7 @@ class MultiLoRAEngine(Engine):
         self.pool: AdapterPoolAPI = self._make_pool(start)
         if self.device.type == "cuda" and self.model.lora_stacks and config.extra.get("lora_stream", True):
             self.model.use_lora_stream()
+        self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
