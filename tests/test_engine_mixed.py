@@ -131,12 +131,13 @@ def test_bad_extras_are_refused(key, bad):
         create_engine(EngineConfig(model="tiny", device="cpu", extra={key: bad}))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path (graphs, fused ops, LoRA side stream) "
-                                                         "runs on a GPU only")
-def test_on_the_gpu_mixed_eager_steps_and_graph_decodes_give_the_tokens_of_separate_steps(adapter_dir):
-    kw = dict(device="cuda", dtype="float32", num_kv_blocks=512)
-    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **kw), staggered())
-    eng = engine(adapter_dir, **kw)
+GPU = dict(device="cuda", dtype="float32", num_kv_blocks=512)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path (graphs, fused ops, LoRA "
+                                                                    "side stream) runs on a GPU only")
+
+
+def serve_counting_replays(eng):
+    """serve() over the staggered stream, also counting the steps that replayed a CUDA graph."""
     replays = []
     run = eng.runner.graphs.run
 
@@ -144,22 +145,19 @@ def test_on_the_gpu_mixed_eager_steps_and_graph_decodes_give_the_tokens_of_separ
         replays.append(args[0].shape[0])
         return run(*args)
     eng.runner.graphs.run = count
-    toks, shapes = serve(eng, staggered())
+    return (*serve(eng, staggered()), replays)
+
+
+@needs_gpu
+def test_on_the_gpu_mixed_eager_steps_and_graph_decodes_give_the_tokens_of_separate_steps(adapter_dir):
+    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **GPU), staggered())
+    toks, shapes, replays = serve_counting_replays(engine(adapter_dir, **GPU))
     assert toks == ref and sum(1 for d, p in shapes if d and p) == 8
     assert len(replays) == sum(1 for d, p in shapes if d and not p)  # decode-only steps replay graphs
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs run on a GPU only")
+@needs_gpu
 def test_on_the_gpu_prompts_as_rows_replay_graphs_for_every_step(adapter_dir):
-    kw = dict(device="cuda", dtype="float32", num_kv_blocks=512)
-    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **kw), staggered())
-    eng = engine(adapter_dir, mixed_graphs=True, **kw)
-    replays = []
-    run = eng.runner.graphs.run
-
-    def count(*args):
-        replays.append(args[0].shape[0])
-        return run(*args)
-    eng.runner.graphs.run = count
-    toks, shapes = serve(eng, staggered())
+    ref, _ = serve(engine(adapter_dir, mixed_steps=False, **GPU), staggered())
+    toks, shapes, replays = serve_counting_replays(engine(adapter_dir, mixed_graphs=True, **GPU))
     assert toks == ref and sum(1 for d, p in shapes if d and p) == 8 and len(replays) == len(shapes)
