@@ -35,12 +35,13 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "host", "dat
 class EngineReplica:
     """One engine served by engines.server's app on 127.0.0.1:<free port>, in a child process of this replica."""
 
-    def __init__(self, engine_config: dict[str, Any], server_options: dict[str, Any], threads: int = 0) -> None:
-        from engines.fleet.engine_proc import EngineChild
+    def __init__(self, engine_config: dict[str, Any], server_options: dict[str, Any], threads: int = 0,
+                 where: str = "process") -> None:
+        from engines.fleet.engine_proc import REPLICA_ENGINES
 
-        # the engine runs in a process of its own: this one relays every token chunk (on an H200 pair, with the
-        # engine in this process, its steps ran ~3x slower than the single server's: docs/fleet.md)
-        self.engine = EngineChild(engine_config, server_options, threads)
+        # "process" (default): the engine in a child process, since this one relays every token chunk (on an
+        # H200 pair, with the engine in this process, its steps ran ~3x slower than the single server's)
+        self.engine = REPLICA_ENGINES[where](engine_config, server_options, threads)
         self.id = serve.get_replica_context().replica_tag
         self.session: aiohttp.ClientSession | None = None
         key = server_options.get("api_key")  # the replica's own adapter loads pass the server's key check

@@ -88,3 +88,34 @@ class EngineChild:
 
     def stop(self) -> None:
         self.proc.stop(grace_s=15.0)
+
+
+class InlineEngine:
+    """The engine and the single server's app in the replica's own process (`--replica-engine inline`): the
+    layout measured on the H200 pair; one process less per replica, one GIL for the engine and the relay."""
+
+    def __init__(self, engine: dict, server: dict, threads: int = 0) -> None:
+        from engines.config import EngineConfig
+        from engines.registry import engine_class
+        from engines.server.app import build_app
+        from engines.server.runner import ServerThread
+        from engines.server.state import ServerOptions
+        from engines.tokenizer import get_tokenizer
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        config = EngineConfig.from_dict(engine)
+        self.engine = engine_class(config.engine)(config)
+        server = {**server, "model_aliases": tuple(server.get("model_aliases") or ())}
+        app = build_app(self.engine, get_tokenizer(config.model), ServerOptions(**server))
+        self.server = ServerThread(app).start()
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.engine.close()
+
+
+REPLICA_ENGINES = {"process": EngineChild, "inline": InlineEngine}

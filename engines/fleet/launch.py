@@ -27,13 +27,14 @@ ROUTERS = {"affinity": None,  # Ray's own: multiplexed model ids, a replica hold
 
 def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
               gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None,
-              routing: str = "affinity"):
+              routing: str = "affinity", replica_engine: str = "process"):
     """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
     from engines.adapters.folders import check_adapter_folders
     from engines.fleet.deployment import FleetIngress, replica_class
+    from engines.fleet.engine_proc import REPLICA_ENGINES
 
     catalog = {p.name: str(p.resolve()) for p in check_adapter_folders(config.adapters)} if config.adapters else {}
     engine = {**config.to_dict(), "adapters": None}
@@ -52,7 +53,9 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
                                ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}, **router)
     ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
                                ray_actor_options={"num_cpus": 0})
-    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads)
+    if replica_engine not in REPLICA_ENGINES:
+        raise ValueError(f"--replica-engine {replica_engine!r}: use one of {', '.join(REPLICA_ENGINES)}")
+    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads, replica_engine)
     return ingress.bind(bound, [config.model, *options.model_aliases], catalog)
 
 
