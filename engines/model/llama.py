@@ -35,11 +35,13 @@ class AttnMeta:
     Prefill: every sequence's tokens are contiguous in the batch (seq_lens, host ints) and attend
     only to each other (no cached prefix: a preempted sequence is recomputed from scratch).
     Decode: one token per sequence; it attends to context_lens[b] cached tokens through block_tables.
+    Mixed (is_prefill False and seq_lens given): the first B tokens are decode tokens (B = rows of
+    block_tables), the prefill sequences' tokens follow them.
     """
 
-    is_prefill: bool
+    is_prefill: bool  # no decode token in the step
     slot_mapping: torch.Tensor  # (T,) int64: row of the flattened cache (block * block_size + offset)
-    seq_lens: list[int] | None = None  # prefill
+    seq_lens: list[int] | None = None  # prefill sequences
     block_tables: torch.Tensor | None = None  # decode (B, max_blocks) int32
     context_lens: torch.Tensor | None = None  # decode (B,) int32, including the new token
 
@@ -194,6 +196,11 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.hd)
         if attn.is_prefill:
             o = self._prefill(q, k, v, attn.seq_lens, scale)
+        elif attn.seq_lens:  # mixed: decode tokens over the cache, then the prompts among themselves
+            b = attn.block_tables.shape[0]
+            o = torch.cat((kops.paged_decode_attention(q[:b], self.k_cache, self.v_cache, attn.block_tables,
+                                                      attn.context_lens, scale),
+                           self._prefill(q[b:], k[b:], v[b:], attn.seq_lens, scale)))
         else:
             o = kops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
                                            attn.context_lens, scale)
