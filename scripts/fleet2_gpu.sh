@@ -57,19 +57,20 @@ for phase in "$@"; do
       ;;
     fleet)
       for routing in affinity round_robin; do
+        port=$([ "$routing" = affinity ] && echo 8001 || echo 8002)  # Ray's proxy may hold a port after it stops
         log="$runs/serve-$routing.log"
         mkdir -p "$runs"
         harness serve --replicas 2 --routing "$routing" --engine multilora --model llama3-8b --adapters "$adapters" \
-          --max-adapters-per-replica 64 --port 8000 > "$log" 2>&1 & pid=$!
+          --max-adapters-per-replica 64 --port $port > "$log" 2>&1 & pid=$!
         up=0
         for _ in $(seq 600); do
-          curl -sf http://127.0.0.1:8000/health >/dev/null && { up=1; break; }
+          curl -sf http://127.0.0.1:$port/health >/dev/null && { up=1; break; }
           kill -0 $pid 2>/dev/null || break
           sleep 1
         done
         [ "$up" = 1 ] || { echo "fleet $routing did not start:"; tail -30 "$log"; kill $pid 2>/dev/null; continue; }
         harness run workloads/bursty30.yaml --set traffic.rate=32 "${common[@]}" \
-          --engine "{\"name\": \"fleet-$routing\", \"kind\": \"external\", \"url\": \"http://127.0.0.1:8000\"}" \
+          --engine "{\"name\": \"fleet-$routing\", \"kind\": \"external\", \"url\": \"http://127.0.0.1:$port\"}" \
           || echo "fleet $routing: exit $?"
         kill -INT $pid 2>/dev/null || true
         wait $pid || true
