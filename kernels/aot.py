@@ -119,17 +119,16 @@ def _attention_calls(case):
 
 def _fused_ops_calls(_case=None):
     """The norms, RoPE + cache write and SiLU-mul at llama3-8b's sizes (64 tokens)."""
-    from engines.model.config import ModelArgs
     from kernels.fused_ops import FusedOps
 
-    a, t = ModelArgs.from_name("llama3-8b"), 64
-    x, w = torch.randn(t, a.dim, dtype=torch.bfloat16), torch.ones(a.dim, dtype=torch.bfloat16)
-    qkv = torch.randn(t, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, dtype=torch.bfloat16)
-    cache = torch.zeros(8, 16, a.n_kv_heads, a.head_dim, dtype=torch.bfloat16)
-    rope = FusedOps.rope_tables(torch.arange(t), torch.ones(a.head_dim // 2))
-    gu = torch.randn(t, 2 * a.intermediate_size, dtype=torch.bfloat16)
+    dim, heads, kv_heads, head_dim, inter, t = 4096, 32, 8, 128, 14336, 64  # llama3-8b (kernels sit below engines)
+    x, w = torch.randn(t, dim, dtype=torch.bfloat16), torch.ones(dim, dtype=torch.bfloat16)
+    qkv = torch.randn(t, (heads + 2 * kv_heads) * head_dim, dtype=torch.bfloat16)
+    cache = torch.zeros(8, 16, kv_heads, head_dim, dtype=torch.bfloat16)
+    rope = FusedOps.rope_tables(torch.arange(t), torch.ones(head_dim // 2))
+    gu = torch.randn(t, 2 * inter, dtype=torch.bfloat16)
     return [lambda: FusedOps.add_rms_norm(x, x.clone(), w, 1e-5),
-            lambda: FusedOps.rope_and_cache(qkv, rope, a.n_heads, a.n_kv_heads, a.head_dim, cache, cache.clone(),
+            lambda: FusedOps.rope_and_cache(qkv, rope, heads, kv_heads, head_dim, cache, cache.clone(),
                                             torch.arange(t)),
             lambda: FusedOps.silu_mul(gu)]
 

@@ -189,7 +189,7 @@ def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> Exp
     return ExpandConfig(block_m=32, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
 
 
-FUSED_MAX_TOKENS = 256  # "auto" fuses up to this many tokens where the GPU's file has no lora_path entry
+FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many tokens (decode sizes)
 
 
 def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
@@ -240,15 +240,16 @@ def fused_mode(value) -> bool | int | str:
 def fused_wanted(mode, tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, dtype, device) -> bool:
     """Whether a LoRA call of this shape takes the fused kernel under `mode` (see fused_mode).
 
-    "auto": the GPU file's lora_path entry for the shape (the tuner measures fused against the pair), else
-    fused up to FUSED_MAX_TOKENS tokens. Decided from host-known sizes only, so a CUDA graph keeps its path.
+    "auto": the GPU file's lora_path entry for the shape (`kernels.tune` measures fused against the pair), else
+    the pair: the fused kernel is taken where a GPU run measured it faster, not on a prediction. Decided from
+    host-known sizes only, so a CUDA graph keeps its path.
     """
     if isinstance(mode, bool):
         return mode
     if isinstance(mode, int):
         return tokens <= mode
     key = fused_key(tokens, hidden, n_total, slices, max_rank, dtype)
-    return lookup("lora_path", key, device, LoRAPath(fused=tokens <= FUSED_MAX_TOKENS)).fused
+    return lookup("lora_path", key, device, LoRAPath(fused=False)).fused
 
 
 def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int) -> AttentionConfig:

@@ -18,7 +18,7 @@ log=$out/log.txt
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee -a "$log"
 python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$log"
 prof=(--model llama3-8b --many-adapters 0 --loads 0 --prefill "" --iters ${ITERS:-30}
-      --batches ${BATCHES:-1,64,128,256} --adapters ${ADAPTERS:-0,1,30,64,128,256} --fused-lora ${FUSED_LORA:-auto,off})
+      --batches ${BATCHES:-1,64,128,256} --adapters ${ADAPTERS:-0,1,30,64,128,256} --fused-lora ${FUSED_LORA:-on,off})
 [ -n "${GPU_CHECK+set}" ] || prof+=(--no-check)
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # parallel compiles where pytest-xdist is installed
 for phase in "$@"; do

@@ -147,8 +147,8 @@ def test_fused_mode_parsing_and_path_choice():
         with pytest.raises(ValueError, match="fused_lora=.*auto, true, false or a token count"):
             launch.fused_mode(bad)
     shape = dict(hidden=4096, n_total=6144, slices=3, max_rank=16, dtype=torch.bfloat16, device=torch.device("cpu"))
-    assert launch.fused_wanted("auto", 1, **shape) and launch.fused_wanted("auto", launch.FUSED_MAX_TOKENS, **shape)
-    assert not launch.fused_wanted("auto", 4096, **shape)
+    # no tuned file on this machine: auto keeps the pair, whatever the size
+    assert not any(launch.fused_wanted("auto", t, **shape) for t in (1, launch.FUSED_MAX_TOKENS, 4096))
     assert launch.fused_wanted(True, 4096, **shape) and not launch.fused_wanted(False, 1, **shape)
     assert launch.fused_wanted(64, 64, **shape) and not launch.fused_wanted(64, 65, **shape)
 
@@ -156,14 +156,16 @@ def test_fused_mode_parsing_and_path_choice():
 def test_auto_follows_the_gpu_files_lora_path(tmp_path, monkeypatch):
     import json
     key = launch.fused_key(64, 4096, 6144, 3, 16, torch.bfloat16)
-    (tmp_path / "test-gpu.json").write_text(json.dumps({"lora_path": {key: {"fused": False}}}))
+    key16 = launch.fused_key(16, 4096, 6144, 3, 16, torch.bfloat16)
+    (tmp_path / "test-gpu.json").write_text(json.dumps({"lora_path": {key: {"fused": False}, key16: {"fused": True}}}))
     monkeypatch.setattr(launch, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(launch, "_device_name", lambda device: "Test GPU")
     launch._table_for.cache_clear()
     try:
         shape = dict(hidden=4096, n_total=6144, slices=3, max_rank=16, dtype=torch.bfloat16, device="cpu")
         assert not launch.fused_wanted("auto", 64, **shape)  # the file says the pair won at this key
-        assert launch.fused_wanted("auto", 16, **shape)  # another key: the default threshold
+        assert launch.fused_wanted("auto", 16, **shape)  # the file says fused won at this key
+        assert not launch.fused_wanted("auto", 200, **shape)  # no entry: the pair
         assert launch.fused_wanted(True, 64, **shape)  # forced on
     finally:
         launch._table_for.cache_clear()
@@ -206,14 +208,14 @@ def test_bench_row_times_fused_beside_the_pair(monkeypatch, capsys):
     monkeypatch.setattr(bench, "time_sets", lambda fns, replays=40: [f() for f in fns] and calls.append(1) or 2.0)
     row = bench.bench_lora(case, bw=1e12, peak=1e15)
     assert len(calls) == 5  # shrink, expand, pair, fused, torch
-    assert row["fused_us"] == row["us"] == 2.0 and row["auto_path"] == "fused" and row["auto_us"] == 2.0
+    assert row["fused_us"] == row["us"] == 2.0 and row["auto_path"] == "pair" and row["auto_us"] == row["us"]  # no tuned file
     assert row["fused_bytes"] == row["bytes"] - 2 * 3 * 4 * 16 * 4  # no fp32 intermediate written and read
     assert row["fused_rel_err_vs_reference"] < 1e-5 and row["rel_err_vs_reference"] < 1e-5
     # default 512-column chunks: one per slice of <= 512 columns, so only x is read again (by 2 of 3 slices)
     assert row["fused_recompute_mb"] == 2 * 4 * 128 * 2 / 1e6
     bench.print_tables({"gpu": "cpu", "copy_bandwidth_GBps": 1e3, "matmul_TFLOPs": 1e3, "kernel_launch_floor_us": 2.0,
                         "versions": {"torch": "x", "triton": "y"}, "lora": [row], "attention": []})
-    assert "| decode-4x4-r16-qkv-small | 2.0 | 2.0 | fused |" in capsys.readouterr().out
+    assert "| decode-4x4-r16-qkv-small | 2.0 | 2.0 | pair |" in capsys.readouterr().out
 
 
 def test_recompute_bytes_follow_chunks_and_tiles():
@@ -265,7 +267,7 @@ def test_model_lora_path_follows_the_engine_extra(monkeypatch):
     stack = model.lora_stacks["qkv"]
     meta = LoRAMeta(300, 2).prepare([0])
     blk = model.model.layers[0].self_attn
-    for mode, tokens, want in (("auto", 1, "lora_fused"), ("auto", 300, "lora_shrink"), (False, 1, "lora_shrink"),
+    for mode, tokens, want in (("auto", 1, "lora_shrink"), ("auto", 300, "lora_shrink"), (False, 1, "lora_shrink"),
                                (True, 300, "lora_fused"), (16, 16, "lora_fused"), ("16", 17, "lora_shrink")):
         model.use_fused_lora(mode)
         calls.clear()

@@ -30,11 +30,13 @@ EXTRA_KEYS = {
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
     "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
-    "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: up to 256 tokens), true, false, or N tokens",
+    "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
+                  "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
     "mixed_steps": "one forward pass per step decodes every running sequence and prefills the newly admitted "
-                   "ones (default true); false: a prefill step of its own, before any decode",
+                   "ones (default: true on the CPU, where it was measured; false on CUDA until a GPU run measures "
+                   "it); false: a prefill step of its own, before any decode",
     "mixed_graphs": f"prompt tokens ride as decode rows (each attends over its own cache) when a step has at most "
                     f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default false)",
     "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default {STEP_TOKENS}, at most "
@@ -86,7 +88,7 @@ class MultiLoRAEngine(Engine):
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            max_loras=self._max_loras(), mixed_steps=self._flag("mixed_steps", True),
+            max_loras=self._max_loras(), mixed_steps=self._flag("mixed_steps", self.device.type != "cuda"),
             step_tokens=self._step_tokens()), self.blocks, self.scheduler_policy())
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
