@@ -3,7 +3,7 @@
 # Usage (repo root, CUDA machine): [GPU_CHECK=] scripts/h200_results.sh PHASE...
 #   PHASE: check | tune | profile | nostream | bench
 # GPU_CHECK= (set, empty) also runs the profile's tiny-model agreement check on the GPU.
-# FUSED_LORA (default auto,off): LoRA paths the profile measures each decode point with, the first for the targets.
+# FUSED_LORA (default on,off): LoRA paths the profile measures each decode point with, the first for the targets.
 # Fused LoRA kernel (issue 15), one device call each (each under the 600 s a call may run):
 #   scripts/h200_results.sh check                              # kernels compiled vs references, every preset shape
 #   BENCH_S=240 PROFILE_S=330 scripts/h200_results.sh bench profile   # fused vs pair: kernels, then the step's tax
