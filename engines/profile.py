@@ -50,6 +50,9 @@ class ProfileConfig:
     many_time_limit_s: float = 150.0
     seed: int = 0
     lora_stream: bool = True  # LoRA shrink on a side stream beside the base matmul (engine extra)
+    # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N);
+    # the first is the engine's for every other section and the one the targets are read from
+    fused_lora: tuple[str, ...] = ("auto",)
     extra_notes: dict = field(default_factory=dict)
 
 
@@ -126,7 +129,8 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         model=cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, max_lora_rank=rank, gpu_slots=slots,
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
-        extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream}))
+        extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
+               "fused_lora": cfg.fused_lora[0]}))
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
@@ -157,42 +161,51 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
         s.output_ids.append(1)  # the token this step decodes sits at position `context`
         eng.blocks.append(s)
     rows = []
-    for b in cfg.batches:
-        for d in cfg.adapters:
-            if d > b or d > len(names):
-                continue
-            batch = seqs[:b]
-            slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
+    for b, d, mode in [(b, d, m) for b in cfg.batches for d in cfg.adapters for m in (cfg.fused_lora if d else [None])]:
+        if d > b or d > len(names):
+            continue
+        batch = seqs[:b]
+        slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
+        if mode is not None:
+            eng.model.use_fused_lora(mode)  # baked into the graphs captured under this key: one set per mode
+        key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
 
-            def step():
-                eng.runner.run(batch, False, slots).argmax(-1).tolist()
-            t = _time(step, eng.device, cfg.warmup, cfg.iters)
-            kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
-            floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
-            fl = 2 * b * (w_bytes + (ad_bytes if d else 0)) / elem  # each token: the weights and its adapter
-            fl_floor = (fl + 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers) / flops  # + attention
-            base = _row(rows, batch=b, adapters=0)
-            tax = (t * 1e3 / base["step_ms"] - 1) * 100 if base and d else None
-            rows.append(dict(batch=b, adapters=d, step_ms=t * 1e3, floor_ms=floor * 1e3, x_floor=t / floor,
-                             flop_floor_ms=fl_floor * 1e3, tax_pct=tax,
-                             tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
-            print(f"decode batch {b:4d} adapters {d:4d}: {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  "
-                  f"x{t / floor:5.2f}  FLOP floor {fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
-                  + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter"), flush=True)
+        def step():
+            eng.runner.run(batch, False, slots, key).argmax(-1).tolist()
+        t = _time(step, eng.device, cfg.warmup, cfg.iters)
+        kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
+        floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
+        fl = 2 * b * (w_bytes + (ad_bytes if d else 0)) / elem  # each token: the weights and its adapter
+        fl_floor = (fl + 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers) / flops  # + attention
+        base = _row(rows, batch=b, adapters=0)
+        tax = (t * 1e3 / base["step_ms"] - 1) * 100 if base and d else None
+        rows.append(dict(batch=b, adapters=d, fused_lora=mode, step_ms=t * 1e3, floor_ms=floor * 1e3,
+                         x_floor=t / floor, flop_floor_ms=fl_floor * 1e3, tax_pct=tax,
+                         tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
+        print(f"decode batch {b:4d} adapters {d:4d}" + (f" fused_lora {mode:>4}" if mode is not None else " " * 15)
+              + f": {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor "
+              f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
+              + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter"), flush=True)
+    eng.model.use_fused_lora(cfg.fused_lora[0])
     out["decode"] = rows
     for s in seqs:
         eng.blocks.free(s)
+
+
+def _check_batch(eng, names, tag: str):
+    """64 sequences of 100 tokens, each about to decode one more, over up to 30 adapters: (seqs, slots)."""
+    seqs = _fake_seqs(eng, 64, 100, tag)
+    for s in seqs:
+        s.output_ids.append(2)
+        eng.blocks.append(s)
+    return seqs, [eng.pool.slot(names[i % min(30, len(names))]) for i in range(64)]
 
 
 def graph_check(eng, names, cfg, out) -> None:
     """Decode logits from the CUDA graph against the eager forward pass, batch 64 over 30 adapters."""
     if eng.runner.graphs is None:
         return
-    seqs = _fake_seqs(eng, 64, 100, "g")
-    slots = [eng.pool.slot(names[i % 30]) for i in range(64)]
-    for s in seqs:
-        s.output_ids.append(2)
-        eng.blocks.append(s)
+    seqs, slots = _check_batch(eng, names, "g")
     g = eng.runner.run(seqs, False, slots).clone()
     graphs, eng.runner.graphs = eng.runner.graphs, None
     e = eng.runner.run(seqs, False, slots)
@@ -201,6 +214,26 @@ def graph_check(eng, names, cfg, out) -> None:
     same = float((g.argmax(-1) == e.argmax(-1)).float().mean())
     out["graph_vs_eager"] = dict(rel_err=rel, argmax_agree=same)
     print(f"graph vs eager decode logits: rel err {rel:.2e}, argmax agree {same:.3f}", flush=True)
+    for s in seqs:
+        eng.blocks.free(s)
+
+
+def fused_check(eng, names, cfg, out) -> None:
+    """Eager decode logits with the fused LoRA kernel against the shrink/expand pair, batch 64 over 30 adapters."""
+    seqs, slots = _check_batch(eng, names, "f")
+    graphs, eng.runner.graphs = eng.runner.graphs, None
+    logits = {}
+    for mode in ("on", "off"):
+        eng.model.use_fused_lora(mode)
+        logits[mode] = eng.runner.run(seqs, False, slots).clone()
+    eng.model.use_fused_lora(cfg.fused_lora[0])
+    eng.runner.graphs = graphs
+    on, off = logits["on"], logits["off"]
+    rel = float((on - off).norm() / off.norm())
+    same = float((on.argmax(-1) == off.argmax(-1)).float().mean())
+    out["fused_vs_pair"] = dict(rel_err=rel, argmax_agree=same)
+    print(f"fused LoRA vs shrink/expand pair, eager decode logits: rel err {rel:.2e}, argmax agree {same:.3f}",
+          flush=True)
     for s in seqs:
         eng.blocks.free(s)
 
@@ -314,6 +347,7 @@ def gpu_check(device: str, out) -> None:
         for label, kw in [("cpu", dict(device="cpu")), ("graphs", dict(device=device)),
                           ("eager", dict(device=device, cuda_graphs=False)),
                           ("unfused", dict(device=device, extra={"fused_ops": False})),
+                          ("pair", dict(device=device, extra={"fused_lora": False})),  # LoRA shrink + expand
                           ("merged", dict(device=device, engine="merged", merged_copies=2)),
                           ("preempt", dict(device=device, num_kv_blocks=12, block_size=4, gpu_slots=2, max_loras=2))]:
             kw.setdefault("num_kv_blocks", 512)
@@ -331,7 +365,8 @@ def gpu_check(device: str, out) -> None:
             eng.close()
     ref = results["graphs"]
     agree = {k: sum(v.get(r) == ref.get(r) for r in ref) / len(ref) for k, v in results.items()}
-    out["gpu_check"] = dict(agree_with_graphs=agree, passed=all(agree[k] == 1.0 for k in ("eager", "merged", "preempt", "unfused")))
+    out["gpu_check"] = dict(agree_with_graphs=agree,
+                            passed=all(agree[k] == 1.0 for k in ("eager", "merged", "preempt", "unfused", "pair")))
     print(f"gpu check (tiny, fp32): agreement with graph decode {agree}", flush=True)
 
 
@@ -362,6 +397,7 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
         eng.register_adapter_loader(n, make(i))
     _load_all(eng, names)
     graph_check(eng, names, cfg, out)
+    fused_check(eng, names, cfg, out)
     save(out)
     decode_sweep(eng, cfg, names, bw, flops, out)
     save(out)
@@ -391,7 +427,8 @@ def _row(rows, **match):
 
 def evaluate(out: dict) -> dict:
     """Each target of the issue: measured value, the bound, pass/fail (None where not measured)."""
-    dec = out.get("decode", [])
+    first = (out.get("config") or {}).get("fused_lora", ["auto"])[0]
+    dec = [r for r in out.get("decode", []) if r.get("fused_lora", first) in (None, first)]  # the engine's path
     got = {}
     for b, d in ((1, 1), (64, 64), (256, 256)):
         r = _row(dec, batch=b, adapters=d)
@@ -414,6 +451,15 @@ def evaluate(out: dict) -> dict:
 
 
 def print_summary(out: dict) -> None:
+    modes = list(dict.fromkeys(r.get("fused_lora") for r in out.get("decode", []) if r.get("fused_lora")))
+    if len(modes) > 1:  # the LoRA tax of each path side by side (engine extra fused_lora)
+        print("\n| batch | adapters | " + " | ".join(f"fused_lora {m}: step ms (tax)" for m in modes) + " |")
+        print("|---|---|" + "---|" * len(modes))
+        for b, d in dict.fromkeys((r["batch"], r["adapters"]) for r in out["decode"] if r["adapters"]):
+            cells = [_row(out["decode"], batch=b, adapters=d, fused_lora=m) for m in modes]
+            texts = ["-" if c is None else f"{c['step_ms']:.3f}" + (
+                "" if c["tax_pct"] is None else f" ({c['tax_pct']:+.1f}%)") for c in cells]
+            print(f"| {b} | {d} | " + " | ".join(texts) + " |")
     print("\n| target | measured | bound | pass |\n|---|---|---|---|")
     for k, r in out["targets"].items():
         v = r["measured"]

@@ -112,19 +112,30 @@ def lora_ops(inp, config_s=None, config_e=None):
     return shrink, expand, both
 
 
-def lora_error(inp) -> float:
-    """Relative error of the kernels' y update against the reference (float32) on one input set."""
+def fused_op(inp, config=None):
+    """The fused shrink + expand over one input set."""
+    from kernels.lora_fused import lora_fused
+
+    return lambda: lora_fused(inp.x, inp.lora_a, inp.lora_b, inp.meta, inp.scales, inp.ranks, inp.slice_offsets,
+                              inp.y, config=config)
+
+
+def lora_error(inp, fused: bool = False) -> float:
+    """Relative error of the kernels' y update (the pair's, or the fused kernel's) against the reference (float32)."""
     import torch
 
     from kernels import reference
 
-    shrink, expand, _ = lora_ops(inp)
     y0 = inp.y.clone()
-    shrink()
-    expand()
+    if fused:
+        fused_op(inp)()
+    else:
+        shrink, expand, _ = lora_ops(inp)
+        shrink()
+        expand()
     buf_ref = torch.zeros_like(inp.buf)
     reference.lora_shrink_ref(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, buf_ref)
-    y_ref = y0.float()
+    y_ref = y0.float().clone()  # .float() of a float32 y would alias y0
     reference.lora_expand_ref(buf_ref, inp.lora_b.float(), inp.meta, inp.ranks, inp.slice_offsets, y_ref)
     return ((inp.y.float() - y_ref).norm() / (y_ref - y0.float()).norm()).item()
 
@@ -133,15 +144,27 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     import torch
 
     from kernels.cases import torch_gather_bmm
+    from kernels.launch import default_fused, fused_key, fused_wanted, lookup, sm_count
+    from kernels.tiles import tile_bound
 
     sets = lora_sets(case)
     err = lora_error(sets[0])
+    err_fused = lora_error(sets[0], fused=True)
     ops = [lora_ops(inp) for inp in sets]
     t_shrink = time_sets([o[0] for o in ops])
     t_expand = time_sets([o[1] for o in ops])
     t = time_sets([o[2] for o in ops])
+    t_fused = time_sets([fused_op(inp) for inp in sets])
     t_torch = time_sets([lambda inp=inp: torch_gather_bmm(inp, case.rank) for inp in sets])
     floor = case.bytes_moved() / bw * 1e6
+    fused_floor = case.bytes_moved(fused=True) / bw * 1e6
+    r_max = case.r_max or case.rank
+    shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
+    dev = sets[0].x.device
+    auto = "fused" if fused_wanted("auto", *shape, dev) else "pair"
+    tiles16 = tile_bound(case.tokens, max(case.adapters, 1), 16)  # the cases' LoRAMeta has a segment per adapter
+    fcfg = lookup("fused", fused_key(*shape), dev, default_fused(*shape[:5], tiles16, sm_count(dev)))
+    t_auto = t_fused if auto == "fused" else t
     target = case.target_us if case.target_us is not None else (
         case.target_floor_ratio * floor if case.target_floor_ratio else None)
     n_sets = len(sets)
@@ -152,8 +175,13 @@ def bench_lora(case, bw: float, peak: float) -> dict:
         "r_max": case.r_max or case.rank, "hidden": case.hidden, "widths": list(case.widths), "input_sets": n_sets,
         "us": t, "shrink_us": t_shrink, "expand_us": t_expand, "torch_gather_bmm_us": t_torch,
         "bytes": case.bytes_moved(), "byte_floor_us": floor, "pct_of_floor": 100 * floor / t,
+        "fused_us": t_fused, "fused_bytes": case.bytes_moved(fused=True), "fused_byte_floor_us": fused_floor,
+        "fused_pct_of_floor": 100 * fused_floor / t_fused, "fused_config": str(fcfg),
+        "fused_recompute_mb": case.recompute_bytes(fcfg.block_n * fcfg.n_steps, fcfg.block_m) / 1e6,
+        "auto_path": auto, "auto_us": t_auto,
         "flops": case.flops(), "flop_floor_us": case.flops() / peak * 1e6,
-        "target_us": target, "met": None if target is None else t <= target, "rel_err_vs_reference": err,
+        "target_us": target, "met": None if target is None else t_auto <= target, "rel_err_vs_reference": err,
+        "fused_rel_err_vs_reference": err_fused,
     }
 
 
@@ -198,12 +226,15 @@ def print_tables(result: dict) -> None:
     print(f"\n{result['gpu']}  copy {result['copy_bandwidth_GBps']:.0f} GB/s  bf16 matmul "
           f"{result['matmul_TFLOPs']:.0f} TFLOP/s  torch {result['versions']['torch']}  triton "
           f"{result['versions']['triton']}  one-element kernel in a graph {result['kernel_launch_floor_us']:.1f} us")
-    cols = ["case", "us", "shrink_us", "expand_us", "byte_floor_us", "pct_of_floor", "flop_floor_us",
-            "torch_gather_bmm_us", "target_us", "met", "rel_err_vs_reference"]
+    print("LoRA: us = shrink + expand (the pair) in one graph; fused_us = the fused kernel; auto = the path the "
+          "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate)")
+    cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "byte_floor_us", "fused_byte_floor_us",
+            "pct_of_floor", "fused_pct_of_floor", "fused_recompute_mb", "flop_floor_us", "torch_gather_bmm_us",
+            "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in result["lora"]:
-        print("| " + " | ".join(_fmt(row[c], 3 if c == "flop_floor_us" else 1) if c != "rel_err_vs_reference"
+        print("| " + " | ".join(_fmt(row[c], 3 if c == "flop_floor_us" else 1) if "rel_err" not in c
                                 else f"{row[c]:.1e}" for c in cols) + " |")
     cols = ["case", "us", "byte_floor_us", "pct_of_floor", "flop_floor_us", "rel_err_vs_reference"]
     print("\n| " + " | ".join(cols) + " |")

@@ -37,15 +37,24 @@ class LoRACase:
             return [t // per for t in range(self.tokens)]
         return [t % self.adapters for t in range(self.tokens)]
 
-    def bytes_moved(self, elem: int = 2) -> int:
+    def bytes_moved(self, elem: int = 2, fused: bool = False) -> int:
         """Every weight, input and output once: A and B of each distinct adapter, x, y read and written,
-        and the fp32 intermediate written by shrink and read by expand."""
+        and (not fused) the fp32 intermediate written by shrink and read by expand."""
         a = self.adapters * self.slices * self.rank * self.hidden * elem
         b = self.adapters * self.n_total * self.rank * elem
         x = self.tokens * self.hidden * elem
         y = 2 * self.tokens * self.n_total * elem
-        buf = 2 * self.slices * self.tokens * self.rank * 4
+        buf = 0 if fused else 2 * self.slices * self.tokens * self.rank * 4
         return a + b + x + y + buf
+
+    def recompute_bytes(self, chunk: int, block_m: int = 16, elem: int = 2) -> int:
+        """What the fused kernel reads beyond bytes_moved(fused=True), mostly from L2: each token tile's A
+        slice once per extra chunk of columns of that slice, and its x rows once per extra chunk."""
+        chunks = sum(-(-w // chunk) for w in self.widths)
+        per = -(-self.tokens // self.adapters)  # tokens per adapter (round-robin or contiguous)
+        tiles = self.adapters * -(-per // block_m)
+        return (chunks - self.slices) * tiles * self.rank * self.hidden * elem + \
+            (chunks - 1) * self.tokens * self.hidden * elem
 
     def flops(self) -> int:
         return 2 * self.tokens * self.rank * (self.slices * self.hidden + self.n_total)

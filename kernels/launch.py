@@ -33,6 +33,24 @@ class ExpandConfig:
 
 
 @dataclass(frozen=True)
+class FusedConfig:
+    """Fused shrink + expand (decode): each program recomputes its tile's rank-r vector, then expands it."""
+    block_m: int = 16
+    block_n: int = 128  # output columns per step
+    block_k: int = 256  # hidden columns per shrink step
+    n_steps: int = 4  # column steps per program: a program's chunk is block_n * n_steps columns of one slice
+    split_k: int = 1  # programs sharing one program's hidden dimension; the last to finish reduces and expands
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class LoRAPath:
+    """Which LoRA path a shape takes in "auto" mode: the fused kernel, or the shrink/expand pair."""
+    fused: bool = True
+
+
+@dataclass(frozen=True)
 class AttentionConfig:
     pages_per_tile: int = 4  # KV-cache blocks loaded per step
     num_splits: int = 0  # split-K over the context (flash-decoding); 0: chosen from the batch size
@@ -40,7 +58,8 @@ class AttentionConfig:
     num_stages: int = 2
 
 
-CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "attention": AttentionConfig}
+CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "fused": FusedConfig, "lora_path": LoRAPath,
+                "attention": AttentionConfig}
 
 
 def gpu_slug(name: str) -> str:
@@ -63,6 +82,10 @@ def shrink_key(tokens: int, hidden: int, slices: int, max_rank: int, dtype) -> s
 
 def expand_key(tokens: int, n_total: int, slices: int, max_rank: int, dtype) -> str:
     return f"T{bucket(tokens)}-N{n_total}-S{slices}-R{max_rank}-{_dtype(dtype)}"
+
+
+def fused_key(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, dtype) -> str:
+    return f"T{bucket(tokens)}-H{hidden}-N{n_total}-S{slices}-R{max_rank}-{_dtype(dtype)}"
 
 
 def attention_key(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int, dtype) -> str:
@@ -166,6 +189,69 @@ def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> Exp
     return ExpandConfig(block_m=32, block_n=128, block_r=block_r, n_steps=4, num_warps=4, num_stages=2)
 
 
+FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many tokens (decode sizes)
+
+
+def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
+                  sms: int = 0) -> FusedConfig:
+    """Used when the GPU's JSON has no entry (docs/kernels.md, "Fused shrink + expand", has the arithmetic).
+
+    A program's chunk of columns decides how often its rank-r vector is recomputed: once per chunk, so the
+    adapter's A (r x H, from L2 after the first chunk) is read columns/chunk times per token tile. Chunks are
+    sized so that `tiles` token tiles x chunks is about one program per SM (`sms`; wider in proportion to the
+    rank), between 512 and 4096 columns: 12 programs for q,k,v at batch 1, whole q and o slices (no recompute)
+    at 64 x 64 adapters and beyond.
+    Each loop step of a program costs about a memory latency over the pipeline depth (16-64 column steps per
+    expand program cost 2 ms a step at batch 128 on the H200), so steps are wide and few: 512 hidden columns
+    per shrink step, 256 output columns per expand step, and at <= 16 tokens hidden dimensions past 4096
+    (MLP down) are split so that no share takes more than 8 steps. Prefill-sized calls (only when forced)
+    take 64-row tiles.
+    """
+    r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
+    block_n = {16: 256, 32: 256, 64: 128}.get(r_pad, 64)  # the fp32 B tile (r_pad x block_n) stays <= 32 KiB
+    block_k = 512 if r_pad <= 32 else (128 if r_pad <= 64 else 64)
+    if tiles and sms:  # programs ~ SMs; a larger A (rank) per recompute asks for wider chunks
+        chunk = 1 << max(0, (n_total * tiles * (r_pad // 16) // sms) - 1).bit_length()
+    else:
+        chunk = 512 if tokens <= 16 else 2048
+    chunk = min(4096, max(512, chunk))
+    split = 1 if tokens > 16 else max(1, min(8, -(-hidden // (8 * block_k))))
+    return FusedConfig(block_m=16 if tokens <= 256 else 64, block_n=block_n, block_k=block_k,
+                       n_steps=max(1, chunk // block_n), split_k=split, num_warps=4,
+                       num_stages=3 if tokens <= 16 else 2)
+
+
+def fused_mode(value) -> bool | int | str:
+    """The engine extra `fused_lora` as a mode: "auto", True (fused at every size), False (the shrink/expand
+    pair), or an int N (fused up to N tokens). Raises ValueError naming the accepted values."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if isinstance(value, int) and value >= 0:
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "on", "false", "off"):
+        return "auto" if text == "auto" else text in ("true", "on")
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"engine config: extra fused_lora={value!r}: give auto, true, false or a token count "
+                     "(fused up to that many tokens)")
+
+
+def fused_wanted(mode, tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, dtype, device) -> bool:
+    """Whether a LoRA call of this shape takes the fused kernel under `mode` (see fused_mode).
+
+    "auto": the GPU file's lora_path entry for the shape (`kernels.tune` measures fused against the pair), else
+    the pair: the fused kernel is taken where a GPU run measured it faster, not on a prediction. Decided from
+    host-known sizes only, so a CUDA graph keeps its path.
+    """
+    if isinstance(mode, bool):
+        return mode
+    if isinstance(mode, int):
+        return tokens <= mode
+    key = fused_key(tokens, hidden, n_total, slices, max_rank, dtype)
+    return lookup("lora_path", key, device, LoRAPath(fused=False)).fused
+
+
 def default_attention(batch: int, max_blocks: int, block_size: int, hq: int, hkv: int, head_dim: int) -> AttentionConfig:
     return AttentionConfig(pages_per_tile=max(1, 64 // block_size), num_splits=0, num_warps=4, num_stages=2)
 
@@ -202,6 +288,14 @@ def step_down(cfg):
             if getattr(cfg, name) > floor:
                 return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
         return None
+    if isinstance(cfg, FusedConfig):
+        if cfg.num_stages > 1:
+            return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+        for name, floor in (("block_k", 16), ("block_n", 16), ("block_m", 16)):
+            if getattr(cfg, name) > floor:
+                return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2},
+                                           **({"n_steps": cfg.n_steps * 2} if name == "block_n" else {}))
+        return None
     if isinstance(cfg, AttentionConfig):
         if cfg.num_stages > 1:
             return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
@@ -236,9 +330,11 @@ def launch_fitting(op: str, key: str, cfg, launch):
     while True:
         try:
             result = launch(tried)
-        except refused:
+        except refused as exc:
             smaller = step_down(tried)
             if smaller is None:
+                exc.add_note(f"launch_fitting: {op} [{key}] does not fit this GPU even at its smallest config "
+                             f"{tried} (asked for {cfg})")
                 raise
             tried = smaller
             continue
@@ -277,6 +373,23 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
             for st in ((2,) if ns == 1 else (2, 3))]
 
 
+def fused_space(tokens: int, max_rank: int = 16) -> list[FusedConfig]:
+    """The autotune space of the fused kernel (decode sizes): chunk width, step widths, split hidden dim, stages."""
+    r_pad = max(16, 1 << max(0, max_rank - 1).bit_length())
+    block_ns = (128, 256) if r_pad <= 32 else (64,)
+    if tokens <= 16:  # few token tiles: a split hidden dimension shortens each program's shrink
+        chunks = (256, 512, 1024)
+        ks = ((512, 1), (1024, 1), (512, 4), (256, 8)) if r_pad <= 32 else ((128, 1), (64, 4), (64, 8))
+        warps = (4,)
+    else:
+        chunks = (1024, 2048, 4096)
+        ks = ((512, 1), (1024, 1)) if r_pad <= 32 else ((64, 1), (128, 1))
+        warps = (4, 8)
+    return [FusedConfig(block_m=16, block_n=bn, block_k=bk, n_steps=max(1, ch // bn), split_k=sk, num_warps=w,
+                        num_stages=st)
+            for ch in chunks for bn in block_ns for bk, sk in ks for w in warps for st in (2, 3)]
+
+
 def attention_space(batch: int) -> list[AttentionConfig]:
     """The autotune space of paged decode attention for `batch` sequences."""
     splits = (0, 1, 2, 4) if batch >= 64 else (0, 4, 8, 16, 32)
@@ -284,4 +397,4 @@ def attention_space(batch: int) -> list[AttentionConfig]:
             for p in (2, 4, 8) for sp in splits for w in (4,)]
 
 
-SPACES = {"shrink": shrink_space, "expand": expand_space, "attention": attention_space}
+SPACES = {"shrink": shrink_space, "expand": expand_space, "fused": fused_space, "attention": attention_space}

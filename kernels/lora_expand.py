@@ -8,12 +8,34 @@ import triton.language as tl
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
-from kernels.tiles import locate_tile, tile_bound
+from kernels.tiles import locate_program, tile_bound
 
 patch_interpreter()
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _OFFSETS: dict[tuple, torch.Tensor] = {}  # host slice offsets -> their device copy (kept: graphs point at it)
+
+
+@triton.jit
+def expand_rows(h, b_ptr, y_ptr, tok, m_mask, slot, rank, n_start, n_hi,
+                  stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+                  BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr, PREC: tl.constexpr):
+    """y[tok, n_start + up to N_STEPS * BLOCK_N columns below n_hi] += h @ B[slot, cols, :rank].T, h: the tokens'
+    (BLOCK_M, BLOCK_R) float32 rank vectors, zero past rank (lora_fused computes them, the expand loads them)."""
+    steps = tl.minimum(N_STEPS, (n_hi - n_start + BLOCK_N - 1) // BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    r_mask = offs_r < rank
+    offs_bn = tl.arange(0, BLOCK_N)
+    w = b_ptr + slot.to(tl.int64) * stride_bslot + offs_r[:, None] * stride_bk
+    for step in range(0, steps):
+        offs_n = n_start + step * BLOCK_N + offs_bn
+        n_mask = offs_n < n_hi
+        mask = m_mask[:, None] & n_mask[None, :]
+        ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
+        y = tl.load(ys, mask=mask, other=0.0)  # issued before the weights: the loads overlap
+        wt = tl.load(w + offs_n[None, :] * stride_bn, mask=r_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(h, wt.to(tl.float32), input_precision=PREC)  # (BLOCK_M, BLOCK_N); 16-bit B exact in fp32
+        tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -33,16 +55,8 @@ def _expand_tile(
     if rank <= BLOCK_R:  # the common case: one rank step, buf loaded once for every column tile
         r_mask = offs_r < rank
         bt = tl.load(bufs + offs_r[None, :] * stride_br, mask=m_mask[:, None] & r_mask[None, :], other=0.0)
-        for step in range(0, steps):
-            offs_n = n_start + step * BLOCK_N + offs_bn
-            n_mask = offs_n < n_hi
-            mask = m_mask[:, None] & n_mask[None, :]
-            ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
-            y = tl.load(ys, mask=mask, other=0.0)
-            wt = tl.load(w + offs_n[None, :] * stride_bn + offs_r[:, None] * stride_bk,
-                         mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_R, BLOCK_N)
-            acc = tl.dot(bt, wt.to(tl.float32), input_precision=PREC)  # 16-bit values are exact in fp32
-            tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+        expand_rows(bt, b_ptr, y_ptr, tok, m_mask, slot, rank, n_start, n_hi,
+                    stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, BLOCK_N, BLOCK_R, N_STEPS, PREC)
     else:
         for step in range(0, steps):
             offs_n = n_start + step * BLOCK_N + offs_bn
@@ -79,40 +93,22 @@ def _expand_kernel(
     from the host, the actual counts from the device), so neighbouring programs stream neighbouring
     columns of one adapter. The rank loop stops at the slot's own rank.
     """
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    offs_seg = tl.arange(0, SEG_POW2)
-    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
-    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
-    lens = tl.where(offs_seg < n_seg, lens, 0)
-    offs_s = tl.arange(0, S_POW2)
-    lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
-    hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
-    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
-    sl, n_chunk, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N * N_STEPS, S_POW2)
-    if valid_m & valid_n:
-        slot = tl.load(seg_slot_ptr + seg)
-        start = tl.load(seg_start_ptr + seg)
-        length = tl.load(seg_len_ptr + seg)
-        n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
-        n_hi = tl.sum(tl.where(offs_s == sl, hi, 0), 0)
-        rank = tl.minimum(tl.load(rank_ptr + slot), r_max)
-        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < length
-        tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
-        if rank > 0:
-            # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
-            if n_lo % 16 == 0:
-                _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, tl.multiple_of(n_lo, 16), n_hi,
-                             n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
-                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
-            else:
-                _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi,
-                             n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
-                             stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
+    slot, rank, tok, m_mask, sl, n_chunk, n_lo, n_hi = locate_program(
+        tl.program_id(1), tl.program_id(0), tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
+        off_ptr, r_max, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_N * N_STEPS)
+    if rank > 0:  # a valid tile of an adapter that has this module
+        # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
+        if n_lo % 16 == 0:
+            _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, tl.multiple_of(n_lo, 16), n_hi,
+                         n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                         stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
+        else:
+            _expand_tile(buf_ptr, b_ptr, y_ptr, tok, m_mask, slot, rank, sl, n_lo, n_hi,
+                         n_chunk, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk,
+                         stride_yt, stride_yn, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC)
 
 
-def _device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
+def device_offsets(slice_offsets: torch.Tensor, device: torch.device) -> torch.Tensor:
     if slice_offsets.device == device:
         return slice_offsets if slice_offsets.dtype == torch.int32 else slice_offsets.to(torch.int32)
     key = (str(device), tuple(int(v) for v in slice_offsets.tolist()))
@@ -162,7 +158,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
         return y
     key = expand_key(t, lora_b.shape[1], slices, r_max, y.dtype)
     asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
-    offs = _device_offsets(slice_offsets, y.device)
+    offs = device_offsets(slice_offsets, y.device)
 
     def launch(cfg: ExpandConfig) -> None:
         grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))

@@ -28,6 +28,17 @@ def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y):
     return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
 
 
+def lora_fused(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, y):
+    """Shrink + expand in one launch on CUDA; elsewhere the two references through a buffer (same function)."""
+    if _triton_ok(y):
+        from kernels.lora_fused import lora_fused as k
+        return k(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, y)
+    buf = torch.empty(lora_a.shape[1], x.shape[0], lora_a.shape[2], device=x.device,
+                      dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, buf)
+    return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
+
+
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale):
     if _triton_ok(q):
         from kernels.paged_attention import paged_decode_attention as k

@@ -20,6 +20,40 @@ def locate_tile(pid, sizes, BLOCK: tl.constexpr, N_POW2: tl.constexpr):
     return group, pid - begin, pid < total
 
 
+@triton.jit
+def locate_program(pid_m, pid_n, tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr, off_ptr, r_max,
+                   S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
+                   BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """A (token tile, column chunk) program of the expand-shaped kernels: pid_m walks the segments' BLOCK_M-token
+    tiles (LoRAMeta), pid_n the slices' CHUNK-column chunks (slice i spans columns off[i]..off[i+1]).
+
+    Returns (slot, rank, tok, m_mask, slice, chunk within it, the slice's first and end column): the tile's
+    adapter slot and its rank (capped at r_max; 0 past the last tile, so `rank > 0` also means valid), its
+    token rows (int64) and their mask. The step metadata loads are issued together: no dependent round trip
+    before the tile search.
+    """
+    offs_seg = tl.arange(0, SEG_POW2)
+    n_seg = tl.load(nseg_ptr)
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < n_seg, lens, 0)
+    offs_s = tl.arange(0, S_POW2)
+    lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
+    hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
+    seg, m_tile, valid_m = locate_tile(pid_m, lens, BLOCK_M, SEG_POW2)
+    sl, n_chunk, valid_n = locate_tile(pid_n, hi - lo, CHUNK, S_POW2)
+    valid = valid_m & valid_n
+    slot = tl.load(seg_slot_ptr + seg, mask=valid, other=0)
+    start = tl.load(seg_start_ptr + seg, mask=valid, other=0)
+    length = tl.load(seg_len_ptr + seg, mask=valid, other=0)
+    rank = tl.where(valid, tl.minimum(tl.load(rank_ptr + slot, mask=valid, other=0), r_max), 0)
+    offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < length
+    tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
+    n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
+    n_hi = tl.sum(tl.where(offs_s == sl, hi, 0), 0)
+    return slot, rank, tok, m_mask, sl, n_chunk, n_lo, n_hi
+
+
 def tile_bound(total_rows: int, max_groups: int, block: int) -> int:
     """Most tiles that groups of at most `max_groups` non-empty groups over `total_rows` rows can need.
 

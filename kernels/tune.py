@@ -10,8 +10,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from kernels.launch import (CONFIG_TYPES, attention_key, attention_space, config_path, expand_key, expand_space,
-                            shrink_key, shrink_space)
+from kernels.launch import (CONFIG_TYPES, FUSED_MAX_TOKENS, attention_key, attention_space, config_path, expand_key,
+                            expand_space, fused_key, fused_space, shrink_key, shrink_space)
 
 _WORKER_INPUTS: dict[str, object] = {}
 
@@ -32,6 +32,9 @@ def _runner(op: str, inp, case, cfg):
         return lambda: lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=cfg)
     if op == "expand":
         return lambda: lora_expand(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=cfg)
+    if op == "fused":
+        from kernels.bench import fused_op
+        return fused_op(inp, cfg)
     return lambda: paged_decode_attention(inp.q, inp.k_cache, inp.v_cache, inp.block_tables, inp.context_lens,
                                           inp.scale, config=cfg)
 
@@ -67,15 +70,24 @@ def stepped_down(op: str, cfg) -> str | None:
     return f"launches only stepped down to {sorted(map(str, ran))[0]}" if ran else None
 
 
+def _keys(case) -> dict[str, str]:
+    """The config keys of a LoRA case per op (bf16, as the cases run)."""
+    r_max = case.r_max or case.rank
+    return {"shrink": shrink_key(case.tokens, case.hidden, case.slices, r_max, "torch.bfloat16"),
+            "expand": expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"),
+            "fused": fused_key(case.tokens, case.hidden, case.n_total, case.slices, r_max, "torch.bfloat16")}
+
+
 def _spaces(case) -> list[tuple[str, str, object]]:
     from kernels.cases import LoRACase
 
     if isinstance(case, LoRACase):
         r_max = case.r_max or case.rank
-        return ([("shrink", shrink_key(case.tokens, case.hidden, case.slices, r_max, "torch.bfloat16"), c)
-                 for c in shrink_space(case.tokens, r_max, case.slices)]
-                + [("expand", expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"), c)
-                   for c in expand_space(case.tokens, r_max)])
+        keys = _keys(case)
+        fused = fused_space(case.tokens, r_max) if case.tokens <= FUSED_MAX_TOKENS else []  # decode sizes
+        return ([("fused", keys["fused"], c) for c in fused]  # first: the path decode takes, tuned within budget
+                + [("shrink", keys["shrink"], c) for c in shrink_space(case.tokens, r_max, case.slices)]
+                + [("expand", keys["expand"], c) for c in expand_space(case.tokens, r_max)])
     max_blocks = -(-case.context // case.block_size)
     key = attention_key(case.batch, max_blocks, case.block_size, case.hq, case.hkv, case.head_dim, "torch.bfloat16")
     return [("attention", key, c) for c in attention_space(case.batch)]
@@ -113,7 +125,7 @@ def tune_case(case, failed: dict, times: dict, deadline: float, log) -> None:
             first.buf.fill_(float("nan"))
             _runner(op, first, case, cfg)()
             ok = _close(first.buf[..., :rank], buf_ref[..., :rank], 1e-4)
-        elif op == "expand":
+        elif op in ("expand", "fused"):
             first.y.copy_(y0)
             first.buf.copy_(buf_ref)
             _runner(op, first, case, cfg)()
@@ -143,6 +155,30 @@ def choose(times: dict, table: dict, log) -> None:
         table.setdefault(op, {})[key] = dataclasses.asdict(cfg)
         log(f"{op} [{key}] over {sorted(cases)}: " + ", ".join(f"{n} {us:.1f} us" for n, us in per_cfg[cfg].items())
             + f" with {cfg}")
+
+
+def choose_paths(times: dict, table: dict, cases, log) -> None:
+    """Per fused key: "lora_path" {"fused": bool}, whether the chosen fused config beat the chosen shrink plus
+    the chosen expand, summed over the cases that share the key; keys not measured on both paths are left out
+    ("auto" then fuses up to FUSED_MAX_TOKENS tokens)."""
+    from kernels.cases import LoRACase
+
+    def chosen_us(op, key, name):
+        cfg = table.get(op, {}).get(key)
+        return None if cfg is None else times.get((op, key), {}).get(CONFIG_TYPES[op](**cfg), {}).get(name)
+    per_key: dict[str, list[tuple[float, float]]] = {}
+    for case in cases:
+        if not isinstance(case, LoRACase):
+            continue
+        keys = _keys(case)
+        got = [chosen_us(op, keys[op], case.name) for op in ("fused", "shrink", "expand")]
+        if None not in got:
+            per_key.setdefault(keys["fused"], []).append((got[0], got[1] + got[2]))
+    for key, pairs in per_key.items():
+        fused, pair = sum(f for f, _ in pairs), sum(p for _, p in pairs)
+        table.setdefault("lora_path", {})[key] = {"fused": fused < pair}
+        log(f"lora_path [{key}]: fused {fused:.1f} us vs shrink + expand {pair:.1f} us -> "
+            f"{'fused' if fused < pair else 'pair'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         tune_case(case, failed, times, deadline, log)
     choose(times, table, log)
+    choose_paths(times, table, cases, log)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out}")

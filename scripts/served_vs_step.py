@@ -3,10 +3,13 @@
 Usage: python scripts/served_vs_step.py RUN_DIR PROFILE_JSON [--adapters N] [--json OUT]
 
 RUN_DIR is a `harness run` directory of the built-in engine (summary.json, server.csv with the server's
-batch-size samples); PROFILE_JSON a `harness profile` result. The step time at the run's mean batch is
-interpolated linearly between the profiled batch sizes, on the rows with N distinct adapters (N capped at
-the batch; default: the run's adapter count). What the step allows = mean batch / step time: the decode
-rate with no time outside the GPU step (no prefill, scheduling, sampling or streaming).
+/metrics samples); PROFILE_JSON a `harness profile` result. The mean batch is the decode sequences per step
+over the measured window (the engine's decode_tokens and steps counters: prefill tokens of mixed steps and
+prefill-only steps are not decode batch) when the server exports them, else the mean of the batch-size
+gauge (every sequence of the sampled step, prefills too); the output says which. The step time at the mean
+batch is interpolated linearly between the profiled batch sizes, on the rows with N distinct adapters (N
+capped at the batch; default: the run's adapter count). What the step allows = mean batch / step time: the
+decode rate with no time outside the GPU step (no prefill, scheduling, sampling or streaming).
 """
 from __future__ import annotations
 
@@ -17,16 +20,43 @@ import sys
 from pathlib import Path
 
 TARGET = 0.85  # issue 15: served >= 85% of what the profiled step allows
+DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fleet_batch_size"
+DECODE_PER_STEP = "decode sequences per step (counters)"
+GAUGE_MEAN = "batch-size gauge mean (prefills included)"
 
 
-def mean_batch(run_dir: Path, window_s: float) -> float:
-    """Mean of the server's batch-size gauge over the measured window (samples at 0 <= t <= window_s)."""
+def _samples(run_dir: Path, window_s: float) -> list[dict[str, float]]:
+    """The scrapes inside the measured window (0 <= t <= window_s), in time order, as {metric: value} with
+    "t"; server.csv is long (t, metric, labels, value: unlabelled series only) or, in older runs, wide."""
+    by_t: dict[float, dict[str, float]] = {}
     with open(run_dir / "server.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("lora_fleet_batch_size") not in (None, "")]
-    vals = [float(r["lora_fleet_batch_size"]) for r in rows if 0.0 <= float(r["t"]) <= window_s]
+        reader = csv.DictReader(f)
+        long = "metric" in (reader.fieldnames or [])
+        for r in reader:
+            t = float(r["t"])
+            if not 0.0 <= t <= window_s:
+                continue
+            row = by_t.setdefault(t, {"t": t})
+            if long:
+                if not r.get("labels") and r.get("value") not in (None, ""):
+                    row[r["metric"]] = float(r["value"])
+            else:
+                row.update({k: float(v) for k, v in r.items() if k != "t" and v not in (None, "")})
+    return [by_t[t] for t in sorted(by_t)]
+
+
+def mean_batch(run_dir: Path, window_s: float) -> tuple[float, str]:
+    """(mean batch over the measured window (samples at 0 <= t <= window_s), what it is)."""
+    rows = _samples(run_dir, window_s)
+    counted = [r for r in rows if DECODE in r and STEPS in r]
+    if len(counted) >= 2 and counted[-1][STEPS] > counted[0][STEPS]:
+        first, last = counted[0], counted[-1]
+        return (last[DECODE] - first[DECODE]) / (last[STEPS] - first[STEPS]), DECODE_PER_STEP
+    vals = [r[GAUGE] for r in rows if GAUGE in r]
     if not vals:
-        raise ValueError(f"{run_dir}/server.csv: no lora_fleet_batch_size sample inside the {window_s:g} s window")
-    return sum(vals) / len(vals)
+        raise ValueError(f"{run_dir}/server.csv: no {GAUGE} sample (nor two {DECODE} samples a step apart) "
+                         f"inside the {window_s:g} s window")
+    return sum(vals) / len(vals), GAUGE_MEAN
 
 
 def step_ms_at(profile: dict, batch: float, adapters: int) -> float:
@@ -51,12 +81,13 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     if adapters is None:
         adapters = int(((config.get("workload") or config).get("adapters") or {}).get("count", 0))
-    b = mean_batch(run_dir, float(summary["window_s"]))
+    window = summary["measured_s"] if "measured_s" in summary else summary["window_s"]  # the latter: older runs
+    b, batch_from = mean_batch(run_dir, float(window))
     step = step_ms_at(profile, b, adapters)
     allowed = b / (step / 1e3)
     served = float(summary["metrics"]["output_tok_s"])
-    return dict(run=str(run_dir), adapters=adapters, mean_batch=b, step_ms=step, allowed_tok_s=allowed,
-                served_tok_s=served, ratio=served / allowed, target=TARGET, met=served / allowed >= TARGET)
+    return dict(run=str(run_dir), adapters=adapters, mean_batch=b, mean_batch_from=batch_from, step_ms=step,
+                allowed_tok_s=allowed, served_tok_s=served, ratio=served / allowed, target=TARGET, met=served / allowed >= TARGET)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {a.run_dir.name} | {out['adapters']} | {out['mean_batch']:.1f} | {out['step_ms']:.2f} | "
           f"{out['allowed_tok_s']:,.0f} | {out['served_tok_s']:,.0f} | {out['ratio']:.0%} "
           f"({'meets' if out['met'] else 'misses'} >= {TARGET:.0%}) |")
+    print(f"mean batch: {out['mean_batch_from']}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

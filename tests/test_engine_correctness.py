@@ -102,16 +102,21 @@ def test_each_adapter_alone_equals_merged_weights(adapter_dir, expected):
     assert len(set(map(tuple, expected.values()))) > 5  # adapters really change the tokens
 
 
-def test_mixed_batch_with_staggered_arrivals(adapter_dir, expected):
-    eng = engine(adapter_dir)
+STEP_KINDS = [{}, {"mixed_steps": False}, {"mixed_graphs": True}]  # mixed (varlen prompts), separate, prompt rows
+
+
+@pytest.mark.parametrize("extra", STEP_KINDS)
+def test_mixed_batch_with_staggered_arrivals(adapter_dir, expected, extra):
+    eng = engine(adapter_dir, extra=extra)
     toks, _ = drain(eng, {i: [r] for i, r in enumerate(requests())})
     assert toks == expected
     st = eng.stats()
     assert st["tokens_generated"] == 10 * N_NEW and st["adapters_resident"] == 6 and st["kv_blocks_used"] == 0
 
 
-def test_forced_preemption_gives_the_same_tokens(adapter_dir, expected):
-    eng = engine(adapter_dir, num_kv_blocks=10, block_size=4)
+@pytest.mark.parametrize("extra", STEP_KINDS)
+def test_forced_preemption_gives_the_same_tokens(adapter_dir, expected, extra):
+    eng = engine(adapter_dir, num_kv_blocks=10, block_size=4, extra=extra)
     toks, _ = drain(eng, {0: requests()[:5], 3: requests()[5:]})
     assert toks == expected
     assert eng.stats()["preemptions"] > 0

@@ -8,10 +8,13 @@ def test_profile_command_writes_json(tmp_path, capsys):
     out = tmp_path / "profile.json"
     rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "1,4", "--adapters", "0,1,2",
                "--prefill", "2x32", "--context", "24", "--iters", "2", "--loads", "2", "--many-adapters", "12",
-               "--many-slots", "3", "--out", str(out)])
+               "--many-slots", "3", "--fused-lora", "auto,off", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    assert [(r["batch"], r["adapters"]) for r in data["decode"]] == [(1, 0), (1, 1), (4, 0), (4, 1), (4, 2)]
+    assert [(r["batch"], r["adapters"], r["fused_lora"]) for r in data["decode"]] == [
+        (1, 0, None), (1, 1, "auto"), (1, 1, "off"), (4, 0, None), (4, 1, "auto"), (4, 1, "off"), (4, 2, "auto"),
+        (4, 2, "off")]
+    data["decode"] = [r for r in data["decode"] if r["fused_lora"] != "off"]  # the targets read the first path
     assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["flop_floor_ms"] > 0 for r in data["decode"])
     assert data["decode"][4]["adapter_gb"] > 0 == data["decode"][2]["adapter_gb"]
     rows = {(r["batch"], r["adapters"]): r for r in data["decode"]}
@@ -20,13 +23,17 @@ def test_profile_command_writes_json(tmp_path, capsys):
     assert [p["adapters"] for p in data["prefill"]] == [0, 8]  # prefill_adapters defaults to 8
     assert data["loads"]["count"] == 2
     assert data["many_adapters"]["finished"] == 12 and data["many_adapters"]["errors"] == 0
-    assert data["gpu_check"]["passed"] is True
+    assert data["gpu_check"]["passed"] is True and data["gpu_check"]["agree_with_graphs"]["pair"] == 1.0
+    assert data["fused_vs_pair"]["argmax_agree"] == 1.0 and data["fused_vs_pair"]["rel_err"] < 1e-5
     t = data["targets"]
     assert t["many_adapters_errors"]["passed"] is True
     assert t["batch64_64_adapters_tax_pct"]["measured"] is None  # batch 64 was not measured
     assert t["batch1_one_adapter_tax_pct"]["measured"] == rows[(1, 1)]["tax_pct"]
     assert t["batch1_base_x_floor"]["measured"] == rows[(1, 0)]["x_floor"]
-    assert "| target | measured | bound | pass |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| target | measured | bound | pass |" in printed
+    assert "| batch | adapters | fused_lora auto: step ms (tax) | fused_lora off: step ms (tax) |" in printed
+    assert f"| 4 | 2 | {rows[(4, 2)]['step_ms']:.3f} ({rows[(4, 2)]['tax_pct']:+.1f}%) |" in printed
 
 
 def test_profile_rejects_bad_lists(capsys):
@@ -34,3 +41,6 @@ def test_profile_rejects_bad_lists(capsys):
     with pytest.raises(SystemExit):
         main(["profile", "--batches", "1,x"])
     assert "comma-separated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["profile", "--fused-lora", "auto,sometimes"])
+    assert "'sometimes': give on, off, auto" in capsys.readouterr().err

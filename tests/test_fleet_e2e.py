@@ -33,13 +33,14 @@ def post(url, path, body, key=None):
         return exc.code, exc.headers, exc.read()
 
 
-def two_replicas(root, routing: str, **options):
-    """Start 2 CPU replicas of tiny over 3 adapters (small object store, 2 CPUs); yield the URL; stop Ray."""
+def two_replicas(root, routing: str, replica_engine: str = "process", **options):
+    """Start 2 CPU replicas of tiny over 3 adapters (small object store, 2 CPUs); yield the URL; stop Ray.
+    replica_engine: each engine in a child process of its replica, or inline in the replica's process."""
     make_adapters(ModelArgs.from_name("tiny"), 3, [4], ["q_proj", "v_proj"], root)
     config = EngineConfig(model="tiny", adapters=str(root), max_num_seqs=8, num_kv_blocks=128, cuda_graphs=False)
     try:
         yield start_fleet(config, ServerOptions(**options), 2, 2, "127.0.0.1", 0, routing=routing,
-                          ray_init={"num_cpus": 2, "object_store_memory": 200 << 20})
+                          replica_engine=replica_engine, ray_init={"num_cpus": 2, "object_store_memory": 200 << 20})
     finally:
         stop_fleet()
 

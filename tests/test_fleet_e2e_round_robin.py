@@ -1,5 +1,6 @@
-"""Two CPU replicas with the round-robin router and an API key: requests for one adapter alternate (the baseline
-to affinity), and the key guards every forwarded request while the replicas' own adapter loads pass it."""
+"""Two CPU replicas with the round-robin router and an API key, engines inline in the replicas' processes:
+requests for one adapter alternate (the baseline to affinity), and the key guards every forwarded request while
+the replicas' own adapter loads pass it."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ KEY = "fleet-test-key"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    yield from two_replicas(tmp_path_factory.mktemp("adapters"), "round_robin", api_key=KEY)
+    yield from two_replicas(tmp_path_factory.mktemp("adapters"), "round_robin", "inline", api_key=KEY)
 
 
 def test_round_robin_alternates_replicas_whatever_the_adapter(fleet):

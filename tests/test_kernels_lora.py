@@ -18,11 +18,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def run_case(hidden, widths, ranks, slots, dtype, shrink_cfg=None, expand_cfg=None, max_segments=8, seed=0):
-    """Run shrink then expand on NaN-poisoned outputs; compare with the float64 reference."""
+def make_inputs(hidden, widths, ranks, t, dtype, seed):
+    """Random (x, a, b, scales, ranks, slice offsets, y0) for t tokens; y0 has 5 columns past N_total."""
     g = torch.Generator().manual_seed(seed)
-    n_slots, s, r_max = len(ranks), len(widths), max(max(ranks), 1)
-    t, n_total = len(slots), sum(widths)
+    n_slots, s, r_max, n_total = len(ranks), len(widths), max(max(ranks), 1), sum(widths)
     x = torch.randn(t, hidden, generator=g).to(dtype)
     a = (torch.randn(n_slots, s, r_max, hidden, generator=g) / hidden ** 0.5).to(dtype)
     b = (torch.randn(n_slots, n_total, r_max, generator=g) / r_max ** 0.5).to(dtype)
@@ -30,6 +29,13 @@ def run_case(hidden, widths, ranks, slots, dtype, shrink_cfg=None, expand_cfg=No
     ranks_t = torch.tensor(ranks, dtype=torch.int32)
     offs = torch.tensor([0] + list(torch.tensor(widths).cumsum(0)), dtype=torch.int32)
     y0 = (0.01 * torch.randn(t, n_total + 5, generator=g)).to(dtype)  # 5 columns past N_total stay untouched
+    return x, a, b, scales, ranks_t, offs, y0
+
+
+def run_case(hidden, widths, ranks, slots, dtype, shrink_cfg=None, expand_cfg=None, max_segments=8, seed=0):
+    """Run shrink then expand on NaN-poisoned outputs; compare with the float64 reference."""
+    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
 
     meta_ref = LoRAMeta(max(t, 1), max_segments).prepare(slots)
     buf_ref = torch.full((s, t, r_max), float("nan"), dtype=torch.float64)

@@ -13,12 +13,26 @@ PROFILE = {"decode": [dict(batch=b, adapters=a, step_ms=ms) for b, a, ms in
                       [(64, 0, 6.0), (64, 30, 8.0), (128, 30, 10.0), (256, 30, 14.0), (256, 0, 12.0)]]}
 
 
-def make_run(tmp_path, batches, served=5000.0, window=10.0):
+def make_run(tmp_path, batches, served=5000.0, window=10.0, counters=None, old=False):
+    """A run whose server.csv has the batch-size gauge at `batches` [(t, b)] and, if given, the steps and
+    decode_tokens counters [(t, steps, decode_tokens)] on the same scrapes; long (t, metric, labels, value),
+    or as runs before the long format and "measured_s" had it (old: wide, "window_s")."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({"window_s": window, "metrics": {"output_tok_s": served}}))
+    span = {"window_s" if old else "measured_s": window}
+    (run / "summary.json").write_text(json.dumps({**span, "metrics": {"output_tok_s": served}}))
     (run / "config.json").write_text(json.dumps({"workload": {"adapters": {"count": 30}}}))
-    rows = ["t,lora_fleet_batch_size"] + [f"{t},{b}" for t, b in batches]
+    scrapes = [{"t": t, "lora_fleet_batch_size": b} for t, b in batches]
+    for row, (_, n, d) in zip(scrapes, counters or []):
+        row.update(lora_fleet_steps=n, lora_fleet_decode_tokens=d)
+    if old:
+        cols = list(scrapes[0])
+        rows = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in scrapes]
+    else:
+        rows = ["t,metric,labels,value"]
+        for r in scrapes:
+            rows.append(f'{r["t"]},lora_fleet_requests_total,"status=""200""",7')  # labelled: left out
+            rows += [f"{r['t']},{k},,{v}" for k, v in r.items() if k != "t"]
     (run / "server.csv").write_text("\n".join(rows) + "\n")
     return run
 
@@ -31,6 +45,23 @@ def test_interpolates_the_step_at_the_mean_batch_of_the_window(tmp_path):
     assert out["step_ms"] == pytest.approx(11.0)  # a quarter of the way from 10 ms (128) to 14 ms (256)
     assert out["allowed_tok_s"] == pytest.approx(160 / 0.011)
     assert out["ratio"] == pytest.approx(5000 / (160 / 0.011)) and out["met"] is False
+    assert out["mean_batch_from"] == svs.GAUGE_MEAN
+
+
+def test_uses_decode_sequences_per_step_when_the_counters_are_there(tmp_path, capsys):
+    # inside the window: 10 steps (the gauge saw prefills too) carried 1,600 decode tokens: 160 a step
+    run = make_run(tmp_path, [(-1.0, 999), (0.5, 300), (9.5, 300), (11.0, 999)],
+                   counters=[(-1.0, 0, 0), (0.5, 100, 15_000), (9.5, 110, 16_600), (11.0, 200, 99_000)])
+    out = svs.compare(run, PROFILE)
+    assert out["mean_batch"] == pytest.approx(160) and out["mean_batch_from"] == svs.DECODE_PER_STEP
+    assert out["step_ms"] == pytest.approx(11.0)
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
+    assert "decode sequences per step" in capsys.readouterr().out
+
+
+def test_reads_runs_made_before_the_long_server_csv(tmp_path):
+    run = make_run(tmp_path, [(0.5, 128), (9.5, 192), (10.5, 999)], old=True)
+    assert svs.compare(run, PROFILE)["mean_batch"] == 160
 
 
 def test_outside_the_profiled_batches_is_a_usage_error(tmp_path, capsys):

@@ -14,6 +14,7 @@ from harness.simulate.model import ServiceModel, fit_records
 from harness.simulate.search import smallest_replicas
 from harness.simulate.summary import summarize_fleet
 from harness.simulate.validate import replay_run
+from tests.sim_runs import emulate
 
 H100_RUN = "docs/results/h100/bursty30/20261122-115656-bursty30-multilora"
 CPU_RUN = "docs/results/simulate/cpu/20261129-204046-bursty30-multilora"
@@ -85,7 +86,9 @@ def test_round_robin_spreads_requests_evenly_and_affinity_keeps_adapters_togethe
 
 
 def test_least_outstanding_and_power_of_two_beat_random_on_ttft():
-    tr = burst_trace(n=1500, seed=3)
+    # loaded but below saturation (random's TTFT p99 under 1 s): balancing queues pays; past saturation (1,500
+    # requests) every policy queues alike and the order of their p99s is noise
+    tr = burst_trace(n=600, seed=3)
     model = MODEL.with_(adapter_load_s=0, slots=32, adapter_slots=64)
     ttft = {}
     for policy in ("random", "least_outstanding", "power_of_two"):
@@ -125,38 +128,9 @@ def test_summary_uses_the_run_summary_definitions():
     assert s["usd_per_1m_tokens"] == pytest.approx(1e6 * 0.001 / m["output_tok_s"])
 
 
-def emulate(model: ServiceModel, arrivals, seed=0):
-    """A step-by-step prefill-first engine with the model's costs: records with token times, as a run writes."""
-    rng = np.random.default_rng(seed)
-    pending = sorted(arrivals)
-    t, running, rows, i = 0.0, [], [], 0
-    while i < len(pending) or running:
-        ready = [a for a in pending[i:] if a[0] <= t]
-        if ready:
-            i += len(ready)
-            t += model.prefill_step_s(sum(a[2] for a in ready))
-            for a in ready:
-                running.append({"arr": a[0], "adapter": a[1], "prompt": a[2], "left": a[3] - 1, "times": [t]})
-        elif running:
-            t += model.decode_s(len(running), len({r["adapter"] for r in running}))
-            for r in running:
-                r["times"].append(t)
-                r["left"] -= 1
-        else:
-            t = pending[i][0]
-            continue
-        for r in [r for r in running if r["left"] <= 0]:
-            running.remove(r)
-            rows.append({"adapter": r["adapter"], "actual_send": r["arr"], "first_token": r["times"][0],
-                         "end": r["times"][-1], "token_times": r["times"], "prompt_tokens": r["prompt"],
-                         "output_tokens": len(r["times"]), "status": "ok"})
-    rng.shuffle(rows)
-    return pd.DataFrame(rows)
-
-
 def test_fit_recovers_the_step_costs_of_an_emulated_engine():
     truth = ServiceModel(step_s=0.008, per_seq_s=0.0005, per_adapter_s=0.0015, prefill_s=0.030,
-                         per_prompt_token_s=0.0002)
+                         per_prompt_token_s=0.0002, per_prefill_seq_s=0.006)
     rng = np.random.default_rng(7)
     arrivals = [(float(t), f"a{rng.integers(0, 12)}", int(rng.integers(20, 400)), int(rng.integers(10, 80)))
                 for t in np.cumsum(rng.exponential(0.08, 600))]
@@ -166,6 +140,8 @@ def test_fit_recovers_the_step_costs_of_an_emulated_engine():
     assert fit.per_adapter_s == pytest.approx(truth.per_adapter_s, rel=0.15)
     assert fit.prefill_s == pytest.approx(truth.prefill_s, rel=0.1)
     assert fit.per_prompt_token_s == pytest.approx(truth.per_prompt_token_s, rel=0.15)
+    assert fit.per_prefill_seq_s == pytest.approx(truth.per_prefill_seq_s, rel=0.25)
+    assert fit.latency_s < 0.01  # the emulated engine has none; a request batched into a prefill is not latency
 
 
 @pytest.mark.parametrize("run", [H100_RUN, CPU_RUN])

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="affinity: Ray Serve's multiplexed routing (a replica holding the adapter unless it is "
                              "at max_ongoing_requests); round_robin: replicas in turn, the baseline (default: "
                              "%(default)s)")
+    parser.add_argument("--replica-engine", choices=["process", "inline"], default="process",
+                        help="where each replica runs its engine: process = a child process of the Ray replica "
+                             "(the relay of token chunks keeps its own GIL), inline = in the replica's process "
+                             "(default: %(default)s; docs/fleet.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,11 +48,14 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         try:
-            url = start_fleet(config, options, args.replicas, k, args.host, args.port, routing=args.routing)
+            url = start_fleet(config, options, args.replicas, k, args.host, args.port, routing=args.routing,
+                              replica_engine=args.replica_engine)
         except Exception as exc:  # a replica that cannot start: Ray's reason in one line, not its traceback
             print(f"serve: the fleet did not start: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}",
                   file=sys.stderr)
             return 1
+        for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init may have put its own handlers there
+            signal.signal(sig, lambda *_: stop.set())
         print(f"READY {url}", flush=True)
         stop.wait()
     finally:

@@ -5,8 +5,8 @@ Ray's router prefers a replica that holds that adapter unless it is at max_ongoi
 one, which loads it. A replica's adapters are Ray Serve's multiplexed models: an LRU of
 max_adapters_per_replica whose load registers the adapter on the engine through the single server's own
 /v1/load_lora_adapter route, and whose eviction unregisters it once no request of it is in flight. Every
-request is answered by the single server's code (engines/server) running inside the replica on a loopback
-port, so routes, validation and errors are the same byte for byte.
+request is answered by the single server's code (engines/server) running in a child process of the replica
+(engines/fleet/engine_proc.py) on a loopback port, so routes, validation and errors are the same byte for byte.
 """
 from __future__ import annotations
 
@@ -33,24 +33,15 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "host", "dat
 
 
 class EngineReplica:
-    """One in-process engine served by engines.server's app on 127.0.0.1:<free port> inside this replica."""
+    """One engine served by engines.server's app on 127.0.0.1:<free port>, in a child process of this replica."""
 
-    def __init__(self, engine_config: dict[str, Any], server_options: dict[str, Any], threads: int = 0) -> None:
-        from engines.config import EngineConfig
-        from engines.registry import engine_class
-        from engines.server.app import build_app
-        from engines.server.runner import ServerThread
-        from engines.server.state import ServerOptions
-        from engines.tokenizer import get_tokenizer
+    def __init__(self, engine_config: dict[str, Any], server_options: dict[str, Any], threads: int = 0,
+                 where: str = "process") -> None:
+        from engines.fleet.engine_proc import REPLICA_ENGINES
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        config = EngineConfig.from_dict(engine_config)
-        self.engine = engine_class(config.engine)(config)
-        app = build_app(self.engine, get_tokenizer(config.model), ServerOptions(**server_options))
-        self.server = ServerThread(app).start()
+        # "process" (default): the engine in a child process, since this one relays every token chunk (on an
+        # H200 pair, with the engine in this process, its steps ran ~3x slower than the single server's)
+        self.engine = REPLICA_ENGINES[where](engine_config, server_options, threads)
         self.id = serve.get_replica_context().replica_tag
         self.session: aiohttp.ClientSession | None = None
         key = server_options.get("api_key")  # the replica's own adapter loads pass the server's key check
@@ -61,7 +52,7 @@ class EngineReplica:
 
     async def _http(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(self.server.url, timeout=aiohttp.ClientTimeout(total=None))
+            self.session = aiohttp.ClientSession(self.engine.url, timeout=aiohttp.ClientTimeout(total=None))
         return self.session
 
     async def _post(self, path: str, body: dict) -> None:
@@ -120,8 +111,7 @@ class EngineReplica:
             await asyncio.sleep(1.0)
 
     def __del__(self) -> None:
-        self.server.stop()
-        self.engine.close()
+        self.engine.stop()
 
 
 def replica_class(max_adapters: int) -> type:

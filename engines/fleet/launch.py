@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sys
 from typing import Any
 
 from engines.config import EngineConfig
@@ -26,13 +27,14 @@ ROUTERS = {"affinity": None,  # Ray's own: multiplexed model ids, a replica hold
 
 def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
               gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None,
-              routing: str = "affinity"):
+              routing: str = "affinity", replica_engine: str = "process"):
     """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
     from engines.adapters.folders import check_adapter_folders
     from engines.fleet.deployment import FleetIngress, replica_class
+    from engines.fleet.engine_proc import REPLICA_ENGINES
 
     catalog = {p.name: str(p.resolve()) for p in check_adapter_folders(config.adapters)} if config.adapters else {}
     engine = {**config.to_dict(), "adapters": None}
@@ -51,7 +53,9 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
                                ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}, **router)
     ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
                                ray_actor_options={"num_cpus": 0})
-    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads)
+    if replica_engine not in REPLICA_ENGINES:
+        raise ValueError(f"--replica-engine {replica_engine!r}: use one of {', '.join(REPLICA_ENGINES)}")
+    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads, replica_engine)
     return ingress.bind(bound, [config.model, *options.model_aliases], catalog)
 
 
@@ -80,9 +84,17 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def stop_fleet() -> None:
+def stop_fleet(timeout_s: float = 60.0) -> None:
+    """Serve's shutdown (replicas stop their engines), bounded: on an H200 pair it once hung for minutes after a
+    load whose client had given up on streams; past timeout_s Ray itself is shut down, which kills the actors."""
+    import threading
+
     import ray
     from ray import serve
 
-    serve.shutdown()
+    done = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        print(f"serve: Serve did not shut down within {timeout_s:.0f} s; stopping Ray", file=sys.stderr, flush=True)
     ray.shutdown()

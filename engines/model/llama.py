@@ -11,6 +11,7 @@ from torch import nn
 
 from engines.model.config import ModelArgs
 from kernels import ops as kops
+from kernels.launch import fused_mode, fused_wanted
 from kernels.meta import LoRAMeta
 
 # LoRA module groups: the fused weight each group uses and the HF modules it concatenates (in order).
@@ -34,11 +35,13 @@ class AttnMeta:
     Prefill: every sequence's tokens are contiguous in the batch (seq_lens, host ints) and attend
     only to each other (no cached prefix: a preempted sequence is recomputed from scratch).
     Decode: one token per sequence; it attends to context_lens[b] cached tokens through block_tables.
+    Mixed (is_prefill False and seq_lens given): the first B tokens are decode tokens (B = rows of
+    block_tables), the prefill sequences' tokens follow them.
     """
 
-    is_prefill: bool
+    is_prefill: bool  # no decode token in the step
     slot_mapping: torch.Tensor  # (T,) int64: row of the flattened cache (block * block_size + offset)
-    seq_lens: list[int] | None = None  # prefill
+    seq_lens: list[int] | None = None  # prefill sequences
     block_tables: torch.Tensor | None = None  # decode (B, max_blocks) int32
     context_lens: torch.Tensor | None = None  # decode (B,) int32, including the new token
 
@@ -68,6 +71,7 @@ class LoRAStack:
         self.max_rank = max_rank
         self.num_slices = len(out_sizes)
         self.stream: torch.cuda.Stream | None = None  # a side stream: shrink overlaps the base matmul
+        self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
 
     def nbytes(self) -> int:
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
@@ -151,18 +155,24 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """y = x W^T (+ b) + sum over slices of scale * x A^T B^T for each token's adapter slot."""
     if stack is None or lora is None:
         return F.linear(x, weight, bias)  # (T, N_total)
+    a, b = stack.a[layer], stack.b[layer]
+    if fused_wanted(stack.fused, x.shape[0], x.shape[1], b.shape[1], stack.num_slices, stack.max_rank, x.dtype,
+                    x.device):  # one launch after the base matmul: the rank vector never leaves the chip
+        y = F.linear(x, weight, bias)
+        kops.lora_fused(x, a, b, lora, stack.scales, stack.ranks, stack.slice_offsets, y)
+        return y
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
     if stack.stream is None or x.shape[0] > SIDE_STREAM_MAX_TOKENS:
         y = F.linear(x, weight, bias)
-        kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
     else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
         main = torch.cuda.current_stream(x.device)
         stack.stream.wait_stream(main)
         with torch.cuda.stream(stack.stream):
-            kops.lora_shrink(x, stack.a[layer], lora, stack.scales, stack.ranks, buf)
+            kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
         y = F.linear(x, weight, bias)
         main.wait_stream(stack.stream)  # join before the expand adds into y (x and buf belong to main)
-    kops.lora_expand(buf, stack.b[layer], lora, stack.ranks, stack.slice_offsets, y)
+    kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, y)
     return y
 
 
@@ -186,6 +196,11 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.hd)
         if attn.is_prefill:
             o = self._prefill(q, k, v, attn.seq_lens, scale)
+        elif attn.seq_lens:  # mixed: decode tokens over the cache, then the prompts among themselves
+            b = attn.block_tables.shape[0]
+            o = torch.cat((kops.paged_decode_attention(q[:b], self.k_cache, self.v_cache, attn.block_tables,
+                                                      attn.context_lens, scale),
+                           self._prefill(q[b:], k[b:], v[b:], attn.seq_lens, scale)))
         else:
             o = kops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
                                            attn.context_lens, scale)
@@ -294,6 +309,13 @@ class Transformer(nn.Module):
         stream = torch.cuda.Stream(self.inv_freq.device)
         for stack in self.lora_stacks.values():
             stack.stream = stream
+
+    def use_fused_lora(self, mode) -> None:
+        """LoRA path per call size: "auto", True, False or a token count (kernels.launch.fused_mode; ValueError
+        on anything else). Fused calls run after the base matmul, so the side stream serves only the pair."""
+        mode = fused_mode(mode)
+        for stack in self.lora_stacks.values():
+            stack.fused = mode
 
     # ---- weights ---------------------------------------------------------------------------------
     def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

@@ -22,14 +22,25 @@ from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import Sequence, SeqStatus
 
 CPU_KV_BLOCKS = 2048
+STEP_TOKENS = 2048  # default token budget of a mixed step
+MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
     "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
+    "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
+                  "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
+    "mixed_steps": "one forward pass per step decodes every running sequence and prefills the newly admitted "
+                   "ones (default: true on the CPU, where it was measured; false on CUDA until a GPU run measures "
+                   "it); false: a prefill step of its own, before any decode",
+    "mixed_graphs": f"prompt tokens ride as decode rows (each attends over its own cache) when a step has at most "
+                    f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default false)",
+    "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default {STEP_TOKENS}, at most "
+                   "max_num_batched_tokens); the first prompt of a step may exceed it",
 }
 
 
@@ -70,17 +81,20 @@ class MultiLoRAEngine(Engine):
         self.pool: AdapterPoolAPI = self._make_pool(start)
         if self.device.type == "cuda" and self.model.lora_stacks and config.extra.get("lora_stream", True):
             self.model.use_lora_stream()
+        self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            max_loras=self._max_loras()), self.blocks, self.scheduler_policy())
+            max_loras=self._max_loras(), mixed_steps=self._flag("mixed_steps", self.device.type != "cuda"),
+            step_tokens=self._step_tokens()), self.blocks, self.scheduler_policy())
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
-            lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs), self.device, self.dtype)
+            lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs, graph_rows=self._graph_rows()),
+            self.device, self.dtype)
         self.sampler = Sampler(self.device, config.seed)
         self._seqs: dict[str, Sequence] = {}
         self._pinned: set[str] = set()
@@ -88,6 +102,8 @@ class MultiLoRAEngine(Engine):
         self.steps = 0
         self.tokens_generated = 0
         self.last_batch_size = 0
+        self.last_decode_size = 0
+        self.decode_tokens = 0
         self.last_step_s = 0.0
         self._register_start(start)
         if self.runner.graphs is not None and config.extra.get("capture_graphs", True):
@@ -127,6 +143,21 @@ class MultiLoRAEngine(Engine):
         return AdapterPool(self.model, self.config.gpu_slots, self.config.max_lora_rank, capacity, self.device,
                            self.dtype)
 
+    def _flag(self, key: str, default: bool) -> bool:
+        value = self.config.extra.get(key, default)
+        if not isinstance(value, bool):
+            raise ValueError(f"engine config: extra.{key}={value!r} must be true or false")
+        return value
+
+    def _graph_rows(self) -> int:
+        return MIXED_GRAPH_ROWS if self._flag("mixed_graphs", False) else 0
+
+    def _step_tokens(self) -> int:
+        n = self.config.extra.get("step_tokens", STEP_TOKENS)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"engine config: extra.step_tokens={n!r} must be an integer >= 1")
+        return min(n, self.config.max_num_batched_tokens)
+
     def _max_loras(self) -> int:
         return min(self.config.max_loras, self.config.gpu_slots)
 
@@ -144,7 +175,8 @@ class MultiLoRAEngine(Engine):
     def _warmup(self) -> None:
         """Prefill one prompt per token-count bucket (a power of two and one below it, so Triton's
         divisible-by-16 specialisations are both built), with and without an adapter, then reset the
-        counters: kernels compile here rather than in the middle of a measured run."""
+        counters: kernels compile here rather than in the middle of a measured run. With mixed steps each
+        prompt is prefilled while the one before it decodes (eager decode attention is built too)."""
         from engines.base import SamplingParams
         names = [None] + sorted(self.pool.names())[:1]
         lengths, n = [], 1
@@ -157,9 +189,12 @@ class MultiLoRAEngine(Engine):
                 rid = f"__warmup-{i}-{adapter}"
                 self.add_request(Request(rid, [self.eos_token_id % self.vocab_size] * length, adapter,
                                          SamplingParams(max_tokens=2, ignore_eos=True)))
-                while self.has_unfinished():
+                self.step()
+                while self.has_unfinished() and not self.scheduler.config.mixed_steps:
                     self.step()
-        self.steps = self.tokens_generated = 0
+        while self.has_unfinished():
+            self.step()
+        self.steps = self.tokens_generated = self.decode_tokens = 0
 
     def _derive_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -167,9 +202,10 @@ class MultiLoRAEngine(Engine):
         torch.cuda.empty_cache()  # blocks the caching allocator holds but nothing uses count as free
         free, total = torch.cuda.mem_get_info(self.device)
         a, c = self.model.args, self.config
-        # activations of the largest prefill and the logits of the largest decode batch, plus graph pools
-        reserve = (c.max_num_batched_tokens * (6 * a.dim + 3 * a.intermediate_size) * 2
-                   + c.max_num_seqs * a.vocab_size * 8 + (2 << 30))
+        # activations of the largest step (prompt tokens + a mixed step's decode tokens) and the logits of the
+        # largest decode batch, plus graph pools
+        reserve = ((c.max_num_batched_tokens + c.max_num_seqs) * (6 * a.dim + 3 * a.intermediate_size) * 2
+                   + (c.max_num_seqs + self._graph_rows()) * a.vocab_size * 8 + (2 << 30))
         budget = total * c.gpu_memory_utilization - (total - free) - reserve
         n = int(budget // kv_block_bytes(self.model, c.block_size, self.dtype))
         if n < 1:
@@ -265,13 +301,15 @@ class MultiLoRAEngine(Engine):
             outputs.extend(self._run(batch))
         self.steps += 1
         self.last_batch_size = len(batch.seqs)
+        self.last_decode_size = len(batch.decode)
+        self.decode_tokens += len(batch.decode)
         self.last_step_s = time.perf_counter() - t0
         return outputs
 
     def _run(self, batch: Batch) -> list[StepOutput]:
         seqs = batch.seqs
         key = self._weights_for(batch)
-        logits = self.runner.run(seqs, batch.is_prefill, [self.pool.slot(s.adapter) for s in seqs], key)
+        logits = self.runner.step(batch.decode, batch.prefill, [self.pool.slot(s.adapter) for s in seqs], key)
         tokens = self.sampler(logits, [s.seq_id for s in seqs], [s.params for s in seqs],
                               [self._banned(s) for s in seqs])
         outs = []
@@ -300,7 +338,9 @@ class MultiLoRAEngine(Engine):
         out = {
             "queue_depth": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
-            "batch_size": self.last_batch_size,
+            "batch_size": self.last_batch_size,  # sequences in the last step, decodes and prefills
+            "decode_batch_size": self.last_decode_size,  # of which decoded a token
+            "decode_tokens": self.decode_tokens,  # decode tokens over all steps (/ steps: decode batch per step)
             "kv_blocks_used": self.blocks.num_used,
             "kv_blocks_total": self.blocks.num_blocks,
             "preemptions": self.scheduler.num_preemptions,

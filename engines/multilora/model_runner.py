@@ -1,6 +1,7 @@
 """ModelRunner: owns the paged KV cache, turns a scheduled batch of sequences into tensors and returns next-token logits."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ class RunnerConfig:
     max_model_len: int
     lora_slots: int  # 0: the model has no LoRA stacks
     cuda_graphs: bool
+    graph_rows: int = 0  # prompt tokens a step may carry as rows beyond max_num_seqs (0: prompts go varlen)
 
 
 def kv_block_bytes(model: Transformer, block_size: int, dtype: torch.dtype) -> int:
@@ -36,52 +38,114 @@ class ModelRunner:
         for blk, k, v in zip(model.model.layers, self.k_caches, self.v_caches):
             blk.self_attn.k_cache, blk.self_attn.v_cache = k, v
         self.max_blocks = -(-cfg.max_model_len // cfg.block_size)
-        self.prefill_meta = LoRAMeta(cfg.max_num_batched_tokens, max(1, cfg.lora_slots), device)
-        self.decode_meta = LoRAMeta(cfg.max_num_seqs, max(1, cfg.lora_slots), device)
-        self.graphs = (DecodeGraphs(model, cfg.max_num_seqs, self.max_blocks, cfg.lora_slots, device)
+        # eager steps (prefills, mixed steps, decodes without a graph): a mixed step carries at most
+        # max_num_batched_tokens prompt tokens beside one decode token per running sequence
+        self.meta = LoRAMeta(max(cfg.max_num_batched_tokens, cfg.graph_rows) + cfg.max_num_seqs,
+                             max(1, cfg.lora_slots), device)
+        self.graphs = (DecodeGraphs(model, cfg.max_num_seqs + cfg.graph_rows, self.max_blocks, cfg.lora_slots, device)
                        if cfg.cuda_graphs and device.type == "cuda" else None)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
         pin = self.device.type == "cuda"
         return torch.tensor(data, dtype=dtype, pin_memory=pin).to(self.device, non_blocking=True)
 
-    @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool, slots: list[int], weights_key: object = None) -> torch.Tensor:
-        """Next-token logits (len(seqs), V) float32. slots[i]: the adapter slot of seqs[i] (-1: none)."""
+        """Next-token logits (len(seqs), V) float32 of a prefill or a decode of `seqs`; slots[i] is the adapter
+        slot of seqs[i] (-1: none)."""
+        return self.step([] if is_prefill else seqs, seqs if is_prefill else [], slots, weights_key)
+
+    @torch.inference_mode()
+    def step(self, decode: list[Sequence], prefill: list[Sequence], slots: list[int],
+             weights_key: object = None) -> torch.Tensor:
+        """One forward pass: a token for each of `decode` (at position len - 1, over its cached context) and
+        the whole of each of `prefill` (nothing cached before). Returns next-token logits
+        (len(decode) + len(prefill), V) float32, decode rows first; slots follow the same order (-1: none).
+
+        Decode tokens are rows that attend over their cached context through the paged decode attention.
+        Prompts follow them as a causal varlen batch (eager), or, when graph_rows > 0 and the step has at most
+        max_num_seqs + graph_rows tokens, as rows too: token p of a prompt attends over positions 0..p of its
+        own cache (written by the same layer just before), so the step replays a decode graph."""
         use_lora = self.cfg.lora_slots > 0 and any(s >= 0 for s in slots)
-        bs = self.cfg.block_size
-        if is_prefill:
-            ids, pos, smap, tok_slots, lens = [], [], [], [], []
-            for seq, slot in zip(seqs, slots):
-                n = len(seq)
-                ids.extend(seq.tokens)
-                pos.extend(range(n))
-                table = seq.block_table
-                smap.extend(table[p // bs] * bs + p % bs for p in range(n))
-                tok_slots.extend([slot] * n)
-                lens.append(n)
-                seq.num_cached = n
-            attn = AttnMeta(True, self._to_dev(smap, torch.long), seq_lens=lens)
-            meta = self.prefill_meta.prepare(tok_slots) if use_lora else None
-            h = self.model(self._to_dev(ids, torch.long), self._to_dev(pos, torch.long), attn, meta)
-            last = torch.tensor(lens).cumsum(0) - 1
-            return self.model.logits(h.index_select(0, last.to(self.device)))
-        ids = [s.last_token for s in seqs]
-        pos = [len(s) - 1 for s in seqs]
-        smap = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
-        width = max(len(s.block_table) for s in seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
-        ctx = [len(s) for s in seqs]
-        for s in seqs:
-            s.num_cached = len(s)
-        if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+        lens = [len(s) for s in prefill]
+        as_rows = not prefill or (self.cfg.graph_rows > 0
+                                  and len(decode) + sum(lens) <= self.cfg.max_num_seqs + self.cfg.graph_rows)
+        if as_rows:
+            logits = self._rows(decode, prefill, lens, slots if use_lora else None, weights_key)
+        else:
+            logits = self._varlen(decode, prefill, lens, slots if use_lora else None)
+        for seq in decode + prefill:
+            seq.num_cached = len(seq)
+        if as_rows and prefill:  # each prompt's last token after the decode rows
+            logits = logits.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long))
+        return logits
+
+    def _rows(self, decode, prefill, lens, slots, weights_key) -> torch.Tensor:
+        """Logits of every row (decode tokens, then each prompt token as a row of its own)."""
+        ids, pos, smap, ctx = self._tokens(decode, prefill, lens)
+        for n in lens:
+            ctx.extend(range(1, n + 1))
+        width = max(len(s.block_table) for s in decode + prefill)
+        repeats = torch.tensor([1] * len(decode) + lens)
+        tables = torch.tensor(_tables(decode + prefill, width), dtype=torch.int32).repeat_interleave(repeats, 0)
+        row_slots = None if slots is None else _token_slots(slots, len(decode), lens)
+        if self.graphs is not None and len(ids) <= self.graphs.max_batch:
             cpu = dict(pin_memory=True)
             return self.graphs.run(torch.tensor(ids, **cpu), torch.tensor(pos, **cpu), torch.tensor(smap, **cpu),
-                                   torch.tensor(tables, dtype=torch.int32, **cpu),
-                                   torch.tensor(ctx, dtype=torch.int32, **cpu),
-                                   list(slots) if use_lora else None, weights_key)
-        attn = AttnMeta(False, self._to_dev(smap, torch.long), block_tables=self._to_dev(tables, torch.int32),
+                                   tables.pin_memory(), torch.tensor(ctx, dtype=torch.int32, **cpu), row_slots,
+                                   weights_key)
+        attn = AttnMeta(False, self._to_dev(smap, torch.long), block_tables=self._wide(tables),
                         context_lens=self._to_dev(ctx, torch.int32))
-        meta = self.decode_meta.prepare(slots) if use_lora else None
+        meta = self.meta.prepare(row_slots) if row_slots is not None else None
+        return self.model.logits(self.model(self._to_dev(ids, torch.long), self._to_dev(pos, torch.long), attn, meta))
+
+    def _varlen(self, decode, prefill, lens, slots) -> torch.Tensor:
+        """Logits of the decode rows and of each prompt's last token: the prompts, after the decode tokens in
+        the flat batch, attend among themselves (causal, per prompt)."""
+        ids, pos, smap, ctx = self._tokens(decode, prefill, lens)
+        tables = ctx_lens = None
+        if decode:
+            width = max(len(s.block_table) for s in decode)
+            tables = self._wide(torch.tensor(_tables(decode, width), dtype=torch.int32))
+            ctx_lens = self._to_dev(ctx, torch.int32)
+        attn = AttnMeta(not decode, self._to_dev(smap, torch.long), seq_lens=lens, block_tables=tables,
+                        context_lens=ctx_lens)
+        meta = None if slots is None else self.meta.prepare(_token_slots(slots, len(decode), lens))
         h = self.model(self._to_dev(ids, torch.long), self._to_dev(pos, torch.long), attn, meta)
-        return self.model.logits(h)
+        return self.model.logits(h.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long)))
+
+    def _tokens(self, decode: list[Sequence], prefill: list[Sequence], lens: list[int]):
+        """Host lists of the step's flat token batch (decode tokens, then every prompt token): ids, positions,
+        cache slots; and the context lengths of the decode tokens."""
+        bs = self.cfg.block_size
+        pos = [len(s) - 1 for s in decode]
+        smap = [s.block_table[p // bs] * bs + p % bs for s, p in zip(decode, pos)]
+        ids = [s.last_token for s in decode]
+        for seq, n in zip(prefill, lens):
+            table = seq.block_table
+            ids.extend(seq.tokens)
+            pos.extend(range(n))
+            smap.extend(table[p // bs] * bs + p % bs for p in range(n))
+        return ids, pos, smap, [len(s) for s in decode]
+
+    def _wide(self, tables: torch.Tensor) -> torch.Tensor:
+        """Block tables on the device as wide as the graphs' (the attention kernel's key and split count match
+        the ones the graph capture compiled), padded with the scratch block 0."""
+        out = torch.zeros(tables.shape[0], self.max_blocks, dtype=torch.int32, device=self.device)
+        out[:, : tables.shape[1]].copy_(tables.pin_memory() if self.device.type == "cuda" else tables,
+                                        non_blocking=True)
+        return out
+
+
+def _tables(seqs: list[Sequence], width: int) -> list[list[int]]:
+    """Block tables padded with the scratch block 0 to `width` columns."""
+    return [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+
+
+def _token_slots(slots: list[int], num_decode: int, lens: list[int]) -> list[int]:
+    """The adapter slot of every token: one per decode sequence, then each prompt's slot for its tokens."""
+    return list(slots[:num_decode]) + [slot for slot, n in zip(slots[num_decode:], lens) for _ in range(n)]
+
+
+def _last_rows(num_decode: int, lens: list[int]) -> list[int]:
+    """Rows of the decode tokens and of each prompt's last token in a step's flat token batch."""
+    return list(range(num_decode)) + [num_decode + end - 1 for end in itertools.accumulate(lens)]

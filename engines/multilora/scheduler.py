@@ -1,4 +1,4 @@
-"""Scheduler: iteration-level batching with limits on sequences, tokens and distinct adapters, and recompute preemption (no torch)."""
+"""Scheduler: iteration-level batching (mixed prefill + decode steps, or separate ones) with limits on sequences, tokens and distinct adapters, and recompute preemption (no torch)."""
 from __future__ import annotations
 
 from collections import deque
@@ -13,24 +13,42 @@ from engines.multilora.sequence import Sequence, SeqStatus
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 256  # running sequences (and sequences in one step)
-    max_num_batched_tokens: int = 8192  # prompt tokens in one prefill step
+    max_num_batched_tokens: int = 8192  # prompt tokens in one prefill step (separate steps)
     max_loras: int = 64  # distinct adapters (not counting the base model) among the running sequences
+    mixed_steps: bool = True  # a step decodes the running sequences and prefills newly admitted ones
+    step_tokens: int = 2048  # token budget of a mixed step (decode tokens count 1 each)
 
 
 @dataclass
 class Batch:
-    seqs: list[Sequence]
-    is_prefill: bool
+    """One step: a decode token for each of `decode` and the whole prompt (plus any generated tokens, for a
+    recompute) of each of `prefill`; one kind only when steps are not mixed."""
+
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)  # sent back to the queue by this schedule()
 
     @property
+    def seqs(self) -> list[Sequence]:
+        """Decode sequences first, then prefills: the order of the runner's logits rows."""
+        return self.decode + self.prefill
+
+    @property
+    def is_prefill(self) -> bool:
+        return not self.decode
+
+    @property
     def num_tokens(self) -> int:
-        return sum(len(s) for s in self.seqs) if self.is_prefill else len(self.seqs)
+        return len(self.decode) + sum(len(s) for s in self.prefill)
 
 
 class Scheduler:
-    """Each step is a prefill of newly admitted sequences if any can be admitted, else one decode token
-    for every running sequence. New requests join the running batch at the next step.
+    """Mixed steps (the default, Sarathi / vLLM v1 style): each step decodes one token for every running
+    sequence and prefills the waiting ones admitted now, in arrival order, while decode tokens plus prompt
+    tokens stay within `step_tokens` (the first prompt of a step is admitted even past it, so a long prompt
+    is never starved; there is no chunking). A step that had to preempt admits nothing. With
+    `mixed_steps=False` a step is a prefill of newly admitted sequences if any can be admitted (up to
+    `max_num_batched_tokens` prompt tokens), else one decode token for every running sequence.
 
     A waiting sequence is admitted when its adapter is ready (`ready(name)`; None is the base model), the
     KV blocks for all its tokens are free, and the limits hold; one that is not ready is skipped, not
@@ -82,13 +100,25 @@ class Scheduler:
     # ---- one step -------------------------------------------------------------------------------
     def schedule(self, ready: Callable[[str | None], bool]) -> Batch | None:
         for target in self.policy.targets((*self.running, *self.waiting), ready):
-            batch = self._prefill(ready, target) or self._decode(target)
+            if self.config.mixed_steps:
+                batch = self._mixed(ready, target)
+            else:
+                prefill = self._admit(ready, target, self.config.max_num_batched_tokens)
+                batch = Batch(prefill=prefill) if prefill else self._decode(target)
             if batch is not None:
                 self.policy.served(target)
                 return batch
         return None
 
-    def _prefill(self, ready, target) -> Batch | None:
+    def _mixed(self, ready, target) -> Batch | None:
+        batch = self._decode(target) or Batch()
+        if not batch.preempted:
+            batch.prefill = self._admit(ready, target, self.config.step_tokens - len(batch.decode))
+        return batch if batch.decode or batch.prefill or batch.preempted else None
+
+    def _admit(self, ready, target, budget: int) -> list[Sequence]:
+        """Waiting sequences admitted now (blocks allocated, moved to running) within `budget` tokens; the
+        first one is admitted past the budget."""
         cfg = self.config
         adapters = {s.adapter for s in self.running if s.adapter is not None}  # the base model takes no slot
         chosen: list[Sequence] = []
@@ -102,7 +132,7 @@ class Scheduler:
                 continue
             if seq.adapter is not None and seq.adapter not in adapters and len(adapters) >= cfg.max_loras:
                 continue
-            if tokens + len(seq) > cfg.max_num_batched_tokens:
+            if chosen and tokens + len(seq) > budget:
                 break  # keep arrival order for the token budget: the next step takes it
             if not self.blocks.can_allocate(seq):
                 break
@@ -113,10 +143,8 @@ class Scheduler:
                 adapters.add(seq.adapter)
             chosen.append(seq)
             tokens += len(seq)
-        if not chosen:
-            return None
         self.running.extend(chosen)
-        return Batch(chosen, is_prefill=True)
+        return chosen
 
     def _decode(self, target) -> Batch | None:
         pool = [s for s in self.running if self.policy.admits(s, target)]
@@ -136,7 +164,7 @@ class Scheduler:
                 chosen.append(seq)
         if not chosen and not preempted:
             return None
-        return Batch(chosen, is_prefill=False, preempted=preempted)
+        return Batch(decode=chosen, preempted=preempted)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

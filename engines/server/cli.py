@@ -100,10 +100,7 @@ def server_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Build the engine from the options, serve until SIGINT/SIGTERM; print READY http://HOST:PORT once listening."""
-    from engines.cpu_threads import limit_for_serving
     from engines.registry import engine_class
-    from engines.server.app import build_app, drain
-    from engines.server.runner import serve_forever
     from engines.tokenizer import get_tokenizer
 
     try:
@@ -113,18 +110,27 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError, AttributeError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
+    serve_engine(cls, config, options, tokenizer, args.host, args.port)
+    return 0
+
+
+def serve_engine(cls, config, options, tokenizer, host: str, port: int) -> None:
+    """Build the engine, serve it until SIGINT/SIGTERM (then drain), print READY http://HOST:PORT once listening.
+    Also what each replica of `harness serve --replicas` runs in its own process (engines/fleet/engine_proc.py)."""
+    from engines.cpu_threads import limit_for_serving
+    from engines.server.app import build_app, drain
+    from engines.server.runner import serve_forever
+
     limit_for_serving(config.resolved_device())
     engine = cls(config)
     print(f"serve: engine {config.engine} model {engine.base_model_name} with {len(engine.adapters())} adapter(s)",
           file=sys.stderr, flush=True)
     app = build_app(engine, tokenizer, options)
-    host = args.host
 
-    def ready(port: int) -> None:
-        print(f"READY http://{host}:{port}", flush=True)
+    def ready(bound: int) -> None:
+        print(f"READY http://{host}:{bound}", flush=True)
 
     try:
-        serve_forever(app, host, args.port, on_ready=ready, on_stop=lambda forced: drain(app, options.drain_s, forced))
+        serve_forever(app, host, port, on_ready=ready, on_stop=lambda forced: drain(app, options.drain_s, forced))
     finally:
         engine.close()
-    return 0

@@ -29,6 +29,19 @@ def _pairs(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _modes(text: str) -> tuple[str, ...]:
+    from kernels.launch import fused_mode
+    modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    for m in modes:
+        try:
+            fused_mode(m)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{m!r}: give on, off, auto or a token count, comma-separated") from None
+    if not modes:
+        raise argparse.ArgumentTypeError("give at least one of on, off, auto")
+    return modes
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help="profile the built-in engine against its byte and FLOP floors",
                               description=__doc__)
@@ -51,6 +64,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the tiny-model agreement check on the device")
     p.add_argument("--no-lora-stream", action="store_true",
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
+    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto[,...]",
+                   help="LoRA path: the fused shrink+expand kernel (on), the pair (off), or by size (auto, default); "
+                        "several (e.g. auto,off) measure each decode point with each, the first for the targets")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
 
@@ -64,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                         context=args.context, batches=args.batches, adapters=args.adapters, prefill=args.prefill,
                         iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
-                        many_time_limit_s=args.many_time_limit, lora_stream=not args.no_lora_stream)
+                        many_time_limit_s=args.many_time_limit, lora_stream=not args.no_lora_stream,
+                        fused_lora=args.fused_lora)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
         if value < 1:
             raise UsageError(f"{flag} {value}: must be >= 1")

@@ -100,10 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--attainment {args.attainment} must be in (0, 1]")
     model, trace, warmup, duration, slo = load_inputs(args)
     out: dict = {"model": model.to_dict(), "requests": len(trace), "slo": slo, "results": []}
-    print(f"replica model from {args.run}: decode step {model.step_s * 1e3:.2f} ms + {model.per_seq_s * 1e3:.3f} "
-          f"ms/seq + {model.per_adapter_s * 1e3:.3f} ms/adapter; prefill {model.prefill_s * 1e3:.1f} ms + "
-          f"{model.per_prompt_token_s * 1e6:.1f} us/token; latency {model.latency_s * 1e3:.1f} ms; adapter load "
-          f"{model.adapter_load_s * 1e3:.1f} ms; {model.slots} slots, {model.adapter_slots} adapters resident")
+    print(f"replica model from {args.run}: {model.describe()}")
     print(f"trace: {len(trace)} requests, {trace['adapter'].nunique()} adapters; SLO {slo}; times in ms\n")
     print(HEADER)
     for r in counts:

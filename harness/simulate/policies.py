@@ -23,9 +23,10 @@ def _two_choices(rng: random.Random, replicas: list[Replica], pool: list[int] | 
 def make_policy(name: str, seed: int = 0, max_ongoing: int | None = None) -> Policy:
     """random | round_robin | least_outstanding | power_of_two | affinity.
 
-    affinity is Ray Serve's multiplexed routing: among the replicas that hold the request's adapter and have
-    fewer than max_ongoing requests, the less loaded of two; when none qualifies (or the request names the
-    base model), power of two over all replicas, and the chosen replica loads the adapter into its LRU."""
+    affinity is Ray Serve's multiplexed routing (its PowerOfTwoChoicesRequestRouter): among the replicas that
+    hold the request's adapter and have fewer than max_ongoing requests, the less loaded of two; when none
+    qualifies, the less loaded of two among the replicas holding the fewest adapters (all of them once every
+    replica's LRU is full; all of them for the base model), and the chosen replica loads the adapter."""
     rng = random.Random(seed)
     if name == "random":
         return lambda adapter, replicas: rng.randrange(len(replicas))
@@ -45,6 +46,8 @@ def make_policy(name: str, seed: int = 0, max_ongoing: int | None = None) -> Pol
     if name == "power_of_two":
         return lambda adapter, replicas: _two_choices(rng, replicas)
     if name == "affinity":
+        filling = [True]  # some replica's LRU still has room (it never shrinks once full)
+
         def affinity(adapter: int, replicas: list[Replica]) -> int:
             limit = max_ongoing or replicas[0].model.slots
             holders = replicas[0].holders.get(adapter) if adapter >= 0 else None
@@ -52,6 +55,11 @@ def make_policy(name: str, seed: int = 0, max_ongoing: int | None = None) -> Pol
                 pool = [j for j in holders if replicas[j].outstanding < limit]
                 if pool:
                     return _two_choices(rng, replicas, pool)
+            if adapter >= 0 and filling[0]:
+                held = [r.adapters_held() for r in replicas]
+                fewest = min(held)
+                filling[0] = fewest < replicas[0].model.adapter_slots
+                return _two_choices(rng, replicas, [j for j, n in enumerate(held) if n == fewest])
             return _two_choices(rng, replicas)
         return affinity
     raise ValueError(f"unknown routing policy {name!r}; use one of {', '.join(POLICIES)}")

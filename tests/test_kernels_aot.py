@@ -1,0 +1,55 @@
+"""The Triton kernels compile for the H100/H200 (sm_90) on a machine without a GPU, and a config that asks for more
+shared memory than a block may have is reported as such (kernels/aot.py). Run in a child Python without
+TRITON_INTERPRET, which the suite sets (interpreted kernels are not compiled)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend compiles sm_90 code")
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import json
+from kernels.aot import SMEM_LIMIT, caught_launches, check, compile_launch
+from kernels.cases import LORA_CASES, lora_inputs
+from kernels.launch import ShrinkConfig
+from kernels.lora_shrink import lora_shrink
+
+rows = check(["decode-64x64-r16-qkv"], arch=90)
+case = next(c for c in LORA_CASES if c.name == "decode-64x64-r16-qkv")
+inp = lora_inputs(case, device="cpu")
+huge = ShrinkConfig(block_m=64, block_r=16, block_k=2048, split_k=1, num_warps=8, num_stages=4)
+with caught_launches() as launches:
+    lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=huge)
+print(json.dumps({"rows": rows, "launches": len(launches), "huge": compile_launch(*launches[0], arch=90),
+                  "limit": SMEM_LIMIT[90]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_decode_step_kernels_compile_for_sm90_within_its_shared_memory(compiled):
+    rows = compiled["rows"]
+    assert {r["kernel"] for r in rows} == {"_shrink_kernel", "_expand_kernel", "_fused_kernel"}
+    for r in rows:
+        assert r["ok"], r
+        assert 0 < r["shared_bytes"] <= compiled["limit"] and r["cubin_bytes"] > 0
+
+
+def test_a_config_past_the_shared_memory_limit_is_reported(compiled):
+    assert compiled["launches"] == 1  # the launch was caught, not run
+    assert compiled["huge"]["shared_bytes"] > compiled["limit"], compiled["huge"]
