@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Download into .whl/ the wheels (CPython 3.12, manylinux x86_64) that the GPU machine lacks for `harness run`:
 # Locust and its dependencies (gevent, geventhttpclient, greenlet, flask, ...), plus plotly and streamlit with
-# --reports. Versions are pinned to what CI installs, so both machines run the same load generator.
-# Usage: scripts/gather_wheels.sh [--reports] [--dest DIR]
+# --reports, and Ray Serve with what the GPU image lacks for it with --fleet (ray's own wheel, 79 MB, is then split
+# into DEST/ray-*.whl.part-aa/-ab of 40 MB: move one part to another carried folder, so that each remote call carries
+# under 64 MiB; scripts/fleet2_gpu.sh install joins them). Versions are pinned to what CI installs, so both
+# machines run the same load generator and Ray.
+# Usage: scripts/gather_wheels.sh [--reports] [--fleet] [--dest DIR]
 # On the GPU machine: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #                     export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -10,12 +13,14 @@ cd "$(dirname "$0")/.."
 
 dest=.whl
 reports=0
+fleet=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --reports) reports=1 ;;
+    --fleet) fleet=1 ;;
     --dest) dest="$2"; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "gather_wheels: unknown argument $1 (use --reports or --dest DIR)" >&2; exit 2 ;;
+    *) echo "gather_wheels: unknown argument $1 (use --reports, --fleet or --dest DIR)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -32,8 +37,20 @@ reports_pkgs=(
   uvicorn==0.54.0 watchdog==7.1.0 websockets==17.4 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
   referencing==0.37.0 rpds-py==0.30.0
 )
+# ray[serve]'s run-time needs that the GPU image lacks (its dashboard, haproxy, py-spy and virtualenv extras are
+# not needed); grpcio-reflection matches the image's grpcio 1.84 (1.85.1 refuses to import beside it)
+fleet_pkgs=(
+  ray==2.60.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0
+  typing-inspection==0.4.2 uvicorn==0.54.0 httptools==0.9.0 python-dotenv==1.2.2 watchfiles==1.3.0 websockets==17.4
+  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0 aiohttp-cors==0.8.1
+  colorful==0.5.8 mmh3==5.3.1 smart_open==9.0.2 opencensus==0.11.4 opencensus-context==0.1.3 google-api-core==2.44.0
+  googleapis-common-protos==1.76.0 proto-plus==1.29.0 opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2
+  opentelemetry-proto==1.45.2 opentelemetry-exporter-prometheus==0.66b2 opentelemetry-semantic-conventions==0.66b2
+  grpcio-reflection==1.84.0
+)
 pkgs=("${load[@]}")
 [ "$reports" = 1 ] && pkgs+=("${reports_pkgs[@]}")
+[ "$fleet" = 1 ] && pkgs+=("${fleet_pkgs[@]}")
 
 mkdir -p "$dest"
 
@@ -61,6 +78,12 @@ if [ -n "$dups" ]; then
   exit 1
 fi
 
+if [ "$fleet" = 1 ]; then  # ray's wheel alone is over a remote call's budget beside the tree: two parts
+  for whl in "$dest"/ray-2*.whl; do
+    split -b 40m -a 2 "$whl" "$whl.part-" && rm "$whl"
+    echo "gather_wheels: $(basename "$whl") split into $(ls "$whl".part-* | wc -l) parts (joined by scripts/fleet2_gpu.sh install)"
+  done
+fi
 count=$(ls "$dest"/*.whl | wc -l)
 size=$(du -sh "$dest" | cut -f1)
 echo "gather_wheels: $count wheels in $dest ($size)"
