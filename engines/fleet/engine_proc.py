@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import deque
 
 
 def main(argv: list[str]) -> int:
@@ -55,7 +56,8 @@ class EngineChild:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         spec = json.dumps({"engine": engine, "server": server, "threads": threads})
         self.proc = ChildProcess([sys.executable, "-m", "engines.fleet.engine_proc", spec], env=env,
-                                 stdout=subprocess.PIPE, stderr=None)
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.last_lines: deque[str] = deque(maxlen=8)  # of its output: the reason, if it dies at start
         self.proc.start()
         self.url = self._wait_ready(ready_timeout_s)
         threading.Thread(target=self._pass_output, name="engine-output", daemon=True).start()
@@ -76,8 +78,10 @@ class EngineChild:
                     return line.split()[1]
                 if not line:  # the pipe closed: the process ended before it listened
                     code = self.proc.wait(10.0)
-                    raise RuntimeError(f"the replica's engine process exited (code {code}) before it was ready; "
-                                       "its output is in the replica's log")
+                    lines = [x.strip() for x in self.last_lines if x.strip()] or ["(no output)"]
+                    raise RuntimeError(f"the replica's engine process exited (code {code}) before it was ready: "
+                                       f"{lines[-1]} (before it: {' | '.join(lines[-4:-1])})")
+                self.last_lines.append(line)
                 print(line, end="", file=sys.stderr, flush=True)
         self.stop()
         raise RuntimeError(f"the replica's engine process was not ready within {timeout_s:.0f} s")

@@ -73,9 +73,28 @@ def start_fleet(config: EngineConfig, options: ServerOptions, replicas: int, max
     gpus = 1.0 if config.resolved_device().startswith("cuda") else 0.0
     port = port or _free_port(host)  # Serve's proxy needs a number: 0 picks a free one here
     serve.start(http_options={"host": host, "port": port})
-    serve.run(fleet_app(config, options, replicas, max_adapters, gpus_per_replica=gpus, **kwargs),
-              name="lora-fleet", route_prefix="/")
+    try:
+        serve.run(fleet_app(config, options, replicas, max_adapters, gpus_per_replica=gpus, **kwargs),
+                  name="lora-fleet", route_prefix="/")
+    except RuntimeError as exc:  # Ray names the deployment that failed; its status holds the replica's reason
+        raise RuntimeError(_why_failed() or str(exc)) from exc
     return f"http://{host}:{port}"
+
+
+def _why_failed() -> str:
+    """The failed deployment's reason from Serve's status (the last line of the replica's error), or ''."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications.values()
+    except Exception:  # the status itself unavailable: Ray's own message is what there is
+        return ""
+    for app in applications:
+        for name, deployment in app.deployments.items():
+            lines = (deployment.message or "").strip().splitlines()
+            if "FAILED" in str(deployment.status) and lines:
+                return f"{name}: {lines[-1].strip()}"
+    return ""
 
 
 def _free_port(host: str) -> int:
