@@ -91,3 +91,20 @@ def test_a_folder_without_a_fleet_or_a_single_run_is_one_line_and_exit_2(tmp_pat
     fleet_run(other)
     assert main([str(other)]) == 2
     assert "no single-replica" in capsys.readouterr().err
+
+
+def test_pace_comes_from_the_counters_inside_the_window():
+    import pandas as pd
+
+    from harness.simulate.samples import pace_by_replica
+
+    rows = []
+    for t in range(-2, 13):  # scrapes each second; the measured window is [0, 10]
+        for replica, ms in (("a", 20.0), ("b", 50.0)):
+            steps = 1000.0 * max(t, 0) / ms if t <= 10 else 1e9  # a wild value outside the window is ignored
+            rows += [(float(t), "lora_fleet_steps", f'replica="{replica}"', steps),
+                     (float(t), "lora_fleet_tokens_generated", f'replica="{replica}"', 100.0 * steps)]
+    pace = pace_by_replica(pd.DataFrame(rows, columns=["t", "metric", "labels", "value"]), 0.0, 10.0)
+    assert pace["a"]["ms_per_step"] == pytest.approx(20.0) and pace["b"]["ms_per_step"] == pytest.approx(50.0)
+    assert pace["a"]["tok_s"] == pytest.approx(100.0 * 50) and pace["b"]["tok_s"] == pytest.approx(100.0 * 20)
+    assert pace_by_replica(None, 0.0, 10.0) == {}

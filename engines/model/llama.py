@@ -72,6 +72,7 @@ class LoRAStack:
         self.num_slices = len(out_sizes)
         self.stream: torch.cuda.Stream | None = None  # a side stream: shrink overlaps the base matmul
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
+        self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
 
     def nbytes(self) -> int:
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
@@ -156,8 +157,12 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if stack is None or lora is None:
         return F.linear(x, weight, bias)  # (T, N_total)
     a, b = stack.a[layer], stack.b[layer]
-    if fused_wanted(stack.fused, x.shape[0], x.shape[1], b.shape[1], stack.num_slices, stack.max_rank, x.dtype,
-                    x.device):  # one launch after the base matmul: the rank vector never leaves the chip
+    path = (x.shape[0], x.dtype, x.device)  # the same for every layer of a step: looked up once
+    fused = stack.paths.get(path)
+    if fused is None:
+        fused = stack.paths[path] = fused_wanted(stack.fused, x.shape[0], x.shape[1], b.shape[1], stack.num_slices,
+                                                 stack.max_rank, x.dtype, x.device)
+    if fused:  # one launch after the base matmul: the rank vector never leaves the chip
         y = F.linear(x, weight, bias)
         kops.lora_fused(x, a, b, lora, stack.scales, stack.ranks, stack.slice_offsets, y)
         return y
@@ -316,6 +321,7 @@ class Transformer(nn.Module):
         mode = fused_mode(mode)
         for stack in self.lora_stacks.values():
             stack.fused = mode
+            stack.paths.clear()
 
     # ---- weights ---------------------------------------------------------------------------------
     def load_hf_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

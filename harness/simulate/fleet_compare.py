@@ -15,7 +15,7 @@ from harness.errors import EXIT_USAGE, UsageError
 from harness.simulate.fleet import simulate
 from harness.simulate.model import ServiceModel, fit_run
 from harness.simulate.policies import POLICIES
-from harness.simulate.samples import counter_by_replica
+from harness.simulate.samples import counter_by_replica, pace_by_replica
 from harness.simulate.summary import summarize_fleet
 from harness.simulate.validate import replay_run
 from harness.simulate.workload import run_trace
@@ -23,7 +23,7 @@ from harness.store import RunError, list_runs, load_run
 
 FLEET_PREFIX = "fleet-"  # an external engine named fleet-<policy> is a `harness serve --replicas N --routing <policy>`
 COMPARED = ("output_tok_s", "ttft_p50", "ttft_p99", "tpot_p50", "slo_attainment")
-LOADS, TOKENS, STEP_MS = "lora_fleet_adapter_loads", "lora_fleet_tokens_generated", "lora_fleet_step_ms"
+LOADS, TOKENS = "lora_fleet_adapter_loads", "lora_fleet_tokens_generated"
 
 
 def fleet_policy(engine: dict[str, Any]) -> str | None:
@@ -59,13 +59,11 @@ def per_replica(server, metric: str) -> list[int]:
                   reverse=True)
 
 
-def mean_step_ms(server) -> float | None:
-    """The mean of the step-time samples (each scrape's last step) over every replica, None without any."""
-    if server is None or "metric" not in server:
-        values = server[STEP_MS] if server is not None and STEP_MS in server else None
-    else:
-        values = server.loc[server["metric"] == STEP_MS, "value"]
-    return float(values.mean()) if values is not None and len(values) else None
+def ms_per_step(run) -> float | None:
+    """The engine's mean time per step over the measured window, averaged over the replicas (step counter over
+    time: samples of the last step's time over-weight long steps); None without the counter."""
+    pace = pace_by_replica(run.server, 0.0, float(run.summary.get("measured_s") or 0.0))
+    return float(np.mean([p["ms_per_step"] for p in pace.values()])) if pace else None
 
 
 def compare_fleet(path: Path, policy: str, model: ServiceModel, policies: list[str],
@@ -79,7 +77,7 @@ def compare_fleet(path: Path, policy: str, model: ServiceModel, policies: list[s
     trace, warmup, duration, slo = run_trace(path)
     measured = {k: run.summary.get("metrics", {}).get(k) for k in COMPARED}
     measured.update(adapter_loads=per_replica(run.server, LOADS), tokens_per_replica=per_replica(run.server, TOKENS),
-                    step_ms_mean=mean_step_ms(run.server))
+                    step_ms=ms_per_step(run))
     simulated = {}
     for p in [policy] + [x for x in policies if x != policy]:
         result = simulate(trace, model, r, p)
@@ -129,10 +127,10 @@ def print_report(single: Path, model: ServiceModel, replay: dict[str, Any], rows
         print(f"{'measured':<24} {_cells(row['measured'])}")
         print(f"{'simulated ' + row['policy']:<24} {_cells(row['simulated'][row['policy']])}")
         print(f"{'error':<24} {_errors(row['error'])}")
-        step = row["measured"]["step_ms_mean"]
+        step = row["measured"]["step_ms"]
         if step is not None and single_step_ms:
-            print(f"{'':<24} server step time, mean of samples: {step:.2f} ms per replica here, {single_step_ms:.2f} "
-                  f"ms in the single-replica run ({step / single_step_ms:.2f}x)")
+            print(f"{'':<24} engine time per step (step counter, measured window): {step:.2f} ms per replica here, "
+                  f"{single_step_ms:.2f} ms in the single-replica run ({step / single_step_ms:.2f}x)")
         for p, sim in row["simulated"].items():
             if p != row["policy"]:
                 print(f"{'simulated ' + p:<24} {_cells(sim)}")
@@ -177,13 +175,13 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--adapter-slots {args.adapter_slots}: must be >= 1")
         model = model.with_(adapter_slots=args.adapter_slots)
     replay = replay_run(single, model)
-    single_step_ms = mean_step_ms(load_run(single).server)
+    single_step_ms = ms_per_step(load_run(single))
     rows = [compare_fleet(path, policy, model, policies, args.replicas) for path, policy in fleets]
     print_report(single, model, replay, rows, single_step_ms)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"single": str(single), "model": model.to_dict(),
-                                              "single_replay": replay["compare"], "single_step_ms_mean":
+                                              "single_replay": replay["compare"], "single_ms_per_step":
                                               single_step_ms, "fleets": rows},
                                              indent=1, default=float))
         print(f"\nwrote {args.out}")
