@@ -190,6 +190,11 @@ def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> Exp
 
 
 FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many tokens (decode sizes)
+# the model runs the pair's shrink on a side stream beside the base matmul up to this many tokens (engines/model/
+# llama.py): on the H200 it cut the batch-1 LoRA tax from 16% to 13% and did not help at batch 64-256
+# (docs/performance.md). There only the expand is on the step's critical path, which the tuner's choice of path
+# must weigh: the fused kernel runs after the base matmul.
+SIDE_STREAM_MAX_TOKENS = 32
 
 
 def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,

@@ -10,8 +10,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from kernels.launch import (CONFIG_TYPES, FUSED_MAX_TOKENS, attention_key, attention_space, config_path, expand_key,
-                            expand_space, fused_key, fused_space, shrink_key, shrink_space)
+from kernels.launch import (CONFIG_TYPES, FUSED_MAX_TOKENS, SIDE_STREAM_MAX_TOKENS, attention_key, attention_space,
+                            config_path, expand_key, expand_space, fused_key, fused_space, shrink_key, shrink_space)
 
 _WORKER_INPUTS: dict[str, object] = {}
 
@@ -158,9 +158,11 @@ def choose(times: dict, table: dict, log) -> None:
 
 
 def choose_paths(times: dict, table: dict, cases, log) -> None:
-    """Per fused key: "lora_path" {"fused": bool}, whether the chosen fused config beat the chosen shrink plus
-    the chosen expand, summed over the cases that share the key; keys not measured on both paths are left out
-    ("auto" then fuses up to FUSED_MAX_TOKENS tokens)."""
+    """Per fused key: "lora_path" {"fused": bool}, whether the chosen fused config beat the pair's time on the
+    step's critical path, summed over the cases that share the key: the chosen shrink plus the chosen expand,
+    or up to SIDE_STREAM_MAX_TOKENS tokens the expand alone, since the model runs that shrink on a side stream
+    beside the base matmul (on the H200, fused kernels that beat shrink + expand there made the step slower:
+    docs/performance.md, run 6). Keys not measured on both paths are left out ("auto" then takes the pair)."""
     from kernels.cases import LoRACase
 
     def chosen_us(op, key, name):
@@ -173,12 +175,14 @@ def choose_paths(times: dict, table: dict, cases, log) -> None:
         keys = _keys(case)
         got = [chosen_us(op, keys[op], case.name) for op in ("fused", "shrink", "expand")]
         if None not in got:
-            per_key.setdefault(keys["fused"], []).append((got[0], got[1] + got[2]))
-    for key, pairs in per_key.items():
-        fused, pair = sum(f for f, _ in pairs), sum(p for _, p in pairs)
+            shrink = 0.0 if case.tokens <= SIDE_STREAM_MAX_TOKENS else got[1]  # overlapped on the side stream
+            per_key.setdefault(keys["fused"], []).append((got[0], shrink + got[2], case.tokens))
+    for key, rows in per_key.items():
+        fused, pair = sum(r[0] for r in rows), sum(r[1] for r in rows)
         table.setdefault("lora_path", {})[key] = {"fused": fused < pair}
-        log(f"lora_path [{key}]: fused {fused:.1f} us vs shrink + expand {pair:.1f} us -> "
-            f"{'fused' if fused < pair else 'pair'}")
+        what = "expand (shrink on the side stream)" if all(r[2] <= SIDE_STREAM_MAX_TOKENS for r in rows) \
+            else "shrink + expand"
+        log(f"lora_path [{key}]: fused {fused:.1f} us vs {what} {pair:.1f} us -> {'fused' if fused < pair else 'pair'}")
 
 
 def main(argv: list[str] | None = None) -> int:

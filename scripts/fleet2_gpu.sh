@@ -8,7 +8,8 @@
 # single    one replica (the run the simulator is fitted from): bursty30 over 1,000 adapters at 16 req/s, GPU 0
 # fleet     `harness serve --replicas 2` with affinity, then round-robin routing, at 32 req/s
 # pack      tars each run folder into $OUT (or runs/fleet2-out)
-# Environment: FLEET2_DURATION (default 60 s measured after 10 s of warm-up), FLEET2_RUNS (runs folder).
+# Environment: FLEET2_DURATION (default 60 s measured after 10 s of warm-up), FLEET2_RUNS (runs folder),
+# FLEET2_SERVE_ARGS (more `harness serve` options, e.g. "--stream-batch-ms 0" for the unbatched relay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 site=/tmp/site
@@ -60,8 +61,11 @@ for phase in "$@"; do
         port=$([ "$routing" = affinity ] && echo 8001 || echo 8002)  # Ray's proxy may hold a port after it stops
         log="$runs/serve-$routing.log"
         mkdir -p "$runs"
-        harness serve --replicas 2 --routing "$routing" --engine multilora --model llama3-8b --adapters "$adapters" \
-          --max-adapters-per-replica 64 --port $port > "$log" 2>&1 & pid=$!
+        # python itself in the background, not the harness() function: $! is then a subshell, which (a background
+        # job of a script) ignores SIGINT, so the fleet never heard its stop (H200 pair, 2026-11-30: held to the limit)
+        python3 -m harness.cli serve --replicas 2 --routing "$routing" --engine multilora --model llama3-8b \
+          --adapters "$adapters" --max-adapters-per-replica 64 --port $port ${FLEET2_SERVE_ARGS:-} > "$log" 2>&1 &
+        pid=$!
         up=0
         for _ in $(seq 600); do
           curl -sf http://127.0.0.1:$port/health >/dev/null && { up=1; break; }
@@ -72,7 +76,7 @@ for phase in "$@"; do
         harness run workloads/bursty30.yaml --set traffic.rate=32 "${common[@]}" \
           --engine "{\"name\": \"fleet-$routing\", \"kind\": \"external\", \"url\": \"http://127.0.0.1:$port\"}" \
           || echo "fleet $routing: exit $?"
-        kill -INT $pid 2>/dev/null || true
+        kill -TERM $pid 2>/dev/null || true  # serve stops Serve (bounded), then Ray, on SIGINT or SIGTERM
         wait $pid || true
         tail -5 "$log"
       done

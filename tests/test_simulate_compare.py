@@ -3,6 +3,7 @@ first, each fleet simulated on its own trace; server counters per replica; mixed
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -48,16 +49,20 @@ def test_counters_per_replica_from_long_and_wide_samples():
     assert counter_by_replica(long, "lora_fleet_steps") == {}
 
 
-@pytest.mark.parametrize("extra, counter, mixed", [
-    ({}, False, False),  # an engine from before mixed steps exports no decode-token counter: prefill-first
-    ({}, True, True),  # the engine's default since mixed steps
-    ({"mixed_steps": False}, True, False),
+@pytest.mark.parametrize("extra, counter, gpu, mixed", [
+    ({}, False, None, False),  # an engine from before mixed steps exports no decode-token counter: prefill-first
+    ({}, True, None, True),  # the engine's default on the CPU since mixed steps
+    ({"mixed_steps": False}, True, None, False),
+    ({}, True, "NVIDIA H200", False),  # ... and on CUDA it steps prefill-first unless told
+    ({"mixed_steps": True}, True, "NVIDIA H200", True),
 ])
-def test_fit_run_reads_the_step_kind_from_the_engine_config_and_counters(tmp_path, extra, counter, mixed):
+def test_fit_run_reads_the_step_kind_from_the_engine_config_and_counters(tmp_path, extra, counter, gpu, mixed):
     server = loads_samples({"": [2.0, 4.0]}, labelled=False)
     if counter:
         server = pd.concat([server, server.assign(metric="lora_fleet_decode_tokens")])
     run = single_run(tmp_path, server, {**SINGLE, "options": {"extra": extra}})
+    summary = Path(run) / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "gpu": gpu}))
     assert fit_run(run).mixed_steps is mixed
 
 

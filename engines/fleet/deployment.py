@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from engines.fleet.names import merge_metrics, requested_adapter
+from engines.fleet.relay import DEFAULT_STREAM_BATCH_MS, coalesce
 from engines.server.protocol import ApiError
 
 REPLICA_HEADER = "x-lora-fleet-replica"
@@ -36,13 +37,14 @@ class EngineReplica:
     """One engine served by engines.server's app on 127.0.0.1:<free port>, in a child process of this replica."""
 
     def __init__(self, engine_config: dict[str, Any], server_options: dict[str, Any], threads: int = 0,
-                 where: str = "process") -> None:
+                 where: str = "process", stream_batch_ms: float = DEFAULT_STREAM_BATCH_MS) -> None:
         from engines.fleet.engine_proc import REPLICA_ENGINES
 
         # "process" (default): the engine in a child process, since this one relays every token chunk (on an
         # H200 pair, with the engine in this process, its steps ran ~3x slower than the single server's)
         self.engine = REPLICA_ENGINES[where](engine_config, server_options, threads)
         self.id = serve.get_replica_context().replica_tag
+        self.stream_batch_s = stream_batch_ms / 1000.0  # relay/coalesce: at most one item per stream and interval
         self.session: aiohttp.ClientSession | None = None
         key = server_options.get("api_key")  # the replica's own adapter loads pass the server's key check
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
@@ -90,7 +92,7 @@ class EngineReplica:
             async with session.request(method, path, headers=headers, data=body) as r:
                 out = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS}
                 yield r.status, {**out, REPLICA_HEADER: self.id}
-                async for chunk in r.content.iter_any():
+                async for chunk in coalesce(r.content.iter_any(), self.stream_batch_s):
                     yield chunk
         finally:
             if name:

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from engines.config import EngineConfig
+from engines.fleet.relay import DEFAULT_STREAM_BATCH_MS
 from engines.server.state import ServerOptions
 
 INSTALL = 'pip install -e ".[fleet]"'
@@ -27,8 +28,10 @@ ROUTERS = {"affinity": None,  # Ray's own: multiplexed model ids, a replica hold
 
 def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_adapters: int, *,
               gpus_per_replica: float = 0.0, cpu_threads: int = 1, max_ongoing: int | None = None,
-              routing: str = "affinity", replica_engine: str = "process"):
-    """The Serve application: N EngineReplica (adapters loaded on demand) behind one FleetIngress."""
+              routing: str = "affinity", replica_engine: str = "process",
+              stream_batch_ms: float = DEFAULT_STREAM_BATCH_MS, ingress_replicas: int | None = None):
+    """The Serve application: N EngineReplica (adapters loaded on demand) behind FleetIngress replicas (default
+    2 per engine replica, as Ray Serve LLM: every token chunk passes an ingress)."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -51,11 +54,11 @@ def fleet_app(config: EngineConfig, options: ServerOptions, replicas: int, max_a
     replica = serve.deployment(replica_class(max_adapters), name="EngineReplica", num_replicas=replicas,
                                max_ongoing_requests=ongoing,
                                ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}, **router)
-    ingress = serve.deployment(FleetIngress, name="FleetIngress", max_ongoing_requests=ongoing * replicas,
-                               ray_actor_options={"num_cpus": 0})
+    ingress = serve.deployment(FleetIngress, name="FleetIngress", num_replicas=ingress_replicas or 2 * replicas,
+                               max_ongoing_requests=ongoing * replicas, ray_actor_options={"num_cpus": 0})
     if replica_engine not in REPLICA_ENGINES:
         raise ValueError(f"--replica-engine {replica_engine!r}: use one of {', '.join(REPLICA_ENGINES)}")
-    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads, replica_engine)
+    bound = replica.bind(engine, server, 0 if gpus_per_replica else cpu_threads, replica_engine, stream_batch_ms)
     return ingress.bind(bound, [config.model, *options.model_aliases], catalog)
 
 

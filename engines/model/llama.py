@@ -11,7 +11,7 @@ from torch import nn
 
 from engines.model.config import ModelArgs
 from kernels import ops as kops
-from kernels.launch import fused_mode, fused_wanted
+from kernels.launch import SIDE_STREAM_MAX_TOKENS, fused_mode, fused_wanted
 from kernels.meta import LoRAMeta
 
 # LoRA module groups: the fused weight each group uses and the HF modules it concatenates (in order).
@@ -22,9 +22,6 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 MODULE_GROUP = {m: g for g, mods in LORA_GROUPS.items() for m in mods}
-# the shrink overlaps the base matmul on a side stream up to this many tokens: on the H200 it cut the batch-1
-# LoRA tax from 16% to 13% and did not help at batch 64-256 (docs/performance.md)
-SIDE_STREAM_MAX_TOKENS = 32
 SMALL_MODEL_PARAMS = 1_000_000_000  # below this, random weights are drawn on the CPU (device-independent)
 
 

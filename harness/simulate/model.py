@@ -207,9 +207,10 @@ def fit_run(run_dir: str | Path) -> ServiceModel:
                if k in EngineConfig.__dataclass_fields__}
     config = EngineConfig(**options)
     extra = config.extra or {}
-    # engines/multilora steps mixed unless extra.mixed_steps is false; an engine from before mixed steps (prefill
-    # first) exports no decode-token counter
-    mixed = bool(extra.get("mixed_steps", has_counter(run.server, "lora_fleet_decode_tokens")))
+    # engines/multilora's default: mixed steps on the CPU, prefill-first on CUDA (until a GPU measures mixed steps
+    # faster); an engine from before mixed steps (prefill first) exports no decode-token counter
+    on_gpu = str(options.get("device") or ("cuda" if run.summary.get("gpu") else "cpu")).startswith("cuda")
+    mixed = bool(extra.get("mixed_steps", not on_gpu and has_counter(run.server, "lora_fleet_decode_tokens")))
     step_tokens = min(int(extra.get("step_tokens", 2048)), config.max_num_batched_tokens)
     return fit_records(run.records, config, _adapter_load_s(run.server), source=str(run_dir),
                        async_loads=bool(run.summary.get("gpu")), mixed_steps=mixed, step_tokens=step_tokens)
