@@ -193,6 +193,11 @@ class MergedEngine(MultiLoRAEngine):
     def _max_loras(self) -> int:
         return self.config.max_loras
 
+    def _graphed_mixed_steps(self) -> bool:
+        # the step-kind defaults stay as measured for this baseline on CUDA (separate prefill steps): mixed steps'
+        # graphs of up to max_num_seqs + 256 rows would be captured once per merged copy
+        return False
+
     def _lora_slots(self) -> int:
         return 0
 

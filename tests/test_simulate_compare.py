@@ -66,6 +66,21 @@ def test_fit_run_reads_the_step_kind_from_the_engine_config_and_counters(tmp_pat
     assert fit_run(run).mixed_steps is mixed
 
 
+@pytest.mark.parametrize("said, gpu, mixed, budget", [
+    ((1.0, 512.0), "NVIDIA H200", True, 512),  # what the server said wins over the device's old default
+    ((0.0, 2048.0), None, False, 2048),  # ... and over the CPU's
+])
+def test_fit_run_takes_the_step_kind_the_server_said(tmp_path, said, gpu, mixed, budget):
+    server = loads_samples({"": [2.0, 4.0]}, labelled=False)
+    gauges = [server.assign(metric=f"lora_fleet_{m}", value=v) for m, v in zip(("mixed_steps", "step_tokens"), said)]
+    counter = server.assign(metric="lora_fleet_decode_tokens")
+    run = single_run(tmp_path, pd.concat([server, counter, *gauges]), SINGLE)
+    summary = Path(run) / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "gpu": gpu}))
+    model = fit_run(run)
+    assert (model.mixed_steps, model.step_tokens) == (mixed, budget)
+
+
 def test_fleet_compare_fits_the_single_run_and_simulates_each_fleet_run(tmp_path, capsys):
     single_run(tmp_path)
     fleet_run(tmp_path)

@@ -35,11 +35,13 @@ EXTRA_KEYS = {
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
               "(default true)",
     "mixed_steps": "one forward pass per step decodes every running sequence and prefills the newly admitted "
-                   "ones (default: true on the CPU, where it was measured; false on CUDA until a GPU run measures "
-                   "it); false: a prefill step of its own, before any decode",
+                   "ones (default true; on CUDA only with cuda_graphs, since eager mixed steps measured slower "
+                   "there); false: a prefill step of its own, before any decode",
     "mixed_graphs": f"prompt tokens ride as decode rows (each attends over its own cache) when a step has at most "
-                    f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default false)",
-    "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default {STEP_TOKENS}, at most "
+                    f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default: true "
+                    "on CUDA with mixed steps and cuda_graphs, false elsewhere)",
+    "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default: max_num_seqs + "
+                   f"{MIXED_GRAPH_ROWS} with mixed_graphs, so steps fit the graphs, else {STEP_TOKENS}; at most "
                    "max_num_batched_tokens); the first prompt of a step may exceed it",
 }
 
@@ -88,8 +90,8 @@ class MultiLoRAEngine(Engine):
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-            max_loras=self._max_loras(), mixed_steps=self._flag("mixed_steps", self.device.type != "cuda"),
-            step_tokens=self._step_tokens()), self.blocks, self.scheduler_policy())
+            max_loras=self._max_loras(), mixed_steps=self._mixed_steps(), step_tokens=self._step_tokens()),
+            self.blocks, self.scheduler_policy())
         self.runner = ModelRunner(self.model, RunnerConfig(
             block_size=config.block_size, num_blocks=num_blocks, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
@@ -149,11 +151,24 @@ class MultiLoRAEngine(Engine):
             raise ValueError(f"engine config: extra.{key}={value!r} must be true or false")
         return value
 
+    # On an H200 (docs/performance.md, run 6), workloads/saturate.yaml: separate steps saturated at 64 req/s
+    # (7,021 tok/s, TTFT p50 1.4 s), eager mixed steps did worse (4,839), mixed steps replaying graphs with a
+    # step budget that fits them served the whole 64 req/s (TTFT p50 40 ms, every request within the SLO) and
+    # 8,593 tok/s at 100 req/s. Without graphs on CUDA, separate steps stay the default.
+    def _graphed_mixed_steps(self) -> bool:
+        """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
+        return self.device.type == "cuda" and self.config.cuda_graphs
+
+    def _mixed_steps(self) -> bool:
+        return self._flag("mixed_steps", self.device.type != "cuda" or self._graphed_mixed_steps())
+
     def _graph_rows(self) -> int:
-        return MIXED_GRAPH_ROWS if self._flag("mixed_graphs", False) else 0
+        graphed = self._flag("mixed_graphs", self._graphed_mixed_steps() and self._mixed_steps())
+        return MIXED_GRAPH_ROWS if graphed else 0
 
     def _step_tokens(self) -> int:
-        n = self.config.extra.get("step_tokens", STEP_TOKENS)
+        default = self.config.max_num_seqs + self._graph_rows() if self._graph_rows() else STEP_TOKENS
+        n = self.config.extra.get("step_tokens", default)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"engine config: extra.step_tokens={n!r} must be an integer >= 1")
         return min(n, self.config.max_num_batched_tokens)
@@ -347,6 +362,9 @@ class MultiLoRAEngine(Engine):
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
             "step_ms": round(self.last_step_s * 1e3, 3),
+            # the step kind in effect (defaults differ by device): what the fleet simulator's fit reads
+            "mixed_steps": float(self.scheduler.config.mixed_steps),
+            "step_tokens": self.scheduler.config.step_tokens,
         }
         out.update(self.pool.stats())
         return out

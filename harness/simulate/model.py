@@ -11,7 +11,7 @@ import pandas as pd
 
 from engines.config import EngineConfig
 from harness.errors import UsageError
-from harness.simulate.samples import counter_total, has_counter
+from harness.simulate.samples import counter_by_replica, counter_total, has_counter
 from harness.store import load_run
 
 MAX_FIT_GAPS = 60_000  # token gaps used in the least-squares fit (a sample when a run has more)
@@ -197,6 +197,21 @@ def _adapter_load_s(server: pd.DataFrame) -> float:
     return counter_total(server, "lora_fleet_adapter_load_seconds") / loads if loads > 0 else 0.0
 
 
+def _step_kind(run, options: dict, extra: dict) -> tuple[bool, int]:
+    """(mixed steps?, step token budget) of the engine a run measured: what its server said it used (the
+    lora_fleet_mixed_steps and lora_fleet_step_tokens gauges), else what its engine then defaulted to. Before
+    those gauges: mixed steps on the CPU, prefill-first on CUDA, and no mixed steps at all before the decode-token
+    counter existed."""
+    said = {m: counter_by_replica(run.server, f"lora_fleet_{m}") for m in ("mixed_steps", "step_tokens")}
+    if said["mixed_steps"]:
+        mixed = any(last > 0 for _, last in said["mixed_steps"].values())
+        budget = max((last for _, last in said["step_tokens"].values()), default=2048)
+        return mixed, int(budget)
+    on_gpu = str(options.get("device") or ("cuda" if run.summary.get("gpu") else "cpu")).startswith("cuda")
+    mixed = bool(extra.get("mixed_steps", not on_gpu and has_counter(run.server, "lora_fleet_decode_tokens")))
+    return mixed, int(extra.get("step_tokens", 2048))
+
+
 def fit_run(run_dir: str | Path) -> ServiceModel:
     """The service model of the engine a run directory measured (its records, config and server samples)."""
     try:
@@ -207,10 +222,7 @@ def fit_run(run_dir: str | Path) -> ServiceModel:
                if k in EngineConfig.__dataclass_fields__}
     config = EngineConfig(**options)
     extra = config.extra or {}
-    # engines/multilora's default: mixed steps on the CPU, prefill-first on CUDA (until a GPU measures mixed steps
-    # faster); an engine from before mixed steps (prefill first) exports no decode-token counter
-    on_gpu = str(options.get("device") or ("cuda" if run.summary.get("gpu") else "cpu")).startswith("cuda")
-    mixed = bool(extra.get("mixed_steps", not on_gpu and has_counter(run.server, "lora_fleet_decode_tokens")))
-    step_tokens = min(int(extra.get("step_tokens", 2048)), config.max_num_batched_tokens)
+    mixed, step_tokens = _step_kind(run, options, extra)
+    step_tokens = min(step_tokens, config.max_num_batched_tokens)
     return fit_records(run.records, config, _adapter_load_s(run.server), source=str(run_dir),
                        async_loads=bool(run.summary.get("gpu")), mixed_steps=mixed, step_tokens=step_tokens)
