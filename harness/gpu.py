@@ -92,7 +92,7 @@ class GpuSampler:
         nvml, self.reason = _nvml()
         if nvml is not None and not _visible(nvml):
             nvml, self.reason = None, (f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} names no "
-                                       "GPU of this machine")
+                                       "GPU that NVML lists (MIG instances are not sampled)")
         self.available = nvml is not None
         if self.available:
             self._thread = threading.Thread(target=self._loop, args=(nvml,), name="gpu-sampler", daemon=True)

@@ -107,13 +107,20 @@ def _free_port(host: str) -> int:
 
 
 def stop_fleet(timeout_s: float = 60.0) -> None:
-    """Serve's shutdown (replicas stop their engines), bounded: on an H200 pair it once hung for minutes after a
-    load whose client had given up on streams; past timeout_s Ray itself is shut down, which kills the actors."""
+    """Serve's shutdown (replicas stop their engines), bounded: past timeout_s Ray itself is shut down, which kills
+    the actors. (A fleet that once held a GPU call to its limit had never heard its stop: the script signalled a
+    subshell, docs/fleet.md.)"""
     import threading
 
     import ray
     from ray import serve
 
+    from engines.fleet.routers import TURN_ACTOR, TURN_NAMESPACE
+
+    try:  # round-robin's counter outlives the replicas (detached): on a cluster that stays up, it must go too
+        ray.kill(ray.get_actor(TURN_ACTOR, namespace=TURN_NAMESPACE))
+    except (ValueError, ray.exceptions.RayError):  # no round-robin fleet, or Ray not reachable any more
+        pass
     done = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
     done.start()
     done.join(timeout_s)
