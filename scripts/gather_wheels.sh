@@ -2,10 +2,11 @@
 # Download into .whl/ the wheels (CPython 3.12, manylinux x86_64) that the GPU machine lacks for `harness run`:
 # Locust and its dependencies (gevent, geventhttpclient, greenlet, flask, ...), plus plotly and streamlit with
 # --reports, and Ray Serve with what the GPU image lacks for it with --fleet (ray's own wheel, 79 MB, is then split
-# into DEST/ray-*.whl.part-aa/-ab of 40 MB: move one part to another carried folder, so that each remote call carries
-# under 64 MiB; scripts/fleet2_gpu.sh install joins them). Versions are pinned to what CI installs, so both
-# machines run the same load generator and Ray.
-# Usage: scripts/gather_wheels.sh [--reports] [--fleet] [--dest DIR]
+# into DEST/ray-*.whl.part-aa, -ab, ... of RAY_PART_MB, default 30: move the parts to separate carried folders, so
+# that each remote call carries under 64 MiB with the tree (~31 MB with docs/results since 2026-11-30);
+# scripts/fleet2_gpu.sh install keeps the parts across calls and joins them once all are there). Versions are
+# pinned to what CI installs, so both machines run the same load generator and Ray.
+# Usage: [RAY_PART_MB=30] scripts/gather_wheels.sh [--reports] [--fleet] [--dest DIR]
 # On the GPU machine: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #                     export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -78,9 +79,9 @@ if [ -n "$dups" ]; then
   exit 1
 fi
 
-if [ "$fleet" = 1 ]; then  # ray's wheel alone is over a remote call's budget beside the tree: two parts
+if [ "$fleet" = 1 ]; then  # ray's wheel alone is over a remote call's budget beside the tree: in parts
   for whl in "$dest"/ray-2*.whl; do
-    split -b 40m -a 2 "$whl" "$whl.part-" && rm "$whl"
+    split -b "${RAY_PART_MB:-30}m" -a 2 "$whl" "$whl.part-" && rm "$whl"
     echo "gather_wheels: $(basename "$whl") split into $(ls "$whl".part-* | wc -l) parts (joined by scripts/fleet2_gpu.sh install)"
   done
 fi

@@ -8,7 +8,12 @@
 #   scripts/h200_pair_run.sh c3   # GPU 0: saturate mixed-graphs, then bursty30 across engines (60 s windows);
 #                                 #   GPU 1: the profile with --fused-lora on,off, then kernels.tune (writes lora_path)
 # Every result goes under /tmp/pair (kept between calls while the machine stays warm) and each call tars what
-# it made into $OUT/<call>.tgz (a call brings back at most 8 files).
+# it made into $OUT/<call>.tgz (a call brings back at most 8 files). Wheels: scripts/gather_wheels.sh --fleet; c2
+# needs all of Ray's parts installed by then. On 2026-11-30 c1 carried Locust's wheels and Ray's first 40 MB part
+# (.whlA), c2 the second part and Ray Serve's other wheels (.whlB), which fit under a call's 64 MiB only with
+# docs/results taken out of the index for those calls (`git rm -r -q --cached docs/results`, restored after with
+# `git reset -q -- docs/results`); with 30 MB parts, carry one more part in c1 or run c2's fleet after a call
+# that carries the last part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/pair
