@@ -68,9 +68,9 @@ def runs(tmp_path_factory):
     return root, out
 
 
-def gate(root: Path, run_dirs, *metrics: str) -> tuple[int, str]:
+def gate(root: Path, run_dirs, *metrics: str, baseline: str = "e2e") -> tuple[int, str]:
     md = root / "gate.md"
-    argv = ["gate", "--baseline", "e2e", "--baseline-dir", str(root / "bl"), *map(str, run_dirs),
+    argv = ["gate", "--baseline", baseline, "--baseline-dir", str(root / "bl"), *map(str, run_dirs),
             "--max-regression", MAX_REGRESSION, "--markdown", str(md)]
     for m in metrics:
         argv += ["--metric", m]
@@ -92,8 +92,13 @@ def test_runs_are_valid_and_saturated(runs):
 def test_same_code_is_not_flagged(runs):
     root, out = runs
     code, md = gate(root, out["same"], RATIO)
-    if code == 1:  # as scripts/ci_gate.sh: a regression must show again on a fresh pair (a busy neighbour is not one)
-        code, md = gate(root, run_pair(root / "confirm"), RATIO)
+    if code == 1:  # a busy neighbour during either side is not a regression: both sides again, fresh
+        # (CI, 2026-11-30: the same code read -21% then -23% against one baseline pair, inconclusive, with the
+        # intervals excluding 0: the baseline pair itself had run beside other work)
+        run_pair(root / "base-again")
+        assert main(["baseline", "save", str(root / "base-again"), "--name", "e2e-again", "--dir",
+                     str(root / "bl")]) == 0
+        code, md = gate(root, run_pair(root / "confirm"), RATIO, baseline="e2e-again")
     assert code == 0, md
     assert "Regression gate: PASS" in md and "| served_tok_s ratio | multilora/merged |" in md
 
