@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from harness.simulate.model import SCOPE
+
 SIMS_ENV = "LORA_FLEET_SIMS_DIR"
 
 
@@ -55,6 +57,7 @@ def _ms(v):
 
 def page_fleet(runs: dict, table: pd.DataFrame, compare: list[str]) -> None:
     st.header("Fleet (simulated)")
+    st.caption(SCOPE)
     st.session_state.setdefault("sims_root", os.environ.get(SIMS_ENV, "simulations"))
     root = st.text_input("folder of simulation JSON files", key="sims_root")
     sims = load_simulations(root)

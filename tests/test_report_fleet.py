@@ -40,3 +40,4 @@ def test_fleet_section_shows_a_simulation_and_a_plan(tmp_path):
     tables = [t.value for t in at.dataframe]
     assert any("answer" in t.columns and "simulated, affinity" in set(t["answer"]) for t in tables)
     assert any("policy" in t.columns and set(t["policy"]) == {"affinity", "random"} for t in tables)
+    assert any("is not modelled" in c.value for c in at.caption)  # what a simulated fleet leaves out

@@ -157,6 +157,7 @@ def test_harness_simulate_prints_a_table_and_writes_json(tmp_path, capsys):
                  "--find-replicas", "--gpu-price", "1.0", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "affinity" in text and "smallest R" in text
+    assert "relay of token chunks through Ray Serve" in text and "is not modelled" in text  # what the figures are
     data = json.loads(out.read_text())
     assert len(data["results"]) == 4 and set(data["smallest_replicas"]) == {"round_robin", "affinity"}
 
@@ -185,6 +186,7 @@ def test_plan_simulate_prints_simulated_fleets_beside_ceil(tmp_path, capsys):
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ceil(), multilora" in text and "simulated, affinity" in text
+    assert "is not modelled" in text  # the simulated rows say they leave out a serving layer's relay
     rows = json.loads(out.read_text())["simulated"]["rows"]
     assert {r["policy"] for r in rows} == {"round_robin", "power_of_two", "affinity"}
     for r in rows:  # the smallest R found meets the target and R - 1 does not

@@ -91,6 +91,7 @@ HEADER = (f"{'policy':<18} {'R':>4} {'req/s':>8} {'tok/s':>10} {'TTFT50':>8} {'T
 
 def run(args: argparse.Namespace) -> int:
     from harness.simulate.fleet import simulate
+    from harness.simulate.model import SCOPE
     from harness.simulate.search import replicas_needed
     from harness.simulate.summary import summarize_fleet
     from harness.simulate.validate import replay_run
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     model, trace, warmup, duration, slo = load_inputs(args)
     out: dict = {"model": model.to_dict(), "requests": len(trace), "slo": slo, "results": []}
     print(f"replica model from {args.run}: {model.describe()}")
-    print(f"trace: {len(trace)} requests, {trace['adapter'].nunique()} adapters; SLO {slo}; times in ms\n")
+    print(f"trace: {len(trace)} requests, {trace['adapter'].nunique()} adapters; SLO {slo}; times in ms")
+    print(f"{SCOPE}\n")
     print(HEADER)
     for r in counts:
         for policy in policies:

@@ -15,6 +15,11 @@ from harness.simulate.samples import counter_by_replica, counter_total, has_coun
 from harness.store import load_run
 
 MAX_FIT_GAPS = 60_000  # token gaps used in the least-squares fit (a sample when a run has more)
+# what a simulated fleet is and is not, printed beside its figures
+SCOPE = ("Simulated replicas are the fitted engine behind the router, with no serving layer between: the relay of "
+         "token chunks through Ray Serve (streaming generator, ingress, proxy) is not modelled, so a measured Ray "
+         "fleet can serve less (an H200 pair, unbatched relay: 1,282 tok/s measured vs 4,512 simulated; "
+         "docs/fleet.md).")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.simulate.model import fit_run
+from harness.simulate.model import SCOPE, fit_run
 from harness.simulate.search import replicas_needed
 
 PLAN_POLICIES = ("round_robin", "power_of_two", "affinity")
@@ -52,4 +52,5 @@ def render_simulated(sim: dict[str, Any], plan: dict[str, Any]) -> str:
         lines.append(f"{'simulated, ' + r['policy']:<28} {r['adapters_per_gpu']:>12.0f} {r['gpus']:>6} {cost:>9}")
     lines.append("ceil() assumes perfect balancing and no adapter locality; the simulation routes every request, "
                  "queues it, and loads adapters into each replica's LRU (see docs/fleet.md).")
+    lines.append(SCOPE)
     return "\n".join(lines)
