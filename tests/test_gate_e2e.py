@@ -92,13 +92,16 @@ def test_runs_are_valid_and_saturated(runs):
 def test_same_code_is_not_flagged(runs):
     root, out = runs
     code, md = gate(root, out["same"], RATIO)
-    if code == 1:  # a busy neighbour during either side is not a regression: both sides again, fresh
-        # (CI, 2026-11-30: the same code read -21% then -23% against one baseline pair, inconclusive, with the
-        # intervals excluding 0: the baseline pair itself had run beside other work)
-        run_pair(root / "base-again")
+    if code == 1:  # not shown: both sides again, fresh and three pairs each, as the gate asks for more samples
+        # (CI, 2026-11-30, on a 2-core box shared with other jobs: the same code read -21%, then -23% against the
+        # same baseline pair, which had itself run beside other work; another time one pair a side resolved only
+        # 36% where 25% is asked, and the gate said about 3 runs a side would do)
+        for _ in range(3):
+            run_pair(root / "base-again")
         assert main(["baseline", "save", str(root / "base-again"), "--name", "e2e-again", "--dir",
                      str(root / "bl")]) == 0
-        code, md = gate(root, run_pair(root / "confirm"), RATIO, baseline="e2e-again")
+        confirm = [d for _ in range(3) for d in run_pair(root / "confirm")]
+        code, md = gate(root, confirm, RATIO, baseline="e2e-again")
     assert code == 0, md
     assert "Regression gate: PASS" in md and "| served_tok_s ratio | multilora/merged |" in md
 
