@@ -87,10 +87,12 @@ class GpuSampler:
         self.reason = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gpus: list[int] = []
 
     def start(self) -> "GpuSampler":
         nvml, self.reason = _nvml()
-        if nvml is not None and not _visible(nvml):
+        self._gpus = _visible(nvml) if nvml is not None else []  # NVML indices, read once per run
+        if nvml is not None and not self._gpus:
             nvml, self.reason = None, (f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} names no "
                                        "GPU that NVML lists (MIG instances are not sampled)")
         self.available = nvml is not None
@@ -116,7 +118,7 @@ class GpuSampler:
                               "power_w": power, "energy_j": energy})
 
     def _loop(self, nvml) -> None:
-        handles = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in _visible(nvml)]
+        handles = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in self._gpus]
         while not self._stop.is_set():
             try:
                 self._sample(nvml, handles)

@@ -167,7 +167,8 @@ class MultiLoRAEngine(Engine):
         return MIXED_GRAPH_ROWS if graphed else 0
 
     def _step_tokens(self) -> int:
-        default = self.config.max_num_seqs + self._graph_rows() if self._graph_rows() else STEP_TOKENS
+        rows = self._graph_rows()
+        default = self.config.max_num_seqs + rows if rows else STEP_TOKENS
         n = self.config.extra.get("step_tokens", default)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"engine config: extra.step_tokens={n!r} must be an integer >= 1")
