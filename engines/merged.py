@@ -198,6 +198,12 @@ class MergedEngine(MultiLoRAEngine):
         # graphs of up to max_num_seqs + 256 rows would be captured once per merged copy
         return False
 
+    def _overlap(self) -> bool:
+        # a merge rewrites a copy's weights between steps: this baseline reads each step's tokens before the next
+        if self._flag("overlap", False):
+            raise ValueError("engine config: extra.overlap is not supported by the merged baseline")
+        return False
+
     def _lora_slots(self) -> int:
         return 0
 

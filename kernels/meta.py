@@ -33,7 +33,11 @@ class LoRAMeta:
         self.max_seg_len = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
-        self._host = torch.zeros(max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
+        # two host staging buffers, used in turn: a step's copies may still be queued behind the step before it
+        # while the host prepares the next one (engines that overlap host and device work)
+        self._hosts = [torch.zeros(max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
+                       for _ in range(2)]
+        self._turn = 0
 
     def prepare(self, token_slots: list[int] | torch.Tensor) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none."""
@@ -50,7 +54,8 @@ class LoRAMeta:
             raise ValueError(f"LoRAMeta: {n_seg} distinct slots > max_segments={self.max_segments}")
         starts = torch.cumsum(counts, 0) - counts
         n_tok = int(order.numel())
-        host = self._host
+        host = self._hosts[self._turn]
+        self._turn ^= 1
         mt, ms = self.max_tokens, self.max_segments
         host[:n_tok] = order.to(torch.int32)
         host[mt:mt + n_seg] = starts.to(torch.int32)

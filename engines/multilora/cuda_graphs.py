@@ -78,13 +78,16 @@ class DecodeGraphs:
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             block_tables: torch.Tensor, context_lens: torch.Tensor, token_slots: list[int] | None,
-            weights_key: object = None) -> torch.Tensor:
-        """Host-built decode inputs for n sequences -> logits (n, V)."""
+            weights_key: object = None, patch=None) -> torch.Tensor:
+        """Host-built decode inputs for n sequences -> logits (n, V). patch(ids), if given, rewrites device
+        ids before the replay (tokens the previous step sampled and the host has not read)."""
         n = input_ids.shape[0]
         b = self.bucket(n)
         with_lora = token_slots is not None
         self.capture(b, with_lora, weights_key)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        if patch is not None:
+            patch(self.input_ids[:n])
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slot_mapping[:n].copy_(slot_mapping, non_blocking=True)
         self.slot_mapping[n:b].zero_()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,12 @@ from engines.model.config import LORA_TARGETS, ModelArgs
 from engines.model.llama import MODULE_GROUP, Transformer, build_model
 from engines.multilora.adapter_pool import AdapterPool, default_host_capacity
 from engines.multilora.block_manager import BlockManager
-from engines.multilora.model_runner import ModelRunner, RunnerConfig, kv_block_bytes
+from engines.multilora.model_runner import Carry, ModelRunner, RunnerConfig, kv_block_bytes
 from engines.multilora.policy import MixedAdapters
 from engines.multilora.pool_api import AdapterPoolAPI
-from engines.multilora.sampler import Sampler, banned_tokens, stop_reason
+from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
-from engines.multilora.sequence import Sequence, SeqStatus
+from engines.multilora.sequence import PENDING, Sequence, SeqStatus
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -40,10 +41,28 @@ EXTRA_KEYS = {
     "mixed_graphs": f"prompt tokens ride as decode rows (each attends over its own cache) when a step has at most "
                     f"max_num_seqs + {MIXED_GRAPH_ROWS} tokens, so mixed steps replay CUDA graphs (default: true "
                     "on CUDA with mixed steps and cuda_graphs, false elsewhere)",
+    "overlap": "launch step n+1 before reading step n's tokens, so the host schedules and prepares a step while "
+               "the device runs the one before (tokens stay on the device between them; a sequence that stops "
+               "drops the one token sampled after its stop) (default false)",
     "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default: max_num_seqs + "
                    f"{MIXED_GRAPH_ROWS} with mixed_graphs, so steps fit the graphs, else {STEP_TOKENS}; at most "
                    "max_num_batched_tokens); the first prompt of a step may exceed it",
 }
+
+
+@dataclass
+class _Launched:
+    """A step on the device: each sequence's row in its sampled tokens."""
+
+    rows: dict[Sequence, int]
+    draw: Draw
+
+
+def _pending_at(output_ids: list[int]) -> int:
+    """Index of a sequence's oldest placeholder: the last output, or the one before when the next step's is
+    in flight too."""
+    n = len(output_ids)
+    return n - 2 if n >= 2 and output_ids[-2] == PENDING else n - 1
 
 
 def load_model(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> Transformer:
@@ -101,6 +120,8 @@ class MultiLoRAEngine(Engine):
         self._seqs: dict[str, Sequence] = {}
         self._pinned: set[str] = set()
         self._pending_out: list[StepOutput] = []
+        self.overlap = self._overlap()
+        self._in_flight: _Launched | None = None  # the step launched last, its tokens not read yet (overlap)
         self.steps = 0
         self.tokens_generated = 0
         self.last_batch_size = 0
@@ -158,6 +179,9 @@ class MultiLoRAEngine(Engine):
     def _graphed_mixed_steps(self) -> bool:
         """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
         return self.device.type == "cuda" and self.config.cuda_graphs
+
+    def _overlap(self) -> bool:
+        return self._flag("overlap", False)
 
     def _mixed_steps(self) -> bool:
         return self._flag("mixed_steps", self.device.type != "cuda" or self._graphed_mixed_steps())
@@ -274,7 +298,7 @@ class MultiLoRAEngine(Engine):
             self._release(seq, "abort")
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self._pending_out)
+        return self.scheduler.has_unfinished() or bool(self._pending_out) or self._in_flight is not None
 
     def _release(self, seq: Sequence, reason: str) -> None:
         self.scheduler.remove(seq, reason)
@@ -293,6 +317,8 @@ class MultiLoRAEngine(Engine):
 
     # ---- the loop --------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """Schedule and launch one step, then read the tokens of the step before it (overlapped: the host
+        schedules and prepares step n+1 while the device runs step n) or of this one (not overlapped)."""
         t0 = time.perf_counter()
         self.pool.finish_loads()
         for name, why in self.pool.take_failed().items():
@@ -301,44 +327,74 @@ class MultiLoRAEngine(Engine):
         outputs, self._pending_out = self._pending_out, []
         self.pool.want(self.scheduler.waiting_adapters())
         batch = self.scheduler.schedule(self.pool.is_ready)
-        if batch is None:
+        launched = None
+        if batch is not None:
+            for seq in batch.preempted:
+                if seq.seq_id in self._pinned:
+                    self._pinned.discard(seq.seq_id)
+                    self.pool.unpin(seq.adapter)
+            if batch.seqs:
+                for seq in batch.seqs:
+                    if seq.seq_id not in self._pinned:
+                        self._pinned.add(seq.seq_id)
+                        self.pool.pin(seq.adapter)
+                launched = self._launch(batch)
+            self.steps += 1
+            self.last_batch_size = len(batch.seqs)
+            self.last_decode_size = len(batch.decode)
+            self.decode_tokens += len(batch.decode)
+        previous, self._in_flight = self._in_flight, (launched if self.overlap else None)
+        for done in (previous, None if self.overlap else launched):
+            if done is not None:
+                outputs.extend(self._collect(done))
+        if batch is None and previous is None:
             if self.pool.pending():
                 self.pool.wait_briefly()
             return outputs
-        for seq in batch.preempted:
-            if seq.seq_id in self._pinned:
-                self._pinned.discard(seq.seq_id)
-                self.pool.unpin(seq.adapter)
-        if batch.seqs:
-            for seq in batch.seqs:
-                if seq.seq_id not in self._pinned:
-                    self._pinned.add(seq.seq_id)
-                    self.pool.pin(seq.adapter)
-            outputs.extend(self._run(batch))
-        self.steps += 1
-        self.last_batch_size = len(batch.seqs)
-        self.last_decode_size = len(batch.decode)
-        self.decode_tokens += len(batch.decode)
         self.last_step_s = time.perf_counter() - t0
         return outputs
 
-    def _run(self, batch: Batch) -> list[StepOutput]:
+    def _launch(self, batch: Batch) -> "_Launched":
+        """Run the step's forward pass and sampling on the device and give each sequence a placeholder for its
+        token; decode rows whose input is the previous step's token still on the device take it there."""
         seqs = batch.seqs
-        key = self._weights_for(batch)
-        logits = self.runner.step(batch.decode, batch.prefill, [self.pool.slot(s.adapter) for s in seqs], key)
-        tokens = self.sampler(logits, [s.seq_id for s in seqs], [s.params for s in seqs],
-                              [self._banned(s) for s in seqs])
+        carry = None
+        if self._in_flight is not None:
+            rows = self._in_flight.rows
+            pairs = [(i, rows[s]) for i, s in enumerate(batch.decode) if s in rows]
+            if pairs:
+                carry = Carry(self._in_flight.draw.tokens, [i for i, _ in pairs], [j for _, j in pairs])
+        logits = self.runner.step(batch.decode, batch.prefill, [self.pool.slot(s.adapter) for s in seqs],
+                                  self._weights_for(batch), carry)
+        draw = self.sampler.launch(logits, [s.seq_id for s in seqs], [s.params for s in seqs],
+                                   [self._banned(s) for s in seqs])
+        for seq in seqs:
+            seq.output_ids.append(PENDING)
+            # stops whatever the token: the scheduler leaves it out of the next step
+            seq.final = seq.num_output >= seq.params.max_tokens or len(seq) >= self.max_model_len
+        return _Launched({s: i for i, s in enumerate(seqs)}, draw)
+
+    def _collect(self, launched: "_Launched") -> list[StepOutput]:
+        """Read a launched step's tokens into its sequences and apply the stop rules. A sequence that finished
+        or was aborted meanwhile drops its token; one that stops here drops any token after it."""
+        tokens = self.sampler.collect(launched.draw)
         outs = []
-        for seq, tok in zip(seqs, tokens):
+        for seq, row in launched.rows.items():
+            tok = tokens[row]
+            if seq.status is SeqStatus.FINISHED:
+                continue
+            at = _pending_at(seq.output_ids)
             if tok is None:  # this request alone could not be sampled: it fails, the batch goes on
                 self._finish(seq, "error", error=self.sampler.failures[seq.seq_id])  # reported next step
                 continue
-            seq.output_ids.append(tok)
+            seq.output_ids[at] = tok
             self.tokens_generated += 1
-            reason = self._stop_reason(seq, tok)
+            n = at + 1
+            reason = stop_reason(seq.params, tok, n, seq.num_prompt + n, self.eos_token_id, self.max_model_len)
             if reason is None:
-                outs.append(StepOutput(seq.seq_id, [tok], False, None, seq.num_prompt, seq.num_output))
+                outs.append(StepOutput(seq.seq_id, [tok], False, None, seq.num_prompt, n))
             else:
+                del seq.output_ids[n:]  # a token sampled after the stop is not part of the output
                 out = self._finish(seq, reason)
                 out.new_token_ids = [tok]
                 outs.append(out)
@@ -371,6 +427,7 @@ class MultiLoRAEngine(Engine):
         return out
 
     def close(self) -> None:
+        self._in_flight = None
         self.pool.close()
         for seq in list(self._seqs.values()):
             self._release(seq, "abort")

@@ -24,6 +24,16 @@ class RunnerConfig:
     graph_rows: int = 0  # prompt tokens a step may carry as rows beyond max_num_seqs (0: prompts go varlen)
 
 
+@dataclass
+class Carry:
+    """Decode rows (indices into the step's decode list) whose input token is row src[i] of `tokens`, the
+    device tensor of tokens the previous step sampled."""
+
+    tokens: torch.Tensor
+    rows: list[int]
+    src: list[int]
+
+
 def kv_block_bytes(model: Transformer, block_size: int, dtype: torch.dtype) -> int:
     return model.args.kv_bytes_per_token(torch.empty((), dtype=dtype).element_size()) * block_size
 
@@ -56,7 +66,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, decode: list[Sequence], prefill: list[Sequence], slots: list[int],
-             weights_key: object = None) -> torch.Tensor:
+             weights_key: object = None, carry: Carry | None = None) -> torch.Tensor:
         """One forward pass: a token for each of `decode` (at position len - 1, over its cached context) and
         the whole of each of `prefill` (nothing cached before). Returns next-token logits
         (len(decode) + len(prefill), V) float32, decode rows first; slots follow the same order (-1: none).
@@ -64,22 +74,25 @@ class ModelRunner:
         Decode tokens are rows that attend over their cached context through the paged decode attention.
         Prompts follow them as a causal varlen batch (eager), or, when graph_rows > 0 and the step has at most
         max_num_seqs + graph_rows tokens, as rows too: token p of a prompt attends over positions 0..p of its
-        own cache (written by the same layer just before), so the step replays a decode graph."""
+        own cache (written by the same layer just before), so the step replays a decode graph.
+
+        carry: decode rows whose input token the previous step sampled and the host has not read yet (their
+        last token is a placeholder); their ids are taken from that step's tokens on the device."""
         use_lora = self.cfg.lora_slots > 0 and any(s >= 0 for s in slots)
         lens = [len(s) for s in prefill]
         as_rows = not prefill or (self.cfg.graph_rows > 0
                                   and len(decode) + sum(lens) <= self.cfg.max_num_seqs + self.cfg.graph_rows)
         if as_rows:
-            logits = self._rows(decode, prefill, lens, slots if use_lora else None, weights_key)
+            logits = self._rows(decode, prefill, lens, slots if use_lora else None, weights_key, carry)
         else:
-            logits = self._varlen(decode, prefill, lens, slots if use_lora else None)
+            logits = self._varlen(decode, prefill, lens, slots if use_lora else None, carry)
         for seq in decode + prefill:
             seq.num_cached = len(seq)
         if as_rows and prefill:  # each prompt's last token after the decode rows
             logits = logits.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long))
         return logits
 
-    def _rows(self, decode, prefill, lens, slots, weights_key) -> torch.Tensor:
+    def _rows(self, decode, prefill, lens, slots, weights_key, carry) -> torch.Tensor:
         """Logits of every row (decode tokens, then each prompt token as a row of its own)."""
         ids, pos, smap, ctx = self._tokens(decode, prefill, lens)
         for n in lens:
@@ -92,13 +105,14 @@ class ModelRunner:
             cpu = dict(pin_memory=True)
             return self.graphs.run(torch.tensor(ids, **cpu), torch.tensor(pos, **cpu), torch.tensor(smap, **cpu),
                                    tables.pin_memory(), torch.tensor(ctx, dtype=torch.int32, **cpu), row_slots,
-                                   weights_key)
+                                   weights_key, self._patch(carry))
         attn = AttnMeta(False, self._to_dev(smap, torch.long), block_tables=self._wide(tables),
                         context_lens=self._to_dev(ctx, torch.int32))
         meta = self.meta.prepare(row_slots) if row_slots is not None else None
-        return self.model.logits(self.model(self._to_dev(ids, torch.long), self._to_dev(pos, torch.long), attn, meta))
+        ids_dev = self._ids(ids, carry)
+        return self.model.logits(self.model(ids_dev, self._to_dev(pos, torch.long), attn, meta))
 
-    def _varlen(self, decode, prefill, lens, slots) -> torch.Tensor:
+    def _varlen(self, decode, prefill, lens, slots, carry) -> torch.Tensor:
         """Logits of the decode rows and of each prompt's last token: the prompts, after the decode tokens in
         the flat batch, attend among themselves (causal, per prompt)."""
         ids, pos, smap, ctx = self._tokens(decode, prefill, lens)
@@ -110,8 +124,20 @@ class ModelRunner:
         attn = AttnMeta(not decode, self._to_dev(smap, torch.long), seq_lens=lens, block_tables=tables,
                         context_lens=ctx_lens)
         meta = None if slots is None else self.meta.prepare(_token_slots(slots, len(decode), lens))
-        h = self.model(self._to_dev(ids, torch.long), self._to_dev(pos, torch.long), attn, meta)
+        h = self.model(self._ids(ids, carry), self._to_dev(pos, torch.long), attn, meta)
         return self.model.logits(h.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long)))
+
+    def _patch(self, carry: Carry | None):
+        """A function that writes the carried tokens into a device ids tensor (None: nothing carried)."""
+        if carry is None:
+            return None
+        rows, src = self._to_dev(carry.rows, torch.long), self._to_dev(carry.src, torch.long)
+        return lambda ids: ids.index_copy_(0, rows, carry.tokens.index_select(0, src))
+
+    def _ids(self, ids: list[int], carry: Carry | None) -> torch.Tensor:
+        out = self._to_dev(ids, torch.long)
+        patch = self._patch(carry)
+        return out if patch is None else patch(out)
 
     def _tokens(self, decode: list[Sequence], prefill: list[Sequence], lens: list[int]):
         """Host lists of the step's flat token batch (decode tokens, then every prompt token): ids, positions,

@@ -2,6 +2,8 @@
 step's logits, per-request seeds, and a row that cannot be sampled failing alone."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from engines.base import SamplingParams
@@ -26,13 +28,42 @@ def stop_reason(params: SamplingParams, token: int, num_output: int, length: int
     return None
 
 
+NO_LOGITS = "the model produced no usable logits for this request (NaN, infinite, or every token banned)"
+
+
+def _dev(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list on the device without a host sync (pinned, non-blocking, on CUDA)."""
+    t = torch.tensor(data, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+@dataclass
+class Draw:
+    """A step's sampled tokens, still on the device (launch()), and their copy to the host under way.
+
+    tokens[i] is row i's token; code[i] is 0, or 1 (no usable logits) or 2 (temperature / top_p give no
+    distribution); errors holds rows that failed on the host (a generator refusing its seed)."""
+
+    tokens: torch.Tensor
+    code: torch.Tensor
+    seq_ids: list[str]
+    params: list[SamplingParams]
+    errors: dict[int, str]
+    host: torch.Tensor | None = None
+    ready: object = None  # a CUDA event recorded after the copy to `host`
+
+
 class Sampler:
     """One generator per seeded request (created at its first token, so a seed gives the same tokens
     whatever else shares the batch); unseeded requests draw from the engine's generator.
 
     A row whose logits cannot be sampled (no finite logit left, a generator that refuses its seed) gets None
     and its reason in `failures` (seq id -> message); the other rows get the tokens they would have got
-    without it, so an engine fails that one request and goes on."""
+    without it, so an engine fails that one request and goes on.
+
+    launch() samples on the device without waiting for it (no host sync on CUDA: a step's tokens can feed
+    the next step before the host reads them) and starts their copy to the host; collect() waits for that
+    copy and returns the tokens. Calling the sampler does both."""
 
     def __init__(self, device: torch.device, seed: int = 0) -> None:
         self.device = device
@@ -48,60 +79,91 @@ class Sampler:
             self._seeded[seq_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self._seeded[seq_id]
 
-    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seq_ids: list[str], params: list[SamplingParams],
                  banned: list[tuple[int, ...]]) -> list[int | None]:
         """logits (B, V) float32 -> one token per row (None: failed, see `failures`). banned[i]: tokens row i
         may not produce now (EOS and stop tokens before min_tokens)."""
-        self.failures = {}
-        v = logits.shape[-1]
+        return self.collect(self.launch(logits, seq_ids, params, banned))
+
+    @torch.inference_mode()
+    def launch(self, logits: torch.Tensor, seq_ids: list[str], params: list[SamplingParams],
+               banned: list[tuple[int, ...]]) -> Draw:
+        """Sample every row on the device; nothing here waits for the device."""
+        dev, v = logits.device, logits.shape[-1]
         rows = [i for i, toks in enumerate(banned) for t in toks if 0 <= t < v]
         if rows:  # one indexed write for the whole batch, not one per row
             cols = [t for toks in banned for t in toks if 0 <= t < v]
-            logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = float("-inf")
+            logits[_dev(rows, torch.long, dev), _dev(cols, torch.long, dev)] = float("-inf")
         top = logits.max(dim=-1, keepdim=True).values  # (B, 1); NaN when a row holds a NaN
-        bad = (~torch.isfinite(top[:, 0])).tolist()  # NaN, +inf, or every token banned: nothing to pick
-        for i, is_bad in enumerate(bad):
-            if is_bad:
-                self.failures[seq_ids[i]] = "the model produced no usable logits for this request (NaN, " \
-                                            "infinite, or every token banned)"
-        out: list[int | None] = logits.argmax(dim=-1).tolist()  # greedy everywhere; sampled rows overwritten
-        sampled = [i for i, p in enumerate(params) if p.temperature > 0 and not bad[i]]
+        bad = ~torch.isfinite(top[:, 0])  # NaN, +inf, or every token banned: nothing to pick
+        tokens = logits.argmax(dim=-1)  # greedy everywhere; sampled rows overwritten
+        code = bad.to(torch.int8)
+        errors: dict[int, str] = {}
+        sampled = [i for i, p in enumerate(params) if p.temperature > 0]
         if sampled:
-            idx = torch.tensor(sampled, device=logits.device)
-            temps = torch.tensor([params[i].temperature for i in sampled], device=logits.device)
+            idx = _dev(sampled, torch.long, dev)
+            temps = _dev([params[i].temperature for i in sampled], torch.float32, dev)
+            bad_s = bad.index_select(0, idx)
             # shifted so the best token is 0: dividing by a small temperature cannot overflow to +inf
             shifted = (logits.index_select(0, idx) - top.index_select(0, idx)) / temps[:, None]
             probs = self._probs(shifted, [params[i] for i in sampled])
-            usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
-            for j, i in enumerate(sampled):
-                if not usable[j]:
-                    self.failures[seq_ids[i]] = f"sampling failed: temperature={params[i].temperature!r}, " \
-                                                f"top_p={params[i].top_p!r} give no distribution"
-            unseeded = [j for j, i in enumerate(sampled) if params[i].seed is None and usable[j]]
+            usable = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0) & ~bad_s
+            code.index_copy_(0, idx, torch.where(bad_s, 1, torch.where(usable, 0, 2)).to(torch.int8))
+            # rows that fail draw from a uniform row instead (a NaN row would stop the device), then fail
+            probs = torch.where(usable[:, None], probs, torch.full_like(probs, 1.0 / v))
+            unseeded = [j for j, i in enumerate(sampled) if params[i].seed is None]
             if unseeded:
-                picks = torch.multinomial(probs[unseeded], 1, generator=self.generator)[:, 0].tolist()
-                for j, tok in zip(unseeded, picks):
-                    out[sampled[j]] = tok
+                j_dev = _dev(unseeded, torch.long, dev)
+                picks = torch.multinomial(probs.index_select(0, j_dev), 1, generator=self.generator)[:, 0]
+                tokens.index_copy_(0, idx.index_select(0, j_dev), picks)
             for j, i in enumerate(sampled):
-                if params[i].seed is not None and usable[j]:
-                    try:
-                        out[i] = int(torch.multinomial(probs[j], 1, generator=self._gen(seq_ids[i], params[i].seed)))
-                    except (RuntimeError, ValueError, OverflowError) as exc:  # its own seed or row: fails alone
-                        self.failures[seq_ids[i]] = f"sampling failed: {exc}"
-        return [None if seq_ids[i] in self.failures else tok for i, tok in enumerate(out)]
+                if params[i].seed is None:
+                    continue
+                try:
+                    pick = torch.multinomial(probs[j], 1, generator=self._gen(seq_ids[i], params[i].seed))
+                except (RuntimeError, ValueError, OverflowError) as exc:  # its own seed or row: fails alone
+                    errors[i] = f"sampling failed: {exc}"
+                    continue
+                tokens[i:i + 1].copy_(pick)
+        draw = Draw(tokens, code, list(seq_ids), list(params), errors)
+        if dev.type == "cuda":
+            draw.host = torch.empty((2, len(seq_ids)), dtype=torch.long, pin_memory=True)
+            draw.host[0].copy_(tokens, non_blocking=True)
+            draw.host[1].copy_(code, non_blocking=True)
+            draw.ready = torch.cuda.Event()
+            draw.ready.record()
+        return draw
+
+    def collect(self, draw: Draw) -> list[int | None]:
+        """Wait for a launched draw; its tokens (None: failed, the reason in `failures`)."""
+        if draw.ready is not None:
+            draw.ready.synchronize()
+            toks, codes = draw.host[0].tolist(), draw.host[1].tolist()
+        else:
+            toks, codes = draw.tokens.tolist(), draw.code.tolist()
+        self.failures = {}
+        for i, (seq_id, c) in enumerate(zip(draw.seq_ids, codes)):
+            if c == 1:
+                self.failures[seq_id] = NO_LOGITS
+            elif c == 2:
+                p = draw.params[i]
+                self.failures[seq_id] = f"sampling failed: temperature={p.temperature!r}, top_p={p.top_p!r} " \
+                                        "give no distribution"
+            elif i in draw.errors:
+                self.failures[seq_id] = draw.errors[i]
+        return [None if sid in self.failures else tok for sid, tok in zip(draw.seq_ids, toks)]
 
     @staticmethod
     def _probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        v = logits.shape[-1]
+        v, dev = logits.shape[-1], logits.device
         top_k = [p.top_k if 0 < p.top_k < v else v for p in params]
         top_p = [p.top_p for p in params]
         if min(top_k) < v or min(top_p) < 1.0:
             sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-            ranks = torch.arange(v, device=logits.device)[None, :]
-            k = torch.tensor(top_k, device=logits.device)[:, None]
+            ranks = torch.arange(v, device=dev)[None, :]
+            k = _dev(top_k, torch.long, dev)[:, None]
             sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
-            p = torch.tensor(top_p, device=logits.device, dtype=torch.float32)[:, None]
+            p = _dev(top_p, torch.float32, dev)[:, None]
             sorted_probs = sorted_logits.softmax(dim=-1)
             # drop a token when the tokens before it already reach top_p; the best token always stays
             before = sorted_probs.cumsum(dim=-1) - sorted_probs

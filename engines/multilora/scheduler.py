@@ -151,8 +151,8 @@ class Scheduler:
         chosen: list[Sequence] = []
         preempted: list[Sequence] = []
         for seq in pool[: self.config.max_num_seqs]:
-            if seq.status is not SeqStatus.RUNNING:
-                continue  # preempted earlier in this loop
+            if seq.status is not SeqStatus.RUNNING or seq.final:
+                continue  # preempted earlier in this loop, or its token in flight ends it
             while not self.blocks.can_append(seq):
                 victim = self.running[-1]
                 self._preempt(victim)

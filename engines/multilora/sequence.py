@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from engines.base import SamplingParams
 
 
+PENDING = -1  # an output token sampled on the device that the host has not read yet
+
+
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -26,6 +29,7 @@ class Sequence:
     num_cached: int = 0  # tokens whose K/V are in the cache
     preemptions: int = 0
     finish_reason: str | None = None
+    final: bool = False  # its token in flight is its last whatever it is (max_tokens, max_model_len)
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
