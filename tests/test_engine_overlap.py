@@ -115,3 +115,18 @@ def test_merged_baseline_refuses_overlap(adapter_dir):
     with pytest.raises(ValueError, match="overlap is not supported by the merged baseline"):
         create_engine(EngineConfig(engine="merged", model="tiny", device="cpu", adapters=str(adapter_dir),
                                    extra={"overlap": True}))
+
+
+def test_a_request_at_its_length_limit_is_not_run_past_it(adapter_dir):
+    """max_tokens and the context limit end a request whatever its last token is: overlapped steps do not
+    run it once more, so they decode exactly the rows the plain engine does."""
+    reqs = lambda: [Request(f"n{i}", PROMPTS[i % 4], None, SamplingParams(max_tokens=3 + i, ignore_eos=True))
+                    for i in range(5)]
+    plain, over = engine(adapter_dir, False), engine(adapter_dir, True)
+    want, _ = run(plain, reqs())
+    got, outs = run(over, reqs())
+    assert got == want and over.decode_tokens == plain.decode_tokens
+    limit = over.max_model_len
+    toks, outs = run(over, [Request("edge", [256] * (limit - 3), None, SamplingParams(max_tokens=50,
+                                                                                      ignore_eos=True))])
+    assert len(toks["edge"]) == 3 and outs["edge"].finish_reason == "length"

@@ -37,7 +37,8 @@ def test_step_kind_defaults(cls, device, graphs, extra, expected):
 
 
 def test_the_step_kind_in_effect_is_exported():
-    """engine.stats() (so /metrics: lora_fleet_mixed_steps, lora_fleet_step_tokens) says which kind ran."""
+    """engine.stats() (so /metrics: lora_fleet_mixed_steps, lora_fleet_step_tokens, lora_fleet_overlap) says which
+    kind ran."""
     eng = MultiLoRAEngine.__new__(MultiLoRAEngine)
     eng.scheduler = types.SimpleNamespace(config=types.SimpleNamespace(mixed_steps=True, step_tokens=320),
                                           waiting=[], running=[], num_preemptions=0)
@@ -45,5 +46,6 @@ def test_the_step_kind_in_effect_is_exported():
     eng.pool = types.SimpleNamespace(stats=lambda: {})
     eng.last_batch_size = eng.last_decode_size = eng.decode_tokens = eng.steps = eng.tokens_generated = 0
     eng.last_step_s = 0.0
+    eng.overlap = True
     stats = eng.stats()
-    assert stats["mixed_steps"] == 1.0 and stats["step_tokens"] == 320
+    assert stats["mixed_steps"] == 1.0 and stats["step_tokens"] == 320 and stats["overlap"] == 1.0

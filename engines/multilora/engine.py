@@ -422,6 +422,7 @@ class MultiLoRAEngine(Engine):
             # the step kind in effect (defaults differ by device): what the fleet simulator's fit reads
             "mixed_steps": float(self.scheduler.config.mixed_steps),
             "step_tokens": self.scheduler.config.step_tokens,
+            "overlap": float(self.overlap),  # steps launched before the one before is read
         }
         out.update(self.pool.stats())
         return out
