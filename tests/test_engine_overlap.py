@@ -130,3 +130,44 @@ def test_a_request_at_its_length_limit_is_not_run_past_it(adapter_dir):
     toks, outs = run(over, [Request("edge", [256] * (limit - 3), None, SamplingParams(max_tokens=50,
                                                                                       ignore_eos=True))])
     assert len(toks["edge"]) == 3 and outs["edge"].finish_reason == "length"
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="overlap on a device: CUDA only")
+
+
+@needs_gpu
+def test_on_the_gpu_overlapped_graph_steps_launch_without_a_host_sync(adapter_dir):
+    """With graphs, mixed graphed steps and overlap, every launch (inputs, carried tokens, replay, sampling,
+    the copy of the tokens) runs with CUDA's sync debug mode set to error; the tokens match the plain engine."""
+    gpu = dict(device="cuda", dtype="float32", cuda_graphs=True)
+
+    def make(overlap):
+        return create_engine(EngineConfig(model="tiny", adapters=str(adapter_dir), **gpu, extra={
+            "overlap": overlap, "mixed_steps": True, "mixed_graphs": True}))
+    reqs = lambda: [Request(f"g{i}", PROMPTS[i % 4] * 2, [None, "adapter-0000", "adapter-0001"][i % 3],
+                            SamplingParams(max_tokens=4 + i % 5, ignore_eos=True, temperature=0.8 * (i % 2),
+                                           seed=i if i % 2 else None)) for i in range(9)]
+    want, _ = run(make(False), reqs())
+    over = make(True)
+    launch, launches = over._launch, []
+
+    def strict(batch):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            launches.append(len(batch.seqs))
+    over._launch = strict
+    got, _ = run(over, reqs())
+    assert got == want and len(launches) > 5
+
+
+
+def test_the_draw_follows_the_probabilities():
+    """The sampler's draw (argmax of p / Exp(1), no host sync) picks each token as often as its probability."""
+    from engines.multilora.sampler import _draw
+    probs = torch.tensor([[0.1, 0.2, 0.0, 0.7]]).expand(40_000, 4).contiguous()
+    picks = _draw(probs, torch.Generator().manual_seed(3))
+    freq = torch.bincount(picks, minlength=4).double() / picks.numel()
+    assert freq[2] == 0 and torch.allclose(freq, probs[0].double(), atol=0.01)

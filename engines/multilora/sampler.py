@@ -37,6 +37,13 @@ def _dev(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
+def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of probs (B, V), drawn in proportion to it: argmax of p / E with E ~ Exp(1), which is
+    what torch.multinomial does for one sample, without its validity check that waits for the device."""
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
+
+
 @dataclass
 class Draw:
     """A step's sampled tokens, still on the device (launch()), and their copy to the host under way.
@@ -114,13 +121,13 @@ class Sampler:
             unseeded = [j for j, i in enumerate(sampled) if params[i].seed is None]
             if unseeded:
                 j_dev = _dev(unseeded, torch.long, dev)
-                picks = torch.multinomial(probs.index_select(0, j_dev), 1, generator=self.generator)[:, 0]
+                picks = _draw(probs.index_select(0, j_dev), self.generator)
                 tokens.index_copy_(0, idx.index_select(0, j_dev), picks)
             for j, i in enumerate(sampled):
                 if params[i].seed is None:
                     continue
                 try:
-                    pick = torch.multinomial(probs[j], 1, generator=self._gen(seq_ids[i], params[i].seed))
+                    pick = _draw(probs[j:j + 1], self._gen(seq_ids[i], params[i].seed))
                 except (RuntimeError, ValueError, OverflowError) as exc:  # its own seed or row: fails alone
                     errors[i] = f"sampling failed: {exc}"
                     continue
