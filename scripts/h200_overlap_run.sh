@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Session 6's GPU work on one H200 (issue 15), in two device calls of under 10 minutes each:
+#   scripts/h200_overlap_run.sh a   # wheels; the GPU tests of overlapped and mixed steps; workloads/saturate.yaml
+#                                   #   at 100 req/s with overlap off (graphed mixed steps, the default) and on;
+#                                   #   served vs what the profiled step allows; peft on bursty30 (30 s window)
+#   OVERLAP=1 scripts/h200_overlap_run.sh b   # adapters per GPU: saturate over 0, 30, 1,000, 5,000 adapters
+#                                   #   (scripts/gpu_results.sh fleet, 15 s windows; OVERLAP=1: the server overlaps)
+# Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/ov
+mkdir -p "$res/runs" "$res/logs"
+export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+call=${1:?usage: h200_overlap_run.sh a|b}
+echo "== $call $(date -u +%T)"
+touch "$res/.start-$call"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=${RATE:-100}
+     --set duration_s=${WINDOW_S:-12} --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+plain='{"name":"multilora","label":"overlap-off","options":{"extra":{"overlap":false}}}'
+over='{"name":"multilora","label":"overlap-on","options":{"extra":{"overlap":true}}}'
+case "$call" in
+a)
+  timeout 150 python3 -m pytest -q -p no:randomly tests/test_engine_overlap.py tests/test_engine_mixed.py 2>&1 | tail -4
+  timeout -s INT 330 "${sat[@]}" --engine "$plain" --engine "$over" > "$res/logs/a-saturate.log" 2>&1
+  grep -E "^(engine|-|overlap)|TTFT|TPOT|invalid" "$res/logs/a-saturate.log" | head -20
+  for d in "$res"/runs/*saturate-overlap-*; do
+    python3 scripts/served_vs_step.py "$d" docs/results/h200/run6/profile.json --json "$d/served_vs_step.json" | tail -3
+  done
+  timeout -s INT 170 python3 -m harness run workloads/bursty30.yaml --machine cuda --engine peft --set duration_s=30 \
+      --set loadgen.drain_timeout_s=15 --runs-dir "$res/runs" --no-progress > "$res/logs/a-peft.log" 2>&1
+  grep -E "^(engine|-|peft)|TTFT|TPOT|invalid|interrupted" "$res/logs/a-peft.log" | head -12 ;;
+b)
+  extra=""; [ -n "${OVERLAP:-}" ] && extra=', "extra": {"overlap": true}'
+  SERVE_CONFIG_EXTRA="$extra" FLEET_COUNTS="${FLEET_COUNTS:-0 30 1000 5000}" WINDOW_S=${WINDOW_S:-15} \
+      timeout -s INT 560 bash scripts/gpu_results.sh fleet > "$res/logs/b-fleet.log" 2>&1
+  grep -v "^adapters:" "$res/logs/b-fleet.log" | tail -30
+  mkdir -p "$res/runs/fleet" && cp -r runs/gpu/fleet/. "$res/runs/fleet/" ;;
+*) echo "unknown call $call (a b)" >&2; exit 2 ;;
+esac
+find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
+    '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
+(cd "$res" && find runs logs -newer ".start-$call" -type f | tar -czf "${OUT:-/tmp}/$call.tgz" -T -)
+ls -la "${OUT:-/tmp}"
+echo "== $call done $(date -u +%T)"
