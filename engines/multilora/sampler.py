@@ -104,7 +104,7 @@ class Sampler:
         top = logits.max(dim=-1, keepdim=True).values  # (B, 1); NaN when a row holds a NaN
         bad = ~torch.isfinite(top[:, 0])  # NaN, +inf, or every token banned: nothing to pick
         tokens = logits.argmax(dim=-1)  # greedy everywhere; sampled rows overwritten
-        code = bad.to(torch.int8)
+        code = bad.long()  # the dtype of the host copy: a converting copy would wait for the device
         errors: dict[int, str] = {}
         sampled = [i for i, p in enumerate(params) if p.temperature > 0]
         if sampled:
@@ -115,7 +115,7 @@ class Sampler:
             shifted = (logits.index_select(0, idx) - top.index_select(0, idx)) / temps[:, None]
             probs = self._probs(shifted, [params[i] for i in sampled])
             usable = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0) & ~bad_s
-            code.index_copy_(0, idx, torch.where(bad_s, 1, torch.where(usable, 0, 2)).to(torch.int8))
+            code.index_copy_(0, idx, torch.where(bad_s, 1, torch.where(usable, 0, 2)).long())
             # rows that fail draw from a uniform row instead (a NaN row would stop the device), then fail
             probs = torch.where(usable[:, None], probs, torch.full_like(probs, 1.0 / v))
             unseeded = [j for j, i in enumerate(sampled) if params[i].seed is None]
