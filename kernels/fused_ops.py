@@ -11,13 +11,17 @@ import triton.language as tl
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_res, stride_out, eps,
-                         HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-    """out[r] = w * norm(x[r] + res[r]); res[r] = x[r] + res[r] (rounded to the dtype first, as torch adds)."""
+def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, d_ptr, n_cols, stride_x, stride_res, stride_out, stride_d,
+                         eps, HAS_RES: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    """out[r] = w * norm(x[r] + res[r]); res[r] = x[r] + res[r] (rounded to the dtype first, as torch adds).
+    HAS_DELTA: x[r] is first x[r] + d[r] (a LoRA output in float32), rounded to the dtype as an in-place add."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n_cols
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    if HAS_DELTA:
+        d = tl.load(d_ptr + row * stride_d + offs, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + d).to(x_ptr.dtype.element_ty)
     if HAS_RES:
         r = tl.load(res_ptr + row * stride_res + offs, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
@@ -30,10 +34,12 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n_cols, stride_x, strid
 
 
 @triton.jit
-def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, stride_t, stride_slot,
-                       n_heads, n_kv, HALF: tl.constexpr, HALF_POW2: tl.constexpr):
+def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, d_ptr, stride_t,
+                       stride_slot, stride_d, n_heads, n_kv, HALF: tl.constexpr, HALF_POW2: tl.constexpr,
+                       HAS_DELTA: tl.constexpr):
     """Head h of token t: rotate q/k in place in the qkv row (HF rotate_half pairs (i, i + D/2));
-    a k head also writes its rotated k and its v to the cache row slot[t]."""
+    a k head also writes its rotated k and its v to the cache row slot[t]. HAS_DELTA: the qkv row is first
+    qkv + d (a LoRA output in float32, rounded to the dtype as an in-place add), v written back too."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs = tl.arange(0, HALF_POW2)
@@ -42,8 +48,14 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     f = pos * tl.load(inv_freq_ptr + offs, mask=mask, other=0.0)
     c, s = tl.cos(f), tl.sin(f)
     base = qkv_ptr + t * stride_t + h * (2 * HALF)
-    x1 = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+    x1 = tl.load(base + offs, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF + offs, mask=mask, other=0.0)
+    if HAS_DELTA:
+        dbase = d_ptr + t * stride_d + h * (2 * HALF)
+        x1 = (x1.to(tl.float32) + tl.load(dbase + offs, mask=mask, other=0.0)).to(qkv_ptr.dtype.element_ty)
+        x2 = (x2.to(tl.float32) + tl.load(dbase + HALF + offs, mask=mask, other=0.0)).to(qkv_ptr.dtype.element_ty)
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
     o1 = (x1 * c - x2 * s).to(qkv_ptr.dtype.element_ty)
     o2 = (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty)
     tl.store(base + offs, o1, mask=mask)
@@ -56,8 +68,16 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
         tl.store(kdst + HALF + offs, o2, mask=mask)
         vsrc = qkv_ptr + t * stride_t + (n_heads + n_kv + kh) * (2 * HALF)
         vdst = v_cache_ptr + slot * stride_slot + kh * (2 * HALF)
-        tl.store(vdst + offs, tl.load(vsrc + offs, mask=mask), mask=mask)
-        tl.store(vdst + HALF + offs, tl.load(vsrc + HALF + offs, mask=mask), mask=mask)
+        v1 = tl.load(vsrc + offs, mask=mask)
+        v2 = tl.load(vsrc + HALF + offs, mask=mask)
+        if HAS_DELTA:
+            dv = d_ptr + t * stride_d + (n_heads + n_kv + kh) * (2 * HALF)
+            v1 = (v1.to(tl.float32) + tl.load(dv + offs, mask=mask, other=0.0)).to(qkv_ptr.dtype.element_ty)
+            v2 = (v2.to(tl.float32) + tl.load(dv + HALF + offs, mask=mask, other=0.0)).to(qkv_ptr.dtype.element_ty)
+            tl.store(vsrc + offs, v1, mask=mask)
+            tl.store(vsrc + HALF + offs, v2, mask=mask)
+        tl.store(vdst + offs, v1, mask=mask)
+        tl.store(vdst + HALF + offs, v2, mask=mask)
 
 
 @triton.jit
@@ -85,19 +105,23 @@ class FusedOps:
     def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         _rows(x, "rms_norm")
         out = torch.empty_like(x)
-        _add_rms_norm_kernel[(x.shape[0],)](x, x, w, out, x.shape[1], x.stride(0), 0, out.stride(0), eps,
-                                            HAS_RES=False, BLOCK=triton.next_power_of_2(x.shape[1]))
+        _add_rms_norm_kernel[(x.shape[0],)](x, x, w, out, x, x.shape[1], x.stride(0), 0, out.stride(0), 0, eps,
+                                            HAS_RES=False, HAS_DELTA=False, BLOCK=triton.next_power_of_2(x.shape[1]))
         return out
 
     @staticmethod
-    def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
-        """Adds x into residual in place; returns (norm of the sum, residual)."""
+    def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float,
+                     delta: torch.Tensor | None = None):
+        """Adds x (plus delta, a float32 LoRA output) into residual in place; returns (norm of the sum, residual)."""
         _rows(x, "add_rms_norm")
         _rows(residual, "add_rms_norm")
+        if delta is not None:
+            _rows(delta, "add_rms_norm")
         out = torch.empty_like(x)
-        _add_rms_norm_kernel[(x.shape[0],)](x, residual, w, out, x.shape[1], x.stride(0), residual.stride(0),
-                                            out.stride(0), eps, HAS_RES=True,
-                                            BLOCK=triton.next_power_of_2(x.shape[1]))
+        d = x if delta is None else delta
+        _add_rms_norm_kernel[(x.shape[0],)](x, residual, w, out, d, x.shape[1], x.stride(0), residual.stride(0),
+                                            out.stride(0), d.stride(0), eps, HAS_RES=True,
+                                            HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(x.shape[1]))
         return out, residual
 
     @staticmethod
@@ -105,16 +129,19 @@ class FusedOps:
         return positions, inv_freq  # the kernel computes cos/sin from these
 
     @staticmethod
-    def rope_and_cache(qkv, rope, n_heads, n_kv, hd, k_cache, v_cache, slot_mapping):
+    def rope_and_cache(qkv, rope, n_heads, n_kv, hd, k_cache, v_cache, slot_mapping, delta=None):
         _rows(qkv, "rope_and_cache")
         if hd % 2 or not k_cache.is_contiguous() or not v_cache.is_contiguous():
             raise ValueError("fused_ops.rope_and_cache: needs an even head_dim and contiguous caches")
+        if delta is not None:
+            _rows(delta, "rope_and_cache")
         positions, inv_freq = rope
         t = qkv.shape[0]
         half = hd // 2
+        d = qkv if delta is None else delta
         _rope_cache_kernel[(t, n_heads + n_kv)](
-            qkv, positions, inv_freq, slot_mapping, k_cache, v_cache, qkv.stride(0), n_kv * hd, n_heads, n_kv,
-            HALF=half, HALF_POW2=triton.next_power_of_2(half))
+            qkv, positions, inv_freq, slot_mapping, k_cache, v_cache, d, qkv.stride(0), n_kv * hd, d.stride(0),
+            n_heads, n_kv, HALF=half, HALF_POW2=triton.next_power_of_2(half), HAS_DELTA=delta is not None)
         q = qkv[:, : n_heads * hd].view(t, n_heads, hd)
         k = qkv[:, n_heads * hd:(n_heads + n_kv) * hd].view(t, n_kv, hd)
         v = qkv[:, (n_heads + n_kv) * hd:].view(t, n_kv, hd)

@@ -56,8 +56,9 @@ def staggered():
 
 def engine(adapter_dir, engine_name="multilora", **extra_and_cfg):
     extra = {k: extra_and_cfg.pop(k) for k in ("mixed_steps", "step_tokens", "mixed_graphs") if k in extra_and_cfg}
-    return create_engine(EngineConfig(engine=engine_name, model="tiny", device="cpu", adapters=str(adapter_dir),
-                                      extra=extra, **extra_and_cfg))
+    extra_and_cfg.setdefault("device", "cpu")
+    return create_engine(EngineConfig(engine=engine_name, model="tiny", adapters=str(adapter_dir), extra=extra,
+                                      **extra_and_cfg))
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="overlap on
 def test_on_the_gpu_overlapped_graph_steps_launch_without_a_host_sync(adapter_dir):
     """With graphs, mixed graphed steps and overlap, every launch (inputs, carried tokens, replay, sampling,
     the copy of the tokens) runs with CUDA's sync debug mode set to error; the tokens match the plain engine."""
-    gpu = dict(device="cuda", dtype="float32", cuda_graphs=True)
+    gpu = dict(device="cuda", dtype="float32", cuda_graphs=True, num_kv_blocks=512)
 
     def make(overlap):
         return create_engine(EngineConfig(model="tiny", adapters=str(adapter_dir), **gpu, extra={
@@ -147,7 +147,9 @@ def test_on_the_gpu_overlapped_graph_steps_launch_without_a_host_sync(adapter_di
     reqs = lambda: [Request(f"g{i}", PROMPTS[i % 4] * 2, [None, "adapter-0000", "adapter-0001"][i % 3],
                             SamplingParams(max_tokens=4 + i % 5, ignore_eos=True, temperature=0.8 * (i % 2),
                                            seed=i if i % 2 else None)) for i in range(9)]
-    want, _ = run(make(False), reqs())
+    plain = make(False)
+    want, _ = run(plain, reqs())
+    plain.close()
     over = make(True)
     launch, launches = over._launch, []
 

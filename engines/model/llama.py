@@ -82,6 +82,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
 
+def _plus(x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+    """x + delta rounded to x's dtype, as an add into x in float32 (the expand kernel's rounding)."""
+    return x if delta is None else (x.float() + delta).to(x.dtype)
+
+
 class TorchOps:
     """The elementwise pieces of a layer in plain torch, with Hugging Face's rounding. On CUDA the runner
     swaps in kernels.fused_ops.FusedOps (same methods, one Triton kernel each)."""
@@ -92,9 +97,10 @@ class TorchOps:
         return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     @classmethod
-    def add_rms_norm(cls, x, residual, w, eps):
-        """(norm(x + residual), x + residual): the residual add of HF's layer, then the next norm."""
-        s = x + residual
+    def add_rms_norm(cls, x, residual, w, eps, delta=None):
+        """(norm(x + residual), x + residual): the residual add of HF's layer, then the next norm. delta: a
+        float32 LoRA output added into x first (as the expand kernel adds it)."""
+        s = _plus(x, delta) + residual
         return cls.rms_norm(s, w, eps), s
 
     @staticmethod
@@ -103,8 +109,10 @@ class TorchOps:
         return freqs.cos()[:, None, :], freqs.sin()[:, None, :]  # (T, 1, D/2)
 
     @staticmethod
-    def rope_and_cache(qkv, rope, n_heads, n_kv, hd, k_cache, v_cache, slot_mapping):
-        """Rotate q and k of the fused qkv output, write k and v to the paged cache; returns q, k, v (T, H, D)."""
+    def rope_and_cache(qkv, rope, n_heads, n_kv, hd, k_cache, v_cache, slot_mapping, delta=None):
+        """Rotate q and k of the fused qkv output (plus delta, a float32 LoRA output), write k and v to the
+        paged cache; returns q, k, v (T, H, D)."""
+        qkv = _plus(qkv, delta)
         t = qkv.shape[0]
         q, k, v = qkv.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)
         cos, sin = rope
