@@ -14,6 +14,7 @@ from engines.model.config import ModelArgs
 from engines.multilora.engine import MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 
+FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
     "batch64_64_adapters_tax_pct": ("<=", 10.0),
@@ -49,9 +50,10 @@ class ProfileConfig:
     many_host_capacity: int = 512
     many_time_limit_s: float = 150.0
     seed: int = 0
-    lora_stream: bool = True  # LoRA shrink on a side stream beside the base matmul (engine extra)
-    # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N);
-    # the first is the engine's for every other section and the one the targets are read from
+    lora_stream: bool | int = True  # LoRA shrink on a side stream beside the base matmul (engine extra; N: up to N tokens)
+    # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N, or
+    # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
+    # targets are read from
     fused_lora: tuple[str, ...] = ("auto",)
     extra_notes: dict = field(default_factory=dict)
 
@@ -130,7 +132,14 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
-               "fused_lora": cfg.fused_lora[0]}))
+               "fused_lora": False if cfg.fused_lora[0] == FOLD else cfg.fused_lora[0],
+               "lora_fold": cfg.fused_lora[0] == FOLD}))
+
+
+def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
+    """A decode sweep's LoRA path: a fused_lora mode, or FOLD (the pair, its output added by the next op)."""
+    eng.model.use_lora_fold(mode == FOLD)
+    eng.model.use_fused_lora(False if mode == FOLD else mode)
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
@@ -167,7 +176,7 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
         batch = seqs[:b]
         slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
         if mode is not None:
-            eng.model.use_fused_lora(mode)  # baked into the graphs captured under this key: one set per mode
+            set_lora_path(eng, mode)  # baked into the graphs captured under this key: one set per mode
         key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
 
         def step():
@@ -186,7 +195,7 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
               + f": {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor "
               f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
               + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter"), flush=True)
-    eng.model.use_fused_lora(cfg.fused_lora[0])
+    set_lora_path(eng, cfg.fused_lora[0])
     out["decode"] = rows
     for s in seqs:
         eng.blocks.free(s)
@@ -224,9 +233,9 @@ def fused_check(eng, names, cfg, out) -> None:
     graphs, eng.runner.graphs = eng.runner.graphs, None
     logits = {}
     for mode in ("on", "off"):
-        eng.model.use_fused_lora(mode)
+        set_lora_path(eng, mode)
         logits[mode] = eng.runner.run(seqs, False, slots).clone()
-    eng.model.use_fused_lora(cfg.fused_lora[0])
+    set_lora_path(eng, cfg.fused_lora[0])
     eng.runner.graphs = graphs
     on, off = logits["on"], logits["off"]
     rel = float((on - off).norm() / off.norm())

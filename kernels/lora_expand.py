@@ -124,9 +124,10 @@ def _check(buf, lora_b, meta, ranks, slice_offsets, y):
         fail(f"buf must be float32 [S, T, R_max], got {buf.dtype} {tuple(buf.shape)}")
     if lora_b.dim() != 3:
         fail(f"lora_b must be [num_slots, N_total, R_max], got shape {tuple(lora_b.shape)}")
-    if y.dim() != 2 or y.dtype not in _DTYPES or lora_b.dtype != y.dtype:
-        fail(f"y must be [T, N] and share its dtype (one of {_DTYPES}) with lora_b, got y {y.dtype} "
-             f"{tuple(y.shape)} and lora_b {lora_b.dtype}")
+    if y.dim() != 2 or y.dtype not in _DTYPES or lora_b.dtype not in (y.dtype, torch.float16, torch.bfloat16) \
+            or (lora_b.dtype != y.dtype and y.dtype != torch.float32):
+        fail(f"y must be [T, N] and share its dtype (one of {_DTYPES}) with lora_b, or be float32 (a folded LoRA "
+             f"output), got y {y.dtype} {tuple(y.shape)} and lora_b {lora_b.dtype}")
     if slice_offsets.dim() != 1 or slice_offsets.numel() != buf.shape[0] + 1:
         fail(f"slice_offsets must have S+1={buf.shape[0] + 1} entries, got shape {tuple(slice_offsets.shape)}")
     if lora_b.shape[1] > y.shape[1]:
@@ -148,7 +149,8 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             y[t, off_i:off_{i+1}] += buf[i, t, :r] @ lora_b[s, off_i:off_{i+1}, :r].T
 
     buf: [S, T, R_max] float32; lora_b: [num_slots, N_total, R_max]; slice_offsets: [S + 1] int32 (a
-    device tensor on the hot path; a host one is copied once and cached); y: [T, N] in lora_b's dtype.
+    device tensor on the hot path; a host one is copied once and cached); y: [T, N] in lora_b's dtype, or
+    float32 (a LoRA output kept apart for the next op to add: engines.model.llama.lora_linear_folded).
     Rows of tokens without an adapter, slots of rank 0 and columns past N_total are left untouched.
     """
     _check(buf, lora_b, meta, ranks, slice_offsets, y)
@@ -156,7 +158,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     slices, r_max = buf.shape[0], lora_b.shape[2]
     if t == 0:
         return y
-    key = expand_key(t, lora_b.shape[1], slices, r_max, y.dtype)
+    key = expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype)  # y may be float32 (a folded output)
     asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
     offs = device_offsets(slice_offsets, y.device)
 
@@ -172,7 +174,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
             SEG_MAX=meta.max_segments,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
-            PREC="ieee" if y.dtype == torch.float32 else "tf32",
+            PREC="ieee" if lora_b.dtype == torch.float32 else "tf32",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     launch_fitting("expand", key, asked, launch)

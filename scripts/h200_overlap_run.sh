@@ -3,15 +3,19 @@
 #   scripts/h200_overlap_run.sh a   # wheels; the GPU tests of overlapped and mixed steps; workloads/saturate.yaml
 #                                   #   at 100 req/s with overlap off (graphed mixed steps, the default) and on;
 #                                   #   served vs what the profiled step allows; peft on bursty30 (30 s window)
-#   OVERLAP=1 scripts/h200_overlap_run.sh b   # adapters per GPU: saturate over 0, 30, 1,000, 5,000 adapters
-#                                   #   (scripts/gpu_results.sh fleet, 15 s windows; OVERLAP=1: the server overlaps)
+#   scripts/h200_overlap_run.sh c   # the GPU tests of overlap, mixed steps and lora_fold; the decode profile with
+#                                   #   the pair (off) against lora_fold (fold), side stream up to 32 tokens, then
+#                                   #   up to 256 tokens at batch 64 and 256
+#   scripts/h200_overlap_run.sh b   # adapters per GPU: saturate over 0, 30, 1,000, 5,000 adapters
+#                                   #   (scripts/gpu_results.sh fleet, 15 s windows; OVERLAP=1 for runs made before
+#                                   #   overlap was the CUDA default)
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/ov
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_overlap_run.sh a|b}
+call=${1:?usage: h200_overlap_run.sh a|b|c}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -21,7 +25,18 @@ sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic
      --set duration_s=${WINDOW_S:-12} --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
 plain='{"name":"multilora","label":"overlap-off","options":{"extra":{"overlap":false}}}'
 over='{"name":"multilora","label":"overlap-on","options":{"extra":{"overlap":true}}}'
+prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20
+      --fused-lora off,fold)
 case "$call" in
+c)
+  timeout 200 python3 -m pytest -q -p no:randomly --tb=short -k gpu tests/test_engine_overlap.py \
+      tests/test_engine_mixed.py tests/test_engine_lora_fold.py > "$res/logs/c-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/c-tests.log" | tail -30
+  timeout 200 "${prof[@]}" --batches 1,64,256 --adapters 0,1,64,256 --out "$res/runs/profile-fold-32.json" \
+      > "$res/logs/c-profile-32.log" 2>&1; grep -E "^decode|^\|" "$res/logs/c-profile-32.log" | tail -24
+  timeout 170 "${prof[@]}" --batches 64,256 --adapters 0,64,256 --lora-stream-tokens 256 \
+      --out "$res/runs/profile-fold-256.json" > "$res/logs/c-profile-256.log" 2>&1
+  grep -E "^decode|^\|" "$res/logs/c-profile-256.log" | tail -16 ;;
 a)
   timeout 150 python3 -m pytest -q -p no:randomly tests/test_engine_overlap.py tests/test_engine_mixed.py 2>&1 | tail -4
   timeout -s INT 330 "${sat[@]}" --engine "$plain" --engine "$over" > "$res/logs/a-saturate.log" 2>&1
@@ -38,7 +53,7 @@ b)
       timeout -s INT 560 bash scripts/gpu_results.sh fleet > "$res/logs/b-fleet.log" 2>&1
   grep -v "^adapters:" "$res/logs/b-fleet.log" | tail -30
   mkdir -p "$res/runs/fleet" && cp -r runs/gpu/fleet/. "$res/runs/fleet/" ;;
-*) echo "unknown call $call (a b)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac
 find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
     '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;

@@ -183,3 +183,22 @@ def test_batch_one_wide_split_over_three_slices(split):
     cfg = ShrinkConfig(block_m=16, block_r=16, block_k=64, split_k=split, num_stages=2)
     meta = run_case(2048, [256, 64, 64], [16, 8], [0], torch.bfloat16, cfg)
     assert all(int(c.abs().sum()) == 0 for c in meta._counters)
+
+
+def test_expand_into_a_float32_output_from_16_bit_weights():
+    """A folded LoRA output: bfloat16 B expanded into a float32 buffer (no rounding to 16 bits); a 16-bit y of
+    another dtype than B is still refused."""
+    d = DEV
+    g = torch.Generator().manual_seed(5)
+    meta = LoRAMeta(5, 2, device=d).prepare([1, -1, 0, 1, 1])
+    buf = torch.randn(2, 5, 16, generator=g).to(d)
+    b = torch.randn(2, 48, 16, generator=g).to(torch.bfloat16).to(d)
+    ranks, offs = torch.tensor([16, 8], dtype=torch.int32, device=d), torch.tensor([0, 40, 48], dtype=torch.int32)
+    y = torch.zeros(5, 48, device=d)
+    lora_expand(buf, b, meta, ranks, offs.to(d), y)
+    y_ref = torch.zeros(5, 48, dtype=torch.float64)
+    lora_expand_ref(buf.double().cpu(), b.double().cpu(), LoRAMeta(5, 2).prepare([1, -1, 0, 1, 1]), ranks.cpu(),
+                    offs, y_ref)
+    assert rel(y.cpu(), y_ref) < 1e-5 and torch.equal(y.cpu()[1], torch.zeros(48))
+    with pytest.raises(ValueError, match="or be float32"):
+        lora_expand(buf, b, meta, ranks, offs.to(d), torch.zeros(5, 48, dtype=torch.float16, device=d))

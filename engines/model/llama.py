@@ -68,6 +68,8 @@ class LoRAStack:
         self.max_rank = max_rank
         self.num_slices = len(out_sizes)
         self.stream: torch.cuda.Stream | None = None  # a side stream: shrink overlaps the base matmul
+        self.side_tokens = SIDE_STREAM_MAX_TOKENS  # calls of up to this many tokens use the side stream
+        self.fold = False  # and run shrink + expand there into a buffer that the next op adds (lora_linear_folded)
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
 
@@ -156,23 +158,67 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
+@dataclass
+class Folded:
+    """A LoRA output (float32, T x N) computed beside the base matmul, for the op that consumes the base output
+    to add; join() waits for the side stream first. `keep` holds what the side stream still reads, so the
+    caching allocator cannot hand it out before the join."""
+
+    delta: torch.Tensor
+    stream: torch.cuda.Stream | None
+    keep: tuple
+
+    def join(self) -> torch.Tensor:
+        if self.stream is not None:
+            torch.cuda.current_stream(self.delta.device).wait_stream(self.stream)
+        return self.delta
+
+
+def _fused_path(stack: LoRAStack, x: torch.Tensor, b: torch.Tensor) -> bool:
+    path = (x.shape[0], x.dtype, x.device)  # the same for every layer of a step: looked up once
+    fused = stack.paths.get(path)
+    if fused is None:
+        fused = stack.paths[path] = fused_wanted(stack.fused, x.shape[0], x.shape[1], b.shape[1], stack.num_slices,
+                                                 stack.max_rank, x.dtype, x.device)
+    return fused
+
+
+def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stack: LoRAStack | None, layer: int, lora: LoRAMeta | None):
+    """(x W^T (+ b), Folded or None): with stack.fold, a call of up to stack.side_tokens tokens runs the LoRA
+    shrink and expand on the side stream into a float32 buffer while the base matmul runs, and the consumer
+    of the output adds it (the fused norm and RoPE kernels take it), so no LoRA kernel waits on the main
+    stream; otherwise lora_linear and None."""
+    if stack is None or lora is None or not stack.fold or x.shape[0] > stack.side_tokens \
+            or _fused_path(stack, x, stack.b[layer]):
+        return lora_linear(x, weight, bias, stack, layer, lora), None
+    a, b = stack.a[layer], stack.b[layer]
+    buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
+    delta = torch.empty(x.shape[0], b.shape[1], dtype=torch.float32, device=x.device)
+    if stack.stream is None:  # the same arithmetic in order (CPU, or no side stream)
+        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
+        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_())
+        return F.linear(x, weight, bias), Folded(delta, None, ())
+    main = torch.cuda.current_stream(x.device)
+    stack.stream.wait_stream(main)
+    with torch.cuda.stream(stack.stream):
+        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
+        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_())
+    return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
+
+
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stack: LoRAStack | None, layer: int, lora: LoRAMeta | None) -> torch.Tensor:
     """y = x W^T (+ b) + sum over slices of scale * x A^T B^T for each token's adapter slot."""
     if stack is None or lora is None:
         return F.linear(x, weight, bias)  # (T, N_total)
     a, b = stack.a[layer], stack.b[layer]
-    path = (x.shape[0], x.dtype, x.device)  # the same for every layer of a step: looked up once
-    fused = stack.paths.get(path)
-    if fused is None:
-        fused = stack.paths[path] = fused_wanted(stack.fused, x.shape[0], x.shape[1], b.shape[1], stack.num_slices,
-                                                 stack.max_rank, x.dtype, x.device)
-    if fused:  # one launch after the base matmul: the rank vector never leaves the chip
+    if _fused_path(stack, x, b):  # one launch after the base matmul: the rank vector never leaves the chip
         y = F.linear(x, weight, bias)
         kops.lora_fused(x, a, b, lora, stack.scales, stack.ranks, stack.slice_offsets, y)
         return y
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
-    if stack.stream is None or x.shape[0] > SIDE_STREAM_MAX_TOKENS:
+    if stack.stream is None or x.shape[0] > stack.side_tokens:
         y = F.linear(x, weight, bias)
         kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
     else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
@@ -198,11 +244,13 @@ class Attention(nn.Module):
         self.lora: dict[str, LoRAStack] = {}
         self._register_load_state_dict_pre_hook(_fuse_hook(("q_proj", "k_proj", "v_proj"), "qkv_proj"))
 
-    def forward(self, x, rope, attn: AttnMeta, lora: LoRAMeta | None, ops) -> torch.Tensor:
+    def forward(self, x, rope, attn: AttnMeta, lora: LoRAMeta | None, ops):
+        """(attention output before o's LoRA, Folded or None): o's LoRA output folded for the next norm to add."""
         t = x.shape[0]
-        qkv = lora_linear(x, self.qkv_proj.weight, self.qkv_proj.bias, self.lora.get("qkv"), self.layer, lora)
+        qkv, folded = lora_linear_folded(x, self.qkv_proj.weight, self.qkv_proj.bias, self.lora.get("qkv"),
+                                         self.layer, lora)
         q, k, v = ops.rope_and_cache(qkv, rope, self.n_heads, self.n_kv, self.hd, self.k_cache, self.v_cache,
-                                     attn.slot_mapping)  # (T, Hq, D), (T, Hkv, D), (T, Hkv, D)
+                                     attn.slot_mapping, *([folded.join()] if folded else []))  # (T, H, D) each
         scale = 1.0 / math.sqrt(self.hd)
         if attn.is_prefill:
             o = self._prefill(q, k, v, attn.seq_lens, scale)
@@ -215,7 +263,7 @@ class Attention(nn.Module):
             o = kops.paged_decode_attention(q, self.k_cache, self.v_cache, attn.block_tables,
                                            attn.context_lens, scale)
         o = o.reshape(t, self.args.q_size)
-        return lora_linear(o, self.o_proj.weight, None, self.lora.get("o"), self.layer, lora)
+        return lora_linear_folded(o, self.o_proj.weight, None, self.lora.get("o"), self.layer, lora)
 
     def _prefill(self, q, k, v, seq_lens: list[int], scale: float) -> torch.Tensor:
         if self.n_kv != self.n_heads:  # GQA: expand K, V to every query head; SDPA's enable_gqa falls
@@ -268,7 +316,8 @@ class Block(nn.Module):
             h, residual = ops.rms_norm(x, n1.weight, n1.eps), x
         else:
             h, residual = ops.add_rms_norm(x, residual, n1.weight, n1.eps)
-        h, residual = ops.add_rms_norm(self.self_attn(h, rope, attn, lora, ops), residual, n2.weight, n2.eps)
+        out, folded = self.self_attn(h, rope, attn, lora, ops)
+        h, residual = ops.add_rms_norm(out, residual, n2.weight, n2.eps, *([folded.join()] if folded else []))
         return self.mlp(h, lora, ops), residual
 
 
@@ -314,11 +363,19 @@ class Transformer(nn.Module):
         from kernels.fused_ops import FusedOps
         self.ops = FusedOps
 
-    def use_lora_stream(self) -> None:
-        """Run LoRA shrinks of small batches on one side stream beside the base matmul (CUDA only; after enable_lora)."""
+    def use_lora_stream(self, max_tokens: int = SIDE_STREAM_MAX_TOKENS) -> None:
+        """Run LoRA shrinks of calls of up to max_tokens tokens on one side stream beside the base matmul (CUDA
+        only; after enable_lora)."""
         stream = torch.cuda.Stream(self.inv_freq.device)
         for stack in self.lora_stacks.values():
-            stack.stream = stream
+            stack.stream, stack.side_tokens = stream, max_tokens
+
+    def use_lora_fold(self, on: bool) -> None:
+        """q,k,v and o LoRA in side-stream calls: shrink and expand both beside the base matmul, into a buffer
+        that the RoPE + cache kernel and the next add + RMSNorm add (lora_linear_folded)."""
+        for group in ("qkv", "o"):
+            if group in self.lora_stacks:
+                self.lora_stacks[group].fold = on
 
     def use_fused_lora(self, mode) -> None:
         """LoRA path per call size: "auto", True, False or a token count (kernels.launch.fused_mode; ValueError

@@ -21,6 +21,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
+from kernels.launch import SIDE_STREAM_MAX_TOKENS
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -30,7 +31,11 @@ EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
-    "lora_stream": "on CUDA, run each LoRA shrink on a side stream beside its base matmul (default true)",
+    "lora_stream": "on CUDA, run the LoRA shrink of calls of up to 32 tokens on a side stream beside their base "
+                   "matmul (default true); false: never; N: calls of up to N tokens",
+    "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
+                 "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
+                 "stream (default false)",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -43,7 +48,8 @@ EXTRA_KEYS = {
                     "on CUDA with mixed steps and cuda_graphs, false elsewhere)",
     "overlap": "launch step n+1 before reading step n's tokens, so the host schedules and prepares a step while "
                "the device runs the one before (tokens stay on the device between them; a sequence that stops "
-               "drops the one token sampled after its stop) (default false)",
+               "drops the one token sampled after its stop) (default: true on CUDA with cuda_graphs, false "
+               "elsewhere and for the merged baseline)",
     "step_tokens": f"token budget of a mixed step, decode tokens counting 1 each (default: max_num_seqs + "
                    f"{MIXED_GRAPH_ROWS} with mixed_graphs, so steps fit the graphs, else {STEP_TOKENS}; at most "
                    "max_num_batched_tokens); the first prompt of a step may exceed it",
@@ -100,8 +106,10 @@ class MultiLoRAEngine(Engine):
         self.base_model_name = config.model
         start = self._read_start_adapters()
         self.pool: AdapterPoolAPI = self._make_pool(start)
-        if self.device.type == "cuda" and self.model.lora_stacks and config.extra.get("lora_stream", True):
-            self.model.use_lora_stream()
+        side = self._side_tokens()
+        if self.device.type == "cuda" and self.model.lora_stacks and side:
+            self.model.use_lora_stream(side)
+        self.model.use_lora_fold(self._flag("lora_fold", False))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
@@ -180,8 +188,22 @@ class MultiLoRAEngine(Engine):
         """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
         return self.device.type == "cuda" and self.config.cuda_graphs
 
+    def _side_tokens(self) -> int:
+        """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""
+        value = self.config.extra.get("lora_stream", True)
+        if value is True:
+            return SIDE_STREAM_MAX_TOKENS
+        if value is False:
+            return 0
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"engine config: extra.lora_stream={value!r} must be true, false or a token count >= 1")
+        return value
+
+    # On an H200 (docs/performance.md, run 7), workloads/saturate.yaml at 100 req/s with graphed mixed steps:
+    # 8,155 output tok/s with every request over the SLO's TTFT, against 11,556 and every request within it
+    # when step n+1 is launched before step n's tokens are read.
     def _overlap(self) -> bool:
-        return self._flag("overlap", False)
+        return self._flag("overlap", self._graphed_mixed_steps())
 
     def _mixed_steps(self) -> bool:
         return self._flag("mixed_steps", self.device.type != "cuda" or self._graphed_mixed_steps())

@@ -34,12 +34,23 @@ def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for m in modes:
         try:
-            fused_mode(m)
+            if m != "fold":
+                fused_mode(m)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{m!r}: give on, off, auto or a token count, comma-separated") from None
+            raise argparse.ArgumentTypeError(f"{m!r}: give on, off, auto, fold or a token count, comma-separated") \
+                from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
     return modes
+
+
+def _side(args: argparse.Namespace) -> bool | int:
+    """extra.lora_stream from --no-lora-stream / --lora-stream-tokens."""
+    if args.lora_stream_tokens is None:
+        return not args.no_lora_stream
+    if args.no_lora_stream or args.lora_stream_tokens < 1:
+        raise UsageError(f"--lora-stream-tokens {args.lora_stream_tokens}: must be >= 1, without --no-lora-stream")
+    return args.lora_stream_tokens
 
 
 def register(subparsers) -> None:
@@ -64,9 +75,13 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the tiny-model agreement check on the device")
     p.add_argument("--no-lora-stream", action="store_true",
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
-    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto[,...]",
-                   help="LoRA path: the fused shrink+expand kernel (on), the pair (off), or by size (auto, default); "
-                        "several (e.g. auto,off) measure each decode point with each, the first for the targets")
+    p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
+                   help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 32)")
+    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto|fold[,...]",
+                   help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
+                        "the pair beside the base matmul with its output added by the next op (fold: engine extra "
+                        "lora_fold); several (e.g. auto,off) measure each decode point with each, the first for the "
+                        "targets")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
 
@@ -80,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                         context=args.context, batches=args.batches, adapters=args.adapters, prefill=args.prefill,
                         iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
-                        many_time_limit_s=args.many_time_limit, lora_stream=not args.no_lora_stream,
+                        many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
                         fused_lora=args.fused_lora)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
         if value < 1:

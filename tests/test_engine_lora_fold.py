@@ -1,0 +1,79 @@
+"""extra.lora_fold: q,k,v and o LoRA outputs computed apart and added by the next fused op give the tokens of
+the shrink/expand pair; extra.lora_stream takes a token count; bad values are refused."""
+import pytest
+import torch
+
+from engines.adapters.synth import make_adapters
+from engines.base import Request, SamplingParams
+from engines.config import EngineConfig
+from engines.model.config import ModelArgs
+from engines.registry import create_engine
+
+ARGS = ModelArgs.from_name("tiny")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapters(ARGS, 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"], root,
+                  dtype=torch.float32)
+    return root
+
+
+def serve(eng, n=10):
+    """Greedy tokens of n requests over the base and four adapters; counts the LoRA calls that were folded."""
+    import engines.model.llama as llama
+    folded = []
+    real = llama.lora_linear_folded
+
+    def count(x, *args):
+        y, f = real(x, *args)
+        folded.append(f is not None)
+        return y, f
+    llama.lora_linear_folded = count
+    try:
+        names = [None, "adapter-0000", "adapter-0001", "adapter-0002", "adapter-0003"]
+        for i in range(n):
+            eng.add_request(Request(f"r{i}", [256, 5 + i, 9, 7 + i][: 2 + i % 3] * (1 + i % 4), names[i % 5],
+                                    SamplingParams(max_tokens=5 + i % 4, ignore_eos=True)))
+        toks = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                toks.setdefault(o.request_id, []).extend(o.new_token_ids)
+    finally:
+        llama.lora_linear_folded = real
+    return toks, folded
+
+
+def make(adapter_dir, **extra):
+    return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir), extra=extra))
+
+
+def test_folded_lora_gives_the_tokens_of_the_pair(adapter_dir):
+    want, none_folded = serve(make(adapter_dir))
+    got, folded = serve(make(adapter_dir, lora_fold=True))
+    assert got == want
+    assert not any(none_folded) and sum(folded) > len(folded) // 4  # decode calls (<= 32 tokens) were folded
+    assert not all(folded)  # steps of over 32 tokens (the first: every prompt) take the pair
+
+
+def test_lora_stream_takes_a_token_count_and_refuses_nonsense(adapter_dir):
+    eng = make(adapter_dir, lora_fold=True, lora_stream=4)
+    assert all(s.fold == (g in ("qkv", "o")) for g, s in eng.model.lora_stacks.items())
+    for bad in (0, -2, "yes", 2.5):
+        with pytest.raises(ValueError, match="extra.lora_stream"):
+            make(adapter_dir, lora_stream=bad)
+    with pytest.raises(ValueError, match="extra.lora_fold"):
+        make(adapter_dir, lora_fold="on")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream exists on a GPU only")
+def test_on_the_gpu_folded_lora_beside_the_base_matmul_gives_the_tokens_of_the_pair(adapter_dir):
+    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
+    plain = create_engine(EngineConfig(**gpu))
+    want, _ = serve(plain)
+    plain.close()
+    eng = create_engine(EngineConfig(**gpu, extra={"lora_fold": True, "lora_stream": 64}))
+    assert eng.model.lora_stacks["qkv"].stream is not None
+    got, folded = serve(eng)
+    assert got == want and any(folded)
