@@ -250,7 +250,7 @@ class Attention(nn.Module):
         qkv, folded = lora_linear_folded(x, self.qkv_proj.weight, self.qkv_proj.bias, self.lora.get("qkv"),
                                          self.layer, lora)
         q, k, v = ops.rope_and_cache(qkv, rope, self.n_heads, self.n_kv, self.hd, self.k_cache, self.v_cache,
-                                     attn.slot_mapping, *([folded.join()] if folded else []))  # (T, H, D) each
+                                     attn.slot_mapping, delta=folded.join() if folded else None)  # (T, H, D) each
         scale = 1.0 / math.sqrt(self.hd)
         if attn.is_prefill:
             o = self._prefill(q, k, v, attn.seq_lens, scale)
@@ -317,7 +317,7 @@ class Block(nn.Module):
         else:
             h, residual = ops.add_rms_norm(x, residual, n1.weight, n1.eps)
         out, folded = self.self_attn(h, rope, attn, lora, ops)
-        h, residual = ops.add_rms_norm(out, residual, n2.weight, n2.eps, *([folded.join()] if folded else []))
+        h, residual = ops.add_rms_norm(out, residual, n2.weight, n2.eps, delta=folded.join() if folded else None)
         return self.mlp(h, lora, ops), residual
 
 

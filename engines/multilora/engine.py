@@ -425,9 +425,6 @@ class MultiLoRAEngine(Engine):
     def _banned(self, seq: Sequence) -> tuple[int, ...]:
         return banned_tokens(seq.params, seq.num_output, self.eos_token_id)
 
-    def _stop_reason(self, seq: Sequence, tok: int) -> str | None:
-        return stop_reason(seq.params, tok, seq.num_output, len(seq), self.eos_token_id, self.max_model_len)
-
     def stats(self) -> dict[str, float]:
         out = {
             "queue_depth": len(self.scheduler.waiting),
