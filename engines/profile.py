@@ -13,6 +13,7 @@ from engines.config import EngineConfig
 from engines.model.config import ModelArgs
 from engines.multilora.engine import MultiLoRAEngine
 from engines.multilora.sequence import Sequence
+from engines.profile_mixed import mixed_sweep
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
@@ -55,6 +56,8 @@ class ProfileConfig:
     # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
     # targets are read from
     fused_lora: tuple[str, ...] = ("auto",)
+    # prompt tokens a mixed step carries as rows beside each decode batch (the mixed sweep; empty: skip it)
+    mixed_prompts: tuple[int, ...] = ()
     extra_notes: dict = field(default_factory=dict)
 
 
@@ -152,6 +155,15 @@ def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequ
     return seqs
 
 
+def decoding_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
+    """n sequences of `length` cached tokens, each about to decode one more (at position `length`)."""
+    seqs = _fake_seqs(eng, n, length, tag)
+    for s in seqs:
+        s.output_ids.append(1)
+        eng.blocks.append(s)
+    return seqs
+
+
 def _load_all(eng: MultiLoRAEngine, names: list[str]) -> None:
     eng.pool.want(names)
     eng.pool.finish_loads(wait=True)
@@ -165,10 +177,7 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
     elem = torch.empty((), dtype=eng.dtype).element_size()
     w_bytes = weight_bytes_per_step(eng.model)
     ad_bytes = adapter_bytes(a, cfg.rank, cfg.targets, elem)
-    seqs = _fake_seqs(eng, max(cfg.batches), cfg.context, "d")
-    for s in seqs:
-        s.output_ids.append(1)  # the token this step decodes sits at position `context`
-        eng.blocks.append(s)
+    seqs = decoding_seqs(eng, max(cfg.batches), cfg.context, "d")
     rows = []
     for b, d, mode in [(b, d, m) for b in cfg.batches for d in cfg.adapters for m in (cfg.fused_lora if d else [None])]:
         if d > b or d > len(names):
@@ -203,10 +212,7 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
 
 def _check_batch(eng, names, tag: str):
     """64 sequences of 100 tokens, each about to decode one more, over up to 30 adapters: (seqs, slots)."""
-    seqs = _fake_seqs(eng, 64, 100, tag)
-    for s in seqs:
-        s.output_ids.append(2)
-        eng.blocks.append(s)
+    seqs = decoding_seqs(eng, 64, 100, tag)
     return seqs, [eng.pool.slot(names[i % min(30, len(names))]) for i in range(64)]
 
 
@@ -270,10 +276,7 @@ def prefill_sweep(eng, cfg, names, flops, out) -> None:
 
 def load_while_decoding(eng, cfg, names, make, out) -> None:
     """Batch 64 over 30 adapters decodes; in the second half, a cold adapter load starts every other step."""
-    seqs = _fake_seqs(eng, 64, cfg.context, "l")
-    for s in seqs:
-        s.output_ids.append(1)
-        eng.blocks.append(s)
+    seqs = decoding_seqs(eng, 64, cfg.context, "l")
     used = names[:30]
     for n in used:
         eng.pool.pin(n)
@@ -410,6 +413,9 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
     save(out)
     decode_sweep(eng, cfg, names, bw, flops, out)
     save(out)
+    if cfg.mixed_prompts:
+        mixed_sweep(eng, cfg, names, bw, flops, out)
+        save(out)
     prefill_sweep(eng, cfg, names, flops, out)
     save(out)
     if cfg.loads:

@@ -10,6 +10,11 @@ gauge (every sequence of the sampled step, prefills too); the output says which.
 batch is interpolated linearly between the profiled batch sizes, on the rows with N distinct adapters (N
 capped at the batch; default: the run's adapter count). What the step allows = mean batch / step time: the
 decode rate with no time outside the GPU step (no prefill, scheduling, sampling or streaming).
+
+When the profile also timed mixed steps (`harness profile --mixed-prompts`) and the server counted the prompt
+tokens it received, a second line sets the run against the step it really runs: the profiled mixed step at the
+run's decode sequences and prompt tokens per step (bilinear between the profiled points; outside them it says
+so and gives no figure), and what that step allows.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pathlib import Path
 
 TARGET = 0.85  # issue 15: served >= 85% of what the profiled step allows
 DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fleet_batch_size"
+PROMPTS = "lora_fleet_prompt_tokens_total"
 DECODE_PER_STEP = "decode sequences per step (counters)"
 GAUGE_MEAN = "batch-size gauge mean (prefills included)"
 
@@ -59,6 +65,44 @@ def mean_batch(run_dir: Path, window_s: float) -> tuple[float, str]:
     return sum(vals) / len(vals), GAUGE_MEAN
 
 
+def prompt_tokens_per_step(run_dir: Path, window_s: float) -> float | None:
+    """Prompt tokens the server received per step over the window (None without the counters)."""
+    counted = [r for r in _samples(run_dir, window_s) if PROMPTS in r and STEPS in r]
+    if len(counted) < 2 or counted[-1][STEPS] <= counted[0][STEPS]:
+        return None
+    return (counted[-1][PROMPTS] - counted[0][PROMPTS]) / (counted[-1][STEPS] - counted[0][STEPS])
+
+
+def _between(xs: list[float], x: float) -> tuple[float, float, float] | None:
+    """(lo, hi, fraction) of x between neighbouring values of sorted xs; None outside them."""
+    if not xs or not xs[0] <= x <= xs[-1]:
+        return None
+    if len(xs) == 1:
+        return xs[0], xs[0], 0.0
+    for lo, hi in zip(xs, xs[1:]):
+        if lo <= x <= hi:
+            return lo, hi, (x - lo) / (hi - lo)
+    return None
+
+
+def mixed_step_ms_at(profile: dict, batch: float, prompt: float, adapters: int) -> float | None:
+    """Profiled mixed step (ms) at `batch` decode sequences and `prompt` prompt tokens, bilinear between the
+    profiled points (with min(adapters, b) adapters at each profiled b); None outside them."""
+    grid = {(r["batch"], r["prompt_tokens"]): r["step_ms"] for r in profile.get("mixed", [])
+            if r["adapters"] == min(adapters, r["batch"])}
+    bx = _between(sorted({b for b, _ in grid}), batch)
+    px = _between(sorted({q for _, q in grid}), prompt)
+    if bx is None or px is None:
+        return None
+    (b0, b1, fb), (p0, p1, fp) = bx, px
+    corners = [grid.get(k) for k in ((b0, p0), (b1, p0), (b0, p1), (b1, p1))]
+    if any(c is None for c in corners):
+        return None
+    low = corners[0] + fb * (corners[1] - corners[0])
+    high = corners[2] + fb * (corners[3] - corners[2])
+    return low + fp * (high - low)
+
+
 def step_ms_at(profile: dict, batch: float, adapters: int) -> float:
     """Profiled decode step (ms) at `batch`, with min(adapters, b) distinct adapters at each profiled b."""
     points = {}
@@ -86,8 +130,16 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     step = step_ms_at(profile, b, adapters)
     allowed = b / (step / 1e3)
     served = float(summary["metrics"]["output_tok_s"])
-    return dict(run=str(run_dir), adapters=adapters, mean_batch=b, mean_batch_from=batch_from, step_ms=step,
-                allowed_tok_s=allowed, served_tok_s=served, ratio=served / allowed, target=TARGET, met=served / allowed >= TARGET)
+    out = dict(run=str(run_dir), adapters=adapters, mean_batch=b, mean_batch_from=batch_from, step_ms=step,
+               allowed_tok_s=allowed, served_tok_s=served, ratio=served / allowed, target=TARGET,
+               met=served / allowed >= TARGET)
+    prompt = prompt_tokens_per_step(run_dir, float(window)) if profile.get("mixed") else None
+    if prompt is not None:
+        mixed = mixed_step_ms_at(profile, b, prompt, adapters)
+        out["mixed"] = dict(prompt_tokens_per_step=prompt, step_ms=mixed,
+                            allowed_tok_s=None if mixed is None else b / (mixed / 1e3),
+                            ratio=None if mixed is None else served / (b / (mixed / 1e3)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['allowed_tok_s']:,.0f} | {out['served_tok_s']:,.0f} | {out['ratio']:.0%} "
           f"({'meets' if out['met'] else 'misses'} >= {TARGET:.0%}) |")
     print(f"mean batch: {out['mean_batch_from']}")
+    m = out.get("mixed")
+    if m is not None and m["step_ms"] is None:
+        print(f"mixed steps: {m['prompt_tokens_per_step']:.1f} prompt tokens a step beside {out['mean_batch']:.1f} "
+              "decodes is outside the profile's mixed points: no figure (profile with --mixed-prompts around it)")
+    elif m is not None:
+        print(f"mixed steps: with the {m['prompt_tokens_per_step']:.1f} prompt tokens a step carried beside the "
+              f"{out['mean_batch']:.1f} decodes, the profiled mixed step is {m['step_ms']:.2f} ms and allows "
+              f"{m['allowed_tok_s']:,.0f} tok/s: served / allowed {m['ratio']:.0%}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -44,3 +44,21 @@ def test_profile_rejects_bad_lists(capsys):
     with pytest.raises(SystemExit):
         main(["profile", "--fused-lora", "auto,sometimes"])
     assert "'sometimes': give on, off, auto" in capsys.readouterr().err
+
+
+def test_profile_times_mixed_steps_and_the_fold_path(tmp_path, capsys):
+    """--mixed-prompts times each decode batch with prompt tokens carried beside it (floors too); --fused-lora
+    fold measures the folded LoRA output beside the pair."""
+    out = tmp_path / "profile.json"
+    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
+               "--prefill", "", "--context", "24", "--iters", "2", "--loads", "0", "--many-adapters", "0",
+               "--no-check", "--fused-lora", "off,fold", "--mixed-prompts", "40,150", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [(r["adapters"], r["fused_lora"]) for r in data["decode"]] == [(0, None), (2, "off"), (2, "fold")]
+    mixed = {(r["adapters"], r["prompt_tokens"]): r for r in data["mixed"]}
+    assert sorted(mixed) == [(0, 40), (0, 150), (2, 40), (2, 150)]
+    assert all(r["step_ms"] > 0 and r["rows"] == 2 + r["prompt_tokens"] for r in mixed.values())
+    assert mixed[(0, 150)]["floor_ms"] > mixed[(0, 40)]["floor_ms"] > 0  # more prompt KV written
+    assert mixed[(0, 150)]["flop_floor_ms"] > mixed[(0, 40)]["flop_floor_ms"]
+    assert "mixed step: decode    2 + prompt  150 tokens, adapters    2" in capsys.readouterr().out

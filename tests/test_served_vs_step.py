@@ -83,3 +83,27 @@ def _write(tmp_path, obj):
     p = tmp_path / "profile.json"
     p.write_text(json.dumps(obj))
     return p
+
+
+def test_sets_the_run_against_the_profiled_mixed_step_when_both_are_there(tmp_path, capsys):
+    """With the prompt-token counter and a profile of mixed steps, a second figure: the mixed step at the run's
+    decodes and prompt tokens per step (bilinear), and what it allows; outside the profiled points, no figure."""
+    profile = dict(PROFILE, mixed=[dict(batch=b, adapters=30, prompt_tokens=p, step_ms=ms) for b, p, ms in
+                                   [(128, 0, 10.0), (128, 200, 14.0), (256, 0, 14.0), (256, 200, 20.0)]])
+    run = make_run(tmp_path, [(0.5, 300), (9.5, 300)], counters=[(0.5, 100, 15_000), (9.5, 110, 16_600)],
+                   served=8000.0)
+    lines = (run / "server.csv").read_text().splitlines()
+    lines += ["0.5,lora_fleet_prompt_tokens_total,,1000", "9.5,lora_fleet_prompt_tokens_total,,2000"]
+    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    out = svs.compare(run, profile)
+    m = out["mixed"]  # 160 decodes (a quarter from 128 to 256), 100 prompt tokens (half of 0..200) a step
+    assert m["prompt_tokens_per_step"] == pytest.approx(100)
+    assert m["step_ms"] == pytest.approx((11.0 + 15.5) / 2)  # 10->14 and 14->20 at a quarter, then halfway
+    assert m["allowed_tok_s"] == pytest.approx(160 / (m["step_ms"] / 1e3)) and m["ratio"] == pytest.approx(
+        8000 / m["allowed_tok_s"])
+    assert svs.main([str(run), str(_write(tmp_path, profile))]) == 0
+    assert "the profiled mixed step is 13.25 ms" in capsys.readouterr().out
+    far = dict(profile, mixed=[r for r in profile["mixed"] if r["prompt_tokens"] == 0])  # no prompt rows profiled
+    assert svs.compare(run, far)["mixed"]["step_ms"] is None
+    assert svs.main([str(run), str(_write(tmp_path, far))]) == 0
+    assert "outside the profile's mixed points" in capsys.readouterr().out

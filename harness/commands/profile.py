@@ -65,6 +65,9 @@ def register(subparsers) -> None:
     p.add_argument("--batches", type=_ints, default=(1, 16, 64, 128, 256), help="decode batch sizes")
     p.add_argument("--adapters", type=_ints, default=(0, 1, 8, 30, 64, 128, 256),
                    help="distinct adapters per decode batch (those above the batch size are skipped)")
+    p.add_argument("--mixed-prompts", type=_ints, default=(), metavar="P[,...]",
+                   help="also time mixed steps: each decode batch plus P prompt tokens carried as rows (prompts of "
+                        "128 tokens), as a server's graphed mixed step runs them (default: skip)")
     p.add_argument("--prefill", type=_pairs, default=((8, 1024), (4, 2048)), help="prefill batches PROMPTSxTOKENS")
     p.add_argument("--iters", type=int, default=30, help="timed repetitions per decode point (median)")
     p.add_argument("--loads", type=int, default=20, help="cold adapter loads timed while batch 64 decodes (0: skip)")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                         iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
-                        fused_lora=args.fused_lora)
+                        fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
         if value < 1:
             raise UsageError(f"{flag} {value}: must be >= 1")
