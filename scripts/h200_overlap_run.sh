@@ -6,6 +6,8 @@
 #   scripts/h200_overlap_run.sh c   # the GPU tests of overlap, mixed steps and lora_fold; the decode profile with
 #                                   #   the pair (off) against lora_fold (fold), side stream up to 32 tokens, then
 #                                   #   up to 256 tokens at batch 64 and 256
+#   scripts/h200_overlap_run.sh d   # (next) the mixed-step profile at 128 and 256 decodes over 0 and 30 adapters,
+#                                   #   0-256 prompt tokens a step; served_vs_step of run 7's saturate runs against it
 #   scripts/h200_overlap_run.sh b   # adapters per GPU: saturate over 0, 30, 1,000, 5,000 adapters
 #                                   #   (scripts/gpu_results.sh fleet, 15 s windows; OVERLAP=1 for runs made before
 #                                   #   overlap was the CUDA default)
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/.."
 res=/tmp/ov
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_overlap_run.sh a|b|c}
+call=${1:?usage: h200_overlap_run.sh a|b|c|d}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -37,6 +39,12 @@ c)
   timeout 170 "${prof[@]}" --batches 64,256 --adapters 0,64,256 --lora-stream-tokens 256 \
       --out "$res/runs/profile-fold-256.json" > "$res/logs/c-profile-256.log" 2>&1
   grep -E "^decode|^\|" "$res/logs/c-profile-256.log" | tail -16 ;;
+d)
+  timeout 300 "${prof[@]}" --fused-lora off --batches 128,256 --adapters 0,30 --mixed-prompts 0,128,256 \
+      --out "$res/runs/profile-mixed.json" > "$res/logs/d-profile.log" 2>&1; grep -E "^mixed|^decode" "$res/logs/d-profile.log"
+  for d in docs/results/h200/run7/*saturate-overlap-*; do
+    python3 scripts/served_vs_step.py "$d" "$res/runs/profile-mixed.json" | tail -2
+  done ;;
 a)
   timeout 150 python3 -m pytest -q -p no:randomly tests/test_engine_overlap.py tests/test_engine_mixed.py 2>&1 | tail -4
   timeout -s INT 330 "${sat[@]}" --engine "$plain" --engine "$over" > "$res/logs/a-saturate.log" 2>&1
@@ -53,7 +61,7 @@ b)
       timeout -s INT 560 bash scripts/gpu_results.sh fleet > "$res/logs/b-fleet.log" 2>&1
   grep -v "^adapters:" "$res/logs/b-fleet.log" | tail -30
   mkdir -p "$res/runs/fleet" && cp -r runs/gpu/fleet/. "$res/runs/fleet/" ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
     '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
