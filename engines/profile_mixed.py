@@ -36,8 +36,7 @@ def mixed_sweep(eng: MultiLoRAEngine, cfg, names: list[str], bw: float, flops: f
         for d in [d for d in cfg.adapters if d <= b and d <= len(names)]:
             for p in cfg.mixed_prompts:
                 prompts = _prompts(eng, p, f"m{b}-{d}-{p}-")
-                seqs = decode_seqs[:b] + prompts
-                slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(len(seqs))]
+                slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b + len(prompts))]
                 t = _time(lambda: eng.runner.step(decode_seqs[:b], prompts, slots).argmax(-1).tolist(), eng.device,
                           cfg.warmup, cfg.iters)
                 kv_read = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)

@@ -125,7 +125,7 @@ def _check(buf, lora_b, meta, ranks, slice_offsets, y):
     if lora_b.dim() != 3:
         fail(f"lora_b must be [num_slots, N_total, R_max], got shape {tuple(lora_b.shape)}")
     if y.dim() != 2 or y.dtype not in _DTYPES or lora_b.dtype not in (y.dtype, torch.float16, torch.bfloat16) \
-            or (lora_b.dtype != y.dtype and y.dtype != torch.float32):
+            or y.dtype not in (lora_b.dtype, torch.float32):
         fail(f"y must be [T, N] and share its dtype (one of {_DTYPES}) with lora_b, or be float32 (a folded LoRA "
              f"output), got y {y.dtype} {tuple(y.shape)} and lora_b {lora_b.dtype}")
     if slice_offsets.dim() != 1 or slice_offsets.numel() != buf.shape[0] + 1:

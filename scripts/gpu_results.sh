@@ -100,7 +100,7 @@ fleet)
   rm -rf .cache/gpu-bursty-adapters  # the capacity phase's 20 GB, if this machine ran it
   adapters=.cache/gpu-fleet-qv
   synth ${FLEET_MAX:-5000} 8 q_proj,v_proj "$adapters"
-  serve "$adapters" "{\"gpu_slots\": 256, \"max_loras\": 256, \"max_lora_rank\": 8, \"host_adapter_capacity\": ${HOST_CAPACITY:-5000}${SERVE_CONFIG_EXTRA:-}}"
+  serve "$adapters" "{\"gpu_slots\": 256, \"max_loras\": 256, \"max_lora_rank\": 8, \"host_adapter_capacity\": ${HOST_CAPACITY:-5000}}"
   for n in ${FLEET_COUNTS:-0 1 30 100 1000 5000}; do
     base=(); [ "$n" = 0 ] && base=(--set traffic.base_fraction=1.0)
     python3 -m harness run workloads/saturate.yaml --engine "$ext" "${base[@]}" --set adapters.count=$n \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 6's GPU work on one H200 (issue 15), in two device calls of under 10 minutes each:
+# Session 6's GPU work on one H200 (issue 15), one device call (under 10 minutes) per letter:
 #   scripts/h200_overlap_run.sh a   # wheels; the GPU tests of overlapped and mixed steps; workloads/saturate.yaml
 #                                   #   at 100 req/s with overlap off (graphed mixed steps, the default) and on;
 #                                   #   served vs what the profiled step allows; peft on bursty30 (30 s window)
@@ -9,8 +9,7 @@
 #   scripts/h200_overlap_run.sh d   # (next) the mixed-step profile at 128 and 256 decodes over 0 and 30 adapters,
 #                                   #   0-256 prompt tokens a step; served_vs_step of run 7's saturate runs against it
 #   scripts/h200_overlap_run.sh b   # adapters per GPU: saturate over 0, 30, 1,000, 5,000 adapters
-#                                   #   (scripts/gpu_results.sh fleet, 15 s windows; OVERLAP=1 for runs made before
-#                                   #   overlap was the CUDA default)
+#                                   #   (scripts/gpu_results.sh fleet, 15 s windows)
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +55,7 @@ a)
       --set loadgen.drain_timeout_s=15 --runs-dir "$res/runs" --no-progress > "$res/logs/a-peft.log" 2>&1
   grep -E "^(engine|-|peft)|TTFT|TPOT|invalid|interrupted" "$res/logs/a-peft.log" | head -12 ;;
 b)
-  extra=""; [ -n "${OVERLAP:-}" ] && extra=', "extra": {"overlap": true}'
-  SERVE_CONFIG_EXTRA="$extra" FLEET_COUNTS="${FLEET_COUNTS:-0 30 1000 5000}" WINDOW_S=${WINDOW_S:-15} \
+  FLEET_COUNTS="${FLEET_COUNTS:-0 30 1000 5000}" WINDOW_S=${WINDOW_S:-15} \
       timeout -s INT 560 bash scripts/gpu_results.sh fleet > "$res/logs/b-fleet.log" 2>&1
   grep -v "^adapters:" "$res/logs/b-fleet.log" | tail -30
   mkdir -p "$res/runs/fleet" && cp -r runs/gpu/fleet/. "$res/runs/fleet/" ;;

@@ -11,7 +11,8 @@ batch is interpolated linearly between the profiled batch sizes, on the rows wit
 capped at the batch; default: the run's adapter count). What the step allows = mean batch / step time: the
 decode rate with no time outside the GPU step (no prefill, scheduling, sampling or streaming).
 
-When the profile also timed mixed steps (`harness profile --mixed-prompts`) and the server counted the prompt
+Where the server exports them, the counters per step are printed too: decodes, prompt tokens received and the
+measured time a step. When the profile also timed mixed steps (`harness profile --mixed-prompts`) and the server counted the prompt
 tokens it received, a second line sets the run against the step it really runs: the profiled mixed step at the
 run's decode sequences and prompt tokens per step (bilinear between the profiled points; outside them it says
 so and gives no figure), and what that step allows.
@@ -51,26 +52,32 @@ def _samples(run_dir: Path, window_s: float) -> list[dict[str, float]]:
     return [by_t[t] for t in sorted(by_t)]
 
 
-def mean_batch(run_dir: Path, window_s: float) -> tuple[float, str]:
-    """(mean batch over the measured window (samples at 0 <= t <= window_s), what it is)."""
-    rows = _samples(run_dir, window_s)
-    counted = [r for r in rows if DECODE in r and STEPS in r]
-    if len(counted) >= 2 and counted[-1][STEPS] > counted[0][STEPS]:
-        first, last = counted[0], counted[-1]
-        return (last[DECODE] - first[DECODE]) / (last[STEPS] - first[STEPS]), DECODE_PER_STEP
-    vals = [r[GAUGE] for r in rows if GAUGE in r]
-    if not vals:
-        raise ValueError(f"{run_dir}/server.csv: no {GAUGE} sample (nor two {DECODE} samples a step apart) "
-                         f"inside the {window_s:g} s window")
-    return sum(vals) / len(vals), GAUGE_MEAN
-
-
-def prompt_tokens_per_step(run_dir: Path, window_s: float) -> float | None:
-    """Prompt tokens the server received per step over the window (None without the counters)."""
-    counted = [r for r in _samples(run_dir, window_s) if PROMPTS in r and STEPS in r]
+def per_step(rows: list[dict[str, float]], metric: str) -> float | None:
+    """A counter's increase per step between the first and last samples that have it and the steps counter
+    (None with fewer than two such samples a step apart)."""
+    counted = [r for r in rows if metric in r and STEPS in r]
     if len(counted) < 2 or counted[-1][STEPS] <= counted[0][STEPS]:
         return None
-    return (counted[-1][PROMPTS] - counted[0][PROMPTS]) / (counted[-1][STEPS] - counted[0][STEPS])
+    return (counted[-1][metric] - counted[0][metric]) / (counted[-1][STEPS] - counted[0][STEPS])
+
+
+def step_ms(rows: list[dict[str, float]]) -> float | None:
+    """Measured wall time per step between the first and last samples of the steps counter (ms)."""
+    counted = [r for r in rows if STEPS in r]
+    if len(counted) < 2 or counted[-1][STEPS] <= counted[0][STEPS]:
+        return None
+    return (counted[-1]["t"] - counted[0]["t"]) / (counted[-1][STEPS] - counted[0][STEPS]) * 1e3
+
+
+def mean_batch(rows: list[dict[str, float]], where: str) -> tuple[float, str]:
+    """(mean batch over the window's samples (rows of _samples), what it is); `where` names them in errors."""
+    decode = per_step(rows, DECODE)
+    if decode is not None:
+        return decode, DECODE_PER_STEP
+    vals = [r[GAUGE] for r in rows if GAUGE in r]
+    if not vals:
+        raise ValueError(f"{where}: no {GAUGE} sample (nor two {DECODE} samples a step apart)")
+    return sum(vals) / len(vals), GAUGE_MEAN
 
 
 def _between(xs: list[float], x: float) -> tuple[float, float, float] | None:
@@ -110,14 +117,12 @@ def step_ms_at(profile: dict, batch: float, adapters: int) -> float:
         if r["adapters"] == min(adapters, r["batch"]):
             points[r["batch"]] = r["step_ms"]
     xs = sorted(points)
-    if len(xs) < 1 or not xs[0] <= batch <= xs[-1]:
+    at = _between(xs, batch)
+    if at is None:
         raise ValueError(f"profile: batch {batch:.1f} with {adapters} adapters is outside the profiled batches "
                          f"{xs} (profile with --batches around it and --adapters {adapters})")
-    for lo, hi in zip(xs, xs[1:]):
-        if lo <= batch <= hi:
-            f = (batch - lo) / (hi - lo)
-            return points[lo] + f * (points[hi] - points[lo])
-    return points[xs[0]]
+    lo, hi, f = at
+    return points[lo] + f * (points[hi] - points[lo])
 
 
 def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
@@ -126,14 +131,18 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     if adapters is None:
         adapters = int(((config.get("workload") or config).get("adapters") or {}).get("count", 0))
     window = summary["measured_s"] if "measured_s" in summary else summary["window_s"]  # the latter: older runs
-    b, batch_from = mean_batch(run_dir, float(window))
+    rows = _samples(run_dir, float(window))
+    b, batch_from = mean_batch(rows, f"{run_dir}/server.csv, inside the {float(window):g} s window")
     step = step_ms_at(profile, b, adapters)
     allowed = b / (step / 1e3)
     served = float(summary["metrics"]["output_tok_s"])
     out = dict(run=str(run_dir), adapters=adapters, mean_batch=b, mean_batch_from=batch_from, step_ms=step,
                allowed_tok_s=allowed, served_tok_s=served, ratio=served / allowed, target=TARGET,
                met=served / allowed >= TARGET)
-    prompt = prompt_tokens_per_step(run_dir, float(window)) if profile.get("mixed") else None
+    prompt = per_step(rows, PROMPTS)  # prompt tokens received a step
+    out["counters"] = dict(decode_per_step=per_step(rows, DECODE), prompt_tokens_per_step=prompt,
+                           measured_step_ms=step_ms(rows))
+    prompt = prompt if profile.get("mixed") else None
     if prompt is not None:
         mixed = mixed_step_ms_at(profile, b, prompt, adapters)
         out["mixed"] = dict(prompt_tokens_per_step=prompt, step_ms=mixed,
@@ -160,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['allowed_tok_s']:,.0f} | {out['served_tok_s']:,.0f} | {out['ratio']:.0%} "
           f"({'meets' if out['met'] else 'misses'} >= {TARGET:.0%}) |")
     print(f"mean batch: {out['mean_batch_from']}")
+    c = out["counters"]
+    if None not in c.values():
+        print(f"per step (counters): {c['decode_per_step']:.1f} decodes, {c['prompt_tokens_per_step']:.1f} prompt "
+              f"tokens received, {c['measured_step_ms']:.2f} ms measured")
     m = out.get("mixed")
     if m is not None and m["step_ms"] is None:
         print(f"mixed steps: {m['prompt_tokens_per_step']:.1f} prompt tokens a step beside {out['mean_batch']:.1f} "

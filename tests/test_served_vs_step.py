@@ -107,3 +107,16 @@ def test_sets_the_run_against_the_profiled_mixed_step_when_both_are_there(tmp_pa
     assert svs.compare(run, far)["mixed"]["step_ms"] is None
     assert svs.main([str(run), str(_write(tmp_path, far))]) == 0
     assert "outside the profile's mixed points" in capsys.readouterr().out
+
+
+def test_prints_the_counters_per_step(tmp_path, capsys):
+    """Decodes and prompt tokens per step and the measured time a step, from the counters inside the window."""
+    run = make_run(tmp_path, [(0.5, 300), (9.5, 300)], counters=[(0.5, 100, 15_000), (9.5, 110, 16_600)])
+    lines = (run / "server.csv").read_text().splitlines()
+    lines += ["0.5,lora_fleet_prompt_tokens_total,,1000", "9.5,lora_fleet_prompt_tokens_total,,2000"]
+    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    c = svs.compare(run, PROFILE)["counters"]
+    assert c == dict(decode_per_step=160, prompt_tokens_per_step=100, measured_step_ms=pytest.approx(900))
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
+    assert "per step (counters): 160.0 decodes, 100.0 prompt tokens received, 900.00 ms measured" in \
+        capsys.readouterr().out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -195,13 +196,11 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     a, b = stack.a[layer], stack.b[layer]
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
     delta = torch.empty(x.shape[0], b.shape[1], dtype=torch.float32, device=x.device)
-    if stack.stream is None:  # the same arithmetic in order (CPU, or no side stream)
-        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
-        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_())
-        return F.linear(x, weight, bias), Folded(delta, None, ())
-    main = torch.cuda.current_stream(x.device)
-    stack.stream.wait_stream(main)
-    with torch.cuda.stream(stack.stream):
+    side = nullcontext()  # no side stream (the CPU): the same arithmetic, in order
+    if stack.stream is not None:
+        stack.stream.wait_stream(torch.cuda.current_stream(x.device))
+        side = torch.cuda.stream(stack.stream)
+    with side:
         kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
         kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_())
     return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))

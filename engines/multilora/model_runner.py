@@ -8,6 +8,7 @@ import torch
 
 from engines.model.llama import AttnMeta, Transformer
 from engines.multilora.cuda_graphs import DecodeGraphs
+from engines.multilora.sampler import to_device
 from engines.multilora.sequence import Sequence
 from kernels.meta import LoRAMeta
 
@@ -56,8 +57,7 @@ class ModelRunner:
                        if cfg.cuda_graphs and device.type == "cuda" else None)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
-        pin = self.device.type == "cuda"
-        return torch.tensor(data, dtype=dtype, pin_memory=pin).to(self.device, non_blocking=True)
+        return to_device(data, dtype, self.device)
 
     def run(self, seqs: list[Sequence], is_prefill: bool, slots: list[int], weights_key: object = None) -> torch.Tensor:
         """Next-token logits (len(seqs), V) float32 of a prefill or a decode of `seqs`; slots[i] is the adapter

@@ -31,8 +31,8 @@ def stop_reason(params: SamplingParams, token: int, num_output: int, length: int
 NO_LOGITS = "the model produced no usable logits for this request (NaN, infinite, or every token banned)"
 
 
-def _dev(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list on the device without a host sync (pinned, non-blocking, on CUDA)."""
+def to_device(data: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list on the device without a host sync (pinned, non-blocking, on CUDA); the runner's too."""
     t = torch.tensor(data, dtype=dtype)
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
@@ -100,7 +100,7 @@ class Sampler:
         rows = [i for i, toks in enumerate(banned) for t in toks if 0 <= t < v]
         if rows:  # one indexed write for the whole batch, not one per row
             cols = [t for toks in banned for t in toks if 0 <= t < v]
-            logits[_dev(rows, torch.long, dev), _dev(cols, torch.long, dev)] = float("-inf")
+            logits[to_device(rows, torch.long, dev), to_device(cols, torch.long, dev)] = float("-inf")
         top = logits.max(dim=-1, keepdim=True).values  # (B, 1); NaN when a row holds a NaN
         bad = ~torch.isfinite(top[:, 0])  # NaN, +inf, or every token banned: nothing to pick
         tokens = logits.argmax(dim=-1)  # greedy everywhere; sampled rows overwritten
@@ -108,8 +108,8 @@ class Sampler:
         errors: dict[int, str] = {}
         sampled = [i for i, p in enumerate(params) if p.temperature > 0]
         if sampled:
-            idx = _dev(sampled, torch.long, dev)
-            temps = _dev([params[i].temperature for i in sampled], torch.float32, dev)
+            idx = to_device(sampled, torch.long, dev)
+            temps = to_device([params[i].temperature for i in sampled], torch.float32, dev)
             bad_s = bad.index_select(0, idx)
             # shifted so the best token is 0: dividing by a small temperature cannot overflow to +inf
             shifted = (logits.index_select(0, idx) - top.index_select(0, idx)) / temps[:, None]
@@ -120,7 +120,7 @@ class Sampler:
             probs = torch.where(usable[:, None], probs, torch.full_like(probs, 1.0 / v))
             unseeded = [j for j, i in enumerate(sampled) if params[i].seed is None]
             if unseeded:
-                j_dev = _dev(unseeded, torch.long, dev)
+                j_dev = to_device(unseeded, torch.long, dev)
                 picks = _draw(probs.index_select(0, j_dev), self.generator)
                 tokens.index_copy_(0, idx.index_select(0, j_dev), picks)
             for j, i in enumerate(sampled):
@@ -168,9 +168,9 @@ class Sampler:
         if min(top_k) < v or min(top_p) < 1.0:
             sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
             ranks = torch.arange(v, device=dev)[None, :]
-            k = _dev(top_k, torch.long, dev)[:, None]
+            k = to_device(top_k, torch.long, dev)[:, None]
             sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
-            p = _dev(top_p, torch.float32, dev)[:, None]
+            p = to_device(top_p, torch.float32, dev)[:, None]
             sorted_probs = sorted_logits.softmax(dim=-1)
             # drop a token when the tokens before it already reach top_p; the best token always stays
             before = sorted_probs.cumsum(dim=-1) - sorted_probs
