@@ -4,7 +4,7 @@
 #   scripts/gpu_results.sh bursty   # bursty30 with multilora, merged and peft
 #   scripts/gpu_results.sh bursty1000 # the same over 1,000 adapters
 #   scripts/gpu_results.sh capacity # capacity curve: harness sweep of bursty30 over rate at 30 and 1,000 adapters
-#   scripts/gpu_results.sh dedicated # λ*(1) of multilora and merged (the planner's dedicated deployments)
+#   scripts/gpu_results.sh dedicated # λ*(1) of multilora and merged (the planner's dedicated deployments; ENGINES_DEDICATED: a subset)
 #   scripts/gpu_results.sh tax      # LoRA tax: saturating traffic with no adapter vs bursty30's 30 adapters
 #   scripts/gpu_results.sh fleet    # adapters per GPU: saturating traffic over 0, 1, 30, 100, 1,000, 5,000 adapters
 # Run directories land in runs/gpu/<phase>/; with $OUT set (the device tool), a tarball of them is written there.
@@ -71,7 +71,7 @@ dedicated)
   # dedicated side; plan with --sweep of this and the capacity phase's sweep together
   adapters=.cache/gpu-bursty-adapters
   synth 30 8,16 $qkvo "$adapters"
-  for engine in multilora merged; do
+  for engine in ${ENGINES_DEDICATED:-multilora merged}; do
     cfg='{"gpu_slots": 128, "max_loras": 128, "max_lora_rank": 16}'
     [ $engine = merged ] && cfg='{"max_lora_rank": 16, "merged_copies": 1}'
     serve "$adapters" "$cfg" $engine

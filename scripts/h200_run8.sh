@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Session 7's GPU work on one H200 (issue 15), one device call (under 10 minutes) per letter:
+#   scripts/h200_run8.sh a   # GPU tests of overlap, mixed steps, lora_fold (the runner's host-to-device helper and
+#                            #   the fold's restructure since run 7); the mixed-step profile (128 and 256 decodes over
+#                            #   0 and 30 adapters, 0-256 prompt tokens); served_vs_step of run 7's saturate runs
+#                            #   against it; the decode step's kernel time by kind (scripts/step_breakdown.py)
+#   scripts/h200_run8.sh b   # the dedicated side of the plan: λ*(1) of the merged baseline on bursty30
+# Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/r8
+mkdir -p "$res/runs" "$res/logs"
+export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+call=${1:?usage: h200_run8.sh a|b}
+echo "== $call $(date -u +%T)"
+touch "$res/.start-$call"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
+case "$call" in
+a)
+  timeout 150 python3 -m pytest -q -p no:randomly --tb=short -k gpu tests/test_engine_overlap.py \
+      tests/test_engine_mixed.py tests/test_engine_lora_fold.py > "$res/logs/a-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/a-tests.log" | tail -8
+  timeout 270 "${prof[@]}" --fused-lora off --batches 128,256 --adapters 0,30 --mixed-prompts 0,128,256 \
+      --out "$res/runs/profile-mixed.json" > "$res/logs/a-profile.log" 2>&1; grep -E "^mixed|^decode" "$res/logs/a-profile.log"
+  for d in docs/results/h200/run7/*saturate-overlap-*; do
+    python3 scripts/served_vs_step.py "$d" "$res/runs/profile-mixed.json" --json "$res/runs/$(basename "$d")-vs-mixed.json" | tail -3
+  done
+  timeout 120 python3 scripts/step_breakdown.py --points 1x0,1x1,64x0,64x64,256x0,256x256 \
+      --json "$res/runs/breakdown.json" > "$res/logs/a-breakdown.log" 2>&1; grep -v USDT "$res/logs/a-breakdown.log" | tail -60 ;;
+b)
+  ENGINES_DEDICATED=merged SWEEP_RUNS=${SWEEP_RUNS:-4} WINDOW_S=${WINDOW_S:-12} SWEEP_BUDGET_S=${SWEEP_BUDGET_S:-300} \
+      timeout -s INT 450 bash scripts/gpu_results.sh dedicated > "$res/logs/b-dedicated.log" 2>&1
+  tail -20 "$res/logs/b-dedicated.log"
+  mkdir -p "$res/runs/dedicated" && cp -r runs/gpu/dedicated/. "$res/runs/dedicated/" ;;
+*) echo "unknown call $call (a b)" >&2; exit 2 ;;
+esac
+find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
+    '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
+(cd "$res" && find runs logs -newer ".start-$call" -type f | tar -czf "${OUT:-/tmp}/$call.tgz" -T -)
+ls -la "${OUT:-/tmp}"
+echo "== $call done $(date -u +%T)"

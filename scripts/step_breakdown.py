@@ -1,0 +1,119 @@
+"""Where a decode step's GPU time goes: kernel time by kind (base matmuls, attention, LoRA shrink/expand, fused
+norm/RoPE ops, the rest) for decode batches over adapters, from the torch profiler, beside each kind's byte floor.
+
+    python3 scripts/step_breakdown.py --points 1x0,1x1,64x0,64x64,256x0,256x256 [--json out.json]
+
+Kernels are traced inside the CUDA-graph replays the engine runs (as `harness profile` times them); per step
+= the kind's kernel time over the traced steps / steps. Kinds overlap on the side stream, so their sum can exceed
+the step's wall time. Meant for a GPU; on a CPU it runs the tiny preset as a smoke run (its CPU ops nest, so kinds double-count)."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engines.profile import (ProfileConfig, _engine, _load_all, adapter_bytes, decoding_seqs, fast_adapters,  # noqa: E402
+                             measure_bandwidth, weight_bytes_per_step)
+
+KINDS = [  # (kind, pattern over the kernel's name), first match wins
+    ("lora_shrink", r"shrink"), ("lora_expand", r"expand"), ("lora_fused", r"fused_lora|_fused_kernel"),
+    ("attention", r"attention|attn|paged"), ("norm_rope", r"rms|rope|norm|add_"),
+    ("matmul", r"gemm|sm90|cutlass|nvjet|xmma|matmul|splitk"), ("sampling", r"softmax|argmax|exponential|max"),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((k for k, pat in KINDS if re.search(pat, low)), "other")
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        b, _, d = part.partition("x")
+        out.append((int(b), int(d or 0)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="preset (default llama3-8b on a GPU, tiny on a CPU)")
+    ap.add_argument("--points", default="1x0,1x1,64x0,64x64,256x0,256x256", help="BATCHxADAPTERS,...")
+    ap.add_argument("--steps", type=int, default=10, help="traced steps per point")
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    points = parse_points(args.points)
+    cfg = ProfileConfig(model=args.model or ("llama3-8b" if cuda else "tiny"), context=args.context,
+                        batches=tuple(sorted({b for b, _ in points})), adapters=(0,), fused_lora=("off",))
+    n_ad = max(d for _, d in points)
+    eng = _engine(cfg, max(n_ad, 1), cfg.rank, max(cfg.batches))
+    a = eng.model.args
+    elem = torch.empty((), dtype=eng.dtype).element_size()
+    names = []
+    if n_ad:
+        make = fast_adapters(a, cfg.rank, cfg.targets, eng.dtype)
+        for i in range(n_ad):
+            names.append(f"fast-{i}")
+            eng.register_adapter_loader(names[-1], make(i))
+        _load_all(eng, names)
+    bw = measure_bandwidth(eng.device)
+    w_bytes, ad_bytes = weight_bytes_per_step(eng.model), adapter_bytes(a, cfg.rank, cfg.targets, elem)
+    seqs = decoding_seqs(eng, max(cfg.batches), cfg.context, "b")
+    activity = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    rows = []
+    print(f"{'batch':>5} {'adapters':>8} {'kind':<12} {'us/step':>9} {'kernels':>7}   byte floors (us): weights "
+          f"{w_bytes / bw * 1e6:.0f}, adapter {ad_bytes / bw * 1e6:.1f} each")
+    for b, d in points:
+        batch = seqs[:b]
+        slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
+
+        def step():
+            eng.runner.run(batch, False, slots).argmax(-1)
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        with torch.profiler.profile(activities=activity) as prof:
+            for _ in range(args.steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+        by_kind: dict[str, list[float]] = {}
+        for ev in prof.events():
+            dev = getattr(ev, "device_type", None)
+            if cuda and dev != torch.autograd.DeviceType.CUDA:
+                continue
+            us = (ev.device_time if cuda else ev.cpu_time)  # microseconds
+            k = kind_of(ev.name)
+            by_kind.setdefault(k, [0.0, 0])
+            by_kind[k][0] += us
+            by_kind[k][1] += 1
+        kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
+        floors = {"matmul": w_bytes / bw * 1e6, "attention": kv / bw * 1e6,
+                  "lora_shrink": d * ad_bytes / bw * 1e6, "lora_expand": d * ad_bytes / bw * 1e6}
+        total = sum(v[0] for v in by_kind.values()) / args.steps
+        for k, (us, n) in sorted(by_kind.items(), key=lambda kv_: -kv_[1][0]):
+            per = us / args.steps
+            fl = floors.get(k)
+            print(f"{b:5d} {d:8d} {k:<12} {per:9.1f} {n // args.steps:7d}"
+                  + (f"   floor {fl:8.1f} us  x{per / fl:5.2f}" if fl else ""))
+            rows.append(dict(batch=b, adapters=d, kind=k, us_per_step=per, kernels_per_step=n / args.steps,
+                             floor_us=fl))
+        print(f"{b:5d} {d:8d} {'all kernels':<12} {total:9.1f}   (the kinds' floors: adapter floor counts A+B "
+              f"bytes once, shown against shrink and expand each)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name() if cuda else "cpu",
+                                                   torch=torch.__version__, copy_rate_bps=bw, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
