@@ -112,6 +112,32 @@ def lora_ops(inp, config_s=None, config_e=None):
     return shrink, expand, both
 
 
+ROWS_SPACE = [(m, n) for m in (2, 4, 8) for n in (32, 64, 128)]  # (block_m, block_n) of the expand by rows
+
+
+def expand_rows_op(inp, config=None):
+    """The expand by rows (kernels/lora_expand_rows.py) over one input set."""
+    from kernels.lora_expand_rows import lora_expand_rows
+
+    return lambda: lora_expand_rows(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y,
+                                    config=config)
+
+
+def bench_expand_rows(sets, r_max: int) -> tuple[float, float, str]:
+    """(default config us, best us, best config) of the expand by rows over the input sets."""
+    from kernels.launch import ExpandRowsConfig
+    from kernels.lora_expand_rows import default_expand_rows
+
+    base = default_expand_rows(r_max)
+    t_default = time_sets([expand_rows_op(inp) for inp in sets])
+    best = (t_default, base)
+    for m, n in ROWS_SPACE:
+        cfg = ExpandRowsConfig(block_m=m, block_n=n, block_r=base.block_r, num_warps=4)
+        t = time_sets([expand_rows_op(inp, cfg) for inp in sets])
+        best = min(best, (t, cfg), key=lambda p: p[0])
+    return t_default, best[0], str(best[1])
+
+
 def fused_op(inp, config=None):
     """The fused shrink + expand over one input set."""
     from kernels.lora_fused import lora_fused
@@ -156,9 +182,18 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     t = time_sets([o[2] for o in ops])
     t_fused = time_sets([fused_op(inp) for inp in sets])
     t_torch = time_sets([lambda inp=inp: torch_gather_bmm(inp, case.rank) for inp in sets])
+    r_max = case.r_max or case.rank
+    rows = bench_expand_rows(sets, r_max) if case.tokens <= 256 else (None, None, None)
+    err_rows = None
+    if rows[0] is not None:  # the rows expand's y update against the segment expand's, same buf
+        y0 = sets[0].y.clone()
+        lora_ops(sets[0])[1]()
+        want = sets[0].y.float() - y0.float()
+        sets[0].y.copy_(y0)
+        expand_rows_op(sets[0])()
+        err_rows = ((sets[0].y.float() - y0.float() - want).norm() / want.norm()).item()
     floor = case.bytes_moved() / bw * 1e6
     fused_floor = case.bytes_moved(fused=True) / bw * 1e6
-    r_max = case.r_max or case.rank
     shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
     dev = sets[0].x.device
     auto = "fused" if fused_wanted("auto", *shape, dev) else "pair"
@@ -182,6 +217,8 @@ def bench_lora(case, bw: float, peak: float) -> dict:
         "flops": case.flops(), "flop_floor_us": case.flops() / peak * 1e6,
         "target_us": target, "met": None if target is None else t_auto <= target, "rel_err_vs_reference": err,
         "fused_rel_err_vs_reference": err_fused,
+        "expand_byte_floor_us": case.expand_bytes() / bw * 1e6, "expand_rows_us": rows[0],
+        "expand_rows_best_us": rows[1], "expand_rows_best_config": rows[2], "expand_rows_rel_err_vs_segments": err_rows,
     }
 
 
@@ -227,15 +264,17 @@ def print_tables(result: dict) -> None:
           f"{result['matmul_TFLOPs']:.0f} TFLOP/s  torch {result['versions']['torch']}  triton "
           f"{result['versions']['triton']}  one-element kernel in a graph {result['kernel_launch_floor_us']:.1f} us")
     print("LoRA: us = shrink + expand (the pair) in one graph; fused_us = the fused kernel; auto = the path the "
-          "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate)")
-    cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "byte_floor_us", "fused_byte_floor_us",
+          "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate); "
+          "expand_rows = the expand by rows (default config, best of a small space) beside the expand's own floor")
+    cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "expand_rows_us", "expand_rows_best_us",
+            "expand_byte_floor_us", "byte_floor_us", "fused_byte_floor_us",
             "pct_of_floor", "fused_pct_of_floor", "fused_recompute_mb", "flop_floor_us", "torch_gather_bmm_us",
-            "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference"]
+            "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference", "expand_rows_rel_err_vs_segments"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in result["lora"]:
         print("| " + " | ".join(_fmt(row[c], 3 if c == "flop_floor_us" else 1) if "rel_err" not in c
-                                else f"{row[c]:.1e}" for c in cols) + " |")
+                                else _fmt(row[c] if row[c] is None else f"{row[c]:.1e}") for c in cols) + " |")
     cols = ["case", "us", "byte_floor_us", "pct_of_floor", "flop_floor_us", "rel_err_vs_reference"]
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

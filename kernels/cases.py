@@ -47,6 +47,11 @@ class LoRACase:
         buf = 0 if fused else 2 * self.slices * self.tokens * self.rank * 4
         return a + b + x + y + buf
 
+    def expand_bytes(self, elem: int = 2) -> int:
+        """What the expand alone moves: B of each distinct adapter, y read and written, the fp32 rank vectors."""
+        return self.adapters * self.n_total * self.rank * elem + 2 * self.tokens * self.n_total * elem \
+            + self.slices * self.tokens * self.rank * 4
+
     def recompute_bytes(self, chunk: int, block_m: int = 16, elem: int = 2) -> int:
         """What the fused kernel reads beyond bytes_moved(fused=True), mostly from L2: each token tile's A
         slice once per extra chunk of columns of that slice, and its x rows once per extra chunk."""
@@ -88,6 +93,7 @@ LORA_CASES = [
     LoRACase("decode-1x1-r16", 1, 1, 16),
     LoRACase("decode-64x64-r16-qkv", 64, 64, 16, widths=QKV),
     LoRACase("decode-256x256-r16-qkv", 256, 256, 16, widths=QKV),
+    LoRACase("decode-256x30-r16-qkv", 256, 30, 16, widths=QKV),  # tokens sharing adapters (bursty30's count)
     LoRACase("decode-32x32-r16", 32, 32, 16),
     LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
     LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),

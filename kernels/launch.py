@@ -33,6 +33,15 @@ class ExpandConfig:
 
 
 @dataclass(frozen=True)
+class ExpandRowsConfig:
+    """The expand by rows (BGMV-like, decode): each program gathers its rows' own adapters' B, no segments."""
+    block_m: int = 4  # token rows per program, each with its own slot
+    block_n: int = 64  # output columns per program
+    block_r: int = 16  # rank columns per step
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
 class FusedConfig:
     """Fused shrink + expand (decode): each program recomputes its tile's rank-r vector, then expands it."""
     block_m: int = 16
@@ -58,8 +67,8 @@ class AttentionConfig:
     num_stages: int = 2
 
 
-CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "fused": FusedConfig, "lora_path": LoRAPath,
-                "attention": AttentionConfig}
+CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "expand_rows": ExpandRowsConfig, "fused": FusedConfig,
+                "lora_path": LoRAPath, "attention": AttentionConfig}
 
 
 def gpu_slug(name: str) -> str:
@@ -290,6 +299,11 @@ def step_down(cfg):
         if cfg.num_stages > 1:
             return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
         for name, floor in (("block_n", 32), ("block_r", 16), ("block_m", 16)):
+            if getattr(cfg, name) > floor:
+                return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
+        return None
+    if isinstance(cfg, ExpandRowsConfig):  # registers, not shared memory, bound it; step down all the same
+        for name, floor in (("block_n", 16), ("block_m", 1)):
             if getattr(cfg, name) > floor:
                 return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
         return None

@@ -9,6 +9,7 @@ class LoRAMeta:
 
     After prepare(token_slots):
       token_indices[:num_tokens]  token positions sorted by slot (stable); tokens with slot -1 are left out
+      token_slot[:T]              each token's slot in the step's own order (-1: none; the expand by rows reads it)
       seg_start[:num_segments]    offset of each segment into token_indices
       seg_len[:num_segments]      tokens in each segment (0 past num_segments)
       seg_slot[:num_segments]     the adapter slot of each segment
@@ -24,6 +25,7 @@ class LoRAMeta:
         self.device = torch.device(device)
         i32 = dict(dtype=torch.int32, device=self.device)
         self.token_indices = torch.zeros(max_tokens, **i32)
+        self.token_slot = torch.full((max_tokens,), -1, **i32)
         self.seg_start = torch.zeros(max_segments, **i32)
         self.seg_len = torch.zeros(max_segments, **i32)
         self.seg_slot = torch.full((max_segments,), -1, **i32)
@@ -35,7 +37,7 @@ class LoRAMeta:
         pin = self.device.type == "cuda"
         # two host staging buffers, used in turn: a step's copies may still be queued behind the step before it
         # while the host prepares the next one (engines that overlap host and device work)
-        self._hosts = [torch.zeros(max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
+        self._hosts = [torch.zeros(2 * max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
                        for _ in range(2)]
         self._turn = 0
 
@@ -64,12 +66,15 @@ class LoRAMeta:
         host[mt + ms + n_seg:mt + 2 * ms] = 0  # kernels may read every seg_len entry without a mask
         host[mt + 2 * ms + n_seg:mt + 3 * ms] = -1
         host[mt + 3 * ms] = n_seg
+        tail, n_all = mt + 3 * ms + 1, slots.numel()  # then each token's slot in the step's own order
+        host[tail:tail + n_all] = slots.clamp(min=-1).to(torch.int32)
         nb = self.device.type == "cuda"
         self.token_indices[:n_tok].copy_(host[:n_tok], non_blocking=nb)
         self.seg_start.copy_(host[mt:mt + ms], non_blocking=nb)
         self.seg_len.copy_(host[mt + ms:mt + 2 * ms], non_blocking=nb)
         self.seg_slot.copy_(host[mt + 2 * ms:mt + 3 * ms], non_blocking=nb)
         self.num_segments_dev.copy_(host[mt + 3 * ms:mt + 3 * ms + 1], non_blocking=nb)
+        self.token_slot[:n_all].copy_(host[tail:tail + n_all], non_blocking=nb)
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0

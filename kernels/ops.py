@@ -21,9 +21,13 @@ def lora_shrink(x, lora_a, meta, scales, ranks, out):
     return reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, out)
 
 
-def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y):
+def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y, rows: bool = False):
+    """rows: the expand by rows (each token gathers its own adapter's B; kernels.lora_expand_rows), same result."""
     if _triton_ok(y):
-        from kernels.lora_expand import lora_expand as k
+        if rows:
+            from kernels.lora_expand_rows import lora_expand_rows as k
+        else:
+            from kernels.lora_expand import lora_expand as k
         return k(buf, lora_b, meta, ranks, slice_offsets, y)
     return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
 

@@ -5,13 +5,17 @@
 #                            #   0 and 30 adapters, 0-256 prompt tokens); served_vs_step of run 7's saturate runs
 #                            #   against it; the decode step's kernel time by kind (scripts/step_breakdown.py)
 #   scripts/h200_run8.sh b   # the dedicated side of the plan: λ*(1) of the merged baseline on bursty30
+#   scripts/h200_run8.sh c   # the expand by rows: its GPU tests (and the overlap test under sync debug, since the
+#                            #   step metadata now carries each token's slot); kernels.bench of the decode cases;
+#                            #   the decode profile, pair (off) against rows, synced and pipelined; the breakdown
+#                            #   with rows
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r8
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run8.sh a|b}
+call=${1:?usage: h200_run8.sh a|b|c}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -35,7 +39,17 @@ b)
       timeout -s INT 450 bash scripts/gpu_results.sh dedicated > "$res/logs/b-dedicated.log" 2>&1
   tail -20 "$res/logs/b-dedicated.log"
   mkdir -p "$res/runs/dedicated" && cp -r runs/gpu/dedicated/. "$res/runs/dedicated/" ;;
-*) echo "unknown call $call (a b)" >&2; exit 2 ;;
+c)
+  timeout 170 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_expand_rows.py \
+      tests/test_engine_expand_rows.py tests/test_kernels_lora.py tests/test_engine_overlap.py -k "gpu or kernels" \
+      > "$res/logs/c-tests.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/c-tests.log" | tail -8
+  timeout 110 python3 -m kernels.bench --only decode-1x1-r16-qkv,decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x30,decode-64x64-r16,decode-256x256-r16 \
+      --out "$res/runs/kernels.json" > "$res/logs/c-bench.log" 2>&1; grep -E "^\||^NVIDIA" "$res/logs/c-bench.log" | head -12
+  timeout 200 "${prof[@]}" --fused-lora off,rows --batches 1,64,256 --adapters 0,1,30,64,256 \
+      --out "$res/runs/profile-rows.json" > "$res/logs/c-profile.log" 2>&1; grep -E "^decode|pipelined|^\|" "$res/logs/c-profile.log" | tail -50
+  timeout 70 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256 --expand-rows 512 \
+      --json "$res/runs/breakdown-rows.json" > "$res/logs/c-breakdown.log" 2>&1; grep -v USDT "$res/logs/c-breakdown.log" | grep "lora\|all" ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac
 find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
     '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;

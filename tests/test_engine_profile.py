@@ -31,7 +31,9 @@ def test_profile_command_writes_json(tmp_path, capsys):
     assert t["batch1_one_adapter_tax_pct"]["measured"] == rows[(1, 1)]["tax_pct"]
     assert t["batch1_base_x_floor"]["measured"] == rows[(1, 0)]["x_floor"]
     printed = capsys.readouterr().out
-    assert "| target | measured | bound | pass |" in printed
+    assert t["batch1_base_x_floor"]["pipelined"] == rows[(1, 0)]["x_floor_pipelined"] > 0  # launched back to back
+    assert rows[(4, 2)]["tax_pct_pipelined"] == (rows[(4, 2)]["pipelined_ms"] / rows[(4, 0)]["pipelined_ms"] - 1) * 100
+    assert "| target | measured (synced step) | pipelined step | bound | pass (synced / pipelined) |" in printed
     assert "| batch | adapters | fused_lora auto: step ms (tax) | fused_lora off: step ms (tax) |" in printed
     assert f"| 4 | 2 | {rows[(4, 2)]['step_ms']:.3f} ({rows[(4, 2)]['tax_pct']:+.1f}%) |" in printed
 
@@ -52,10 +54,10 @@ def test_profile_times_mixed_steps_and_the_fold_path(tmp_path, capsys):
     out = tmp_path / "profile.json"
     rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
                "--prefill", "", "--context", "24", "--iters", "2", "--loads", "0", "--many-adapters", "0",
-               "--no-check", "--fused-lora", "off,fold", "--mixed-prompts", "40,150", "--out", str(out)])
+               "--no-check", "--fused-lora", "off,fold,rows", "--mixed-prompts", "40,150", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    assert [(r["adapters"], r["fused_lora"]) for r in data["decode"]] == [(0, None), (2, "off"), (2, "fold")]
+    assert [(r["adapters"], r["fused_lora"]) for r in data["decode"]] == [(0, None), (2, "off"), (2, "fold"), (2, "rows")]
     mixed = {(r["adapters"], r["prompt_tokens"]): r for r in data["mixed"]}
     assert sorted(mixed) == [(0, 40), (0, 150), (2, 40), (2, 150)]
     assert all(r["step_ms"] > 0 and r["rows"] == 2 + r["prompt_tokens"] for r in mixed.values())

@@ -120,3 +120,12 @@ def test_prints_the_counters_per_step(tmp_path, capsys):
     assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
     assert "per step (counters): 160.0 decodes, 100.0 prompt tokens received, 900.00 ms measured" in \
         capsys.readouterr().out
+
+
+def test_prefers_the_pipelined_step_where_the_profile_timed_it(tmp_path):
+    """Profiles that time steps launched back to back (the overlapped engine's way) are read by that figure."""
+    run = make_run(tmp_path, [(0.5, 128), (9.5, 192)])
+    piped = {"decode": [dict(r, pipelined_ms=r["step_ms"] / 2) for r in PROFILE["decode"]]}
+    out = svs.compare(run, piped)
+    assert out["step_ms"] == pytest.approx(5.5) and out["step_timing"].startswith("pipelined")
+    assert svs.compare(run, PROFILE)["step_timing"] == "synced around each step"

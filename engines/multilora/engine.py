@@ -36,6 +36,8 @@ EXTRA_KEYS = {
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default false)",
+    "lora_expand_rows": "LoRA calls of up to N tokens expand by rows: each token gathers its own adapter's B, no "
+                        "segments (kernels/lora_expand_rows.py); 0 (default) or false: by segments always",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -110,6 +112,7 @@ class MultiLoRAEngine(Engine):
         if self.device.type == "cuda" and self.model.lora_stacks and side:
             self.model.use_lora_stream(side)
         self.model.use_lora_fold(self._flag("lora_fold", False))
+        self.model.use_expand_rows(self._token_count("lora_expand_rows", 0))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
@@ -187,6 +190,14 @@ class MultiLoRAEngine(Engine):
     def _graphed_mixed_steps(self) -> bool:
         """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
         return self.device.type == "cuda" and self.config.cuda_graphs
+
+    def _token_count(self, key: str, default: int) -> int:
+        value = self.config.extra.get(key, default)
+        if value is False:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"engine config: extra.{key}={value!r} must be a token count >= 0 (or false)")
+        return value
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""

@@ -1,0 +1,66 @@
+"""The expand by rows (kernels.lora_expand_rows) against the float64 reference: the segment expand's contract,
+reading each token's slot in its own order (CPU: Triton's interpreter; GPU: compiled)."""
+import pytest
+import torch
+
+from kernels.launch import ExpandRowsConfig
+from kernels.lora_expand_rows import lora_expand_rows
+from kernels.meta import LoRAMeta
+from kernels.reference import lora_expand_ref, lora_shrink_ref
+from tests.test_kernels_lora import DEV, EXPAND_TOL, make_inputs, rand_slots, rel
+
+
+def run_rows(hidden, widths, ranks, slots, dtype, cfg=None, meta=None, seed=0):
+    """buf from the float64 reference shrink (rows without an adapter: NaN), then the rows expand vs the reference."""
+    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
+    meta_ref = LoRAMeta(max(t, 1), 8).prepare(slots)
+    buf = torch.full((s, t, r_max), float("nan"), dtype=torch.float64)
+    lora_shrink_ref(x.double(), a.double(), meta_ref, scales.double(), ranks_t, buf)
+    y_ref = y0.double().clone()
+    lora_expand_ref(buf, b.double(), meta_ref, ranks_t, offs, y_ref)
+    meta = (meta or LoRAMeta(max(t, 1), 8, device=DEV)).prepare(slots)
+    y = y0.to(DEV).clone()
+    lora_expand_rows(buf.float().to(DEV), b.to(DEV), meta, ranks_t.to(DEV), offs.to(DEV), y, config=cfg)
+    y = y.cpu()
+    assert not y.isnan().any(), "the rows expand read a buf element past a row's rank or of a row without adapter"
+    assert torch.equal(y[:, n_total:], y0[:, n_total:]), "touched columns past N_total"
+    untouched = torch.tensor([sl < 0 or ranks[sl] == 0 for sl in slots], dtype=torch.bool)
+    assert torch.equal(y[untouched], y0[untouched]), "touched rows without an adapter"
+    assert rel(y, y_ref) < EXPAND_TOL[dtype]
+    return meta
+
+
+@pytest.mark.parametrize("hidden,widths,ranks,dtype", [
+    (896, [896], [8, 16], torch.float32),
+    (1024, [512, 128, 128], [1, 8, 16, 64, 128], torch.bfloat16),  # mixed ranks: rank 128 loops over block_r
+    (3584, [440, 72], [16, 64, 8], torch.float16),  # the 2nd slice starts off a multiple of 16
+    (4096, [512, 128, 128], [16, 16, 16, 16], torch.bfloat16),
+])
+def test_random_mappings(hidden, widths, ranks, dtype):
+    run_rows(hidden, widths, ranks, rand_slots(13, len(ranks), seed=hidden), dtype)
+
+
+@pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=1, block_n=16, block_r=16),
+                                 ExpandRowsConfig(block_m=8, block_n=32, block_r=32)])
+def test_tiles_cut_across_unaligned_slices_and_rows(cfg):
+    # tiles end inside slices of 40, 24 and 72 columns and past the 9 rows; rank 40 > block_r 16/32 loops
+    run_rows(64, [40, 24, 72], [8, 40], rand_slots(9, 2, seed=cfg.block_m), torch.float16, cfg=cfg)
+
+
+def test_no_token_on_any_adapter_leaves_everything():
+    run_rows(128, [64, 32], [8, 16], [-1] * 9, torch.float32)
+
+
+def test_rank_zero_slot_leaves_its_rows():
+    run_rows(192, [96], [8, 0, 4], [0, 1, 2, 1, -1, 0, 2], torch.float16)
+
+
+def test_single_token():
+    run_rows(896, [128, 32, 32], [128], [0], torch.float32)
+
+
+def test_refilled_meta_follows_the_new_mapping():
+    """One meta object refilled with a new mapping (as a CUDA-graph replay does): rows follow the new slots."""
+    meta = run_rows(256, [64, 16], [16, 8, 4], [0, 1, 2, -1, 1, 0], torch.float32)
+    run_rows(256, [64, 16], [16, 8, 4], [2, -1, 0, 0, 1, 2], torch.float32, meta=meta, seed=1)
