@@ -174,7 +174,9 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             S=slices, S_POW2=triton.next_power_of_2(slices), SEG_POW2=triton.next_power_of_2(meta.max_segments),
             SEG_MAX=meta.max_segments,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r, N_STEPS=cfg.n_steps,
-            PREC="ieee" if lora_b.dtype == torch.float32 else "tf32",
+            # a float32 y (float32 weights, or a folded LoRA output) keeps float32's precision; a 16-bit y is
+            # rounded far coarser than tf32's rounding of the rank vectors
+            PREC="ieee" if torch.float32 in (lora_b.dtype, y.dtype) else "tf32",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     launch_fitting("expand", key, asked, launch)

@@ -1,6 +1,8 @@
-"""Triton LoRA expand by rows (BGMV-like, for decode): each program takes a few token rows in their own order and
-gathers each row's own adapter's B, so it needs no segments: one dependent load (the rows' slots) before the weights
-stream, where the segment kernel (kernels.lora_expand) finds its segment first. Same semantics as lora_expand."""
+"""Triton LoRA expand by rows (BGMV-like, for decode): each program takes a few token rows and gathers each row's
+own adapter's B, so it needs no segments: one dependent load (the rows' tokens and slots, read together) before the
+weights stream, where the segment kernel (kernels.lora_expand) finds its segment first. Rows go in slot order
+(LoRAMeta.token_indices), so rows of one program that share an adapter read the same B lines. Same semantics as
+lora_expand."""
 from __future__ import annotations
 
 import torch
@@ -18,11 +20,11 @@ patch_interpreter()
 
 @triton.jit
 def _expand_rows_kernel(
-    buf_ptr, b_ptr, y_ptr, off_ptr, slot_ptr, rank_ptr, T, r_max,
+    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """One program: BLOCK_M token rows (each its own adapter slot) x BLOCK_N columns of one slice.
+    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
 
     Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
     is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B)."""
@@ -31,7 +33,8 @@ def _expand_rows_kernel(
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_in = offs_m < T
-    slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)
+    slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)  # -1 past the step's adapter tokens
+    tok = tl.load(tok_ptr + offs_m, mask=m_in, other=0).to(tl.int64)
     sl, n_tile, valid_n = locate_tile(tl.program_id(0), hi - lo, BLOCK_N, S_POW2)
     n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
     n_hi = tl.where(valid_n, tl.sum(tl.where(offs_s == sl, hi, 0), 0), 0)  # a spare tile: no column
@@ -40,10 +43,10 @@ def _expand_rows_kernel(
     row = has & (rank > 0)
     offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = row[:, None] & (offs_n < n_hi)[None, :]
-    ys = y_ptr + offs_m.to(tl.int64)[:, None] * stride_yt + offs_n[None, :] * stride_yn
+    ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
     y = tl.load(ys, mask=mask, other=0.0)
     w_rows = b_ptr + slot.to(tl.int64)[:, None, None] * stride_bslot + offs_n[None, :, None] * stride_bn
-    bufs = buf_ptr + sl * stride_bs + offs_m.to(tl.int64)[:, None] * stride_bt
+    bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
     offs_r = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, r_max, BLOCK_R):
@@ -62,7 +65,8 @@ def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
 def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
                      slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandRowsConfig | None = None) -> torch.Tensor:
     """kernels.lora_expand.lora_expand's contract (y[t, slice i] += buf[i, t, :r] @ lora_b[slot[t], slice i, :r].T,
-    adding into y), reading each token's slot from meta.token_slot instead of its segments."""
+    adding into y), reading the tokens in slot order with their slots (meta.token_indices, meta.sorted_slot)
+    instead of the segments."""
     _check(buf, lora_b, meta, ranks, slice_offsets, y)
     t, n_y = y.shape
     slices, r_max = buf.shape[0], lora_b.shape[2]
@@ -76,7 +80,7 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     def launch(cfg: ExpandRowsConfig) -> None:
         grid = (tile_bound(n_y, slices, cfg.block_n), triton.cdiv(t, cfg.block_m))  # spare tiles exit at once
         _expand_rows_kernel[grid](
-            buf, lora_b, y, offs, meta.token_slot, ranks, t, r_max,
+            buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max,
             buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,

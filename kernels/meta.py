@@ -9,7 +9,8 @@ class LoRAMeta:
 
     After prepare(token_slots):
       token_indices[:num_tokens]  token positions sorted by slot (stable); tokens with slot -1 are left out
-      token_slot[:T]              each token's slot in the step's own order (-1: none; the expand by rows reads it)
+      sorted_slot[:T]             the slot of each token of token_indices (-1 past num_tokens): the expand by
+                                  rows reads a row's token and slot together, neighbours sharing an adapter
       seg_start[:num_segments]    offset of each segment into token_indices
       seg_len[:num_segments]      tokens in each segment (0 past num_segments)
       seg_slot[:num_segments]     the adapter slot of each segment
@@ -25,7 +26,7 @@ class LoRAMeta:
         self.device = torch.device(device)
         i32 = dict(dtype=torch.int32, device=self.device)
         self.token_indices = torch.zeros(max_tokens, **i32)
-        self.token_slot = torch.full((max_tokens,), -1, **i32)
+        self.sorted_slot = torch.full((max_tokens,), -1, **i32)
         self.seg_start = torch.zeros(max_segments, **i32)
         self.seg_len = torch.zeros(max_segments, **i32)
         self.seg_slot = torch.full((max_segments,), -1, **i32)
@@ -66,15 +67,16 @@ class LoRAMeta:
         host[mt + ms + n_seg:mt + 2 * ms] = 0  # kernels may read every seg_len entry without a mask
         host[mt + 2 * ms + n_seg:mt + 3 * ms] = -1
         host[mt + 3 * ms] = n_seg
-        tail, n_all = mt + 3 * ms + 1, slots.numel()  # then each token's slot in the step's own order
-        host[tail:tail + n_all] = slots.clamp(min=-1).to(torch.int32)
+        tail, n_all = mt + 3 * ms + 1, slots.numel()  # then the slots of token_indices' tokens, -1 past them
+        host[tail:tail + n_tok] = sorted_slots.to(torch.int32)
+        host[tail + n_tok:tail + n_all] = -1
         nb = self.device.type == "cuda"
         self.token_indices[:n_tok].copy_(host[:n_tok], non_blocking=nb)
         self.seg_start.copy_(host[mt:mt + ms], non_blocking=nb)
         self.seg_len.copy_(host[mt + ms:mt + 2 * ms], non_blocking=nb)
         self.seg_slot.copy_(host[mt + 2 * ms:mt + 3 * ms], non_blocking=nb)
         self.num_segments_dev.copy_(host[mt + 3 * ms:mt + 3 * ms + 1], non_blocking=nb)
-        self.token_slot[:n_all].copy_(host[tail:tail + n_all], non_blocking=nb)
+        self.sorted_slot[:n_all].copy_(host[tail:tail + n_all], non_blocking=nb)
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0

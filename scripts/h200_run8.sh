@@ -41,13 +41,13 @@ b)
   mkdir -p "$res/runs/dedicated" && cp -r runs/gpu/dedicated/. "$res/runs/dedicated/" ;;
 c)
   timeout 170 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_expand_rows.py \
-      tests/test_engine_expand_rows.py tests/test_kernels_lora.py tests/test_engine_overlap.py -k "gpu or kernels" \
+      tests/test_engine_expand_rows.py tests/test_kernels_lora.py tests/test_kernels_meta.py tests/test_engine_overlap.py -k "gpu or kernels" \
       > "$res/logs/c-tests.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/c-tests.log" | tail -8
   timeout 110 python3 -m kernels.bench --only decode-1x1-r16-qkv,decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x30,decode-64x64-r16,decode-256x256-r16 \
       --out "$res/runs/kernels.json" > "$res/logs/c-bench.log" 2>&1; grep -E "^\||^NVIDIA" "$res/logs/c-bench.log" | head -12
   timeout 200 "${prof[@]}" --fused-lora off,rows --batches 1,64,256 --adapters 0,1,30,64,256 \
       --out "$res/runs/profile-rows.json" > "$res/logs/c-profile.log" 2>&1; grep -E "^decode|pipelined|^\|" "$res/logs/c-profile.log" | tail -50
-  timeout 70 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256 --expand-rows 512 \
+  timeout 70 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256 --expand-rows \
       --json "$res/runs/breakdown-rows.json" > "$res/logs/c-breakdown.log" 2>&1; grep -v USDT "$res/logs/c-breakdown.log" | grep "lora\|all" ;;
 *) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac

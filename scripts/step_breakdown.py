@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engines.profile import (ProfileConfig, _engine, _load_all, adapter_bytes, decoding_seqs, fast_adapters,  # noqa: E402
+from engines.profile import (ROWS, ProfileConfig, _engine, _load_all, adapter_bytes, decoding_seqs, fast_adapters,  # noqa: E402
                              measure_bandwidth, weight_bytes_per_step)
 
 KINDS = [  # (kind, pattern over the kernel's name), first match wins
@@ -48,16 +48,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="traced steps per point")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--expand-rows", type=int, default=0, metavar="N",
-                    help="expand calls of up to N tokens by rows (engine extra lora_expand_rows; default 0: segments)")
+    ap.add_argument("--expand-rows", action="store_true",
+                    help="expand by rows (the profile's --fused-lora rows) instead of by segments")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     points = parse_points(args.points)
     cfg = ProfileConfig(model=args.model or ("llama3-8b" if cuda else "tiny"), context=args.context,
-                        batches=tuple(sorted({b for b, _ in points})), adapters=(0,), fused_lora=("off",))
+                        batches=tuple(sorted({b for b, _ in points})), adapters=(0,),
+                        fused_lora=(ROWS if args.expand_rows else "off",))  # the graphs are captured at start
     n_ad = max(d for _, d in points)
     eng = _engine(cfg, max(n_ad, 1), cfg.rank, max(cfg.batches))
-    eng.model.use_expand_rows(args.expand_rows)
     a = eng.model.args
     elem = torch.empty((), dtype=eng.dtype).element_size()
     names = []

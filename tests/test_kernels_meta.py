@@ -10,6 +10,15 @@ def test_groups_tokens_by_slot_stably_and_skips_tokens_without_adapter():
     assert meta.segments() == [(0, 2, 0), (2, 2, 2), (4, 1, 3)]
     assert meta.token_indices[:5].tolist() == [2, 4, 0, 3, 6]
     assert meta.num_lora_tokens == 5 and meta.max_seg_len == 2 and int(meta.num_segments_dev) == 3
+    assert meta.sorted_slot[:7].tolist() == [0, 0, 2, 2, 3, -1, -1]  # token_indices' slots, -1 past them
+
+
+def test_refill_marks_the_rows_past_the_adapter_tokens():
+    """The expand by rows reads sorted_slot up to the step's token count: a refill with fewer adapter tokens
+    must leave -1 (no adapter) where the previous step had slots."""
+    meta = LoRAMeta(8, 4).prepare([0, 1, 2, 3, 0, 1])
+    meta.prepare([3, -1, -1, 3, -1, -1])
+    assert meta.sorted_slot[:6].tolist() == [3, 3, -1, -1, -1, -1]
 
 
 def test_refill_with_fewer_segments_clears_the_stale_tail():
