@@ -9,13 +9,15 @@
 #                            #   step metadata now carries each token's slot); kernels.bench of the decode cases;
 #                            #   the decode profile, pair (off) against rows, synced and pipelined; the breakdown
 #                            #   with rows
+#   scripts/h200_run8.sh d   # workloads/saturate.yaml at 100 req/s expanding by segments vs by rows (12 s windows, same
+#                            #   machine); the mixed-step profile with rows (synced and pipelined); served_vs_step
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r8
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run8.sh a|b|c}
+call=${1:?usage: h200_run8.sh a|b|c|d}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -49,7 +51,19 @@ c)
       --out "$res/runs/profile-rows.json" > "$res/logs/c-profile.log" 2>&1; grep -E "^decode|pipelined|^\|" "$res/logs/c-profile.log" | tail -50
   timeout 70 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256 --expand-rows \
       --json "$res/runs/breakdown-rows.json" > "$res/logs/c-breakdown.log" 2>&1; grep -v USDT "$res/logs/c-breakdown.log" | grep "lora\|all" ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+d)
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=100 --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+  seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
+  rows='{"name":"multilora","label":"rows","options":{"extra":{"lora_expand_rows":512}}}'
+  timeout -s INT 300 "${sat[@]}" --engine "$seg" --engine "$rows" > "$res/logs/d-saturate.log" 2>&1
+  grep -E "^(engine|-|segments|rows)|TTFT|TPOT|invalid" "$res/logs/d-saturate.log" | head -14
+  timeout 190 "${prof[@]}" --fused-lora rows --batches 128,256 --adapters 0,30 --mixed-prompts 0,128,256 \
+      --out "$res/runs/profile-mixed-rows.json" > "$res/logs/d-profile.log" 2>&1; grep -E "^mixed|^decode|pipelined" "$res/logs/d-profile.log" | tail -30
+  for d in "$res"/runs/*saturate-segments "$res"/runs/*saturate-rows; do
+    python3 scripts/served_vs_step.py "$d" "$res/runs/profile-mixed-rows.json" --json "$d/served_vs_step.json" | tail -4
+  done ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
     '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
