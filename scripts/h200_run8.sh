@@ -11,13 +11,15 @@
 #                            #   with rows
 #   scripts/h200_run8.sh d   # workloads/saturate.yaml at 100 req/s expanding by segments vs by rows (12 s windows, same
 #                            #   machine); the mixed-step profile with rows (synced and pipelined); served_vs_step
+#   scripts/h200_run8.sh e   # the same A/B in the other order (rows first); the mixed-step profile expanding by
+#                            #   segments (the default); served_vs_step of each run against the profile of its path
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r8
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run8.sh a|b|c|d}
+call=${1:?usage: h200_run8.sh a|b|c|d|e}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -51,17 +53,21 @@ c)
       --out "$res/runs/profile-rows.json" > "$res/logs/c-profile.log" 2>&1; grep -E "^decode|pipelined|^\|" "$res/logs/c-profile.log" | tail -50
   timeout 70 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256 --expand-rows \
       --json "$res/runs/breakdown-rows.json" > "$res/logs/c-breakdown.log" 2>&1; grep -v USDT "$res/logs/c-breakdown.log" | grep "lora\|all" ;;
-d)
+d|e)
   sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=100 --set duration_s=12
        --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
   seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
   rows='{"name":"multilora","label":"rows","options":{"extra":{"lora_expand_rows":512}}}'
-  timeout -s INT 300 "${sat[@]}" --engine "$seg" --engine "$rows" > "$res/logs/d-saturate.log" 2>&1
-  grep -E "^(engine|-|segments|rows)|TTFT|TPOT|invalid" "$res/logs/d-saturate.log" | head -14
-  timeout 190 "${prof[@]}" --fused-lora rows --batches 128,256 --adapters 0,30 --mixed-prompts 0,128,256 \
-      --out "$res/runs/profile-mixed-rows.json" > "$res/logs/d-profile.log" 2>&1; grep -E "^mixed|^decode|pipelined" "$res/logs/d-profile.log" | tail -30
+  order=("$seg" "$rows"); path=rows; [ "$call" = e ] && order=("$rows" "$seg") && path=off
+  timeout -s INT 300 "${sat[@]}" --engine "${order[0]}" --engine "${order[1]}" > "$res/logs/$call-saturate.log" 2>&1
+  grep -E "^(engine|-|segments|rows)|TTFT|TPOT|invalid" "$res/logs/$call-saturate.log" | head -14
+  timeout 190 "${prof[@]}" --fused-lora $path --batches 128,256 --adapters 0,30 --mixed-prompts 0,128,256 \
+      --out "$res/runs/profile-mixed-$path.json" > "$res/logs/$call-profile.log" 2>&1
+  grep -E "^mixed|^decode|pipelined" "$res/logs/$call-profile.log" | tail -30
   for d in "$res"/runs/*saturate-segments "$res"/runs/*saturate-rows; do
-    python3 scripts/served_vs_step.py "$d" "$res/runs/profile-mixed-rows.json" --json "$d/served_vs_step.json" | tail -4
+    [ -d "$d" ] || continue
+    p="$res/runs/profile-mixed-off.json"; [[ $d == *rows ]] && p="$res/runs/profile-mixed-rows.json"
+    [ -f "$p" ] && python3 scripts/served_vs_step.py "$d" "$p" --json "$d/served_vs_step.json" | tail -4
   done ;;
 *) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
