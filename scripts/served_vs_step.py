@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     elif m is not None:
         print(f"mixed steps: with the {m['prompt_tokens_per_step']:.1f} prompt tokens a step carried beside the "
               f"{out['mean_batch']:.1f} decodes, the profiled mixed step is {m['step_ms']:.2f} ms and allows "
-              f"{m['allowed_tok_s']:,.0f} tok/s: served / allowed {m['ratio']:.0%}")
+              f"{m['allowed_tok_s']:,.0f} tok/s: served / allowed {m['ratio']:.0%} "
+              f"({'meets' if m['ratio'] >= TARGET else 'misses'} >= {TARGET:.0%})")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0
