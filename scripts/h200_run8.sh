@@ -13,13 +13,15 @@
 #                            #   machine); the mixed-step profile with rows (synced and pipelined); served_vs_step
 #   scripts/h200_run8.sh e   # the same A/B in the other order (rows first); the mixed-step profile expanding by
 #                            #   segments (the default); served_vs_step of each run against the profile of its path
+#   scripts/h200_run8.sh f   # the expand by rows loading B once for a program over one adapter: its GPU tests,
+#                            #   kernels.bench, saturate rows then segments, the decode profile off vs rows
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r8
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run8.sh a|b|c|d|e}
+call=${1:?usage: h200_run8.sh a|b|c|d|e|f}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -48,6 +48,13 @@ def test_tiles_cut_across_unaligned_slices_and_rows(cfg):
     run_rows(64, [40, 24, 72], [8, 40], rand_slots(9, 2, seed=cfg.block_m), torch.float16, cfg=cfg)
 
 
+@pytest.mark.parametrize("slots", [[1] * 11, [0, 0, 0, 2, 2, 2, 2, 2, 2, -1, 2, 0], [2, -1, -1, 2, 2]])
+def test_programs_over_one_adapter_load_its_b_once(slots):
+    # rows in slot order: whole programs of one adapter (the one-load path) beside programs over two and tails
+    # with rows past the step's adapter tokens; ranks 16 and 40 (40 > block_r loops in the one-load path too)
+    run_rows(320, [96, 48], [16, 40, 40], slots, torch.bfloat16, cfg=ExpandRowsConfig(block_m=4, block_n=32))
+
+
 def test_no_token_on_any_adapter_leaves_everything():
     run_rows(128, [64, 32], [8, 16], [-1] * 9, torch.float32)
 
