@@ -13,8 +13,9 @@
 #                            #   machine); the mixed-step profile with rows (synced and pipelined); served_vs_step
 #   scripts/h200_run8.sh e   # the same A/B in the other order (rows first); the mixed-step profile expanding by
 #                            #   segments (the default); served_vs_step of each run against the profile of its path
-#   scripts/h200_run8.sh f   # the expand by rows loading B once for a program over one adapter: its GPU tests,
-#                            #   kernels.bench, saturate rows then segments, the decode profile off vs rows
+#   scripts/h200_run8.sh f   # the expand by rows loading B once for a program over one adapter: kernels.bench
+#                            #   (its error against the segment expand too), saturate rows then segments, the
+#                            #   decode profile off vs rows
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
