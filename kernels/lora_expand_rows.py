@@ -1,8 +1,7 @@
 """Triton LoRA expand by rows (BGMV-like, for decode): each program takes a few token rows and gathers each row's
 own adapter's B, so it needs no segments: one dependent load (the rows' tokens and slots, read together) before the
 weights stream, where the segment kernel (kernels.lora_expand) finds its segment first. Rows go in slot order
-(LoRAMeta.token_indices), so the rows of a program mostly share one adapter; such a program loads that adapter's B
-tile once for all its rows, and only a program over several adapters gathers per row. Same semantics as
+(LoRAMeta.token_indices), so rows of one program that share an adapter read the same B lines. Same semantics as
 lora_expand."""
 from __future__ import annotations
 
@@ -46,27 +45,16 @@ def _expand_rows_kernel(
     mask = row[:, None] & (offs_n < n_hi)[None, :]
     ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
     y = tl.load(ys, mask=mask, other=0.0)
+    w_rows = b_ptr + slot.to(tl.int64)[:, None, None] * stride_bslot + offs_n[None, :, None] * stride_bn
     bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
     offs_r = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    one = tl.max(tl.where(row, slot, -1), 0)  # a slot of the program's rows, and whether every row has it
-    if tl.min(tl.where(row, slot, 2147483647), 0) == one:  # one adapter (rows in slot order: the common case)
-        one_rank = tl.max(tl.where(row, rank, 0), 0)
-        w_one = b_ptr + one.to(tl.int64) * stride_bslot + offs_n[:, None] * stride_bn
-        for r0 in range(0, r_max, BLOCK_R):
-            r_in = (r0 + offs_r) < one_rank
-            h = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in[None, :], other=0.0)
-            w = tl.load(w_one + (r0 + offs_r)[None, :] * stride_bk, mask=(offs_n < n_hi)[:, None] & r_in[None, :],
-                        other=0.0)  # (BLOCK_N, BLOCK_R), loaded once for every row
-            acc += tl.sum(h[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    else:  # rows of several adapters: each gathers its own B
-        w_rows = b_ptr + slot.to(tl.int64)[:, None, None] * stride_bslot + offs_n[None, :, None] * stride_bn
-        for r0 in range(0, r_max, BLOCK_R):
-            r_in = (r0 + offs_r)[None, :] < rank[:, None]  # (BLOCK_M, BLOCK_R)
-            h = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
-            w = tl.load(w_rows + (r0 + offs_r)[None, None, :] * stride_bk,
-                        mask=mask[:, :, None] & r_in[:, None, :], other=0.0)  # (BLOCK_M, BLOCK_N, BLOCK_R)
-            acc += tl.sum(h[:, None, :] * w.to(tl.float32), axis=2)
+    for r0 in range(0, r_max, BLOCK_R):
+        r_in = (r0 + offs_r)[None, :] < rank[:, None]  # (BLOCK_M, BLOCK_R)
+        h = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+        w = tl.load(w_rows + (r0 + offs_r)[None, None, :] * stride_bk, mask=mask[:, :, None] & r_in[:, None, :],
+                    other=0.0)  # (BLOCK_M, BLOCK_N, BLOCK_R)
+        acc += tl.sum(h[:, None, :] * w.to(tl.float32), axis=2)
     tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 

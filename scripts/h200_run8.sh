@@ -13,7 +13,8 @@
 #                            #   machine); the mixed-step profile with rows (synced and pipelined); served_vs_step
 #   scripts/h200_run8.sh e   # the same A/B in the other order (rows first); the mixed-step profile expanding by
 #                            #   segments (the default); served_vs_step of each run against the profile of its path
-#   scripts/h200_run8.sh f   # the expand by rows loading B once for a program over one adapter: kernels.bench
+#   scripts/h200_run8.sh f   # a variant of the expand by rows (reverted since: one B load for a program over one
+#                            #   adapter, measured slower); kernels.bench
 #                            #   (its error against the segment expand too), saturate rows then segments, the
 #                            #   decode profile off vs rows
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
@@ -72,7 +73,18 @@ d|e)
     p="$res/runs/profile-mixed-off.json"; [[ $d == *rows ]] && p="$res/runs/profile-mixed-rows.json"
     [ -f "$p" ] && python3 scripts/served_vs_step.py "$d" "$p" --json "$d/served_vs_step.json" | tail -4
   done ;;
-*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
+f)  # (no pytest: the session's device time left; kernels.bench checks the rows expand against the segment one)
+  timeout 75 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x30,decode-64x64-r16,decode-256x256-r16 \
+      --out "$res/runs/kernels-f.json" > "$res/logs/f-bench.log" 2>&1; grep -E "^\|" "$res/logs/f-bench.log" | head -7 | cut -d'|' -f2,6-10,22
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=100 --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+  rows='{"name":"multilora","label":"rows1","options":{"extra":{"lora_expand_rows":512}}}'
+  seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
+  timeout -s INT 150 "${sat[@]}" --engine "$rows" --engine "$seg" > "$res/logs/f-saturate.log" 2>&1
+  grep -E "^(engine|-|segments|rows)|TTFT|TPOT|invalid" "$res/logs/f-saturate.log" | head -14
+  timeout 95 "${prof[@]}" --fused-lora off,rows --batches 64,256 --adapters 0,30,64,256 \
+      --out "$res/runs/profile-f.json" > "$res/logs/f-profile.log" 2>&1; grep -E "^\|" "$res/logs/f-profile.log" | head -8 ;;
+*) echo "unknown call $call (a b c d e f)" >&2; exit 2 ;;
 esac
 find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
     '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;

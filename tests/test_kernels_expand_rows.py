@@ -49,9 +49,9 @@ def test_tiles_cut_across_unaligned_slices_and_rows(cfg):
 
 
 @pytest.mark.parametrize("slots", [[1] * 11, [0, 0, 0, 2, 2, 2, 2, 2, 2, -1, 2, 0], [2, -1, -1, 2, 2]])
-def test_programs_over_one_adapter_load_its_b_once(slots):
-    # rows in slot order: whole programs of one adapter (the one-load path) beside programs over two and tails
-    # with rows past the step's adapter tokens; ranks 16 and 40 (40 > block_r loops in the one-load path too)
+def test_programs_over_one_adapter_and_over_several(slots):
+    # rows in slot order: whole programs of one adapter beside programs over two, and tails with rows past the
+    # step's adapter tokens; ranks 16 and 40 (40 > block_r loops)
     run_rows(320, [96, 48], [16, 40, 40], slots, torch.bfloat16, cfg=ExpandRowsConfig(block_m=4, block_n=32))
 
 
