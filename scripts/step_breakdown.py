@@ -4,7 +4,8 @@ norm/RoPE ops, the rest) for decode batches over adapters, from the torch profil
     python3 scripts/step_breakdown.py --points 1x0,1x1,64x0,64x64,256x0,256x256 [--json out.json]
 
 Kernels are traced inside the CUDA-graph replays the engine runs (as `harness profile` times them); per step
-= the kind's kernel time over the traced steps / steps. Kinds overlap on the side stream, so their sum can exceed
+= the kind's kernel time over the traced steps / steps; x floor = that over the larger of the kind's byte and FLOP
+floors. Kinds overlap on the side stream, so their sum can exceed
 the step's wall time. Meant for a GPU; on a CPU it runs the tiny preset as a smoke run (its CPU ops nest, so kinds double-count)."""
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engines.profile import (ROWS, ProfileConfig, _engine, _load_all, adapter_bytes, decoding_seqs, fast_adapters,  # noqa: E402
-                             measure_bandwidth, weight_bytes_per_step)
+                             measure_bandwidth, measure_matmul, weight_bytes_per_step)
 
 KINDS = [  # (kind, pattern over the kernel's name), first match wins
     ("lora_shrink", r"shrink"), ("lora_expand", r"expand"), ("lora_fused", r"fused_lora|_fused_kernel"),
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
             names.append(f"fast-{i}")
             eng.register_adapter_loader(names[-1], make(i))
         _load_all(eng, names)
-    bw = measure_bandwidth(eng.device)
+    bw, flops = measure_bandwidth(eng.device), measure_matmul(eng.device, eng.dtype)
     w_bytes, ad_bytes = weight_bytes_per_step(eng.model), adapter_bytes(a, cfg.rank, cfg.targets, elem)
     shapes = a.module_shapes()
     a_bytes = a.n_layers * sum(cfg.rank * shapes[m][0] for m in cfg.targets) * elem  # what the shrink reads
@@ -75,8 +76,10 @@ def main(argv=None) -> int:
     seqs = decoding_seqs(eng, max(cfg.batches), cfg.context, "b")
     activity = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     rows = []
-    print(f"{'batch':>5} {'adapters':>8} {'kind':<12} {'us/step':>9} {'kernels':>7}   byte floors (us): weights "
-          f"{w_bytes / bw * 1e6:.0f}, adapter {ad_bytes / bw * 1e6:.1f} each")
+    print(f"copy {bw / 1e9:.0f} GB/s, matrix {flops / 1e12:.0f} TFLOP/s; floors per kind: bytes once at the copy rate "
+          "(weights, KV, the adapters' A for the shrink and B for the expand), FLOPs at the matrix rate")
+    print(f"{'batch':>5} {'adapters':>8} {'kind':<12} {'us/step':>9} {'kernels':>7} {'byte floor':>11} {'FLOP floor':>11}"
+          f" {'x floor':>8}")
     for b, d in points:
         batch = seqs[:b]
         slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
@@ -103,21 +106,25 @@ def main(argv=None) -> int:
             by_kind[k][0] += us
             by_kind[k][1] += 1
         kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
-        floors = {"matmul": w_bytes / bw * 1e6, "attention": kv / bw * 1e6,
-                  "lora_shrink": d * a_bytes / bw * 1e6, "lora_expand": d * b_bytes / bw * 1e6}
+        byte_floor = {"matmul": w_bytes, "attention": kv, "lora_shrink": d * a_bytes, "lora_expand": d * b_bytes}
+        flop = {"matmul": 2 * b * w_bytes / elem, "lora_shrink": 2 * b * a_bytes / elem,
+                "lora_expand": 2 * b * b_bytes / elem,  # each token through its adapter's A, then B
+                "attention": 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers}
         total = sum(v[0] for v in by_kind.values()) / args.steps
         for k, (us, n) in sorted(by_kind.items(), key=lambda kv_: -kv_[1][0]):
             per = us / args.steps
-            fl = floors.get(k)
+            fb = byte_floor[k] / bw * 1e6 if k in byte_floor else None
+            ff = flop[k] / flops * 1e6 if k in flop else None
+            bound = max(fb or 0.0, ff or 0.0)
             print(f"{b:5d} {d:8d} {k:<12} {per:9.1f} {n // args.steps:7d}"
-                  + (f"   floor {fl:8.1f} us  x{per / fl:5.2f}" if fl else ""))
+                  + (f" {fb:9.1f}us {ff:9.1f}us {per / bound:7.2f}x" if bound else ""))
             rows.append(dict(batch=b, adapters=d, kind=k, us_per_step=per, kernels_per_step=n / args.steps,
-                             floor_us=fl))
-        print(f"{b:5d} {d:8d} {'all kernels':<12} {total:9.1f}   (floors: weights, KV, the adapters' A for the "
-              f"shrink and B for the expand, each read once at the copy rate)")
+                             byte_floor_us=fb, flop_floor_us=ff, x_floor=per / bound if bound else None))
+        print(f"{b:5d} {d:8d} {'all kernels':<12} {total:9.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name() if cuda else "cpu",
-                                                   torch=torch.__version__, copy_rate_bps=bw, rows=rows), indent=1))
+                                                   torch=torch.__version__, copy_rate_bps=bw, matmul_flop_s=flops,
+                                                   expand_rows=args.expand_rows, rows=rows), indent=1))
     return 0
 
 
