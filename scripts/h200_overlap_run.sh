@@ -61,8 +61,4 @@ b)
   mkdir -p "$res/runs/fleet" && cp -r runs/gpu/fleet/. "$res/runs/fleet/" ;;
 *) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
-find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
-    '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
-(cd "$res" && find runs logs -newer ".start-$call" -type f | tar -czf "${OUT:-/tmp}/$call.tgz" -T -)
-ls -la "${OUT:-/tmp}"
-echo "== $call done $(date -u +%T)"
+. scripts/gpu_call_pack.sh

@@ -86,8 +86,4 @@ f)  # (no pytest: the session's device time left; kernels.bench checks the rows 
       --out "$res/runs/profile-f.json" > "$res/logs/f-profile.log" 2>&1; grep -E "^\|" "$res/logs/f-profile.log" | head -8 ;;
 *) echo "unknown call $call (a b c d e f)" >&2; exit 2 ;;
 esac
-find "$res/runs" -name records.jsonl -newer "$res/.start-$call" -exec sh -c \
-    '[ -f "$(dirname "$1")/records.parquet" ] && rm "$1"' _ {} \;
-(cd "$res" && find runs logs -newer ".start-$call" -type f | tar -czf "${OUT:-/tmp}/$call.tgz" -T -)
-ls -la "${OUT:-/tmp}"
-echo "== $call done $(date -u +%T)"
+. scripts/gpu_call_pack.sh
