@@ -23,6 +23,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$runs/gpu.txt"
 engines=(); for e in ${ENGINES:-}; do engines+=(--engine "$e"); done  # ENGINES="multilora merged": a subset
 short=(--set duration_s=${WINDOW_S:-40} --set warmup_s=5 --set loadgen.drain_timeout_s=15 --no-progress)
+[ -n "${RATE:-}" ] && short+=(--set traffic.rate=$RATE)  # RATE: the offered req/s of every phase (e.g. 100: fleet and tax above saturate.yaml's 64)
 
 # serve DIR CONFIG [ENGINE]: one engines.server (default multilora) over the adapter folders in DIR, in the
 # background; sets $ext to the --engine JSON that points harness at it.
