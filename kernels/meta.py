@@ -24,22 +24,28 @@ class LoRAMeta:
         self.max_tokens = max_tokens
         self.max_segments = max_segments
         self.device = torch.device(device)
-        i32 = dict(dtype=torch.int32, device=self.device)
-        self.token_indices = torch.zeros(max_tokens, **i32)
-        self.sorted_slot = torch.full((max_tokens,), -1, **i32)
-        self.seg_start = torch.zeros(max_segments, **i32)
-        self.seg_len = torch.zeros(max_segments, **i32)
-        self.seg_slot = torch.full((max_segments,), -1, **i32)
-        self.num_segments_dev = torch.zeros(1, **i32)
+        # one device buffer, each field a view at a 16-byte aligned offset, and the same layout on the host: a
+        # step's metadata goes to the device in one copy (seg_start, seg_len, seg_slot, the segment count, then
+        # sorted_slot and token_indices, the prefix a step fills)
+        sizes = {"seg_start": max_segments, "seg_len": max_segments, "seg_slot": max_segments,
+                 "num_segments_dev": 1, "sorted_slot": max_tokens, "token_indices": max_tokens}
+        self._at, end = {}, 0
+        for name, n in sizes.items():
+            self._at[name] = end
+            end += -(-n // 4) * 4
+        self._dev = torch.zeros(end, dtype=torch.int32, device=self.device)
+        for name, n in sizes.items():
+            setattr(self, name, self._dev[self._at[name]:self._at[name] + n])
+        self.seg_slot.fill_(-1)
+        self.sorted_slot.fill_(-1)
         self.num_segments = 0
         self.num_lora_tokens = 0
         self.max_seg_len = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
-        # two host staging buffers, used in turn: a step's copies may still be queued behind the step before it
+        # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
         # while the host prepares the next one (engines that overlap host and device work)
-        self._hosts = [torch.zeros(2 * max_tokens + 3 * max_segments + 1, dtype=torch.int32, pin_memory=pin)
-                       for _ in range(2)]
+        self._hosts = [torch.zeros(end, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
         self._turn = 0
 
     def prepare(self, token_slots: list[int] | torch.Tensor) -> "LoRAMeta":
@@ -59,24 +65,20 @@ class LoRAMeta:
         n_tok = int(order.numel())
         host = self._hosts[self._turn]
         self._turn ^= 1
-        mt, ms = self.max_tokens, self.max_segments
-        host[:n_tok] = order.to(torch.int32)
-        host[mt:mt + n_seg] = starts.to(torch.int32)
-        host[mt + ms:mt + ms + n_seg] = counts.to(torch.int32)
-        host[mt + 2 * ms:mt + 2 * ms + n_seg] = uniq.to(torch.int32)
-        host[mt + ms + n_seg:mt + 2 * ms] = 0  # kernels may read every seg_len entry without a mask
-        host[mt + 2 * ms + n_seg:mt + 3 * ms] = -1
-        host[mt + 3 * ms] = n_seg
-        tail, n_all = mt + 3 * ms + 1, slots.numel()  # then the slots of token_indices' tokens, -1 past them
-        host[tail:tail + n_tok] = sorted_slots.to(torch.int32)
-        host[tail + n_tok:tail + n_all] = -1
-        nb = self.device.type == "cuda"
-        self.token_indices[:n_tok].copy_(host[:n_tok], non_blocking=nb)
-        self.seg_start.copy_(host[mt:mt + ms], non_blocking=nb)
-        self.seg_len.copy_(host[mt + ms:mt + 2 * ms], non_blocking=nb)
-        self.seg_slot.copy_(host[mt + 2 * ms:mt + 3 * ms], non_blocking=nb)
-        self.num_segments_dev.copy_(host[mt + 3 * ms:mt + 3 * ms + 1], non_blocking=nb)
-        self.sorted_slot[:n_all].copy_(host[tail:tail + n_all], non_blocking=nb)
+        at, ms, n_all = self._at, self.max_segments, slots.numel()
+
+        def put(name: str, values: torch.Tensor, fill: int, size: int) -> None:
+            """values into the field's first entries, `fill` up to `size` of them"""
+            host[at[name]:at[name] + values.numel()] = values.to(torch.int32)
+            host[at[name] + values.numel():at[name] + size] = fill
+        put("seg_start", starts, 0, ms)
+        put("seg_len", counts, 0, ms)  # kernels may read every seg_len entry without a mask
+        put("seg_slot", uniq, -1, ms)
+        host[at["num_segments_dev"]] = n_seg
+        put("sorted_slot", sorted_slots, -1, n_all)  # -1 past the adapter tokens, up to the step's token count
+        put("token_indices", order, 0, n_tok)
+        end = at["token_indices"] + n_tok
+        self._dev[:end].copy_(host[:end], non_blocking=self.device.type == "cuda")
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0

@@ -61,14 +61,6 @@ def per_step(rows: list[dict[str, float]], metric: str) -> float | None:
     return (counted[-1][metric] - counted[0][metric]) / (counted[-1][STEPS] - counted[0][STEPS])
 
 
-def step_ms(rows: list[dict[str, float]]) -> float | None:
-    """Measured wall time per step between the first and last samples of the steps counter (ms)."""
-    counted = [r for r in rows if STEPS in r]
-    if len(counted) < 2 or counted[-1][STEPS] <= counted[0][STEPS]:
-        return None
-    return (counted[-1]["t"] - counted[0]["t"]) / (counted[-1][STEPS] - counted[0][STEPS]) * 1e3
-
-
 def mean_batch(rows: list[dict[str, float]], where: str) -> tuple[float, str]:
     """(mean batch over the window's samples (rows of _samples), what it is); `where` names them in errors."""
     decode = per_step(rows, DECODE)
@@ -149,7 +141,7 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
                met=served / allowed >= TARGET)
     prompt = per_step(rows, PROMPTS)  # prompt tokens received a step
     out["counters"] = dict(decode_per_step=per_step(rows, DECODE), prompt_tokens_per_step=prompt,
-                           measured_step_ms=step_ms(rows))
+                           measured_step_ms=None if (t := per_step(rows, "t")) is None else t * 1e3)
     prompt = prompt if profile.get("mixed") else None
     if prompt is not None:
         mixed = mixed_step_ms_at(profile, b, prompt, adapters)

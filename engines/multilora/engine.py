@@ -191,24 +191,19 @@ class MultiLoRAEngine(Engine):
         """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
         return self.device.type == "cuda" and self.config.cuda_graphs
 
-    def _token_count(self, key: str, default: int) -> int:
+    def _token_count(self, key: str, default, true: int | None = None, least: int = 0) -> int:
+        """A token-count extra: an int >= least, false for 0, and (where `true` is given) true for `true`."""
         value = self.config.extra.get(key, default)
-        if value is False:
-            return 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"engine config: extra.{key}={value!r} must be a token count >= 0 (or false)")
+        if value is False or (value is True and true is not None):
+            return 0 if value is False else true
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"engine config: extra.{key}={value!r} must be "
+                             + ("true, false or " if true is not None else "false or ") + f"a token count >= {least}")
         return value
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""
-        value = self.config.extra.get("lora_stream", True)
-        if value is True:
-            return SIDE_STREAM_MAX_TOKENS
-        if value is False:
-            return 0
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"engine config: extra.lora_stream={value!r} must be true, false or a token count >= 1")
-        return value
+        return self._token_count("lora_stream", True, true=SIDE_STREAM_MAX_TOKENS, least=1)
 
     # On an H200 (docs/performance.md, run 7), workloads/saturate.yaml at 100 req/s with graphed mixed steps:
     # 8,155 output tok/s with every request over the SLO's TTFT, against 11,556 and every request within it
