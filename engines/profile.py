@@ -160,7 +160,7 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     """A decode sweep's LoRA path: a fused_lora mode, FOLD (the pair, its output added by the next op) or ROWS (the
     pair, expanding by rows)."""
     eng.model.use_lora_fold(mode == FOLD)
-    eng.model.use_expand_rows(ROWS_TOKENS if mode == ROWS else 0)
+    eng.runner.use_expand_rows(ROWS_TOKENS if mode == ROWS else 0)
     eng.model.use_fused_lora(False if mode in (FOLD, ROWS) else mode)
 
 

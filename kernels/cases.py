@@ -94,6 +94,8 @@ LORA_CASES = [
     LoRACase("decode-64x64-r16-qkv", 64, 64, 16, widths=QKV),
     LoRACase("decode-256x256-r16-qkv", 256, 256, 16, widths=QKV),
     LoRACase("decode-256x30-r16-qkv", 256, 30, 16, widths=QKV),  # tokens sharing adapters (bursty30's count)
+    LoRACase("decode-256x128-r16-qkv", 256, 128, 16, widths=QKV),  # 2 and 4 tokens an adapter: where the expand
+    LoRACase("decode-256x64-r16-qkv", 256, 64, 16, widths=QKV),  # by rows stops paying (lora_expand_rows=auto)
     LoRACase("decode-32x32-r16", 32, 32, 16),
     LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
     LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),

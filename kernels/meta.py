@@ -1,6 +1,8 @@
 """LoRAMeta: per-step grouping of tokens by adapter slot, allocated once at its maximum size and refilled."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -16,6 +18,8 @@ class LoRAMeta:
       seg_slot[:num_segments]     the adapter slot of each segment
       num_segments / num_lora_tokens  host ints; num_segments_dev a device scalar for graph replay
       max_seg_len                 host int (longest segment: decides prefill vs decode tiling)
+      expand_rows                 host bool: the step's LoRA expands by rows (kernels.lora_expand_rows), by the rule
+                                  of use_expand_rows unless prepare is told
     Buffers never change address, so CUDA graphs captured with this object replay after a refill.
     The grouping is computed on the host (the runner knows each sequence's slot) and copied once.
     """
@@ -41,6 +45,8 @@ class LoRAMeta:
         self.num_segments = 0
         self.num_lora_tokens = 0
         self.max_seg_len = 0
+        self.rows_max_tokens, self.rows_max_share = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
+        self.expand_rows = False
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
         # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
@@ -48,8 +54,30 @@ class LoRAMeta:
         self._hosts = [torch.zeros(end, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
         self._turn = 0
 
-    def prepare(self, token_slots: list[int] | torch.Tensor) -> "LoRAMeta":
-        """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none."""
+    def use_expand_rows(self, max_tokens: int, max_share: float = math.inf) -> None:
+        """The rule for a step's expand: by rows for steps of up to max_tokens tokens (0: never) whose adapter
+        tokens number at most max_share per distinct adapter (decode over many adapters, where a segment holds
+        a row or two); by segments otherwise (long runs of one adapter, as a prompt's tokens: one tensor-core
+        dot covers 16 of their rows)."""
+        if max_tokens < 0 or not max_share > 0:
+            raise ValueError(f"LoRAMeta.use_expand_rows: max_tokens={max_tokens} must be >= 0 and "
+                             f"max_share={max_share} > 0")
+        self.rows_max_tokens, self.rows_max_share = int(max_tokens), float(max_share)
+
+    def wants_rows(self, n_tokens: int, n_lora_tokens: int, n_segments: int) -> bool:
+        """The rule of use_expand_rows for a step of n_tokens tokens, n_lora_tokens of them over n_segments adapters."""
+        return (0 < n_tokens <= self.rows_max_tokens and n_segments > 0
+                and n_lora_tokens <= self.rows_max_share * n_segments)
+
+    def wants_rows_for(self, token_slots: list[int], n_tokens: int | None = None) -> bool:
+        """wants_rows from a step's slots on the host, before prepare (CUDA graphs key on the choice)."""
+        used = [s for s in token_slots if s >= 0]
+        n = len(token_slots) if n_tokens is None else n_tokens
+        return self.rows_max_tokens > 0 and self.wants_rows(n, len(used), len(set(used)))
+
+    def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None) -> "LoRAMeta":
+        """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none. expand_rows:
+        the step's expand path (None: use_expand_rows's rule)."""
         slots = torch.as_tensor(token_slots, dtype=torch.int64, device="cpu").flatten()
         if slots.numel() > self.max_tokens:
             raise ValueError(f"LoRAMeta: {slots.numel()} tokens > max_tokens={self.max_tokens}")
@@ -82,6 +110,7 @@ class LoRAMeta:
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0
+        self.expand_rows = self.wants_rows(n_all, n_tok, n_seg) if expand_rows is None else bool(expand_rows)
         return self
 
     def counters(self, n: int) -> torch.Tensor:

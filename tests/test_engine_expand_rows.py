@@ -1,24 +1,60 @@
-"""extra.lora_expand_rows: decode-sized LoRA calls expand by rows (kernels/lora_expand_rows.py) and give the
-tokens of the segment expand; bad values are refused."""
+"""extra.lora_expand_rows: steps the rule picks (a token count, or auto: decode over many adapters) expand by rows
+(kernels/lora_expand_rows.py) and give the tokens of the segment expand; bad values are refused."""
+import math
+
 import pytest
 import torch
+
+import kernels.ops as kops
+from kernels.launch import ROWS_AUTO_SHARE, ROWS_AUTO_TOKENS
 
 from engines.config import EngineConfig
 from engines.registry import create_engine
 from tests.test_engine_lora_fold import adapter_dir, serve  # noqa: F401  (a fixture)
 
 
-def test_expand_rows_takes_a_token_count_and_refuses_nonsense(adapter_dir):  # noqa: F811
-    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
-                                     extra={"lora_expand_rows": 64}))
-    assert {s.rows_tokens for s in eng.model.lora_stacks.values()} == {64}
-    off = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
-                                     extra={"lora_expand_rows": False}))
-    assert {s.rows_tokens for s in off.model.lora_stacks.values()} == {0}
+def _rule(eng):
+    return eng.runner.meta.rows_max_tokens, eng.runner.meta.rows_max_share
+
+
+def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_dir):  # noqa: F811
+    def make(value):
+        return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
+                                          extra={"lora_expand_rows": value}))
+    assert _rule(make(64)) == (64, math.inf)
+    assert _rule(make(False))[0] == 0 and _rule(make(0))[0] == 0
+    assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_SHARE)
     for bad in (-1, "yes", 2.5, True):
-        with pytest.raises(ValueError, match="extra.lora_expand_rows"):
-            create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
-                                       extra={"lora_expand_rows": bad}))
+        with pytest.raises(ValueError, match=r"extra.lora_expand_rows.*or auto"):
+            make(bad)
+
+
+def _serve_watching_paths(eng):
+    """serve(eng), recording (tokens, by rows) of every LoRA expand."""
+    seen, real = [], kops.lora_expand
+
+    def spy(buf, b, meta, ranks, offsets, y, rows=False):
+        seen.append((y.shape[0], rows))
+        return real(buf, b, meta, ranks, offsets, y, rows)
+    kops.lora_expand = spy
+    try:
+        toks, _ = serve(eng)
+    finally:
+        kops.lora_expand = real
+    return toks, seen
+
+
+def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segments(adapter_dir):  # noqa: F811
+    want, _ = serve(create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir))))
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
+                                     extra={"lora_expand_rows": "auto", "mixed_steps": False}))
+    got, seen = _serve_watching_paths(eng)
+    assert got == want  # the CPU runs one reference for both paths: the choice must not change a token
+    # decode steps (up to 10 tokens: 2 over each of the four adapters beside base rows) took rows; the prefill of
+    # every prompt (65 tokens, 13 a distinct adapter) took segments
+    longest = max(t for t, _ in seen)
+    assert longest > 10 and not any(r for t, r in seen if t == longest)
+    assert all(r for t, r in seen if t <= 10) and any(t <= 10 for t, _ in seen)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels run on a GPU (the CPU runs references)")
@@ -44,3 +80,27 @@ def test_on_the_gpu_the_expand_by_rows_gives_the_tokens_of_the_segment_expand(ad
         rows_mod.lora_expand_rows = real
     assert got == want
     assert calls and max(calls) <= 64  # decode-sized calls took the rows expand, longer ones the segments
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs run on a GPU")
+def test_on_the_gpu_auto_replays_by_rows_graphs_for_decode_over_distinct_adapters(adapter_dir):  # noqa: F811
+    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
+    plain = create_engine(EngineConfig(**gpu))
+    want, _ = serve(plain)
+    plain.close()
+    eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto"}))
+    graphs = eng.runner.graphs
+    at_start = set(graphs.graphs)
+    assert {k for k in at_start if k[2]} == {(b, True, True, None) for b in graphs.buckets if b <= ROWS_AUTO_TOKENS}
+    replayed, real = [], graphs.meta.prepare
+
+    def spy(slots, expand_rows=None):
+        meta = real(slots, expand_rows)
+        replayed.append(meta.expand_rows)
+        return meta
+    graphs.meta.prepare = spy
+    got, _ = serve(eng)
+    eng.close()
+    assert got == want
+    assert set(graphs.graphs) == at_start  # nothing captured while serving
+    assert any(replayed)  # decode steps over the four adapters replayed a by-rows graph

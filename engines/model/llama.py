@@ -73,7 +73,6 @@ class LoRAStack:
         self.fold = False  # and run shrink + expand there into a buffer that the next op adds (lora_linear_folded)
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
-        self.rows_tokens = 0  # calls of up to this many tokens expand by rows (kernels.lora_expand_rows); 0: never
 
     def nbytes(self) -> int:
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
@@ -203,7 +202,7 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         side = torch.cuda.stream(stack.stream)
     with side:
         kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
-        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_(), x.shape[0] <= stack.rows_tokens)
+        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_(), lora.expand_rows)
     return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
 
 
@@ -228,7 +227,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
         y = F.linear(x, weight, bias)
         main.wait_stream(stack.stream)  # join before the expand adds into y (x and buf belong to main)
-    kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, y, x.shape[0] <= stack.rows_tokens)
+    kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, y, lora.expand_rows)
     return y
 
 
@@ -376,12 +375,6 @@ class Transformer(nn.Module):
         for group in ("qkv", "o"):
             if group in self.lora_stacks:
                 self.lora_stacks[group].fold = on
-
-    def use_expand_rows(self, max_tokens: int) -> None:
-        """Expand LoRA calls of up to max_tokens tokens by rows (each row gathers its own adapter's B, no
-        segments: kernels.lora_expand_rows); 0: always by segments."""
-        for stack in self.lora_stacks.values():
-            stack.rows_tokens = int(max_tokens)
 
     def use_fused_lora(self, mode) -> None:
         """LoRA path per call size: "auto", True, False or a token count (kernels.launch.fused_mode; ValueError

@@ -22,7 +22,8 @@ class DecodeGraphs:
     the scratch KV block 0 and belong to no adapter); the LoRA metadata lives in a LoRAMeta whose
     buffers the captured kernels read, so new adapter mixes replay the same graph.
 
-    Graphs are captured on first use per (bucket, with_lora, weights_key); weights_key names the set
+    Graphs are captured on first use per (bucket, with_lora, rows, weights_key); rows is the step's expand path
+    (LoRAMeta.use_expand_rows's rule: by rows or by segments, baked into the graph), weights_key names the set
     of weights the graph reads (the merged baseline captures one set per resident copy).
     """
 
@@ -39,7 +40,7 @@ class DecodeGraphs:
         self.context_lens = torch.ones(self.max_batch, **i32)
         self.meta = LoRAMeta(self.max_batch, max(1, lora_slots), device)
         self.pool = None
-        self.graphs: dict[tuple[int, bool, object], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool, bool, object], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def bucket(self, n: int) -> int:
         return self.buckets[bisect.bisect_left(self.buckets, n)]
@@ -50,15 +51,15 @@ class DecodeGraphs:
         h = self.model(self.input_ids[:b], self.positions[:b], attn, self.meta if with_lora else None)
         return self.model.logits(h)
 
-    def capture(self, b: int, with_lora: bool, weights_key: object = None) -> None:
-        key = (b, with_lora, weights_key)
+    def capture(self, b: int, with_lora: bool, weights_key: object = None, rows: bool = False) -> None:
+        key = (b, with_lora, with_lora and rows, weights_key)
         if key in self.graphs:
             return
         self.context_lens[:b].fill_(1)
         self.slot_mapping[:b].zero_()
         self.block_tables[:b].zero_()
         if with_lora:
-            self.meta.prepare([-1] * b)
+            self.meta.prepare([-1] * b, expand_rows=rows)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -73,8 +74,13 @@ class DecodeGraphs:
         torch.cuda.synchronize()
 
     def capture_all(self, with_lora: bool, weights_key: object = None) -> None:
+        """Every bucket's graph; with LoRA and an expand-by-rows rule, also the by-rows graph of every bucket the
+        rule can pick, so no step captures while serving."""
+        rows = [False] + ([True] if with_lora and self.meta.rows_max_tokens > 0 else [])
         for b in reversed(self.buckets):  # largest first: smaller graphs reuse its pool memory
-            self.capture(b, with_lora, weights_key)
+            for r in rows:
+                if not r or b <= self.meta.rows_max_tokens:
+                    self.capture(b, with_lora, weights_key, r)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             block_tables: torch.Tensor, context_lens: torch.Tensor, token_slots: list[int] | None,
@@ -84,7 +90,8 @@ class DecodeGraphs:
         n = input_ids.shape[0]
         b = self.bucket(n)
         with_lora = token_slots is not None
-        self.capture(b, with_lora, weights_key)
+        rows = with_lora and self.meta.wants_rows_for(token_slots, b)
+        self.capture(b, with_lora, weights_key, rows)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
         if patch is not None:
             patch(self.input_ids[:n])
@@ -95,7 +102,7 @@ class DecodeGraphs:
         self.context_lens[:n].copy_(context_lens, non_blocking=True)
         self.context_lens[n:b].fill_(1)
         if with_lora:
-            self.meta.prepare(token_slots + [-1] * (b - n))
-        g, out = self.graphs[(b, with_lora, weights_key)]
+            self.meta.prepare(token_slots + [-1] * (b - n), expand_rows=rows)
+        g, out = self.graphs[(b, with_lora, rows, weights_key)]
         g.replay()
         return out[:n]

@@ -1,6 +1,7 @@
 """MultiLoRAEngine: continuous batching over a paged KV cache with many LoRA adapters in one batch."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
-from kernels.launch import SIDE_STREAM_MAX_TOKENS
+from kernels.launch import ROWS_AUTO_SHARE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -36,8 +37,10 @@ EXTRA_KEYS = {
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default false)",
-    "lora_expand_rows": "LoRA calls of up to N tokens expand by rows: each token gathers its own adapter's B, no "
-                        "segments (kernels/lora_expand_rows.py); 0 (default) or false: by segments always",
+    "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
+                        f"segments (kernels/lora_expand_rows.py); auto: steps of up to {ROWS_AUTO_TOKENS} tokens "
+                        f"averaging at most {ROWS_AUTO_SHARE:g} adapter tokens per distinct adapter (decode over many "
+                        "adapters); 0 (default) or false: by segments always",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -112,7 +115,6 @@ class MultiLoRAEngine(Engine):
         if self.device.type == "cuda" and self.model.lora_stacks and side:
             self.model.use_lora_stream(side)
         self.model.use_lora_fold(self._flag("lora_fold", False))
-        self.model.use_expand_rows(self._token_count("lora_expand_rows", 0))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
@@ -127,6 +129,7 @@ class MultiLoRAEngine(Engine):
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=self.max_model_len,
             lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs, graph_rows=self._graph_rows()),
             self.device, self.dtype)
+        self.runner.use_expand_rows(*self._expand_rows())
         self.sampler = Sampler(self.device, config.seed)
         self._seqs: dict[str, Sequence] = {}
         self._pinned: set[str] = set()
@@ -200,6 +203,16 @@ class MultiLoRAEngine(Engine):
             raise ValueError(f"engine config: extra.{key}={value!r} must be "
                              + ("true, false or " if true is not None else "false or ") + f"a token count >= {least}")
         return value
+
+    def _expand_rows(self) -> tuple[int, float]:
+        """(max tokens, max adapter tokens per distinct adapter) of the steps that expand by rows, from
+        extra.lora_expand_rows."""
+        if self.config.extra.get("lora_expand_rows") == "auto":
+            return ROWS_AUTO_TOKENS, ROWS_AUTO_SHARE
+        try:
+            return self._token_count("lora_expand_rows", 0), math.inf
+        except ValueError as e:
+            raise ValueError(f"{e}, or auto") from None
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""
