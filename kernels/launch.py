@@ -205,11 +205,11 @@ FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many token
 # must weigh: the fused kernel runs after the base matmul.
 SIDE_STREAM_MAX_TOKENS = 32
 # The expand's path per step under engine extra lora_expand_rows=auto (LoRAMeta.use_expand_rows): by rows for
-# steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_SHARE adapter tokens per distinct adapter. On the
-# H200 (docs/kernels.md, run 8) by rows was 2x faster at one token per adapter (256 over 256: 26.5 against 57.2
-# us for q,k,v) and 1.4x slower at 8.5 per adapter (256 over 30: 19.6 against 14.1 us).
+# steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_PER_TILE adapter tokens per 16-row tile of the
+# segment expand. On the H200 (docs/kernels.md, run 8) by rows was 2x faster at one token a tile (256 over 256
+# adapters: 26.5 against 57.2 us for q,k,v) and 1.4x slower at 8.5 (256 over 30: 19.6 against 14.1 us).
 ROWS_AUTO_TOKENS = 512
-ROWS_AUTO_SHARE = 2.0
+ROWS_AUTO_PER_TILE = 2.0
 
 
 def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,

@@ -45,7 +45,7 @@ class LoRAMeta:
         self.num_segments = 0
         self.num_lora_tokens = 0
         self.max_seg_len = 0
-        self.rows_max_tokens, self.rows_max_share = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
+        self.rows_max_tokens, self.rows_max_per_tile = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
         self.expand_rows = False
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
@@ -54,26 +54,15 @@ class LoRAMeta:
         self._hosts = [torch.zeros(end, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
         self._turn = 0
 
-    def use_expand_rows(self, max_tokens: int, max_share: float = math.inf) -> None:
+    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
         """The rule for a step's expand: by rows for steps of up to max_tokens tokens (0: never) whose adapter
-        tokens number at most max_share per distinct adapter (decode over many adapters, where a segment holds
-        a row or two); by segments otherwise (long runs of one adapter, as a prompt's tokens: one tensor-core
-        dot covers 16 of their rows)."""
-        if max_tokens < 0 or not max_share > 0:
+        tokens number at most max_per_tile per 16-row tile of the segment expand (a segment of n tokens is
+        ceil(n / 16) tiles). Decode over many adapters has a token or two a tile, and by rows skips the segment
+        search; a prompt's run of one adapter fills its tiles, and there one tensor-core dot covers 16 rows."""
+        if max_tokens < 0 or not max_per_tile > 0:
             raise ValueError(f"LoRAMeta.use_expand_rows: max_tokens={max_tokens} must be >= 0 and "
-                             f"max_share={max_share} > 0")
-        self.rows_max_tokens, self.rows_max_share = int(max_tokens), float(max_share)
-
-    def wants_rows(self, n_tokens: int, n_lora_tokens: int, n_segments: int) -> bool:
-        """The rule of use_expand_rows for a step of n_tokens tokens, n_lora_tokens of them over n_segments adapters."""
-        return (0 < n_tokens <= self.rows_max_tokens and n_segments > 0
-                and n_lora_tokens <= self.rows_max_share * n_segments)
-
-    def wants_rows_for(self, token_slots: list[int], n_tokens: int | None = None) -> bool:
-        """wants_rows from a step's slots on the host, before prepare (CUDA graphs key on the choice)."""
-        used = [s for s in token_slots if s >= 0]
-        n = len(token_slots) if n_tokens is None else n_tokens
-        return self.rows_max_tokens > 0 and self.wants_rows(n, len(used), len(set(used)))
+                             f"max_per_tile={max_per_tile} > 0")
+        self.rows_max_tokens, self.rows_max_per_tile = int(max_tokens), float(max_per_tile)
 
     def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none. expand_rows:
@@ -110,7 +99,10 @@ class LoRAMeta:
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0
-        self.expand_rows = self.wants_rows(n_all, n_tok, n_seg) if expand_rows is None else bool(expand_rows)
+        if expand_rows is None:
+            tiles = int(((counts + 15) // 16).sum()) if 0 < n_all <= self.rows_max_tokens else 0
+            expand_rows = tiles > 0 and n_tok <= self.rows_max_per_tile * tiles
+        self.expand_rows = bool(expand_rows)
         return self
 
     def counters(self, n: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels.ops as kops
-from kernels.launch import ROWS_AUTO_SHARE, ROWS_AUTO_TOKENS
+from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS
 
 from engines.config import EngineConfig
 from engines.registry import create_engine
@@ -14,7 +14,7 @@ from tests.test_engine_lora_fold import adapter_dir, serve  # noqa: F401  (a fix
 
 
 def _rule(eng):
-    return eng.runner.meta.rows_max_tokens, eng.runner.meta.rows_max_share
+    return eng.runner.meta.rows_max_tokens, eng.runner.meta.rows_max_per_tile
 
 
 def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_dir):  # noqa: F811
@@ -23,7 +23,7 @@ def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_di
                                           extra={"lora_expand_rows": value}))
     assert _rule(make(64)) == (64, math.inf)
     assert _rule(make(False))[0] == 0 and _rule(make(0))[0] == 0
-    assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_SHARE)
+    assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE)
     for bad in (-1, "yes", 2.5, True):
         with pytest.raises(ValueError, match=r"extra.lora_expand_rows.*or auto"):
             make(bad)
@@ -51,7 +51,7 @@ def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segme
     got, seen = _serve_watching_paths(eng)
     assert got == want  # the CPU runs one reference for both paths: the choice must not change a token
     # decode steps (up to 10 tokens: 2 over each of the four adapters beside base rows) took rows; the prefill of
-    # every prompt (65 tokens, 13 a distinct adapter) took segments
+    # every prompt (65 tokens; 52 over the four adapters, whose runs fill 4-5 of their segment tiles) took segments
     longest = max(t for t, _ in seen)
     assert longest > 10 and not any(r for t, r in seen if t == longest)
     assert all(r for t, r in seen if t <= 10) and any(t <= 10 for t, _ in seen)

@@ -48,22 +48,21 @@ def test_counters_grow_and_keep_old_tensors():
 
 
 def test_the_expand_by_rows_rule_picks_decode_over_many_adapters():
-    meta = LoRAMeta(16, 8)
+    meta = LoRAMeta(64, 32)
     assert not meta.prepare([0, 1, 2]).expand_rows  # no rule set: by segments
-    meta.use_expand_rows(8, 2.0)
-    assert meta.prepare([0, 1, 2, -1]).expand_rows  # one token per adapter
-    assert meta.prepare([0, 0, 1, 1, -1]).expand_rows  # two per adapter: at the bound
-    assert not meta.prepare([0, 0, 0, 1, 1, -1]).expand_rows  # 2.5 per adapter
-    assert not meta.prepare([0, 1, 2, 3, 4, 5, 6, 7, -1]).expand_rows  # 9 tokens > 8
+    meta.use_expand_rows(40, 2.0)
+    assert meta.prepare([0, 1, 2, -1]).expand_rows  # one token a tile
+    assert meta.prepare([0, 0, 1, 1, -1]).expand_rows  # two: at the bound
+    assert not meta.prepare([0, 0, 0, 1, 1, -1]).expand_rows  # 2.5
+    assert not meta.prepare([0] * 17 + [1] * 2 + [-1]).expand_rows  # 19 tokens over 3 tiles (17 = 16 + 1)
+    assert meta.prepare([0] * 16 + list(range(1, 17)) + [-1]).expand_rows  # 32 over 17 tiles: a full one among them
+    assert not meta.prepare(list(range(8)) * 5 + [-1]).expand_rows  # 41 tokens > 40
     assert not meta.prepare([-1, -1]).expand_rows  # no adapter token
     assert meta.prepare([0, 0, 0], expand_rows=True).expand_rows  # told: the graphs key on it
-    for slots in ([0, 1, 2, -1], [0, 0, 0, 1, 1], [5] * 8, [-1], list(range(8)) + [-1]):
-        assert meta.wants_rows_for(slots) == meta.prepare(slots).expand_rows
-    assert not meta.wants_rows_for([0, 1], n_tokens=9)  # padded to a graph bucket past the rule
     meta.use_expand_rows(8)  # any share
     assert meta.prepare([3] * 8).expand_rows
     meta.use_expand_rows(0)
-    assert not meta.prepare([0]).expand_rows and not meta.wants_rows_for([0])
+    assert not meta.prepare([0]).expand_rows
     for bad in ((-1, 2.0), (8, 0.0), (8, float("nan"))):
         with pytest.raises(ValueError, match="use_expand_rows"):
             meta.use_expand_rows(*bad)

@@ -89,9 +89,14 @@ class DecodeGraphs:
         ids before the replay (tokens the previous step sampled and the host has not read)."""
         n = input_ids.shape[0]
         b = self.bucket(n)
-        with_lora = token_slots is not None
-        rows = with_lora and self.meta.wants_rows_for(token_slots, b)
-        self.capture(b, with_lora, weights_key, rows)
+        with_lora, rows = token_slots is not None, False
+        if with_lora:  # the step's expand path (the rule of LoRAMeta.use_expand_rows) picks its graph
+            rows = self.meta.prepare(token_slots + [-1] * (b - n)).expand_rows
+            if (b, True, rows, weights_key) not in self.graphs:
+                self.capture(b, True, weights_key, rows)  # captures with blank metadata: refill after
+                self.meta.prepare(token_slots + [-1] * (b - n), expand_rows=rows)
+        else:
+            self.capture(b, False, weights_key)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
         if patch is not None:
             patch(self.input_ids[:n])
@@ -101,8 +106,6 @@ class DecodeGraphs:
         self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables, non_blocking=True)
         self.context_lens[:n].copy_(context_lens, non_blocking=True)
         self.context_lens[n:b].fill_(1)
-        if with_lora:
-            self.meta.prepare(token_slots + [-1] * (b - n), expand_rows=rows)
         g, out = self.graphs[(b, with_lora, rows, weights_key)]
         g.replay()
         return out[:n]

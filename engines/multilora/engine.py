@@ -22,7 +22,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
-from kernels.launch import ROWS_AUTO_SHARE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
+from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -39,8 +39,8 @@ EXTRA_KEYS = {
                  "stream (default false)",
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
                         f"segments (kernels/lora_expand_rows.py); auto: steps of up to {ROWS_AUTO_TOKENS} tokens "
-                        f"averaging at most {ROWS_AUTO_SHARE:g} adapter tokens per distinct adapter (decode over many "
-                        "adapters); 0 (default) or false: by segments always",
+                        f"with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment expand "
+                        "(decode over many adapters, not prompts); 0 (default) or false: by segments always",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -205,10 +205,10 @@ class MultiLoRAEngine(Engine):
         return value
 
     def _expand_rows(self) -> tuple[int, float]:
-        """(max tokens, max adapter tokens per distinct adapter) of the steps that expand by rows, from
+        """(max tokens, max adapter tokens per 16-row segment tile) of the steps that expand by rows, from
         extra.lora_expand_rows."""
         if self.config.extra.get("lora_expand_rows") == "auto":
-            return ROWS_AUTO_TOKENS, ROWS_AUTO_SHARE
+            return ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE
         try:
             return self._token_count("lora_expand_rows", 0), math.inf
         except ValueError as e:

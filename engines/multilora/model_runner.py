@@ -57,11 +57,11 @@ class ModelRunner:
         self.graphs = (DecodeGraphs(model, cfg.max_num_seqs + cfg.graph_rows, self.max_blocks, cfg.lora_slots, device)
                        if cfg.cuda_graphs and device.type == "cuda" else None)
 
-    def use_expand_rows(self, max_tokens: int, max_share: float = math.inf) -> None:
-        """Steps of up to max_tokens tokens, averaging at most max_share adapter tokens per distinct adapter, expand
-        by rows (kernels.lora_expand_rows); 0: by segments always (LoRAMeta.use_expand_rows)."""
+    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
+        """Steps of up to max_tokens tokens with at most max_per_tile adapter tokens per 16-row tile of the segment
+        expand take the expand by rows (kernels.lora_expand_rows); 0: by segments always (LoRAMeta.use_expand_rows)."""
         for meta in [self.meta] + ([self.graphs.meta] if self.graphs is not None else []):
-            meta.use_expand_rows(max_tokens, max_share)
+            meta.use_expand_rows(max_tokens, max_per_tile)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
         return to_device(data, dtype, self.device)
