@@ -3,13 +3,19 @@
 #   scripts/h200_run9.sh a   # GPU tests of the kernels, the step metadata (now one host-to-device copy a step)
 #                            #   and overlapped steps under sync debug; adapters per GPU at a saturating rate:
 #                            #   RATE=100 FLEET_COUNTS="0 30 1000 5000" WINDOW_S=15 scripts/gpu_results.sh fleet
+#   scripts/h200_run9.sh b   # the per-step choice of the expand (lora_expand_rows=auto): its GPU tests; kernels.bench
+#                            #   at 1, 2, 4 and 8.5 tokens an adapter (where by rows stops paying); saturate.yaml at
+#                            #   130 req/s over 30 adapters, by segments vs auto; the LoRA tax at saturation:
+#                            #   RATE=130 WINDOW_S=12 scripts/gpu_results.sh tax
+#   scripts/h200_run9.sh c   # saturate.yaml at 130 req/s over 1,000 rank-8 q,v adapters, by segments vs auto and
+#                            #   the other order
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r9
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run9.sh a}
+call=${1:?usage: h200_run9.sh a|b|c}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -23,6 +29,28 @@ a)
   grep -v "^  /\|Warning\|warn" "$res/logs/a-tests.log" | tail -8
   RATE=100 FLEET_COUNTS="0 30 1000 5000" WINDOW_S=15 timeout -s INT 400 bash scripts/gpu_results.sh fleet \
       > "$res/logs/a-fleet.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/a-fleet.log" | tail -30 ;;
-*) echo "unknown call $call (a)" >&2; exit 2 ;;
+b|c)
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=${SAT_RATE:-130} --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+  seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
+  auto='{"name":"multilora","label":"auto","options":{"extra":{"lora_expand_rows":"auto"}}}'
+  if [ "$call" = b ]; then
+    timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_expand_rows.py tests/test_kernels_meta.py \
+        tests/test_engine_overlap.py tests/test_engine_lora_fold.py -k "gpu or meta or expand_rows" \
+        > "$res/logs/b-tests.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/b-tests.log" | tail -6
+    timeout 90 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x128-r16-qkv,decode-256x64-r16-qkv,decode-256x30-r16-qkv \
+        --out "$res/runs/kernels.json" > "$res/logs/b-bench.log" 2>&1; grep -E "^\|" "$res/logs/b-bench.log" | head -7
+    timeout -s INT 230 "${sat[@]}" --engine "$seg" --engine "$auto" > "$res/logs/b-saturate.log" 2>&1
+    grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/b-saturate.log" | head -14
+    RATE=${SAT_RATE:-130} WINDOW_S=12 timeout -s INT 200 bash scripts/gpu_results.sh tax > "$res/logs/b-tax.log" 2>&1
+    grep -v "^  /\|Warning\|warn" "$res/logs/b-tax.log" | tail -14
+  else
+    many=(--set adapters.count=1000 --set 'adapters.targets=[q_proj, v_proj]' --set name=saturate1000)
+    timeout -s INT 280 "${sat[@]}" "${many[@]}" --engine "$seg" --engine "$auto" > "$res/logs/c-saturate.log" 2>&1
+    grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/c-saturate.log" | head -14
+    timeout -s INT 220 "${sat[@]}" "${many[@]}" --engine "$auto" --engine "$seg" > "$res/logs/c-saturate2.log" 2>&1
+    grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/c-saturate2.log" | head -14
+  fi ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
