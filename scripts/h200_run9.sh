@@ -35,14 +35,14 @@ b|c)
   seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
   auto='{"name":"multilora","label":"auto","options":{"extra":{"lora_expand_rows":"auto"}}}'
   if [ "$call" = b ]; then
-    timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_expand_rows.py tests/test_kernels_meta.py \
+    timeout 90 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_expand_rows.py tests/test_kernels_meta.py \
         tests/test_engine_overlap.py tests/test_engine_lora_fold.py -k "gpu or meta or expand_rows" \
         > "$res/logs/b-tests.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/b-tests.log" | tail -6
-    timeout 90 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x128-r16-qkv,decode-256x64-r16-qkv,decode-256x30-r16-qkv \
+    timeout 75 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv,decode-256x128-r16-qkv,decode-256x64-r16-qkv,decode-256x30-r16-qkv \
         --out "$res/runs/kernels.json" > "$res/logs/b-bench.log" 2>&1; grep -E "^\|" "$res/logs/b-bench.log" | head -7
-    timeout -s INT 230 "${sat[@]}" --engine "$seg" --engine "$auto" > "$res/logs/b-saturate.log" 2>&1
+    timeout -s INT 210 "${sat[@]}" --engine "$seg" --engine "$auto" > "$res/logs/b-saturate.log" 2>&1
     grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/b-saturate.log" | head -14
-    RATE=${SAT_RATE:-130} WINDOW_S=12 timeout -s INT 200 bash scripts/gpu_results.sh tax > "$res/logs/b-tax.log" 2>&1
+    RATE=${SAT_RATE:-130} WINDOW_S=12 timeout -s INT 190 bash scripts/gpu_results.sh tax > "$res/logs/b-tax.log" 2>&1
     grep -v "^  /\|Warning\|warn" "$res/logs/b-tax.log" | tail -14
   else
     many=(--set adapters.count=1000 --set 'adapters.targets=[q_proj, v_proj]' --set name=saturate1000)
