@@ -206,10 +206,11 @@ FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many token
 SIDE_STREAM_MAX_TOKENS = 32
 # The expand's path per step under engine extra lora_expand_rows=auto (LoRAMeta.use_expand_rows): by rows for
 # steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_PER_TILE adapter tokens per 16-row tile of the
-# segment expand. On the H200 (docs/kernels.md, run 8) by rows was 2x faster at one token a tile (256 over 256
-# adapters: 26.5 against 57.2 us for q,k,v) and 1.4x slower at 8.5 (256 over 30: 19.6 against 14.1 us).
+# segment expand. On the H200 (docs/kernels.md, run 9; q,k,v over 256 tokens) by rows took 26.6 against 56.9 us
+# at one token a tile, 21.7 against 30.9 at 2, 20.5 against 17.2 at 4 and 19.5 against 14.0 at 8.5: the two
+# cross between 3 and 4.
 ROWS_AUTO_TOKENS = 512
-ROWS_AUTO_PER_TILE = 2.0
+ROWS_AUTO_PER_TILE = 3.0
 
 
 def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,
