@@ -9,13 +9,15 @@
 #                            #   RATE=130 WINDOW_S=12 scripts/gpu_results.sh tax
 #   scripts/h200_run9.sh c   # saturate.yaml at 130 req/s over 1,000 rank-8 q,v adapters, by segments vs auto and
 #                            #   the other order
+#   scripts/h200_run9.sh d   # the same over 1,000 adapters with 256 device slots and up to 256 adapters a step
+#                            #   (c ran the default 64, which held the decode batch near 64)
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r9
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-call=${1:?usage: h200_run9.sh a|b|c}
+call=${1:?usage: h200_run9.sh a|b|c|d}
 echo "== $call $(date -u +%T)"
 touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -29,7 +31,7 @@ a)
   grep -v "^  /\|Warning\|warn" "$res/logs/a-tests.log" | tail -8
   RATE=100 FLEET_COUNTS="0 30 1000 5000" WINDOW_S=15 timeout -s INT 400 bash scripts/gpu_results.sh fleet \
       > "$res/logs/a-fleet.log" 2>&1; grep -v "^  /\|Warning\|warn" "$res/logs/a-fleet.log" | tail -30 ;;
-b|c)
+b|c|d)
   sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=${SAT_RATE:-130} --set duration_s=12
        --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
   seg='{"name":"multilora","label":"segments","options":{"extra":{"lora_expand_rows":0}}}'
@@ -44,6 +46,13 @@ b|c)
     grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/b-saturate.log" | head -14
     RATE=${SAT_RATE:-130} WINDOW_S=12 timeout -s INT 190 bash scripts/gpu_results.sh tax > "$res/logs/b-tax.log" 2>&1
     grep -v "^  /\|Warning\|warn" "$res/logs/b-tax.log" | tail -14
+  elif [ "$call" = d ]; then
+    slots='"gpu_slots":256,"max_loras":256'
+    seg='{"name":"multilora","label":"segments256","options":{'$slots',"extra":{"lora_expand_rows":0}}}'
+    auto='{"name":"multilora","label":"auto256","options":{'$slots',"extra":{"lora_expand_rows":"auto"}}}'
+    timeout -s INT 270 "${sat[@]}" --set adapters.count=1000 --set 'adapters.targets=[q_proj, v_proj]' \
+        --set name=saturate1000 --engine "$seg" --engine "$auto" > "$res/logs/d-saturate.log" 2>&1
+    grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid|rror" "$res/logs/d-saturate.log" | head -14
   else
     many=(--set adapters.count=1000 --set 'adapters.targets=[q_proj, v_proj]' --set name=saturate1000)
     timeout -s INT 280 "${sat[@]}" "${many[@]}" --engine "$seg" --engine "$auto" > "$res/logs/c-saturate.log" 2>&1
@@ -51,6 +60,6 @@ b|c)
     timeout -s INT 220 "${sat[@]}" "${many[@]}" --engine "$auto" --engine "$seg" > "$res/logs/c-saturate2.log" 2>&1
     grep -E "^(engine|-|segments|auto)|TTFT|TPOT|invalid" "$res/logs/c-saturate2.log" | head -14
   fi ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
