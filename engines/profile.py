@@ -14,9 +14,12 @@ from engines.model.config import ModelArgs
 from engines.multilora.engine import MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
+from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
+SEGMENTS = "segments"  # another: the pair expanding by segments always (the default before run 9)
+PAIR_MODES = (FOLD, ROWS, SEGMENTS)  # the others (fused_lora's modes) expand as the engine's default rule picks
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -151,17 +154,24 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
-               "fused_lora": False if cfg.fused_lora[0] in (FOLD, ROWS) else cfg.fused_lora[0],
+               "fused_lora": False if cfg.fused_lora[0] in PAIR_MODES else cfg.fused_lora[0],
                "lora_fold": cfg.fused_lora[0] == FOLD,
-               "lora_expand_rows": ROWS_TOKENS if cfg.fused_lora[0] == ROWS else 0}))
+               "lora_expand_rows": _expand_rows(cfg.fused_lora[0])}))
+
+
+def _expand_rows(mode) -> int | str:
+    """Engine extra lora_expand_rows of a decode sweep's LoRA path."""
+    return ROWS_TOKENS if mode == ROWS else 0 if mode == SEGMENTS else "auto"
 
 
 def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
-    """A decode sweep's LoRA path: a fused_lora mode, FOLD (the pair, its output added by the next op) or ROWS (the
-    pair, expanding by rows)."""
+    """A decode sweep's LoRA path: a fused_lora mode, FOLD (the pair, its output added by the next op), ROWS (the
+    pair, expanding by rows) or SEGMENTS (the pair, expanding by segments); all but the last two expand as the
+    engine's default rule picks (lora_expand_rows=auto)."""
     eng.model.use_lora_fold(mode == FOLD)
-    eng.runner.use_expand_rows(ROWS_TOKENS if mode == ROWS else 0)
-    eng.model.use_fused_lora(False if mode in (FOLD, ROWS) else mode)
+    rows = _expand_rows(mode)
+    eng.runner.use_expand_rows(*((ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE) if rows == "auto" else (rows,)))
+    eng.model.use_fused_lora(False if mode in PAIR_MODES else mode)
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engines.profile import (ROWS, ProfileConfig, _engine, _load_all, adapter_bytes, decoding_seqs, fast_adapters,  # noqa: E402
-                             measure_bandwidth, measure_matmul, weight_bytes_per_step)
+from engines.profile import (ROWS, SEGMENTS, ProfileConfig, _engine, _load_all, adapter_bytes,  # noqa: E402
+                             decoding_seqs, fast_adapters, measure_bandwidth, measure_matmul, weight_bytes_per_step)
 
 KINDS = [  # (kind, pattern over the kernel's name), first match wins
     ("lora_shrink", r"shrink"), ("lora_expand", r"expand"), ("lora_fused", r"fused_lora|_fused_kernel"),
@@ -49,14 +49,18 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="traced steps per point")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--expand-rows", action="store_true",
-                    help="expand by rows (the profile's --fused-lora rows) instead of by segments")
+    way = ap.add_mutually_exclusive_group()
+    way.add_argument("--expand-rows", action="store_true",
+                     help="expand by rows at every step (the profile's --fused-lora rows)")
+    way.add_argument("--expand-segments", action="store_true",
+                     help="expand by segments at every step (--fused-lora segments; before run 9, the default)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     points = parse_points(args.points)
+    expand = ROWS if args.expand_rows else SEGMENTS if args.expand_segments else "off"  # off: the engine's choice
     cfg = ProfileConfig(model=args.model or ("llama3-8b" if cuda else "tiny"), context=args.context,
                         batches=tuple(sorted({b for b, _ in points})), adapters=(0,),
-                        fused_lora=(ROWS if args.expand_rows else "off",))  # the graphs are captured at start
+                        fused_lora=(expand,))  # the graphs are captured at start
     n_ad = max(d for _, d in points)
     eng = _engine(cfg, max(n_ad, 1), cfg.rank, max(cfg.batches))
     a = eng.model.args
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name() if cuda else "cpu",
                                                    torch=torch.__version__, copy_rate_bps=bw, matmul_flop_s=flops,
-                                                   expand_rows=args.expand_rows, rows=rows), indent=1))
+                                                   expand=expand, rows=rows), indent=1))
     return 0
 
 

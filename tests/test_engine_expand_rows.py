@@ -18,9 +18,10 @@ def _rule(eng):
 
 
 def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_dir):  # noqa: F811
-    def make(value):
+    def make(value=None):
         return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
-                                          extra={"lora_expand_rows": value}))
+                                          extra={} if value is None else {"lora_expand_rows": value}))
+    assert _rule(make()) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE)  # the default since run 9
     assert _rule(make(64)) == (64, math.inf)
     assert _rule(make(False))[0] == 0 and _rule(make(0))[0] == 0
     assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE)
@@ -45,7 +46,8 @@ def _serve_watching_paths(eng):
 
 
 def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segments(adapter_dir):  # noqa: F811
-    want, _ = serve(create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir))))
+    want, _ = serve(create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
+                                               extra={"lora_expand_rows": 0})))
     eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
                                      extra={"lora_expand_rows": "auto", "mixed_steps": False}))
     got, seen = _serve_watching_paths(eng)

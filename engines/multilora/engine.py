@@ -38,9 +38,9 @@ EXTRA_KEYS = {
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default false)",
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
-                        f"segments (kernels/lora_expand_rows.py); auto: steps of up to {ROWS_AUTO_TOKENS} tokens "
-                        f"with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment expand "
-                        "(decode over many adapters, not prompts); 0 (default) or false: by segments always",
+                        f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "
+                        f"tokens with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment "
+                        "expand (decode over many adapters, not prompts); 0 or false: by segments always",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -207,7 +207,7 @@ class MultiLoRAEngine(Engine):
     def _expand_rows(self) -> tuple[int, float]:
         """(max tokens, max adapter tokens per 16-row segment tile) of the steps that expand by rows, from
         extra.lora_expand_rows."""
-        if self.config.extra.get("lora_expand_rows") == "auto":
+        if self.config.extra.get("lora_expand_rows", "auto") == "auto":
             return ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE
         try:
             return self._token_count("lora_expand_rows", 0), math.inf
