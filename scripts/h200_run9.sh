@@ -10,7 +10,7 @@
 #   scripts/h200_run9.sh c   # saturate.yaml at 130 req/s over 1,000 rank-8 q,v adapters, by segments vs auto and
 #                            #   the other order
 #   scripts/h200_run9.sh d   # the same over 1,000 adapters with 256 device slots and up to 256 adapters a step
-#                            #   (c ran the default 64, which held the decode batch near 64)
+#                            #   (c ran the default 64, which held the decode batch near 90)
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
