@@ -28,6 +28,7 @@ from pathlib import Path
 TARGET = 0.85  # issue 15: served >= 85% of what the profiled step allows
 DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fleet_batch_size"
 PROMPTS = "lora_fleet_prompt_tokens_total"
+ROWS_STEPS = "lora_fleet_expand_rows_steps"  # steps whose LoRA expand went by rows (engine extra lora_expand_rows)
 DECODE_PER_STEP = "decode sequences per step (counters)"
 GAUGE_MEAN = "batch-size gauge mean (prefills included)"
 
@@ -142,6 +143,7 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     prompt = per_step(rows, PROMPTS)  # prompt tokens received a step
     out["counters"] = dict(decode_per_step=per_step(rows, DECODE), prompt_tokens_per_step=prompt,
                            measured_step_ms=None if (t := per_step(rows, "t")) is None else t * 1e3)
+    out["expand_rows_share"] = per_step(rows, ROWS_STEPS)  # of all steps; None before the counter existed (run 9)
     prompt = prompt if profile.get("mixed") else None
     if prompt is not None:
         mixed = mixed_step_ms_at(profile, b, prompt, adapters)
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if None not in c.values():
         print(f"per step (counters): {c['decode_per_step']:.1f} decodes, {c['prompt_tokens_per_step']:.1f} prompt "
               f"tokens received, {c['measured_step_ms']:.2f} ms measured")
+    if out["expand_rows_share"] is not None:
+        print(f"LoRA expand by rows in {out['expand_rows_share']:.0%} of the steps (the rest by segments)")
     m = out.get("mixed")
     if m is not None and m["step_ms"] is None:
         print(f"mixed steps: {m['prompt_tokens_per_step']:.1f} prompt tokens a step beside {out['mean_batch']:.1f} "

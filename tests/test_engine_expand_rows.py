@@ -57,6 +57,10 @@ def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segme
     longest = max(t for t, _ in seen)
     assert longest > 10 and not any(r for t, r in seen if t == longest)
     assert all(r for t, r in seen if t <= 10) and any(t <= 10 for t, _ in seen)
+    stats = eng.stats()  # /metrics: lora_fleet_lora_steps, lora_fleet_expand_rows_steps
+    calls_a_step = len(seen) // stats["lora_steps"]
+    assert stats["expand_rows_steps"] == sum(r for _, r in seen) // calls_a_step
+    assert 0 < stats["expand_rows_steps"] < stats["lora_steps"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels run on a GPU (the CPU runs references)")

@@ -63,5 +63,7 @@ def test_the_step_kind_in_effect_is_exported():
     eng.last_batch_size = eng.last_decode_size = eng.decode_tokens = eng.steps = eng.tokens_generated = 0
     eng.last_step_s = 0.0
     eng.overlap = True
+    eng.runner = types.SimpleNamespace(lora_steps=5, expand_rows_steps=3)
     stats = eng.stats()
+    assert stats["lora_steps"] == 5 and stats["expand_rows_steps"] == 3  # the expand path the steps took
     assert stats["mixed_steps"] == 1.0 and stats["step_tokens"] == 320 and stats["overlap"] == 1.0

@@ -129,3 +129,15 @@ def test_prefers_the_pipelined_step_where_the_profile_timed_it(tmp_path):
     out = svs.compare(run, piped)
     assert out["step_ms"] == pytest.approx(5.5) and out["step_timing"].startswith("pipelined")
     assert svs.compare(run, PROFILE)["step_timing"] == "synced around each step"
+
+
+def test_prints_the_share_of_steps_that_expanded_by_rows(tmp_path, capsys):
+    """lora_fleet_expand_rows_steps (since run 9) over the steps counter; runs without it print nothing of it."""
+    run = make_run(tmp_path, [(0.5, 300), (9.5, 300)], counters=[(0.5, 100, 15_000), (9.5, 110, 16_600)])
+    assert svs.compare(run, PROFILE)["expand_rows_share"] is None
+    lines = (run / "server.csv").read_text().splitlines()
+    lines += ["0.5,lora_fleet_expand_rows_steps,,40", "9.5,lora_fleet_expand_rows_steps,,44"]
+    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    assert svs.compare(run, PROFILE)["expand_rows_share"] == pytest.approx(0.4)
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
+    assert "LoRA expand by rows in 40% of the steps" in capsys.readouterr().out

@@ -461,6 +461,8 @@ class MultiLoRAEngine(Engine):
             "mixed_steps": float(self.scheduler.config.mixed_steps),
             "step_tokens": self.scheduler.config.step_tokens,
             "overlap": float(self.overlap),  # steps launched before the one before is read
+            "lora_steps": self.runner.lora_steps,  # forward passes with adapters, and of those the ones whose LoRA
+            "expand_rows_steps": self.runner.expand_rows_steps,  # expand went by rows (extra lora_expand_rows)
         }
         out.update(self.pool.stats())
         return out

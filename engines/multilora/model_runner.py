@@ -56,6 +56,7 @@ class ModelRunner:
                              max(1, cfg.lora_slots), device)
         self.graphs = (DecodeGraphs(model, cfg.max_num_seqs + cfg.graph_rows, self.max_blocks, cfg.lora_slots, device)
                        if cfg.cuda_graphs and device.type == "cuda" else None)
+        self.lora_steps = self.expand_rows_steps = 0  # forward passes with adapters; those that expanded by rows
 
     def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
         """Steps of up to max_tokens tokens with at most max_per_tile adapter tokens per 16-row tile of the segment
@@ -110,12 +111,14 @@ class ModelRunner:
         row_slots = None if slots is None else _token_slots(slots, len(decode), lens)
         if self.graphs is not None and len(ids) <= self.graphs.max_batch:
             cpu = dict(pin_memory=True)
-            return self.graphs.run(torch.tensor(ids, **cpu), torch.tensor(pos, **cpu), torch.tensor(smap, **cpu),
-                                   tables.pin_memory(), torch.tensor(ctx, dtype=torch.int32, **cpu), row_slots,
-                                   weights_key, self._patch(carry))
+            out = self.graphs.run(torch.tensor(ids, **cpu), torch.tensor(pos, **cpu), torch.tensor(smap, **cpu),
+                                  tables.pin_memory(), torch.tensor(ctx, dtype=torch.int32, **cpu), row_slots,
+                                  weights_key, self._patch(carry))
+            self._count_path(self.graphs.meta if row_slots is not None else None)
+            return out
         attn = AttnMeta(False, self._to_dev(smap, torch.long), block_tables=self._wide(tables),
                         context_lens=self._to_dev(ctx, torch.int32))
-        meta = self.meta.prepare(row_slots) if row_slots is not None else None
+        meta = self._count_path(self.meta.prepare(row_slots) if row_slots is not None else None)
         ids_dev = self._ids(ids, carry)
         return self.model.logits(self.model(ids_dev, self._to_dev(pos, torch.long), attn, meta))
 
@@ -130,9 +133,16 @@ class ModelRunner:
             ctx_lens = self._to_dev(ctx, torch.int32)
         attn = AttnMeta(not decode, self._to_dev(smap, torch.long), seq_lens=lens, block_tables=tables,
                         context_lens=ctx_lens)
-        meta = None if slots is None else self.meta.prepare(_token_slots(slots, len(decode), lens))
+        meta = self._count_path(None if slots is None else self.meta.prepare(_token_slots(slots, len(decode), lens)))
         h = self.model(self._ids(ids, carry), self._to_dev(pos, torch.long), attn, meta)
         return self.model.logits(h.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long)))
+
+    def _count_path(self, meta: LoRAMeta | None) -> LoRAMeta | None:
+        """Count the step's LoRA expand path (expand_rows_steps: steps that expanded by rows); returns meta."""
+        if meta is not None:
+            self.lora_steps += 1
+            self.expand_rows_steps += meta.expand_rows
+        return meta
 
     def _patch(self, carry: Carry | None):
         """A function that writes the carried tokens into a device ids tensor (None: nothing carried)."""
