@@ -2,6 +2,10 @@
 norm/RoPE ops, the rest) for decode batches over adapters, from the torch profiler, beside each kind's byte floor.
 
     python3 scripts/step_breakdown.py --points 1x0,1x1,64x0,64x64,256x0,256x256 [--json out.json]
+    python3 scripts/step_breakdown.py --points 256x30,256x30+256   # + P: the mixed step, P prompt tokens as rows
+
+A point BxD+P is a step that decodes B sequences over D adapters and prefills P prompt tokens (prompts of 128
+tokens, each over the next adapter), as a saturated server's graphed mixed steps run (engines/profile_mixed.py).
 
 Kernels are traced inside the CUDA-graph replays the engine runs (as `harness profile` times them); per step
 = the kind's kernel time over the traced steps / steps; x floor = that over the larger of the kind's byte and FLOP
@@ -19,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from engines.profile_mixed import _prompts  # noqa: E402
 from engines.profile import (ROWS, SEGMENTS, ProfileConfig, _engine, _load_all, adapter_bytes,  # noqa: E402
                              decoding_seqs, fast_adapters, measure_bandwidth, measure_matmul, weight_bytes_per_step)
 
@@ -34,12 +39,30 @@ def kind_of(name: str) -> str:
     return next((k for k, pat in KINDS if re.search(pat, low)), "other")
 
 
-def parse_points(text: str) -> list[tuple[int, int]]:
+def parse_points(text: str) -> list[tuple[int, int, int]]:
+    """"BxD+P,..." -> [(decodes, adapters, prompt tokens)]; D and P default to 0."""
     out = []
     for part in text.split(","):
-        b, _, d = part.partition("x")
-        out.append((int(b), int(d or 0)))
+        head, _, p = part.partition("+")
+        b, _, d = head.partition("x")
+        try:
+            out.append((int(b), int(d or 0), int(p or 0)))
+        except ValueError:
+            raise SystemExit(f"step_breakdown: --points {part!r}: give BATCHxADAPTERS or BATCHxADAPTERS+PROMPT_TOKENS")
     return out
+
+
+def floors(a, cfg, elem: int, w_bytes: float, a_bytes: float, b_bytes: float, b: int, d: int, prompts: list[int]):
+    """({kind: bytes read once}, {kind: FLOPs}) of a step that decodes b sequences (cfg.context cached) over d
+    adapters and prefills prompts of the given lengths (rows with adapters, each through its own prefix)."""
+    p = sum(prompts)
+    kv = (b * (cfg.context + 1) + p) * a.kv_bytes_per_token(elem)
+    lora_rows = (b + p) if d else 0
+    attn = 4 * a.n_heads * a.head_dim * a.n_layers * (b * (cfg.context + 1) + sum(n * (n + 1) // 2 for n in prompts))
+    return ({"matmul": w_bytes, "attention": kv, "lora_shrink": d * a_bytes, "lora_expand": d * b_bytes},
+            {"matmul": 2 * (b + p) * w_bytes / elem, "lora_shrink": 2 * lora_rows * a_bytes / elem,
+             "lora_expand": 2 * lora_rows * b_bytes / elem,  # each token through its adapter's A, then B
+             "attention": attn})
 
 
 def main(argv=None) -> int:
@@ -59,9 +82,9 @@ def main(argv=None) -> int:
     points = parse_points(args.points)
     expand = ROWS if args.expand_rows else SEGMENTS if args.expand_segments else "off"  # off: the engine's choice
     cfg = ProfileConfig(model=args.model or ("llama3-8b" if cuda else "tiny"), context=args.context,
-                        batches=tuple(sorted({b for b, _ in points})), adapters=(0,),
+                        batches=tuple(sorted({b for b, _, _ in points})), adapters=(0,),
                         fused_lora=(expand,))  # the graphs are captured at start
-    n_ad = max(d for _, d in points)
+    n_ad = max(d for _, d, _ in points)
     eng = _engine(cfg, max(n_ad, 1), cfg.rank, max(cfg.batches))
     a = eng.model.args
     elem = torch.empty((), dtype=eng.dtype).element_size()
@@ -82,14 +105,15 @@ def main(argv=None) -> int:
     rows = []
     print(f"copy {bw / 1e9:.0f} GB/s, matrix {flops / 1e12:.0f} TFLOP/s; floors per kind: bytes once at the copy rate "
           "(weights, KV, the adapters' A for the shrink and B for the expand), FLOPs at the matrix rate")
-    print(f"{'batch':>5} {'adapters':>8} {'kind':<12} {'us/step':>9} {'kernels':>7} {'byte floor':>11} {'FLOP floor':>11}"
-          f" {'x floor':>8}")
-    for b, d in points:
+    print(f"{'batch':>5} {'adapters':>8} {'prompt':>6} {'kind':<12} {'us/step':>9} {'kernels':>7} {'byte floor':>11} "
+          f"{'FLOP floor':>11} {'x floor':>8}")
+    for b, d, p in points:
         batch = seqs[:b]
-        slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
+        prompts = _prompts(eng, p, f"bd{b}-{d}-{p}-") if p else []
+        slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b + len(prompts))]
 
         def step():
-            eng.runner.run(batch, False, slots).argmax(-1)
+            eng.runner.step(batch, prompts, slots).argmax(-1)
         for _ in range(3):
             step()
         if cuda:
@@ -109,22 +133,21 @@ def main(argv=None) -> int:
             by_kind.setdefault(k, [0.0, 0])
             by_kind[k][0] += us
             by_kind[k][1] += 1
-        kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
-        byte_floor = {"matmul": w_bytes, "attention": kv, "lora_shrink": d * a_bytes, "lora_expand": d * b_bytes}
-        flop = {"matmul": 2 * b * w_bytes / elem, "lora_shrink": 2 * b * a_bytes / elem,
-                "lora_expand": 2 * b * b_bytes / elem,  # each token through its adapter's A, then B
-                "attention": 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers}
+        byte_floor, flop = floors(a, cfg, elem, w_bytes, a_bytes, b_bytes, b, d, [len(s) for s in prompts])
         total = sum(v[0] for v in by_kind.values()) / args.steps
         for k, (us, n) in sorted(by_kind.items(), key=lambda kv_: -kv_[1][0]):
             per = us / args.steps
             fb = byte_floor[k] / bw * 1e6 if k in byte_floor else None
             ff = flop[k] / flops * 1e6 if k in flop else None
             bound = max(fb or 0.0, ff or 0.0)
-            print(f"{b:5d} {d:8d} {k:<12} {per:9.1f} {n // args.steps:7d}"
+            print(f"{b:5d} {d:8d} {p:6d} {k:<12} {per:9.1f} {n // args.steps:7d}"
                   + (f" {fb:9.1f}us {ff:9.1f}us {per / bound:7.2f}x" if bound else ""))
-            rows.append(dict(batch=b, adapters=d, kind=k, us_per_step=per, kernels_per_step=n / args.steps,
-                             byte_floor_us=fb, flop_floor_us=ff, x_floor=per / bound if bound else None))
-        print(f"{b:5d} {d:8d} {'all kernels':<12} {total:9.1f}")
+            rows.append(dict(batch=b, adapters=d, prompt_tokens=p, kind=k, us_per_step=per,
+                             kernels_per_step=n / args.steps, byte_floor_us=fb, flop_floor_us=ff,
+                             x_floor=per / bound if bound else None))
+        print(f"{b:5d} {d:8d} {p:6d} {'all kernels':<12} {total:9.1f}")
+        for s_ in prompts:
+            eng.blocks.free(s_)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(gpu=torch.cuda.get_device_name() if cuda else "cpu",
                                                    torch=torch.__version__, copy_rate_bps=bw, matmul_flop_s=flops,

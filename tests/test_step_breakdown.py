@@ -23,16 +23,21 @@ def test_kernel_names_fall_into_kinds(name, kind):
 
 
 def test_points_parse():
-    assert sb.parse_points("1x0,64x64,256") == [(1, 0), (64, 64), (256, 0)]
+    assert sb.parse_points("1x0,64x64,256,256x30+256") == [(1, 0, 0), (64, 64, 0), (256, 0, 0), (256, 30, 256)]
+    with pytest.raises(SystemExit, match="BATCHxADAPTERS"):
+        sb.parse_points("64xx")
 
 
 def test_cpu_smoke_run_writes_each_kind_beside_its_floors(tmp_path, capsys):
     out = tmp_path / "bd.json"
-    assert sb.main(["--points", "2x0,2x2", "--steps", "1", "--context", "24", "--json", str(out)]) == 0
+    assert sb.main(["--points", "2x0,2x2,2x2+20", "--steps", "1", "--context", "24", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["copy_rate_bps"] > 0 and data["matmul_flop_s"] > 0
-    mm = {r["adapters"]: r for r in data["rows"] if r["kind"] == "matmul"}
-    assert set(mm) == {0, 2}
+    mm = {(r["adapters"], r["prompt_tokens"]): r for r in data["rows"] if r["kind"] == "matmul"}
+    assert set(mm) == {(0, 0), (2, 0), (2, 20)}
+    # the mixed step reads the same weights and multiplies 22 rows by them where the decode step has 2
+    assert mm[2, 20]["byte_floor_us"] == mm[2, 0]["byte_floor_us"]
+    assert mm[2, 20]["flop_floor_us"] == pytest.approx(11 * mm[2, 0]["flop_floor_us"])
     for r in mm.values():
         assert r["byte_floor_us"] > 0 and r["flop_floor_us"] > 0
         assert r["x_floor"] == pytest.approx(r["us_per_step"] / max(r["byte_floor_us"], r["flop_floor_us"]))
