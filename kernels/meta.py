@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -52,6 +53,7 @@ class LoRAMeta:
         # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
         # while the host prepares the next one (engines that overlap host and device work)
         self._hosts = [torch.zeros(end, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self._hosts_np = [h.numpy() for h in self._hosts]  # the same memory, written through numpy
         self._turn = 0
 
     def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
@@ -67,27 +69,31 @@ class LoRAMeta:
     def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none. expand_rows:
         the step's expand path (None: use_expand_rows's rule)."""
-        slots = torch.as_tensor(token_slots, dtype=torch.int64, device="cpu").flatten()
-        if slots.numel() > self.max_tokens:
-            raise ValueError(f"LoRAMeta: {slots.numel()} tokens > max_tokens={self.max_tokens}")
-        order = torch.argsort(slots, stable=True)
+        # numpy on the host: these few small arrays cost several times more as torch ops (scripts/host_step_bench.py)
+        if isinstance(token_slots, torch.Tensor):
+            token_slots = token_slots.detach().cpu().numpy()
+        slots = np.asarray(token_slots, dtype=np.int64).reshape(-1)
+        n_all = slots.size
+        if n_all > self.max_tokens:
+            raise ValueError(f"LoRAMeta: {n_all} tokens > max_tokens={self.max_tokens}")
+        order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
         keep = sorted_slots >= 0
         order, sorted_slots = order[keep], sorted_slots[keep]
-        uniq, counts = torch.unique_consecutive(sorted_slots, return_counts=True)
-        n_seg = int(uniq.numel())
+        uniq, starts, counts = np.unique(sorted_slots, return_index=True, return_counts=True)  # sorted: in order
+        n_seg = int(uniq.size)
         if n_seg > self.max_segments:
             raise ValueError(f"LoRAMeta: {n_seg} distinct slots > max_segments={self.max_segments}")
-        starts = torch.cumsum(counts, 0) - counts
-        n_tok = int(order.numel())
-        host = self._hosts[self._turn]
+        n_tok = int(order.size)
+        host = self._hosts_np[self._turn]
+        dev_src = self._hosts[self._turn]
         self._turn ^= 1
-        at, ms, n_all = self._at, self.max_segments, slots.numel()
+        at, ms = self._at, self.max_segments
 
-        def put(name: str, values: torch.Tensor, fill: int, size: int) -> None:
+        def put(name: str, values: np.ndarray, fill: int, size: int) -> None:
             """values into the field's first entries, `fill` up to `size` of them"""
-            host[at[name]:at[name] + values.numel()] = values.to(torch.int32)
-            host[at[name] + values.numel():at[name] + size] = fill
+            host[at[name]:at[name] + values.size] = values
+            host[at[name] + values.size:at[name] + size] = fill
         put("seg_start", starts, 0, ms)
         put("seg_len", counts, 0, ms)  # kernels may read every seg_len entry without a mask
         put("seg_slot", uniq, -1, ms)
@@ -95,7 +101,7 @@ class LoRAMeta:
         put("sorted_slot", sorted_slots, -1, n_all)  # -1 past the adapter tokens, up to the step's token count
         put("token_indices", order, 0, n_tok)
         end = at["token_indices"] + n_tok
-        self._dev[:end].copy_(host[:end], non_blocking=self.device.type == "cuda")
+        self._dev[:end].copy_(dev_src[:end], non_blocking=self.device.type == "cuda")
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
         self.max_seg_len = int(counts.max()) if n_seg else 0

@@ -63,26 +63,36 @@ class EngineChild:
         threading.Thread(target=self._pass_output, name="engine-output", daemon=True).start()
 
     def _wait_ready(self, timeout_s: float) -> str:
+        """The URL of the child's READY line. Reads the pipe's descriptor itself: a buffered readline can take
+        the READY line into its buffer together with the line before it, and the descriptor then never turns
+        readable again (a replica that waited its whole timeout for a line it had already read)."""
         import selectors
         import time
 
-        out = self.proc.proc.stdout
+        fd = self.proc.proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
+        pending = b""
         with selectors.DefaultSelector() as sel:
-            sel.register(out, selectors.EVENT_READ)
+            sel.register(fd, selectors.EVENT_READ)
             while time.monotonic() < deadline:
                 if not sel.select(timeout=1.0):
                     continue
-                line = out.readline().decode(errors="replace")
-                if line.startswith("READY "):
-                    return line.split()[1]
-                if not line:  # the pipe closed: the process ended before it listened
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:  # the pipe closed: the process ended before it listened
+                    self.last_lines.append(pending.decode(errors="replace"))
                     code = self.proc.wait(10.0)
                     lines = [x.strip() for x in self.last_lines if x.strip()] or ["(no output)"]
                     raise RuntimeError(f"the replica's engine process exited (code {code}) before it was ready: "
                                        f"{lines[-1]} (before it: {' | '.join(lines[-4:-1])})")
-                self.last_lines.append(line)
-                print(line, end="", file=sys.stderr, flush=True)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for i, raw in enumerate(lines):
+                    line = raw.decode(errors="replace") + "\n"
+                    if line.startswith("READY "):
+                        after = b"".join(x + b"\n" for x in lines[i + 1:]) + pending  # output past READY
+                        sys.stderr.write(after.decode(errors="replace"))
+                        return line.split()[1]
+                    self.last_lines.append(line)
+                    print(line, end="", file=sys.stderr, flush=True)
         self.stop()
         raise RuntimeError(f"the replica's engine process was not ready within {timeout_s:.0f} s")
 

@@ -4,14 +4,27 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from engines.model.llama import AttnMeta, Transformer
 from engines.multilora.cuda_graphs import DecodeGraphs
-from engines.multilora.sampler import to_device
+from engines.multilora.sampler import host_tensor, to_device
 from engines.multilora.sequence import Sequence
 from kernels.meta import LoRAMeta
+
+
+class RowsInput(NamedTuple):
+    """A rows step's host inputs (pinned on CUDA): ids, positions, cache slots, block tables and context lengths
+    per row, and each row's adapter slot (None: no adapter in the step)."""
+    ids: torch.Tensor
+    pos: torch.Tensor
+    smap: torch.Tensor
+    tables: torch.Tensor
+    ctx: torch.Tensor
+    slots: list[int] | None
 
 
 @dataclass
@@ -100,27 +113,35 @@ class ModelRunner:
             logits = logits.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long))
         return logits
 
-    def _rows(self, decode, prefill, lens, slots, weights_key, carry) -> torch.Tensor:
-        """Logits of every row (decode tokens, then each prompt token as a row of its own)."""
+    def host_rows(self, decode, prefill, lens, slots) -> RowsInput:
+        """A rows step's inputs on the host: decode tokens, then each prompt token as a row of its own."""
         ids, pos, smap, ctx = self._tokens(decode, prefill, lens)
         for n in lens:
             ctx.extend(range(1, n + 1))
         width = max(len(s.block_table) for s in decode + prefill)
-        repeats = torch.tensor([1] * len(decode) + lens)
-        tables = torch.tensor(_tables(decode + prefill, width), dtype=torch.int32).repeat_interleave(repeats, 0)
+        tables = np.asarray(_tables(decode + prefill, width), dtype=np.int32)
+        if prefill:  # each prompt token's row: its prompt's table
+            tables = np.repeat(tables, [1] * len(decode) + lens, axis=0)
         row_slots = None if slots is None else _token_slots(slots, len(decode), lens)
-        if self.graphs is not None and len(ids) <= self.graphs.max_batch:
-            cpu = dict(pin_memory=True)
-            out = self.graphs.run(torch.tensor(ids, **cpu), torch.tensor(pos, **cpu), torch.tensor(smap, **cpu),
-                                  tables.pin_memory(), torch.tensor(ctx, dtype=torch.int32, **cpu), row_slots,
-                                  weights_key, self._patch(carry))
-            self._count_path(self.graphs.meta if row_slots is not None else None)
+        pin = self.device.type == "cuda"
+        return RowsInput(host_tensor(ids, torch.long, pin), host_tensor(pos, torch.long, pin),
+                         host_tensor(smap, torch.long, pin), host_tensor(tables, torch.int32, pin),
+                         host_tensor(ctx, torch.int32, pin), row_slots)
+
+    def _rows(self, decode, prefill, lens, slots, weights_key, carry) -> torch.Tensor:
+        """Logits of every row (decode tokens, then each prompt token as a row of its own)."""
+        h = self.host_rows(decode, prefill, lens, slots)
+        if self.graphs is not None and h.ids.shape[0] <= self.graphs.max_batch:
+            out = self.graphs.run(h.ids, h.pos, h.smap, h.tables, h.ctx, h.slots, weights_key, self._patch(carry))
+            self._count_path(self.graphs.meta if h.slots is not None else None)
             return out
-        attn = AttnMeta(False, self._to_dev(smap, torch.long), block_tables=self._wide(tables),
-                        context_lens=self._to_dev(ctx, torch.int32))
-        meta = self._count_path(self.meta.prepare(row_slots) if row_slots is not None else None)
-        ids_dev = self._ids(ids, carry)
-        return self.model.logits(self.model(ids_dev, self._to_dev(pos, torch.long), attn, meta))
+        dev = dict(device=self.device, non_blocking=True)
+        attn = AttnMeta(False, h.smap.to(**dev), block_tables=self._wide(h.tables), context_lens=h.ctx.to(**dev))
+        meta = self._count_path(self.meta.prepare(h.slots) if h.slots is not None else None)
+        ids = h.ids.to(**dev)
+        patch = self._patch(carry)
+        ids = ids if patch is None else patch(ids)
+        return self.model.logits(self.model(ids, h.pos.to(**dev), attn, meta))
 
     def _varlen(self, decode, prefill, lens, slots, carry) -> torch.Tensor:
         """Logits of the decode rows and of each prompt's last token: the prompts, after the decode tokens in
@@ -129,7 +150,7 @@ class ModelRunner:
         tables = ctx_lens = None
         if decode:
             width = max(len(s.block_table) for s in decode)
-            tables = self._wide(torch.tensor(_tables(decode, width), dtype=torch.int32))
+            tables = self._wide(host_tensor(_tables(decode, width), torch.int32))
             ctx_lens = self._to_dev(ctx, torch.int32)
         attn = AttnMeta(not decode, self._to_dev(smap, torch.long), seq_lens=lens, block_tables=tables,
                         context_lens=ctx_lens)
@@ -160,7 +181,8 @@ class ModelRunner:
         """Host lists of the step's flat token batch (decode tokens, then every prompt token): ids, positions,
         cache slots; and the context lengths of the decode tokens."""
         bs = self.cfg.block_size
-        pos = [len(s) - 1 for s in decode]
+        ctx = [len(s) for s in decode]
+        pos = [n - 1 for n in ctx]
         smap = [s.block_table[p // bs] * bs + p % bs for s, p in zip(decode, pos)]
         ids = [s.last_token for s in decode]
         for seq, n in zip(prefill, lens):
@@ -168,7 +190,7 @@ class ModelRunner:
             ids.extend(seq.tokens)
             pos.extend(range(n))
             smap.extend(table[p // bs] * bs + p % bs for p in range(n))
-        return ids, pos, smap, [len(s) for s in decode]
+        return ids, pos, smap, ctx
 
     def _wide(self, tables: torch.Tensor) -> torch.Tensor:
         """Block tables on the device as wide as the graphs' (the attention kernel's key and split count match
