@@ -39,6 +39,17 @@ def parse_points(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name where /proc/cpuinfo has it, else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _median_us(fn, iters: int) -> float:
     fn()
     times = []
@@ -66,7 +77,7 @@ def main(argv=None) -> int:
     runner = eng.runner
     seqs = decoding_seqs(eng, batch, args.context, "h")
     rows = []
-    print(f"host: {platform.processor() or platform.machine()}, torch {torch.__version__}; median of {args.iters}")
+    print(f"host: {cpu_name()}, torch {torch.__version__}; median of {args.iters}")
     print(f"{'decodes':>7} {'prompt':>6} {'rows':>5} {'host_rows us':>12} {'meta.prepare us':>15} {'total us':>9}")
     for b, p in points:
         prompts = _prompts(eng, p, f"hp{b}-{p}-") if p else []
@@ -83,7 +94,7 @@ def main(argv=None) -> int:
         for s in prompts:
             eng.blocks.free(s)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(host=platform.processor() or platform.machine(),
+        Path(args.json).write_text(json.dumps(dict(host=cpu_name(),
                                                    python=platform.python_version(), torch=torch.__version__,
                                                    context=args.context, adapters=args.adapters, rows=rows), indent=1))
     return 0

@@ -164,3 +164,23 @@ def test_on_the_gpu_prompts_as_rows_replay_graphs_for_every_step(adapter_dir):
     ref, _ = serve(engine(adapter_dir, mixed_steps=False, **GPU), staggered())
     toks, shapes, replays = serve_counting_replays(engine(adapter_dir, mixed_steps=True, mixed_graphs=True, **GPU))
     assert toks == ref and any(d and p for d, p in shapes) and len(replays) == len(shapes)
+
+
+def test_host_rows_lays_out_decode_tokens_then_each_prompt_token_as_a_row():
+    from engines.profile import _fake_seqs
+    eng = create_engine(EngineConfig(model="tiny", device="cpu"))
+    decode = _fake_seqs(eng, 2, 20, "d")  # 20 tokens: two blocks of 16
+    prompt = _fake_seqs(eng, 1, 3, "p")
+    h = eng.runner.host_rows(decode, prompt, [3], [5, -1, 7])
+    bs = eng.config.block_size
+    assert h.ids.tolist() == [decode[0].last_token, decode[1].last_token] + prompt[0].tokens
+    assert h.pos.tolist() == [19, 19, 0, 1, 2]
+    assert h.ctx.tolist() == [20, 20, 1, 2, 3]  # a prompt token attends over its prefix and itself
+    table = prompt[0].block_table
+    assert h.smap.tolist() == [s.block_table[1] * bs + 3 for s in decode] + [table[0] * bs + p for p in range(3)]
+    assert h.tables.shape == (5, 2) and h.tables.dtype == torch.int32
+    assert h.tables[:2].tolist() == [s.block_table for s in decode]
+    assert h.tables[2:].tolist() == [table + [0]] * 3  # padded with the scratch block 0
+    assert h.slots == [5, -1, 7, 7, 7]
+    for s in decode + prompt:
+        eng.blocks.free(s)
