@@ -14,14 +14,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/ov
-mkdir -p "$res/runs" "$res/logs"
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 call=${1:?usage: h200_overlap_run.sh a|b|c|d}
-echo "== $call $(date -u +%T)"
-touch "$res/.start-$call"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+. scripts/gpu_call_start.sh
 sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=${RATE:-100}
      --set duration_s=${WINDOW_S:-12} --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
 plain='{"name":"multilora","label":"overlap-off","options":{"extra":{"overlap":false}}}'

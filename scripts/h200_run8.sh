@@ -21,14 +21,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r8
-mkdir -p "$res/runs" "$res/logs"
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 call=${1:?usage: h200_run8.sh a|b|c|d|e|f}
-echo "== $call $(date -u +%T)"
-touch "$res/.start-$call"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+. scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
 a)

@@ -15,14 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r9
-mkdir -p "$res/runs" "$res/logs"
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 call=${1:?usage: h200_run9.sh a|b|c|d}
-echo "== $call $(date -u +%T)"
-touch "$res/.start-$call"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+. scripts/gpu_call_start.sh
 case "$call" in
 a)
   timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_meta.py tests/test_kernels_lora.py \

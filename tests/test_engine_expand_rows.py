@@ -63,13 +63,19 @@ def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segme
     assert 0 < stats["expand_rows_steps"] < stats["lora_steps"]
 
 
+def _gpu_by_segments(adapter_dir):  # noqa: F811
+    """(the GPU engine config, the tokens it serves expanding by segments): the reference of the GPU tests."""
+    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
+    plain = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 0}))
+    want, _ = serve(plain)
+    plain.close()
+    return gpu, want
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels run on a GPU (the CPU runs references)")
 def test_on_the_gpu_the_expand_by_rows_gives_the_tokens_of_the_segment_expand(adapter_dir):  # noqa: F811
     import kernels.lora_expand_rows as rows_mod
-    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
-    plain = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 0}))  # by segments
-    want, _ = serve(plain)
-    plain.close()
+    gpu, want = _gpu_by_segments(adapter_dir)
     calls = []
     real = rows_mod.lora_expand_rows
 
@@ -90,10 +96,7 @@ def test_on_the_gpu_the_expand_by_rows_gives_the_tokens_of_the_segment_expand(ad
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs run on a GPU")
 def test_on_the_gpu_auto_replays_by_rows_graphs_for_decode_over_distinct_adapters(adapter_dir):  # noqa: F811
-    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
-    plain = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 0}))  # by segments
-    want, _ = serve(plain)
-    plain.close()
+    gpu, want = _gpu_by_segments(adapter_dir)
     eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto"}))
     graphs = eng.runner.graphs
     at_start = set(graphs.graphs)
