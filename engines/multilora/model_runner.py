@@ -138,10 +138,7 @@ class ModelRunner:
         dev = dict(device=self.device, non_blocking=True)
         attn = AttnMeta(False, h.smap.to(**dev), block_tables=self._wide(h.tables), context_lens=h.ctx.to(**dev))
         meta = self._count_path(self.meta.prepare(h.slots) if h.slots is not None else None)
-        ids = h.ids.to(**dev)
-        patch = self._patch(carry)
-        ids = ids if patch is None else patch(ids)
-        return self.model.logits(self.model(ids, h.pos.to(**dev), attn, meta))
+        return self.model.logits(self.model(self._ids(h.ids, carry), h.pos.to(**dev), attn, meta))
 
     def _varlen(self, decode, prefill, lens, slots, carry) -> torch.Tensor:
         """Logits of the decode rows and of each prompt's last token: the prompts, after the decode tokens in
@@ -172,8 +169,9 @@ class ModelRunner:
         rows, src = self._to_dev(carry.rows, torch.long), self._to_dev(carry.src, torch.long)
         return lambda ids: ids.index_copy_(0, rows, carry.tokens.index_select(0, src))
 
-    def _ids(self, ids: list[int], carry: Carry | None) -> torch.Tensor:
-        out = self._to_dev(ids, torch.long)
+    def _ids(self, ids: list[int] | torch.Tensor, carry: Carry | None) -> torch.Tensor:
+        """The step's input ids on the device (from a host list or a host tensor), the carried tokens written in."""
+        out = ids.to(self.device, non_blocking=True) if isinstance(ids, torch.Tensor) else self._to_dev(ids, torch.long)
         patch = self._patch(carry)
         return out if patch is None else patch(out)
 

@@ -37,8 +37,8 @@ def _modes(text: str) -> tuple[str, ...]:
             if m not in ("fold", "rows", "segments"):
                 fused_mode(m)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{m!r}: give on, off, auto, fold, rows, segments or a token count, comma-separated") \
-                from None
+            raise argparse.ArgumentTypeError(
+                f"{m!r}: give on, off, auto, fold, rows, segments or a token count, comma-separated") from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
     return modes
