@@ -14,7 +14,6 @@ from engines.model.config import ModelArgs
 from engines.multilora.engine import MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
-from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
@@ -169,8 +168,8 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows) or SEGMENTS (the pair, expanding by segments); all but the last two expand as the
     engine's default rule picks (lora_expand_rows=auto)."""
     eng.model.use_lora_fold(mode == FOLD)
-    rows = _expand_rows(mode)
-    eng.runner.use_expand_rows(*((ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE) if rows == "auto" else (rows,)))
+    eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
+    eng.runner.use_expand_rows(*eng._expand_rows())
     eng.model.use_fused_lora(False if mode in PAIR_MODES else mode)
 
 

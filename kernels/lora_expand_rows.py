@@ -88,4 +88,3 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
         )
     launch_fitting("expand_rows", key, asked, launch)
     return y
-

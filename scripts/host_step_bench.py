@@ -41,13 +41,10 @@ def parse_points(text: str) -> list[tuple[int, int]]:
 
 def cpu_name() -> str:
     """The CPU's model name where /proc/cpuinfo has it, else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _median_us(fn, iters: int) -> float:
