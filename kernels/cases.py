@@ -20,6 +20,7 @@ class LoRACase:
     widths: tuple[int, ...] = (4096,)
     r_max: int | None = None  # slot padding; None: the rank itself
     contiguous: bool = False  # True: each adapter's tokens are one run (prefill); False: round-robin (decode)
+    prompt_tokens: int = 0  # a mixed step: the last this many tokens are 128-token prompts, one adapter each
     target_us: float | None = None
     target_floor_ratio: float | None = None  # target as a multiple of the byte floor
 
@@ -35,7 +36,8 @@ class LoRACase:
         if self.contiguous:
             per = -(-self.tokens // self.adapters)
             return [t // per for t in range(self.tokens)]
-        return [t % self.adapters for t in range(self.tokens)]
+        decodes = self.tokens - self.prompt_tokens
+        return [t % self.adapters for t in range(decodes)] + [p // 128 % self.adapters for p in range(self.prompt_tokens)]
 
     def bytes_moved(self, elem: int = 2, fused: bool = False) -> int:
         """Every weight, input and output once: A and B of each distinct adapter, x, y read and written,
@@ -96,6 +98,10 @@ LORA_CASES = [
     LoRACase("decode-256x30-r16-qkv", 256, 30, 16, widths=QKV),  # tokens sharing adapters (bursty30's count)
     LoRACase("decode-256x128-r16-qkv", 256, 128, 16, widths=QKV),  # 2 and 4 tokens an adapter: where the expand
     LoRACase("decode-256x64-r16-qkv", 256, 64, 16, widths=QKV),  # by rows stops paying (lora_expand_rows=auto)
+    LoRACase("decode-256x30-r16", 256, 30, 16),
+    # the step a saturated server runs: 256 decodes over 30 adapters and two 128-token prompts (by segments)
+    LoRACase("mixed-512x30-r16-qkv", 512, 30, 16, widths=QKV, prompt_tokens=256),
+    LoRACase("mixed-512x30-r16", 512, 30, 16, prompt_tokens=256),
     LoRACase("decode-32x32-r16", 32, 32, 16),
     LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
     LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),

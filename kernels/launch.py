@@ -394,8 +394,9 @@ def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
                  for st in ((1,) if ns == 1 else (2, 3))]
                 + [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=4, num_stages=st)
                    for br in block_rs for bn in (64, 128) for ns in (16, 32, 64) for st in (2, 3)])
+    block_ms = (16, 32, 64) if tokens <= 1024 else (32, 64)  # mixed steps: many adapters' short segments
     return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
-            for br in block_rs for bm in (32, 64) for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
+            for br in block_rs for bm in block_ms for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
             for st in ((2,) if ns == 1 else (2, 3))]
 
 

@@ -78,7 +78,15 @@ def _keys(case) -> dict[str, str]:
             "fused": fused_key(case.tokens, case.hidden, case.n_total, case.slices, r_max, "torch.bfloat16")}
 
 
-def _spaces(case) -> list[tuple[str, str, object]]:
+OPS = ("fused", "shrink", "expand", "attention")
+
+
+def _spaces(case, ops=OPS) -> list[tuple[str, str, object]]:
+    """(op, key, config) to time for a case, of the ops named."""
+    return [job for job in _all_spaces(case) if job[0] in ops]
+
+
+def _all_spaces(case) -> list[tuple[str, str, object]]:
     from kernels.cases import LoRACase
 
     if isinstance(case, LoRACase):
@@ -97,7 +105,7 @@ def _close(a, b, tol: float) -> bool:
     return bool(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)) < tol)
 
 
-def tune_case(case, failed: dict, times: dict, deadline: float, log) -> None:
+def tune_case(case, failed: dict, times: dict, deadline: float, log, ops=OPS) -> None:
     """Time every compiled, correct config of this case on rotating input sets into times[(op, key)][cfg]."""
     from kernels.bench import attention_sets, lora_sets, time_sets
     from kernels.cases import LoRACase
@@ -114,7 +122,7 @@ def tune_case(case, failed: dict, times: dict, deadline: float, log) -> None:
         y_ref = first.y - y0
     else:
         out_ref = _runner("attention", first, case, None)()
-    for op, key, cfg in _spaces(case):
+    for op, key, cfg in _spaces(case, ops):
         if time.monotonic() > deadline:
             log(f"  time budget spent at {case.name} {op} {cfg}")
             break
@@ -189,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.tune", description=__doc__)
     parser.add_argument("--out", type=Path, help="JSON path (default kernels/configs/<gpu>.json); merged into")
     parser.add_argument("--only", default="", help="comma-separated substrings of case names to tune")
+    parser.add_argument("--ops", default=",".join(OPS),
+                        help="comma-separated ops to tune (others keep their entries in the file), e.g. "
+                             "expand for the segment expand alone")
     parser.add_argument("--budget-s", type=float, default=600.0, help="stop searching after this many seconds")
     parser.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1),
                         help="processes compiling configs in parallel before timing")
     args = parser.parse_args(argv)
+    ops = tuple(o for o in args.ops.split(",") if o)
+    if not ops or set(ops) - set(OPS):
+        print(f"--ops={args.ops!r}: give some of {', '.join(OPS)}", file=sys.stderr)
+        return 2
     import torch
     import triton
 
@@ -216,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    jobs = [(op, c.name, cfg) for c in cases for op, _, cfg in _spaces(c)]
+    jobs = [(op, c.name, cfg) for c in cases for op, _, cfg in _spaces(c, ops)]
     t0 = time.monotonic()
     import multiprocessing as mp
 
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(failed)} refused")
     times: dict = {}
     for case in cases:
-        tune_case(case, failed, times, deadline, log)
+        tune_case(case, failed, times, deadline, log, ops)
     choose(times, table, log)
     choose_paths(times, table, cases, log)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,15 @@
 #   scripts/h200_run10.sh a   # the decode profile after session 8's host work (numpy step inputs and LoRA
 #                             #   metadata): synced and pipelined, the default (auto) against segments; where the
 #                             #   time of the decode step and of the mixed step goes (scripts/step_breakdown.py)
+#   scripts/h200_run10.sh b   # retune the segment expand and the shrink for the steps that now take segments (decodes
+#                             #   sharing adapters, mixed steps): kernels.bench and the step breakdown before and
+#                             #   after `python -m kernels.tune --ops shrink,expand`; saturate.yaml at 130 req/s
+#                             #   over 30 adapters with the new file
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r10
-call=${1:?usage: h200_run10.sh a}
+call=${1:?usage: h200_run10.sh a|b}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
@@ -17,6 +21,23 @@ a)
   grep -E "^decode|pipelined|^\|" "$res/logs/a-profile.log" | tail -50
   timeout 150 python3 scripts/step_breakdown.py --points 64x64,256x30,256x256,256x0+256,256x30+256 \
       --json "$res/runs/breakdown.json" > "$res/logs/a-breakdown.log" 2>&1; grep -v USDT "$res/logs/a-breakdown.log" | tail -40 ;;
-*) echo "unknown call $call (a)" >&2; exit 2 ;;
+b)
+  cases=decode-256x30,decode-256x64-r16-qkv,mixed-512x30
+  for when in before after; do
+    if [ $when = after ]; then
+      timeout 200 python3 -m kernels.tune --ops shrink,expand --only $cases,decode-256x256 --budget-s 120 --jobs 16 \
+          > "$res/logs/b-tune.log" 2>&1; head -1 "$res/logs/b-tune.log"; grep -E "^(shrink|expand) \[" "$res/logs/b-tune.log"
+      cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+    fi
+    timeout 60 python3 -m kernels.bench --only $cases --out "$res/runs/kernels-$when.json" > "$res/logs/b-bench-$when.log" 2>&1
+    grep -E "^\|" "$res/logs/b-bench-$when.log" | cut -c1-200 | head -8
+    timeout 70 python3 scripts/step_breakdown.py --points 256x30,256x30+256 --json "$res/runs/breakdown-$when.json" \
+        > "$res/logs/b-breakdown-$when.log" 2>&1; grep -v USDT "$res/logs/b-breakdown-$when.log" | grep "lora\|all"
+  done
+  timeout -s INT 100 python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 \
+      --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
+      --engine multilora > "$res/logs/b-saturate.log" 2>&1
+  grep -E "^(engine|-|multilora)|TTFT|TPOT|invalid|rror" "$res/logs/b-saturate.log" | head -10 ;;
+*) echo "unknown call $call (a b)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -201,3 +201,22 @@ def test_tuner_refuses_a_config_that_only_launches_stepped_down():
     assert "stepped down" in stepped_down("shrink", big)
     assert stepped_down("shrink", small) is None and stepped_down("expand", big) is None
     launch._FITTED.clear()
+
+
+def test_mixed_case_puts_decodes_first_then_one_adapter_per_prompt():
+    case = next(c for c in LORA_CASES if c.name == "mixed-512x30-r16-qkv")
+    slots = case.slots()
+    assert len(slots) == 512 and slots[:31] == list(range(30)) + [0]  # decodes round-robin over the 30
+    assert slots[256:384] == [0] * 128 and slots[384:] == [1] * 128  # two 128-token prompts, one adapter each
+    from kernels.launch import expand_space
+    assert {c.block_m for c in expand_space(512)} == {16, 32, 64}  # 16-row tiles for the decodes' short segments
+    assert {c.block_m for c in expand_space(4096)} == {32, 64}
+
+
+def test_tuner_ops_filter_and_refusal(capsys):
+    from kernels.tune import _spaces, main
+    case = next(c for c in LORA_CASES if c.name == "decode-256x30-r16-qkv")
+    assert {op for op, _, _ in _spaces(case)} == {"fused", "shrink", "expand"}
+    assert {op for op, _, _ in _spaces(case, ("expand",))} == {"expand"}
+    assert main(["--ops", "expand,shrinkk"]) == 2  # refused before anything needs a GPU
+    assert "--ops='expand,shrinkk'" in capsys.readouterr().err
