@@ -102,6 +102,8 @@ LORA_CASES = [
     # the step a saturated server runs: 256 decodes over 30 adapters and two 128-token prompts (by segments)
     LoRACase("mixed-512x30-r16-qkv", 512, 30, 16, widths=QKV, prompt_tokens=256),
     LoRACase("mixed-512x30-r16", 512, 30, 16, prompt_tokens=256),
+    LoRACase("mixed-768x30-r16-qkv", 768, 30, 16, widths=QKV, prompt_tokens=512),  # a full prompt budget
+    LoRACase("mixed-768x30-r16", 768, 30, 16, prompt_tokens=512),
     LoRACase("decode-32x32-r16", 32, 32, 16),
     LoRACase("decode-64x64-r16", 64, 64, 16, target_us=10.0),
     LoRACase("decode-64x64-r16-slots64", 64, 64, 16, r_max=64),

@@ -7,11 +7,15 @@
 #                             #   sharing adapters, mixed steps): kernels.bench and the step breakdown before and
 #                             #   after `python -m kernels.tune --ops shrink,expand`; saturate.yaml at 130 req/s
 #                             #   over 30 adapters with the new file
+#   scripts/h200_run10.sh c   # the segment expand of q,k,v at 256 tokens tuned on the decodes that take it (not on
+#                             #   256 adapters, which go by rows); shrink and expand of full mixed steps (256 decodes
+#                             #   + 512 prompt rows); saturate.yaml at 130 req/s over 30 adapters with run 9's file,
+#                             #   then with the new one
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r10
-call=${1:?usage: h200_run10.sh a|b}
+call=${1:?usage: h200_run10.sh a|b|c}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
@@ -38,6 +42,23 @@ b)
       --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
       --engine multilora > "$res/logs/b-saturate.log" 2>&1
   grep -E "^(engine|-|multilora)|TTFT|TPOT|invalid|rror" "$res/logs/b-saturate.log" | head -10 ;;
-*) echo "unknown call $call (a b)" >&2; exit 2 ;;
+c)
+  cp kernels/configs/nvidia-h200.json "$res/new.json"
+  tune=(python3 -m kernels.tune --budget-s 60 --jobs 16 --out "$res/new.json")
+  timeout 120 "${tune[@]}" --ops expand --only decode-256x30-r16-qkv,decode-256x64-r16-qkv > "$res/logs/c-tune1.log" 2>&1
+  timeout 150 "${tune[@]}" --ops shrink,expand --only mixed-768x30 > "$res/logs/c-tune2.log" 2>&1
+  grep -hE "^compiled|^(shrink|expand) \[" "$res/logs/c-tune1.log" "$res/logs/c-tune2.log"; cp "$res/new.json" "$res/runs/nvidia-h200.json"
+  cp "${OLD_CONFIG:-old-h200.json}" "$res/old.json"  # run 9's file (git show 10673a5:kernels/configs/nvidia-h200.json)
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+  for f in old new; do
+    cp "$res/$f.json" kernels/configs/nvidia-h200.json
+    [ $f = new ] && { timeout 90 python3 scripts/step_breakdown.py --points 256x30,256x30+256,256x30+512 \
+        --json "$res/runs/breakdown.json" > "$res/logs/c-breakdown.log" 2>&1; grep -v USDT "$res/logs/c-breakdown.log" | grep "lora\|all"; }
+    timeout -s INT 100 "${sat[@]}" --set name=saturate-$f --engine multilora > "$res/logs/c-saturate-$f.log" 2>&1
+    grep -E "^multilora|invalid|rror" "$res/logs/c-saturate-$f.log" | head -3
+  done
+  grep -h served_tok_s "$res"/runs/*saturate-*results.json | head ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
