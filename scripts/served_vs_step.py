@@ -28,6 +28,8 @@ from pathlib import Path
 TARGET = 0.85  # issue 15: served >= 85% of what the profiled step allows
 DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fleet_batch_size"
 PROMPTS = "lora_fleet_prompt_tokens_total"
+HOST_BOUND, DEVICE_BOUND = 0.05, 0.2  # shares of step time blocked on the device: below, the host; above, the device
+STEP_S, WAIT_S = "lora_fleet_step_seconds", "lora_fleet_device_wait_seconds"  # the engine thread's time
 ROWS_STEPS = "lora_fleet_expand_rows_steps"  # steps whose LoRA expand went by rows (engine extra lora_expand_rows)
 DECODE_PER_STEP = "decode sequences per step (counters)"
 GAUGE_MEAN = "batch-size gauge mean (prefills included)"
@@ -60,6 +62,17 @@ def per_step(rows: list[dict[str, float]], metric: str) -> float | None:
     if len(counted) < 2 or counted[-1][STEPS] <= counted[0][STEPS]:
         return None
     return (counted[-1][metric] - counted[0][metric]) / (counted[-1][STEPS] - counted[0][STEPS])
+
+
+def engine_thread(rows: list[dict[str, float]]) -> dict[str, float] | None:
+    """Over the window: the share of wall time the engine thread spent in steps, and the share of that time it
+    sat blocked on the device's tokens (None before the server exported these counters)."""
+    counted = [r for r in rows if STEP_S in r and WAIT_S in r]
+    if len(counted) < 2 or counted[-1]["t"] <= counted[0]["t"]:
+        return None
+    busy = counted[-1][STEP_S] - counted[0][STEP_S]
+    wait = counted[-1][WAIT_S] - counted[0][WAIT_S]
+    return dict(in_steps=busy / (counted[-1]["t"] - counted[0]["t"]), waiting_on_device=wait / busy if busy > 0 else 0.0)
 
 
 def mean_batch(rows: list[dict[str, float]], where: str) -> tuple[float, str]:
@@ -143,6 +156,7 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     prompt = per_step(rows, PROMPTS)  # prompt tokens received a step
     out["counters"] = dict(decode_per_step=per_step(rows, DECODE), prompt_tokens_per_step=prompt,
                            measured_step_ms=None if (t := per_step(rows, "t")) is None else t * 1e3)
+    out["engine_thread"] = engine_thread(rows)
     out["expand_rows_share"] = per_step(rows, ROWS_STEPS)  # of all steps; None before the counter existed (run 9)
     prompt = prompt if profile.get("mixed") else None
     if prompt is not None:
@@ -175,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     if None not in c.values():
         print(f"per step (counters): {c['decode_per_step']:.1f} decodes, {c['prompt_tokens_per_step']:.1f} prompt "
               f"tokens received, {c['measured_step_ms']:.2f} ms measured")
+    if out["engine_thread"] is not None:
+        e = out["engine_thread"]
+        w = e["waiting_on_device"]
+        verdict = ("the host sets the pace (its steps barely wait on the device)" if w < HOST_BOUND
+                   else "the device sets the pace" if w > DEVICE_BOUND else "neither clearly sets the pace")
+        print(f"engine thread: in steps {e['in_steps']:.0%} of the window, {w:.0%} of that blocked on the device's "
+              f"tokens: {verdict}")
     if out["expand_rows_share"] is not None:
         print(f"LoRA expand by rows in {out['expand_rows_share']:.0%} of the steps (the rest by segments)")
     m = out.get("mixed")

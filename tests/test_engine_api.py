@@ -155,6 +155,8 @@ def test_stats_keys(adapter_dir):
                 "tokens_generated"):
         assert key in st
     assert st["steps"] == 3 and st["tokens_generated"] == 3 and st["kv_blocks_total"] == 2048
+    # the engine thread's time in steps, of which none blocked on a device on the CPU
+    assert st["step_seconds"] > 0 and st["device_wait_seconds"] == 0.0
 
 
 def test_adapter_that_breaks_after_registration_fails_its_requests(tmp_path):

@@ -141,3 +141,21 @@ def test_prints_the_share_of_steps_that_expanded_by_rows(tmp_path, capsys):
     assert svs.compare(run, PROFILE)["expand_rows_share"] == pytest.approx(0.4)
     assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
     assert "LoRA expand by rows in 40% of the steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wait, verdict", [(0.2, "the host sets the pace"), (4.0, "the device sets the pace"),
+                                           (1.0, "neither clearly")])
+def test_says_whether_the_host_or_the_device_set_the_pace(tmp_path, capsys, wait, verdict):
+    """The engine thread's step_seconds and device_wait_seconds over the window: 8 of 9 s in steps; of those,
+    `wait` s blocked on the device's tokens. Runs without the counters print nothing of it."""
+    run = make_run(tmp_path, [(0.5, 300), (9.5, 300)], counters=[(0.5, 100, 15_000), (9.5, 110, 16_600)])
+    assert svs.compare(run, PROFILE)["engine_thread"] is None
+    lines = (run / "server.csv").read_text().splitlines()
+    lines += ["0.5,lora_fleet_step_seconds,,1.0", "9.5,lora_fleet_step_seconds,,9.0",
+              "0.5,lora_fleet_device_wait_seconds,,0.5", f"9.5,lora_fleet_device_wait_seconds,,{0.5 + wait}"]
+    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    e = svs.compare(run, PROFILE)["engine_thread"]
+    assert e["in_steps"] == pytest.approx(8 / 9) and e["waiting_on_device"] == pytest.approx(wait / 8)
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
+    assert f"in steps 89% of the window, {wait / 8:.0%} of that blocked" in (text := capsys.readouterr().out)
+    assert verdict in text

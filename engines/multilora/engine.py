@@ -137,6 +137,7 @@ class MultiLoRAEngine(Engine):
         self.overlap = self._overlap()
         self._in_flight: _Launched | None = None  # the step launched last, its tokens not read yet (overlap)
         self.steps = 0
+        self.step_s = 0.0  # seconds in step(), summed
         self.tokens_generated = 0
         self.last_batch_size = 0
         self.last_decode_size = 0
@@ -276,6 +277,7 @@ class MultiLoRAEngine(Engine):
         while self.has_unfinished():
             self.step()
         self.steps = self.tokens_generated = self.decode_tokens = 0
+        self.step_s = self.sampler.wait_s = 0.0
 
     def _derive_kv_blocks(self) -> int:
         if self.device.type != "cuda":
@@ -393,6 +395,7 @@ class MultiLoRAEngine(Engine):
                 self.pool.wait_briefly()
             return outputs
         self.last_step_s = time.perf_counter() - t0
+        self.step_s += self.last_step_s
         return outputs
 
     def _launch(self, batch: Batch) -> "_Launched":
@@ -457,6 +460,10 @@ class MultiLoRAEngine(Engine):
             "steps": self.steps,
             "tokens_generated": self.tokens_generated,
             "step_ms": round(self.last_step_s * 1e3, 3),
+            # the engine thread's seconds in steps, and of those blocked on the device's tokens: a server whose
+            # steps wait little on the device is bound by its host (scheduling, preparing, sampling, streaming)
+            "step_seconds": round(self.step_s, 6),
+            "device_wait_seconds": round(self.sampler.wait_s, 6),
             # the step kind in effect (defaults differ by device): what the fleet simulator's fit reads
             "mixed_steps": float(self.scheduler.config.mixed_steps),
             "step_tokens": self.scheduler.config.step_tokens,

@@ -2,6 +2,7 @@
 step's logits, per-request seeds, and a row that cannot be sampled failing alone."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +90,7 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._seeded: dict[str, torch.Generator] = {}
         self.failures: dict[str, str] = {}
+        self.wait_s = 0.0  # seconds the host spent blocked on the device's tokens (collect)
 
     def forget(self, seq_id: str) -> None:
         self._seeded.pop(seq_id, None)
@@ -156,7 +158,9 @@ class Sampler:
     def collect(self, draw: Draw) -> list[int | None]:
         """Wait for a launched draw; its tokens (None: failed, the reason in `failures`)."""
         if draw.ready is not None:
+            t0 = time.perf_counter()
             draw.ready.synchronize()
+            self.wait_s += time.perf_counter() - t0
             toks, codes = draw.host[0].tolist(), draw.host[1].tolist()
         else:
             toks, codes = draw.tokens.tolist(), draw.code.tolist()
