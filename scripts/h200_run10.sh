@@ -10,12 +10,15 @@
 #   scripts/h200_run10.sh c   # the segment expand of q,k,v at 256 tokens tuned on the decodes that take it (not on
 #                             #   256 adapters, which go by rows); shrink and expand of full mixed steps (256 decodes
 #                             #   + 512 prompt rows); saturate.yaml at 130 req/s over 30 adapters with run 9's file,
-#                             #   then with the new one
+#                             #   then with the new one (needs old-h200.json: git show 10673a5:kernels/configs/nvidia-h200.json)
+#   scripts/h200_run10.sh d   # GPU tests (the fused kernel's in full, the expand by rows, overlapped steps, now with
+#                             #   the engine thread's counters); saturate.yaml at 130 req/s over 30 adapters and
+#                             #   scripts/served_vs_step.py: does the host or the device set the serving pace?
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r10
-call=${1:?usage: h200_run10.sh a|b|c}
+call=${1:?usage: h200_run10.sh a|b|c|d}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
@@ -59,6 +62,16 @@ c)
     grep -E "^multilora|invalid|rror" "$res/logs/c-saturate-$f.log" | head -3
   done
   grep -h served_tok_s "$res"/runs/*saturate-*results.json | head ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+d)
+  timeout 300 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_fused.py tests/test_kernels_expand_rows.py \
+      tests/test_kernels_lora.py tests/test_kernels_meta.py tests/test_engine_expand_rows.py tests/test_engine_overlap.py \
+      tests/test_engine_lora_fold.py -k "gpu or kernels or expand_rows" > "$res/logs/d-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/d-tests.log" | tail -8
+  timeout -s INT 100 python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 \
+      --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
+      --engine multilora > "$res/logs/d-saturate.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/d-saturate.log" | head -3
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
