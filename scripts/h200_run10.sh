@@ -14,11 +14,13 @@
 #   scripts/h200_run10.sh d   # GPU tests (the fused kernel's in full, the expand by rows, overlapped steps, now with
 #                             #   the engine thread's counters); saturate.yaml at 130 req/s over 30 adapters and
 #                             #   scripts/served_vs_step.py: does the host or the device set the serving pace?
+#   scripts/h200_run10.sh e   # saturate.yaml at 130 req/s over its 30 rank-8 adapters with the engine's default
+#                             #   rank-64 slots against rank-16 slots (max_lora_rank=16), in both orders
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r10
-call=${1:?usage: h200_run10.sh a|b|c|d}
+call=${1:?usage: h200_run10.sh a|b|c|d|e}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
@@ -72,6 +74,14 @@ d)
       --engine multilora > "$res/logs/d-saturate.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/d-saturate.log" | head -3
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
+e)
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
+  r64='{"name":"multilora","label":"r64"}'
+  r16='{"name":"multilora","label":"r16","options":{"max_lora_rank":16}}'
+  timeout -s INT 250 "${sat[@]}" --engine "$r64" --engine "$r16" --engine "$r16" --engine "$r64" \
+      > "$res/logs/e-saturate.log" 2>&1; grep -E "^(r64|r16)|invalid|rror" "$res/logs/e-saturate.log" | head -8
+  grep -h served_tok_s "$res"/runs/*results.json | tail -4 ;;
+*) echo "unknown call $call (a b c d e)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
