@@ -79,8 +79,8 @@ e)
        --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
   r64='{"name":"multilora","label":"r64"}'
   r16='{"name":"multilora","label":"r16","options":{"max_lora_rank":16}}'
-  timeout -s INT 250 "${sat[@]}" --engine "$r64" --engine "$r16" --engine "$r16" --engine "$r64" \
-      > "$res/logs/e-saturate.log" 2>&1; grep -E "^(r64|r16)|invalid|rror" "$res/logs/e-saturate.log" | head -8
+  timeout -s INT 250 "${sat[@]}" --engine "$r64" --engine "$r16" --engine "${r16/r16\"/r16b\"}" --engine "${r64/r64\"/r64b\"}" \
+      > "$res/logs/e-saturate.log" 2>&1; grep -E "^r(64|16)|invalid|rror" "$res/logs/e-saturate.log" | head -8
   grep -h served_tok_s "$res"/runs/*results.json | tail -4 ;;
 *) echo "unknown call $call (a b c d e)" >&2; exit 2 ;;
 esac
