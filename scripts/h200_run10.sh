@@ -16,11 +16,14 @@
 #                             #   scripts/served_vs_step.py: does the host or the device set the serving pace?
 #   scripts/h200_run10.sh e   # saturate.yaml at 130 req/s over its 30 rank-8 adapters with the engine's default
 #                             #   rank-64 slots against rank-16 slots (max_lora_rank=16), in both orders
+#   scripts/h200_run10.sh f   # the LoRA tax at saturation with the engine's defaults (slots sized from the
+#                             #   adapters since call e): saturate.yaml at 130 req/s, every request to the base
+#                             #   against its 30 rank-8 adapters, twice in alternation
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r10
-call=${1:?usage: h200_run10.sh a|b|c|d|e}
+call=${1:?usage: h200_run10.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
@@ -82,6 +85,16 @@ e)
   timeout -s INT 250 "${sat[@]}" --engine "$r64" --engine "$r16" --engine "${r16/r16\"/r16b\"}" --engine "${r64/r64\"/r64b\"}" \
       > "$res/logs/e-saturate.log" 2>&1; grep -E "^r(64|16)|invalid|rror" "$res/logs/e-saturate.log" | head -8
   grep -h served_tok_s "$res"/runs/*results.json | tail -4 ;;
-*) echo "unknown call $call (a b c d e)" >&2; exit 2 ;;
+f)
+  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
+       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress --engine multilora)
+  for i in 1 2; do
+    timeout -s INT 110 "${sat[@]}" --set name=tax-base$i --set adapters.count=0 --set traffic.base_fraction=1.0 \
+        > "$res/logs/f-base$i.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/f-base$i.log" | head -2
+    timeout -s INT 110 "${sat[@]}" --set name=tax-lora$i > "$res/logs/f-lora$i.log" 2>&1
+    grep -E "^multilora|invalid|rror" "$res/logs/f-lora$i.log" | head -2
+  done
+  grep -h served_tok_s "$res"/runs/*tax-*results.json ;;
+*) echo "unknown call $call (a b c d e f)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -202,8 +202,9 @@ class AdapterPool:
 
     def _check(self, adapter, path: str) -> None:
         if adapter.rank > self.max_rank:
-            raise AdapterFileError(f"{path}: rank {adapter.rank} > max_lora_rank={self.max_rank}; "
-                                   "raise max_lora_rank in the engine config")
+            raise AdapterFileError(f"{path}: rank {adapter.rank} > max_lora_rank={self.max_rank} (the slots' rank; "
+                                   "unset, it is sized from the adapters at start); raise max_lora_rank in the "
+                                   "engine config")
         extra = [m for m in adapter.targets if m not in self.modules]
         if extra:
             raise AdapterFileError(f"{path}: targets {extra} but the engine's LoRA slots cover only {list(self.modules)}; "

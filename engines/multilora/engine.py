@@ -1,6 +1,7 @@
 """MultiLoRAEngine: continuous batching over a paged KV cache with many LoRA adapters in one batch."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from engines.base import AdapterNotFoundError, Engine, EngineError, Request, StepOutput, check_prompt
-from engines.config import EngineConfig
+from engines.config import EngineConfig, slot_rank
 from engines.model.config import LORA_TARGETS, ModelArgs
 from engines.model.llama import MODULE_GROUP, Transformer, build_model
 from engines.multilora.adapter_pool import AdapterPool, default_host_capacity
@@ -110,6 +111,9 @@ class MultiLoRAEngine(Engine):
         self.vocab_size = args.vocab_size
         self.base_model_name = config.model
         start = self._read_start_adapters()
+        if config.max_lora_rank is None:  # the slots take the start adapters' rank (a copy: the caller's stays)
+            rank = slot_rank(a.rank for _, a in start.values())
+            self.config = config = dataclasses.replace(config, max_lora_rank=rank)
         self.pool: AdapterPoolAPI = self._make_pool(start)
         side = self._side_tokens()
         if self.device.type == "cuda" and self.model.lora_stacks and side:
