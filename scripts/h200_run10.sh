@@ -18,7 +18,8 @@
 #                             #   rank-64 slots against rank-16 slots (max_lora_rank=16), in both orders
 #   scripts/h200_run10.sh f   # the LoRA tax at saturation with the engine's defaults (slots sized from the
 #                             #   adapters since call e): saturate.yaml at 130 req/s, every request to the base
-#                             #   against its 30 rank-8 adapters, twice in alternation
+#                             #   against its 30 rank-8 adapters, twice in alternation (run 10 gave each 110 s,
+#                             #   which stopped the first, cold, run: 150 s here)
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ res=/tmp/r10
 call=${1:?usage: h200_run10.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
+sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
+     --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
 case "$call" in
 a)
   timeout 260 "${prof[@]}" --fused-lora auto,segments --batches 1,64,256 --adapters 0,1,64,256 \
@@ -46,9 +49,7 @@ b)
     timeout 70 python3 scripts/step_breakdown.py --points 256x30,256x30+256 --json "$res/runs/breakdown-$when.json" \
         > "$res/logs/b-breakdown-$when.log" 2>&1; grep -v USDT "$res/logs/b-breakdown-$when.log" | grep "lora\|all"
   done
-  timeout -s INT 100 python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 \
-      --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
-      --engine multilora > "$res/logs/b-saturate.log" 2>&1
+  timeout -s INT 100 "${sat[@]}" --engine multilora > "$res/logs/b-saturate.log" 2>&1
   grep -E "^(engine|-|multilora)|TTFT|TPOT|invalid|rror" "$res/logs/b-saturate.log" | head -10 ;;
 c)
   cp kernels/configs/nvidia-h200.json "$res/new.json"
@@ -57,8 +58,6 @@ c)
   timeout 150 "${tune[@]}" --ops shrink,expand --only mixed-768x30 > "$res/logs/c-tune2.log" 2>&1
   grep -hE "^compiled|^(shrink|expand) \[" "$res/logs/c-tune1.log" "$res/logs/c-tune2.log"; cp "$res/new.json" "$res/runs/nvidia-h200.json"
   cp "${OLD_CONFIG:-old-h200.json}" "$res/old.json"  # run 9's file (git show 10673a5:kernels/configs/nvidia-h200.json)
-  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
-       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
   for f in old new; do
     cp "$res/$f.json" kernels/configs/nvidia-h200.json
     [ $f = new ] && { timeout 90 python3 scripts/step_breakdown.py --points 256x30,256x30+256,256x30+512 \
@@ -72,26 +71,21 @@ d)
       tests/test_kernels_lora.py tests/test_kernels_meta.py tests/test_engine_expand_rows.py tests/test_engine_overlap.py \
       tests/test_engine_lora_fold.py -k "gpu or kernels or expand_rows" > "$res/logs/d-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/d-tests.log" | tail -8
-  timeout -s INT 100 python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 \
-      --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
-      --engine multilora > "$res/logs/d-saturate.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/d-saturate.log" | head -3
+  timeout -s INT 100 "${sat[@]}" --engine multilora > "$res/logs/d-saturate.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/d-saturate.log" | head -3
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
 e)
-  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
-       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
   r64='{"name":"multilora","label":"r64"}'
   r16='{"name":"multilora","label":"r16","options":{"max_lora_rank":16}}'
   timeout -s INT 250 "${sat[@]}" --engine "$r64" --engine "$r16" --engine "${r16/r16\"/r16b\"}" --engine "${r64/r64\"/r64b\"}" \
       > "$res/logs/e-saturate.log" 2>&1; grep -E "^r(64|16)|invalid|rror" "$res/logs/e-saturate.log" | head -8
   grep -h served_tok_s "$res"/runs/*results.json | tail -4 ;;
 f)
-  sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
-       --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress --engine multilora)
+  sat+=(--engine multilora)
   for i in 1 2; do
-    timeout -s INT 110 "${sat[@]}" --set name=tax-base$i --set adapters.count=0 --set traffic.base_fraction=1.0 \
+    timeout -s INT 150 "${sat[@]}" --set name=tax-base$i --set adapters.count=0 --set traffic.base_fraction=1.0 \
         > "$res/logs/f-base$i.log" 2>&1; grep -E "^multilora|invalid|rror" "$res/logs/f-base$i.log" | head -2
-    timeout -s INT 110 "${sat[@]}" --set name=tax-lora$i > "$res/logs/f-lora$i.log" 2>&1
+    timeout -s INT 150 "${sat[@]}" --set name=tax-lora$i > "$res/logs/f-lora$i.log" 2>&1
     grep -E "^multilora|invalid|rror" "$res/logs/f-lora$i.log" | head -2
   done
   grep -h served_tok_s "$res"/runs/*tax-*results.json ;;
