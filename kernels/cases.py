@@ -36,8 +36,8 @@ class LoRACase:
         if self.contiguous:
             per = -(-self.tokens // self.adapters)
             return [t // per for t in range(self.tokens)]
-        decodes = self.tokens - self.prompt_tokens
-        return [t % self.adapters for t in range(decodes)] + [p // 128 % self.adapters for p in range(self.prompt_tokens)]
+        decodes = [t % self.adapters for t in range(self.tokens - self.prompt_tokens)]
+        return decodes + [p // 128 % self.adapters for p in range(self.prompt_tokens)]
 
     def bytes_moved(self, elem: int = 2, fused: bool = False) -> int:
         """Every weight, input and output once: A and B of each distinct adapter, x, y read and written,

@@ -30,6 +30,7 @@ DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fle
 PROMPTS = "lora_fleet_prompt_tokens_total"
 HOST_BOUND, DEVICE_BOUND = 0.05, 0.2  # shares of step time blocked on the device: below, the host; above, the device
 STEP_S, WAIT_S = "lora_fleet_step_seconds", "lora_fleet_device_wait_seconds"  # the engine thread's time
+OVERLAP = "lora_fleet_overlap"  # 1: steps launched before the one before is read
 ROWS_STEPS = "lora_fleet_expand_rows_steps"  # steps whose LoRA expand went by rows (engine extra lora_expand_rows)
 DECODE_PER_STEP = "decode sequences per step (counters)"
 GAUGE_MEAN = "batch-size gauge mean (prefills included)"
@@ -72,7 +73,9 @@ def engine_thread(rows: list[dict[str, float]]) -> dict[str, float] | None:
         return None
     busy = counted[-1][STEP_S] - counted[0][STEP_S]
     wait = counted[-1][WAIT_S] - counted[0][WAIT_S]
-    return dict(in_steps=busy / (counted[-1]["t"] - counted[0]["t"]), waiting_on_device=wait / busy if busy > 0 else 0.0)
+    overlap = all(r.get(OVERLAP, 0.0) >= 1.0 for r in counted)
+    return dict(in_steps=busy / (counted[-1]["t"] - counted[0]["t"]),
+                waiting_on_device=wait / busy if busy > 0 else 0.0, overlap=overlap)
 
 
 def mean_batch(rows: list[dict[str, float]], where: str) -> tuple[float, str]:
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     if out["engine_thread"] is not None:
         e = out["engine_thread"]
         w = e["waiting_on_device"]
-        verdict = ("the host sets the pace (its steps barely wait on the device)" if w < HOST_BOUND
+        verdict = ("steps not overlapped: the host's and the device's times add up" if not e["overlap"]
+                   else "the host sets the pace (its steps barely wait on the device)" if w < HOST_BOUND
                    else "the device sets the pace" if w > DEVICE_BOUND else "neither clearly sets the pace")
         print(f"engine thread: in steps {e['in_steps']:.0%} of the window, {w:.0%} of that blocked on the device's "
               f"tokens: {verdict}")

@@ -153,9 +153,12 @@ def test_says_whether_the_host_or_the_device_set_the_pace(tmp_path, capsys, wait
     lines = (run / "server.csv").read_text().splitlines()
     lines += ["0.5,lora_fleet_step_seconds,,1.0", "9.5,lora_fleet_step_seconds,,9.0",
               "0.5,lora_fleet_device_wait_seconds,,0.5", f"9.5,lora_fleet_device_wait_seconds,,{0.5 + wait}"]
-    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    (run / "server.csv").write_text("\n".join(lines + ["0.5,lora_fleet_overlap,,1", "9.5,lora_fleet_overlap,,1"]) + "\n")
     e = svs.compare(run, PROFILE)["engine_thread"]
     assert e["in_steps"] == pytest.approx(8 / 9) and e["waiting_on_device"] == pytest.approx(wait / 8)
     assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
     assert f"in steps 89% of the window, {wait / 8:.0%} of that blocked" in (text := capsys.readouterr().out)
     assert verdict in text
+    (run / "server.csv").write_text("\n".join(lines) + "\n")  # not overlapped: the host waits on every step
+    assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
+    assert "not overlapped: the host's and the device's times add up" in capsys.readouterr().out
