@@ -25,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness, run from anywhere
+
 TARGET = 0.85  # issue 15: served >= 85% of what the profiled step allows
 DECODE, STEPS, GAUGE = "lora_fleet_decode_tokens", "lora_fleet_steps", "lora_fleet_batch_size"
 PROMPTS = "lora_fleet_prompt_tokens_total"
@@ -140,6 +142,21 @@ def step_ms_at(profile: dict, batch: float, adapters: int) -> float:
     return points[lo] + f * (points[hi] - points[lo])
 
 
+def mean_context(workload: dict, base_dir: Path) -> float | None:
+    """Mean tokens of context of a decoding sequence in the run: its prompt plus half its output, from the
+    workload's length distributions (None where they cannot be read: a length file that moved)."""
+    import numpy as np
+
+    from harness.distributions import parse_lengths
+    traffic, rng = workload.get("traffic") or {}, np.random.default_rng(0)
+    try:
+        prompt, output = (parse_lengths(traffic[k], f"traffic.{k}", base_dir).sample(rng, 20_000).mean()
+                          for k in ("prompt_tokens", "output_tokens"))
+    except (KeyError, ValueError, OSError):
+        return None
+    return float(prompt + output / 2)
+
+
 def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
@@ -156,6 +173,8 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
                step_timing="pipelined (launched back to back)" if piped else "synced around each step",
                allowed_tok_s=allowed, served_tok_s=served, ratio=served / allowed, target=TARGET,
                met=served / allowed >= TARGET)
+    run_ctx = mean_context(config.get("workload") or {}, run_dir)
+    out["context"] = dict(profile=(profile.get("config") or {}).get("context"), run_mean=run_ctx)
     prompt = per_step(rows, PROMPTS)  # prompt tokens received a step
     out["counters"] = dict(decode_per_step=per_step(rows, DECODE), prompt_tokens_per_step=prompt,
                            measured_step_ms=None if (t := per_step(rows, "t")) is None else t * 1e3)
@@ -188,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['allowed_tok_s']:,.0f} | {out['served_tok_s']:,.0f} | {out['ratio']:.0%} "
           f"({'meets' if out['met'] else 'misses'} >= {TARGET:.0%}) |")
     print(f"mean batch: {out['mean_batch_from']}; profiled steps timed {out['step_timing']}")
+    ctx = out["context"]
+    if ctx["profile"] and ctx["run_mean"] and abs(ctx["run_mean"] - ctx["profile"]) > 0.1 * ctx["profile"]:
+        side = "upper" if ctx["run_mean"] < ctx["profile"] else "lower"
+        print(f"context: the profile's steps had {ctx['profile']} tokens, this run's decoding sequences "
+              f"{ctx['run_mean']:.0f} on average (prompt + half the output); against a decode-only step at the "
+              f"run's context the ratio would be {'lower' if side == 'upper' else 'higher'}: read it as an {side} "
+              "bound")
     c = out["counters"]
     if None not in c.values():
         print(f"per step (counters): {c['decode_per_step']:.1f} decodes, {c['prompt_tokens_per_step']:.1f} prompt "

@@ -162,3 +162,23 @@ def test_says_whether_the_host_or_the_device_set_the_pace(tmp_path, capsys, wait
     (run / "server.csv").write_text("\n".join(lines) + "\n")  # not overlapped: the host waits on every step
     assert svs.main([str(run), str(_write(tmp_path, PROFILE))]) == 0
     assert "not overlapped: the host's and the device's times add up" in capsys.readouterr().out
+
+
+def test_says_the_ratio_is_a_bound_when_the_profile_had_another_context(tmp_path, capsys):
+    """A decoding sequence holds its prompt and on average half its output: 128 + 200 / 2 = 228 tokens here
+    (uniform 100..300 outputs). Against a profile at 512 tokens the step allowed is too slow, so the ratio is an
+    upper bound; against one at 128, a lower bound; a run without length fields prints nothing of it."""
+    run = make_run(tmp_path, [(1.0, 128)])
+    config = json.loads((run / "config.json").read_text())
+    config["workload"]["traffic"] = {"prompt_tokens": {"kind": "fixed", "value": 128},
+                                     "output_tokens": {"kind": "uniform", "low": 100, "high": 300}}
+    (run / "config.json").write_text(json.dumps(config))
+    for ctx, bound in ((512, "upper bound"), (128, "lower bound")):
+        profile = {**PROFILE, "config": {"context": ctx}}
+        assert svs.compare(run, profile)["context"]["run_mean"] == pytest.approx(228, abs=2)
+        assert svs.main([str(run), str(_write(tmp_path, profile))]) == 0
+        assert f"had {ctx} tokens, this run's decoding sequences 228 on average" in (text := capsys.readouterr().out)
+        assert f"read it as an {bound}" in text
+    (tmp_path / "bare").mkdir()
+    bare = make_run(tmp_path / "bare", [(1.0, 128)])
+    assert svs.compare(bare, {**PROFILE, "config": {"context": 512}})["context"]["run_mean"] is None
