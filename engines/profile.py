@@ -126,18 +126,22 @@ def _time(fn, device, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def _time_pipelined(fn, device, warmup: int, iters: int) -> float:
-    """Seconds per call of fn() launched back to back with no sync between calls: the host prepares call n+1
-    while the device runs call n, as the overlapped engine runs its steps, so this is the larger of the device's
-    time and the host's, not their sum."""
+def _time_pipelined(fn, device, warmup: int, iters: int) -> tuple[float, float]:
+    """(seconds per call, the host's median seconds inside a call) of fn() launched back to back with no sync
+    between calls: the host prepares call n+1 while the device runs call n, as the overlapped engine runs its
+    steps, so the first is the larger of the device's time and the host's, not their sum; the second is the
+    host's part alone (building and launching a step), what a synced step adds to the device's time."""
     for _ in range(warmup):
         fn()
     _sync(device)
+    host = []
     t0 = time.perf_counter()
     for _ in range(iters):
+        t = time.perf_counter()
         fn()
+        host.append(time.perf_counter() - t)
     _sync(device)
-    return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - t0) / iters, statistics.median(host)
 
 
 def _kv_blocks(cfg: ProfileConfig, block_size: int = 16) -> int:
@@ -219,7 +223,7 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
         def step():
             return eng.runner.run(batch, False, slots, key).argmax(-1)
         t = _time(lambda: step().tolist(), eng.device, cfg.warmup, cfg.iters)
-        tp = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)
+        tp, host = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)
         kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
         floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
         fl = 2 * b * (w_bytes + (ad_bytes if d else 0)) / elem  # each token: the weights and its adapter
@@ -230,13 +234,15 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
         rows.append(dict(batch=b, adapters=d, fused_lora=mode, step_ms=t * 1e3, floor_ms=floor * 1e3,
                          x_floor=t / floor, flop_floor_ms=fl_floor * 1e3, tax_pct=tax,
                          pipelined_ms=tp * 1e3, x_floor_pipelined=tp / floor, tax_pct_pipelined=tax_p,
+                         host_ms=host * 1e3,
                          tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
         print(f"decode batch {b:4d} adapters {d:4d}" + (f" fused_lora {mode:>4}" if mode is not None else " " * 15)
               + f": {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor "
               f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
               + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter")
               + f"\n{'':>43}pipelined: {tp * 1e3:8.3f} ms  x{tp / floor:5.2f} of the byte floor"
-              + ("" if tax_p is None else f"  LoRA tax {tax_p:+.1f}%"), flush=True)
+              + ("" if tax_p is None else f"  LoRA tax {tax_p:+.1f}%") + f"  (host {host * 1e3:.3f} ms a step)",
+              flush=True)
     set_lora_path(eng, cfg.fused_lora[0])
     out["decode"] = rows
     for s in seqs:
