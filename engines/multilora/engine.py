@@ -114,6 +114,9 @@ class MultiLoRAEngine(Engine):
         if config.max_lora_rank is None:  # the slots take the start adapters' rank (a copy: the caller's stays)
             rank = slot_rank(a.rank for _, a in start.values())
             self.config = config = dataclasses.replace(config, max_lora_rank=rank)
+            if start:
+                print(f"adapter slots of rank {rank}, sized from the {len(start)} start adapter(s); set "
+                      "max_lora_rank for room for larger ones", file=sys.stderr, flush=True)
         self.pool: AdapterPoolAPI = self._make_pool(start)
         side = self._side_tokens()
         if self.device.type == "cuda" and self.model.lora_stacks and side:
