@@ -40,7 +40,8 @@ def mixed_sweep(eng: MultiLoRAEngine, cfg, names: list[str], bw: float, flops: f
                 def step():
                     return eng.runner.step(decode_seqs[:b], prompts, slots).argmax(-1)
                 t = _time(lambda: step().tolist(), eng.device, cfg.warmup, cfg.iters)
-                tp, host = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)  # host work hidden, as overlap runs
+                # back to back, the host's work hidden as the overlapped engine runs; and that work alone
+                tp, host = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)
                 kv_read = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
                 kv_prompt = p * a.kv_bytes_per_token(elem)  # written once (as rows, each re-reads its own)
                 floor = (w_bytes + kv_read + kv_prompt + d * ad_bytes) / bw
@@ -48,13 +49,14 @@ def mixed_sweep(eng: MultiLoRAEngine, cfg, names: list[str], bw: float, flops: f
                 fl += 4 * a.n_heads * a.head_dim * a.n_layers * (b * (cfg.context + 1)
                                                                  + sum(len(s) * (len(s) + 1) // 2 for s in prompts))
                 graphed = eng.runner.graphs is not None and b + p <= rows_cap
-                rows.append(dict(batch=b, adapters=d, prompt_tokens=p, rows=b + p, step_ms=t * 1e3, pipelined_ms=tp * 1e3,
-                                 host_ms=host * 1e3,
+                rows.append(dict(batch=b, adapters=d, prompt_tokens=p, rows=b + p, step_ms=t * 1e3,
+                                 pipelined_ms=tp * 1e3, host_ms=host * 1e3,
                                  floor_ms=floor * 1e3, x_floor=t / floor, flop_floor_ms=fl / flops * 1e3,
                                  graphed=graphed, decode_tok_s=b / t))
                 print(f"mixed step: decode {b:4d} + prompt {p:4d} tokens, adapters {d:4d}: {t * 1e3:8.3f} ms  byte "
                       f"floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor {fl / flops * 1e3:6.3f} ms  "
-                      f"({'graph' if graphed else 'eager'}); pipelined {tp * 1e3:8.3f} ms (host {host * 1e3:.3f} ms)", flush=True)
+                      f"({'graph' if graphed else 'eager'}); pipelined {tp * 1e3:8.3f} ms (host {host * 1e3:.3f} ms)",
+                      flush=True)
                 for s in prompts:
                     eng.blocks.free(s)
     for s in decode_seqs:

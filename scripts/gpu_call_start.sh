@@ -1,7 +1,8 @@
 # Sourced by the GPU driver scripts (scripts/h200_*run*.sh) at their start, from the repo root, once $res (the
 # call's scratch folder) and $call (its letter) are set: make runs/ and logs/ there, put the repo and the wheels'
 # site on PYTHONPATH, mark the call's start (scripts/gpu_call_pack.sh packs what is newer), name the GPU, and
-# install the wheels of .whl/ (scripts/gather_wheels.sh) unless locust is there already.
+# install the wheels of .whl/ (scripts/gather_wheels.sh) unless locust is there already. Defines $prof: the decode
+# profile of the llama3-8b shape the drivers run (append their batches, adapters and paths).
 mkdir -p "$res/runs" "$res/logs"
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 echo "== $call $(date -u +%T)"
@@ -9,3 +10,4 @@ touch "$res/.start-$call"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --target /tmp/site .whl/*.whl > "$res/logs/install.log" 2>&1 || tail -5 "$res/logs/install.log"
+prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)

@@ -20,8 +20,7 @@ sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic
      --set duration_s=${WINDOW_S:-12} --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
 plain='{"name":"multilora","label":"overlap-off","options":{"extra":{"overlap":false}}}'
 over='{"name":"multilora","label":"overlap-on","options":{"extra":{"overlap":true}}}'
-prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20
-      --fused-lora off,fold)
+prof+=(--fused-lora off,fold)
 case "$call" in
 c)
   timeout 200 python3 -m pytest -q -p no:randomly --tb=short -k gpu tests/test_engine_overlap.py \

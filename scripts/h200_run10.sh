@@ -26,7 +26,6 @@ cd "$(dirname "$0")/.."
 res=/tmp/r10
 call=${1:?usage: h200_run10.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
-prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 sat=(python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 --set duration_s=12
      --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress)
 case "$call" in

@@ -23,7 +23,6 @@ cd "$(dirname "$0")/.."
 res=/tmp/r8
 call=${1:?usage: h200_run8.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
-prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 case "$call" in
 a)
   timeout 150 python3 -m pytest -q -p no:randomly --tb=short -k gpu tests/test_engine_overlap.py \
