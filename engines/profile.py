@@ -11,14 +11,15 @@ import torch
 from engines.base import Request, SamplingParams
 from engines.config import EngineConfig
 from engines.model.config import ModelArgs
-from engines.multilora.engine import MultiLoRAEngine
+from engines.multilora.engine import SHRINK_ROWS_DEFAULT, MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
 SEGMENTS = "segments"  # another: the pair expanding by segments always (the default before run 9)
-PAIR_MODES = (FOLD, ROWS, SEGMENTS)  # the others (fused_lora's modes) expand as the engine's default rule picks
+SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows too where the expand goes by rows
+PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS)  # the others (fused_lora's modes) expand as the engine's rule picks
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -159,7 +160,13 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
                "fused_lora": False if cfg.fused_lora[0] in PAIR_MODES else cfg.fused_lora[0],
                "lora_fold": cfg.fused_lora[0] == FOLD,
-               "lora_expand_rows": _expand_rows(cfg.fused_lora[0])}))
+               "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
+               "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0])}))
+
+
+def _shrink_rows(mode) -> bool:
+    """Engine extra lora_shrink_rows of a decode sweep's LoRA path: on for SHRINK_ROWS, else the engine's default."""
+    return mode == SHRINK_ROWS or SHRINK_ROWS_DEFAULT
 
 
 def _expand_rows(mode) -> int | str:
@@ -172,6 +179,7 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows) or SEGMENTS (the pair, expanding by segments); all but the last two expand as the
     engine's default rule picks (lora_expand_rows=auto)."""
     eng.model.use_lora_fold(mode == FOLD)
+    eng.model.use_shrink_rows(_shrink_rows(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
     eng.model.use_fused_lora(False if mode in PAIR_MODES else mode)

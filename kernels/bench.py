@@ -150,6 +150,29 @@ def rows_error(inp) -> float:
     return ((got - want).norm() / want.norm()).item()
 
 
+def rows_pair_op(inp, config=None):
+    """The shrink by rows (config: its ShrinkRowsConfig) and the expand by rows that sums its planes, one input set."""
+    from kernels.lora_expand_rows import lora_expand_rows
+    from kernels.lora_shrink_rows import lora_shrink_rows
+
+    def pair():
+        got = lora_shrink_rows(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=config)
+        lora_expand_rows(got, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y)
+    return pair
+
+
+def rows_pair_error(inp) -> float:
+    """Relative difference of the rows pair's y update from the segment pair's."""
+    y0 = inp.y.clone()
+    lora_ops(inp)[2]()
+    want = inp.y.float() - y0.float()
+    inp.y.copy_(y0)
+    rows_pair_op(inp)()
+    got = inp.y.float() - y0.float()
+    inp.y.copy_(y0)
+    return ((got - want).norm() / want.norm()).item()
+
+
 def fused_op(inp, config=None):
     """The fused shrink + expand over one input set."""
     from kernels.lora_fused import lora_fused
@@ -189,6 +212,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     err = lora_error(sets[0])
     err_fused = lora_error(sets[0], fused=True)
     err_rows = rows_error(sets[0]) if case.tokens <= 256 else None  # before timing grows y past bf16's resolution
+    err_rows_pair = rows_pair_error(sets[0]) if case.tokens <= 256 else None
     ops = [lora_ops(inp) for inp in sets]
     t_shrink = time_sets([o[0] for o in ops])
     t_expand = time_sets([o[1] for o in ops])
@@ -197,6 +221,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     t_torch = time_sets([lambda inp=inp: torch_gather_bmm(inp, case.rank) for inp in sets])
     r_max = case.r_max or case.rank
     rows = bench_expand_rows(sets, r_max) if case.tokens <= 256 else (None, None, None)
+    t_rows_pair = time_sets([rows_pair_op(inp) for inp in sets]) if case.tokens <= 256 else None
     floor = case.bytes_moved() / bw * 1e6
     fused_floor = case.bytes_moved(fused=True) / bw * 1e6
     shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
@@ -224,6 +249,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
         "fused_rel_err_vs_reference": err_fused,
         "expand_byte_floor_us": case.expand_bytes() / bw * 1e6, "expand_rows_us": rows[0],
         "expand_rows_best_us": rows[1], "expand_rows_best_config": rows[2], "expand_rows_rel_err_vs_segments": err_rows,
+        "rows_pair_us": t_rows_pair, "rows_pair_rel_err_vs_segments": err_rows_pair,
     }
 
 
@@ -270,11 +296,14 @@ def print_tables(result: dict) -> None:
           f"{result['versions']['triton']}  one-element kernel in a graph {result['kernel_launch_floor_us']:.1f} us")
     print("LoRA: us = shrink + expand (the pair) in one graph; fused_us = the fused kernel; auto = the path the "
           "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate); "
-          "expand_rows = the expand by rows (default config, best of a small space) beside the expand's own floor")
+          "expand_rows = the expand by rows (default config, best of a small space) beside the expand's own floor; "
+          "rows_pair = the shrink by rows and the expand by rows that sums its planes")
     cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "expand_rows_us", "expand_rows_best_us",
+            "rows_pair_us",
             "expand_byte_floor_us", "byte_floor_us", "fused_byte_floor_us",
             "pct_of_floor", "fused_pct_of_floor", "fused_recompute_mb", "flop_floor_us", "torch_gather_bmm_us",
-            "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference", "expand_rows_rel_err_vs_segments"]
+            "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference", "expand_rows_rel_err_vs_segments",
+            "rows_pair_rel_err_vs_segments"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in result["lora"]:

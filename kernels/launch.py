@@ -42,6 +42,16 @@ class ExpandRowsConfig:
 
 
 @dataclass(frozen=True)
+class ShrinkRowsConfig:
+    """The shrink by rows (BGMV-like, decode): each program takes its rows' own adapters' A over one share of the
+    hidden dimension, into a partial plane of its own that the expand by rows sums (no reduction pass)."""
+    block_m: int = 1  # token rows per program, each with its own slot
+    block_k: int = 128  # hidden columns per step
+    split_k: int = 4  # shares of the hidden dimension (partial planes)
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
 class FusedConfig:
     """Fused shrink + expand (decode): each program recomputes its tile's rank-r vector, then expands it."""
     block_m: int = 16
@@ -67,7 +77,8 @@ class AttentionConfig:
     num_stages: int = 2
 
 
-CONFIG_TYPES = {"shrink": ShrinkConfig, "expand": ExpandConfig, "expand_rows": ExpandRowsConfig, "fused": FusedConfig,
+CONFIG_TYPES = {"shrink": ShrinkConfig, "shrink_rows": ShrinkRowsConfig, "expand": ExpandConfig,
+                "expand_rows": ExpandRowsConfig, "fused": FusedConfig,
                 "lora_path": LoRAPath, "attention": AttentionConfig}
 
 
@@ -309,6 +320,11 @@ def step_down(cfg):
             if getattr(cfg, name) > floor:
                 return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
         return None
+    if isinstance(cfg, ShrinkRowsConfig):  # registers (and the sum's scratch) bound it; step down all the same
+        for name, floor in (("block_k", 16), ("block_m", 1)):
+            if getattr(cfg, name) > floor:
+                return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
+        return None
     if isinstance(cfg, ExpandRowsConfig):  # registers, not shared memory, bound it; step down all the same
         for name, floor in (("block_n", 16), ("block_m", 1)):
             if getattr(cfg, name) > floor:
@@ -383,6 +399,15 @@ def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[Shrin
                  for br in block_rs for bm in (16, 32, 64) for bk in (128, 256) for sk in (1, 2)
                  for w in (4, 8) for st in (3, 4)]
     return [c for c in space if _shrink_smem(c, slices) <= SHRINK_SMEM_LIMIT]
+
+
+def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[ShrinkRowsConfig]:
+    """The autotune space of the shrink by rows (decode sizes): rows a program, K step, shares of the hidden dim.
+    Tiles past ~16K elements of A a step spill registers and are left out."""
+    cols = (1 << max(0, slices - 1).bit_length()) * (1 << max(0, max_rank - 1).bit_length())
+    return [ShrinkRowsConfig(block_m=bm, block_k=bk, split_k=sk, num_warps=w)
+            for bm in (1, 2, 4) for bk in (32, 64, 128, 256) for sk in (1, 2, 4, 8, 16) for w in (4, 8)
+            if bm * bk * cols <= 16384 and (tokens // bm) * sk <= 8192]
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:

@@ -21,8 +21,9 @@ patch_interpreter()
 @triton.jit
 def _expand_rows_kernel(
     buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
-    stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+    stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    PLANES: tl.constexpr,
 ):
     """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
 
@@ -51,7 +52,10 @@ def _expand_rows_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, r_max, BLOCK_R):
         r_in = (r0 + offs_r)[None, :] < rank[:, None]  # (BLOCK_M, BLOCK_R)
-        h = tl.load(bufs + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for p in tl.static_range(PLANES):  # the shrink by rows' partial planes, summed in a fixed order
+            h += tl.load(bufs + p * stride_bp + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in,
+                         other=0.0)
         w = tl.load(w_rows + (r0 + offs_r)[None, None, :] * stride_bk, mask=mask[:, :, None] & r_in[:, None, :],
                     other=0.0)  # (BLOCK_M, BLOCK_N, BLOCK_R)
         acc += tl.sum(h[:, None, :] * w.to(tl.float32), axis=2)
@@ -66,7 +70,11 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
                      slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandRowsConfig | None = None) -> torch.Tensor:
     """kernels.lora_expand.lora_expand's contract (y[t, slice i] += buf[i, t, :r] @ lora_b[slot[t], slice i, :r].T,
     adding into y), reading the tokens in slot order with their slots (meta.token_indices, meta.sorted_slot)
-    instead of the segments."""
+    instead of the segments. buf may also be [P, S, T, R_max], the partial planes of the shrink by rows
+    (kernels.lora_shrink_rows): their sum over the first dimension is the rank vectors."""
+    planes, plane_stride = (buf.shape[0], buf.stride(0)) if buf.dim() == 4 else (1, 0)
+    if buf.dim() == 4:
+        buf = buf[0]  # the plane the checks and strides describe; the kernel steps across planes by stride_bp
     _check(buf, lora_b, meta, ranks, slice_offsets, y)
     t, n_y = y.shape
     slices, r_max = buf.shape[0], lora_b.shape[2]
@@ -81,10 +89,10 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
         grid = (tile_bound(n_y, slices, cfg.block_n), triton.cdiv(t, cfg.block_m))  # spare tiles exit at once
         _expand_rows_kernel[grid](
             buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max,
-            buf.stride(0), buf.stride(1), buf.stride(2),
+            plane_stride, buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-            num_warps=cfg.num_warps,
+            PLANES=planes, num_warps=cfg.num_warps,
         )
     launch_fitting("expand_rows", key, asked, launch)
     return y

@@ -14,9 +14,14 @@ def _triton_ok(t: torch.Tensor) -> bool:
     return t.is_cuda and not _FORCE_REF
 
 
-def lora_shrink(x, lora_a, meta, scales, ranks, out):
+def lora_shrink(x, lora_a, meta, scales, ranks, out, rows: bool = False):
+    """The rank vectors for lora_expand: `out`, or with rows (the shrink by rows, kernels.lora_shrink_rows, on CUDA)
+    possibly partial planes of them, which only the expand by rows (lora_expand's rows=True) takes."""
     if _triton_ok(x):
-        from kernels.lora_shrink import lora_shrink as k
+        if rows:
+            from kernels.lora_shrink_rows import lora_shrink_rows as k
+        else:
+            from kernels.lora_shrink import lora_shrink as k
         return k(x, lora_a, meta, scales, ranks, out)
     return reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, out)
 

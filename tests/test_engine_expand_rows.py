@@ -113,3 +113,37 @@ def test_on_the_gpu_auto_replays_by_rows_graphs_for_decode_over_distinct_adapter
     assert got == want
     assert set(graphs.graphs) == at_start  # nothing captured while serving
     assert any(replayed)  # decode steps over the four adapters replayed a by-rows graph
+
+
+def test_shrink_rows_reaches_every_stack_and_keeps_the_tokens(adapter_dir):  # noqa: F811
+    want, _ = serve(create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir))))
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
+                                     extra={"lora_shrink_rows": True}))
+    assert eng.model.lora_stacks and all(s.shrink_rows for s in eng.model.lora_stacks.values())
+    seen, real = [], kops.lora_shrink
+
+    def spy(x, a, meta, scales, ranks, out, rows=False):
+        seen.append((x.shape[0], rows, meta.expand_rows))
+        return real(x, a, meta, scales, ranks, out, rows)
+    kops.lora_shrink = spy
+    try:
+        got, _ = serve(eng)
+    finally:
+        kops.lora_shrink = real
+    assert got == want
+    assert all(rows == by_rows for _, rows, by_rows in seen)  # by rows exactly where the expand goes by rows
+    assert any(rows for _, rows, _ in seen) and not all(rows for _, rows, _ in seen)
+    with pytest.raises(ValueError, match="lora_shrink_rows"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={"lora_shrink_rows": "often"}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels and CUDA graphs run on a GPU")
+def test_on_the_gpu_the_shrink_by_rows_gives_the_tokens_of_the_segment_shrink(adapter_dir):  # noqa: F811
+    gpu, want = _gpu_by_segments(adapter_dir)
+    for graphs in (False, True):  # eager (its partial planes read after the side stream's join), then graphed
+        eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto", "lora_shrink_rows": True,
+                                                       "capture_graphs": graphs, "warmup": graphs}))
+        got, _ = serve(eng)
+        rows_steps = eng.stats()["expand_rows_steps"]
+        eng.close()
+        assert got == want and rows_steps > 0

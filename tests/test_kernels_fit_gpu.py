@@ -93,3 +93,21 @@ def test_fused_default_config_launches_for_every_preset_shape(rank, tokens, monk
         lora_fused(x, a, b, meta, scales, ranks, offs_t, y)
         torch.cuda.synchronize()
         assert _rel(y.float() - y0.float(), _reference_delta(x, a, b, meta, scales, ranks, offs_t, y0)) < 2e-2, what
+
+
+@pytest.mark.parametrize("rank", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("tokens", [1, 64, 256])
+def test_rows_pair_default_configs_launch_for_every_preset_shape(rank, tokens, monkeypatch):
+    """The shrink and expand by rows (decode sizes) launch at their default configs and match the reference."""
+    from kernels.lora_expand_rows import lora_expand_rows
+    from kernels.lora_shrink_rows import lora_shrink_rows
+
+    monkeypatch.setattr(launch, "lookup", lambda op, key, device, default: default)  # no tuned file
+    g = torch.Generator(device="cuda").manual_seed(rank * 13 + tokens)
+    for what, x, a, b, scales, ranks, offs_t, meta, y0 in _cases(rank, tokens, g):
+        buf = torch.full((a.shape[1], tokens, rank), float("nan"), device="cuda")
+        got = lora_shrink_rows(x, a, meta, scales, ranks, buf)
+        y = y0.clone()
+        lora_expand_rows(got, b, meta, ranks, offs_t, y)
+        torch.cuda.synchronize()
+        assert _rel(y.float() - y0.float(), _reference_delta(x, a, b, meta, scales, ranks, offs_t, y0)) < 2e-2, what

@@ -216,7 +216,9 @@ def test_mixed_case_puts_decodes_first_then_one_adapter_per_prompt():
 def test_tuner_ops_filter_and_refusal(capsys):
     from kernels.tune import _spaces, main
     case = next(c for c in LORA_CASES if c.name == "decode-256x30-r16-qkv")
-    assert {op for op, _, _ in _spaces(case)} == {"fused", "shrink", "expand"}
+    assert {op for op, _, _ in _spaces(case)} == {"fused", "shrink", "shrink_rows", "expand"}
+    prompts = next(c for c in LORA_CASES if c.name.startswith("prefill-"))
+    assert "shrink_rows" not in {op for op, _, _ in _spaces(prompts)}  # by rows only at the decode sizes
     assert {op for op, _, _ in _spaces(case, ("expand",))} == {"expand"}
     assert main(["--ops", "expand,shrinkk"]) == 2  # refused before anything needs a GPU
     assert "--ops='expand,shrinkk'" in capsys.readouterr().err

@@ -72,6 +72,7 @@ class LoRAStack:
         self.side_tokens = SIDE_STREAM_MAX_TOKENS  # calls of up to this many tokens use the side stream
         self.fold = False  # and run shrink + expand there into a buffer that the next op adds (lora_linear_folded)
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
+        self.shrink_rows = False  # steps that expand by rows also shrink by rows (kernels/lora_shrink_rows.py)
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
 
     def nbytes(self) -> int:
@@ -184,6 +185,14 @@ def _fused_path(stack: LoRAStack, x: torch.Tensor, b: torch.Tensor) -> bool:
     return fused
 
 
+def _shrink(x: torch.Tensor, a: torch.Tensor, stack: LoRAStack, lora: LoRAMeta, buf: torch.Tensor) -> torch.Tensor:
+    """The rank vectors into buf; by rows where the step expands by rows and the stack says so (they may then come
+    back as partial planes, which the expand by rows sums). Planes made on the side stream are read on the main
+    stream after the join; the side stream's next work waits for the main stream first, so their memory is not
+    handed out again before that read."""
+    return kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf, stack.shrink_rows and lora.expand_rows)
+
+
 def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        stack: LoRAStack | None, layer: int, lora: LoRAMeta | None):
     """(x W^T (+ b), Folded or None): with stack.fold, a call of up to stack.side_tokens tokens runs the LoRA
@@ -201,7 +210,7 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         stack.stream.wait_stream(torch.cuda.current_stream(x.device))
         side = torch.cuda.stream(stack.stream)
     with side:
-        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
+        buf = _shrink(x, a, stack, lora, buf)
         kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_(), lora.expand_rows)
     return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
 
@@ -219,12 +228,12 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
     if stack.stream is None or x.shape[0] > stack.side_tokens:
         y = F.linear(x, weight, bias)
-        kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
+        buf = _shrink(x, a, stack, lora, buf)
     else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
         main = torch.cuda.current_stream(x.device)
         stack.stream.wait_stream(main)
         with torch.cuda.stream(stack.stream):
-            kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf)
+            buf = _shrink(x, a, stack, lora, buf)
         y = F.linear(x, weight, bias)
         main.wait_stream(stack.stream)  # join before the expand adds into y (x and buf belong to main)
     kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, y, lora.expand_rows)
@@ -375,6 +384,12 @@ class Transformer(nn.Module):
         for group in ("qkv", "o"):
             if group in self.lora_stacks:
                 self.lora_stacks[group].fold = on
+
+    def use_shrink_rows(self, on: bool) -> None:
+        """Steps that expand LoRA by rows also shrink by rows (kernels/lora_shrink_rows.py; CUDA only, elsewhere the
+        reference runs either way)."""
+        for stack in self.lora_stacks.values():
+            stack.shrink_rows = bool(on)
 
     def use_fused_lora(self, mode) -> None:
         """LoRA path per call size: "auto", True, False or a token count (kernels.launch.fused_mode; ValueError

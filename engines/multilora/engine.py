@@ -27,6 +27,7 @@ from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
+SHRINK_ROWS_DEFAULT = False  # extra.lora_shrink_rows unset
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
@@ -42,6 +43,9 @@ EXTRA_KEYS = {
                         f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "
                         f"tokens with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment "
                         "expand (decode over many adapters, not prompts); 0 or false: by segments always",
+    "lora_shrink_rows": "steps that expand LoRA by rows also shrink by rows: each token reads its own adapter's A "
+                        "over a share of the hidden dimension, no segments and no split-K pass "
+                        f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -122,6 +126,7 @@ class MultiLoRAEngine(Engine):
         if self.device.type == "cuda" and self.model.lora_stacks and side:
             self.model.use_lora_stream(side)
         self.model.use_lora_fold(self._flag("lora_fold", False))
+        self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
