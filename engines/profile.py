@@ -46,6 +46,7 @@ class ProfileConfig:
     batches: tuple[int, ...] = (1, 16, 64, 128, 256)
     adapters: tuple[int, ...] = (0, 1, 8, 30, 64, 128, 256)  # distinct adapters in a decode batch
     iters: int = 30
+    rounds: int = 1  # times the decode sweep visits every point (medians over rounds; the tax's range printed)
     warmup: int = 5
     prefill: tuple[tuple[int, int], ...] = ((8, 1024), (4, 2048))  # (prompts, tokens each)
     prefill_adapters: int = 8
@@ -212,49 +213,77 @@ def _load_all(eng: MultiLoRAEngine, names: list[str]) -> None:
         raise RuntimeError(f"profile: {len(missing)} adapters did not load (slots {eng.config.gpu_slots})")
 
 
+def _median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
 def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
+    """Every decode point timed in cfg.rounds rounds, each round over all the points in turn, so a drift of the
+    GPU's pace over the sweep lands in the spread, not in one point: a point's times are its medians over the
+    rounds, its LoRA tax the median of the round's tax against the same batch's base in the same round, printed
+    with the range over the rounds."""
     a = eng.model.args
     elem = torch.empty((), dtype=eng.dtype).element_size()
     w_bytes = weight_bytes_per_step(eng.model)
     ad_bytes = adapter_bytes(a, cfg.rank, cfg.targets, elem)
     seqs = decoding_seqs(eng, max(cfg.batches), cfg.context, "d")
+    points = [(b, d, m) for b in cfg.batches for d in cfg.adapters for m in (cfg.fused_lora if d else [None])
+              if not (d > b or d > len(names))]
+    samples: dict[tuple, list[tuple[float, float, float]]] = {p: [] for p in points}
+    for r in range(cfg.rounds):
+        for b, d, mode in points:
+            samples[(b, d, mode)].append(_time_point(eng, cfg, seqs[:b], names, d, mode))
+        if cfg.rounds > 1:
+            print(f"decode sweep: round {r + 1} of {cfg.rounds} timed", flush=True)
     rows = []
-    for b, d, mode in [(b, d, m) for b in cfg.batches for d in cfg.adapters for m in (cfg.fused_lora if d else [None])]:
-        if d > b or d > len(names):
-            continue
-        batch = seqs[:b]
-        slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(b)]
-        if mode is not None:
-            set_lora_path(eng, mode)  # baked into the graphs captured under this key: one set per mode
-        key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
-
-        def step():
-            return eng.runner.run(batch, False, slots, key).argmax(-1)
-        t = _time(lambda: step().tolist(), eng.device, cfg.warmup, cfg.iters)
-        tp, host = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)
+    for b, d, mode in points:
+        got = samples[(b, d, mode)]
+        t, tp, host = (statistics.median(x[i] for x in got) for i in range(3))
         kv = b * (cfg.context + 1) * a.kv_bytes_per_token(elem)
         floor = (w_bytes + kv + d * ad_bytes) / bw  # bytes read over the copy rate (read + write per s)
         fl = 2 * b * (w_bytes + (ad_bytes if d else 0)) / elem  # each token: the weights and its adapter
         fl_floor = (fl + 4 * b * (cfg.context + 1) * a.n_heads * a.head_dim * a.n_layers) / flops  # + attention
-        base = _row(rows, batch=b, adapters=0)
-        tax = (t * 1e3 / base["step_ms"] - 1) * 100 if base and d else None
-        tax_p = (tp * 1e3 / base["pipelined_ms"] - 1) * 100 if base and d else None
+        base = samples.get((b, 0, None)) if d else None
+        taxes = [[(x[i] / y[i] - 1) * 100 for x, y in zip(got, base)] for i in (0, 1)] if base else None
+        tax, tax_p = (_median_range(v) for v in taxes) if taxes else (None, None)
         rows.append(dict(batch=b, adapters=d, fused_lora=mode, step_ms=t * 1e3, floor_ms=floor * 1e3,
-                         x_floor=t / floor, flop_floor_ms=fl_floor * 1e3, tax_pct=tax,
-                         pipelined_ms=tp * 1e3, x_floor_pipelined=tp / floor, tax_pct_pipelined=tax_p,
-                         host_ms=host * 1e3,
+                         x_floor=t / floor, flop_floor_ms=fl_floor * 1e3, tax_pct=tax and tax[0],
+                         pipelined_ms=tp * 1e3, x_floor_pipelined=tp / floor, tax_pct_pipelined=tax_p and tax_p[0],
+                         host_ms=host * 1e3, rounds=len(got),
+                         step_ms_range=[min(x[0] for x in got) * 1e3, max(x[0] for x in got) * 1e3],
+                         pipelined_ms_range=[min(x[1] for x in got) * 1e3, max(x[1] for x in got) * 1e3],
+                         tax_pct_range=tax and list(tax[1:]), tax_pct_pipelined_range=tax_p and list(tax_p[1:]),
                          tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
         print(f"decode batch {b:4d} adapters {d:4d}" + (f" fused_lora {mode:>4}" if mode is not None else " " * 15)
               + f": {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor "
-              f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s"
-              + ("" if tax is None else f"  LoRA tax {tax:+.1f}% vs no adapter")
-              + f"\n{'':>43}pipelined: {tp * 1e3:8.3f} ms  x{tp / floor:5.2f} of the byte floor"
-              + ("" if tax_p is None else f"  LoRA tax {tax_p:+.1f}%") + f"  (host {host * 1e3:.3f} ms a step)",
-              flush=True)
+              f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s" + _tax_text(tax)
+              + f"\n{'':>43}pipelined: {tp * 1e3:8.3f} ms  x{tp / floor:5.2f} of the byte floor" + _tax_text(tax_p)
+              + f"  (host {host * 1e3:.3f} ms a step)", flush=True)
     set_lora_path(eng, cfg.fused_lora[0])
     out["decode"] = rows
     for s in seqs:
         eng.blocks.free(s)
+
+
+def _tax_text(tax) -> str:
+    if tax is None:
+        return ""
+    spread = f" (rounds {tax[1]:+.1f}% to {tax[2]:+.1f}%)" if tax[2] > tax[1] else ""
+    return f"  LoRA tax {tax[0]:+.1f}%{spread} vs no adapter"
+
+
+def _time_point(eng, cfg, batch, names, d: int, mode) -> tuple[float, float, float]:
+    """(synced s, pipelined s, host s) of one decode step of `batch` over d adapters on LoRA path `mode`."""
+    slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(len(batch))]
+    if mode is not None:
+        set_lora_path(eng, mode)  # baked into the graphs captured under this key: one set per mode
+    key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
+
+    def step():
+        return eng.runner.run(batch, False, slots, key).argmax(-1)
+    t = _time(lambda: step().tolist(), eng.device, cfg.warmup, cfg.iters)
+    tp, host = _time_pipelined(step, eng.device, cfg.warmup, cfg.iters)
+    return t, tp, host
 
 
 def _check_batch(eng, names, tag: str):

@@ -68,3 +68,28 @@ def test_profile_times_mixed_steps_and_the_fold_path(tmp_path, capsys):
     assert mixed[(0, 150)]["floor_ms"] > mixed[(0, 40)]["floor_ms"] > 0  # more prompt KV written
     assert mixed[(0, 150)]["flop_floor_ms"] > mixed[(0, 40)]["flop_floor_ms"]
     assert "mixed step: decode    2 + prompt  150 tokens, adapters    2" in capsys.readouterr().out
+
+
+def test_profile_rounds_pair_each_tax_with_its_round_and_print_the_range(tmp_path, capsys):
+    """--rounds N visits every decode point N times in turn: each row holds medians over the rounds and the range
+    of its LoRA tax, each round's tax taken against the base of the same round; srows is a path of its own."""
+    out = tmp_path / "profile.json"
+    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
+               "--prefill", "", "--context", "24", "--iters", "1", "--loads", "0", "--many-adapters", "0",
+               "--no-check", "--fused-lora", "auto,srows", "--rounds", "3", "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [(r["adapters"], r["fused_lora"], r["rounds"]) for r in data["decode"]] == [
+        (0, None, 3), (2, "auto", 3), (2, "srows", 3)]
+    for r in data["decode"]:
+        lo, hi = r["step_ms_range"]
+        assert lo <= r["step_ms"] <= hi and r["pipelined_ms_range"][0] <= r["pipelined_ms"] <= r["pipelined_ms_range"][1]
+    for r in data["decode"][1:]:
+        lo, hi = r["tax_pct_range"]
+        assert lo <= r["tax_pct"] <= hi and r["tax_pct_pipelined_range"][0] <= r["tax_pct_pipelined"]
+        assert r["tax_pct_pipelined"] <= r["tax_pct_pipelined_range"][1]
+    assert data["decode"][0]["tax_pct_range"] is None
+    printed = capsys.readouterr().out
+    assert "decode sweep: round 3 of 3 timed" in printed
+    assert main(["profile", "--rounds", "0"]) == 2
+    assert "--rounds 0: must be >= 1" in capsys.readouterr().err

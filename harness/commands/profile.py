@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                         "128 tokens), as a server's graphed mixed step runs them (default: skip)")
     p.add_argument("--prefill", type=_pairs, default=((8, 1024), (4, 2048)), help="prefill batches PROMPTSxTOKENS")
     p.add_argument("--iters", type=int, default=30, help="timed repetitions per decode point (median)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="visit every decode point this many times in turn (each point: the median over rounds; "
+                        "the LoRA tax: the median of each round's against its base, with its range)")
     p.add_argument("--loads", type=int, default=20, help="cold adapter loads timed while batch 64 decodes (0: skip)")
     p.add_argument("--many-adapters", type=int, default=5000, help="adapters registered for the many-adapter run (0: skip)")
     p.add_argument("--many-slots", type=int, default=128, help="device slots in the many-adapter run")
@@ -98,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     cfg = ProfileConfig(model=args.model, dtype=args.dtype, device=args.device, rank=args.rank, targets=targets,
                         context=args.context, batches=args.batches, adapters=args.adapters, prefill=args.prefill,
-                        iters=args.iters, loads=args.loads, many_adapters=args.many_adapters,
+                        iters=args.iters, rounds=args.rounds, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
                         fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts)
-    for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters)):
+    for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters),
+                        ("--rounds", cfg.rounds)):
         if value < 1:
             raise UsageError(f"{flag} {value}: must be >= 1")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
