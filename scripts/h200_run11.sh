@@ -5,11 +5,15 @@
 #                             #   the default LoRA path (auto), the expand by rows always (rows) and the folded
 #                             #   output (fold): does running LoRA beside the base matmul lower the tax at batches
 #                             #   64 and 256, where it runs on the main stream today?
+#   scripts/h200_run11.sh b   # the shrink by rows (kernels/lora_shrink_rows.py): GPU tests, kernels.bench of the decode
+#                             #   cases before and after `kernels.tune --ops shrink_rows`
+#   scripts/h200_run11.sh c   # the decode profile in 3 interleaved rounds (--rounds): the default path against the
+#                             #   shrink by rows (srows), batches 1, 64, 256 over 0, 1, 64, 256 adapters
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a}
+call=${1:?usage: h200_run11.sh a|b|c}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -18,6 +22,30 @@ a)
         --adapters 0,1,64,256 --out "$res/runs/profile-side$side.json" > "$res/logs/a-profile-side$side.log" 2>&1
     echo "-- side stream up to $side tokens"; grep -E "^\|" "$res/logs/a-profile-side$side.log" | head -24
   done ;;
-*) echo "unknown call $call (a)" >&2; exit 2 ;;
+b)
+  timeout 240 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_shrink_rows.py tests/test_kernels_expand_rows.py \
+      tests/test_engine_expand_rows.py tests/test_kernels_fit_gpu.py -k "rows or Rows" > "$res/logs/b-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/b-tests.log" | tail -8
+  cases=decode-1x1-r16,decode-64x64-r16,decode-256x256-r16
+  for when in before after; do
+    if [ $when = after ]; then
+      timeout 200 python3 -m kernels.tune --ops shrink_rows --only $cases --budget-s 110 --jobs 16 \
+          > "$res/logs/b-tune.log" 2>&1; head -1 "$res/logs/b-tune.log"; grep -E "^shrink_rows \[" "$res/logs/b-tune.log"
+      cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+    fi
+    timeout 90 python3 -m kernels.bench --only $cases --out "$res/runs/kernels-$when.json" > "$res/logs/b-bench-$when.log" 2>&1
+    python3 - "$res/runs/kernels-$when.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["lora"]:
+    print(f"{r['case']:24s} pair {r['us']:6.1f} (shrink {r['shrink_us']:5.1f} expand {r['expand_us']:5.1f}) "
+          f"rows: expand {r['expand_rows_us']:5.1f} pair {r['rows_pair_us']:6.1f}  floor {r['byte_floor_us']:5.1f} us  "
+          f"err {r['rows_pair_rel_err_vs_segments']:.1e}")
+PY
+  done ;;
+c)
+  timeout 280 "${prof[@]}" --fused-lora auto,srows --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
+      --out "$res/runs/profile-srows.json" > "$res/logs/c-profile.log" 2>&1
+  grep -E "^\|" "$res/logs/c-profile.log" | head -24; grep -E "rounds" "$res/logs/c-profile.log" | head -24 ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
