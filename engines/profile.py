@@ -18,8 +18,9 @@ from engines.profile_mixed import mixed_sweep
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
 SEGMENTS = "segments"  # another: the pair expanding by segments always (the default before run 9)
-SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows too where the expand goes by rows
-PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS)  # the others (fused_lora's modes) expand as the engine's rule picks
+SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
+SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
+PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the others (fused_lora's modes) expand as the engine's rule picks
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -166,8 +167,9 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
 
 
 def _shrink_rows(mode) -> bool:
-    """Engine extra lora_shrink_rows of a decode sweep's LoRA path: on for SHRINK_ROWS, else the engine's default."""
-    return mode == SHRINK_ROWS or SHRINK_ROWS_DEFAULT
+    """Engine extra lora_shrink_rows of a decode sweep's LoRA path: on for SHRINK_ROWS, off for SHRINK_SEGMENTS, else
+    the engine's default."""
+    return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
 
 
 def _expand_rows(mode) -> int | str:

@@ -69,12 +69,13 @@ def _shrink_rows_kernel(
 
 
 def default_shrink_rows(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkRowsConfig:
-    """One row a program; the hidden dimension split so a step of few tokens still has several programs per
-    multiprocessor; each step's tile ~8K elements of A."""
+    """One row a program with 8 warps on a step of up to 16K elements of A, the hidden dimension split into about
+    512 / tokens shares: the shape `kernels.tune` chose on the H200 for 1, 64 and 256 tokens at rank 16 (run 11;
+    it split 16, 4-8 and 1-2 ways there)."""
     cols = triton.next_power_of_2(slices) * triton.next_power_of_2(max_rank)
-    block_k = max(16, min(256, 8192 // cols))
-    split = max(1, min(8, 1024 // max(tokens, 1), hidden // (4 * block_k)))
-    return ShrinkRowsConfig(block_m=1, block_k=block_k, split_k=split, num_warps=4)
+    block_k = max(16, min(256, 16384 // cols))
+    split = max(1, min(16, 512 // max(tokens, 1), hidden // block_k))
+    return ShrinkRowsConfig(block_m=1, block_k=block_k, split_k=split, num_warps=8)
 
 
 def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: torch.Tensor,

@@ -116,9 +116,11 @@ def test_on_the_gpu_auto_replays_by_rows_graphs_for_decode_over_distinct_adapter
 
 
 def test_shrink_rows_reaches_every_stack_and_keeps_the_tokens(adapter_dir):  # noqa: F811
-    want, _ = serve(create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir))))
-    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
-                                     extra={"lora_shrink_rows": True}))
+    off = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
+                                     extra={"lora_shrink_rows": False}))
+    assert not any(s.shrink_rows for s in off.model.lora_stacks.values())
+    want, _ = serve(off)
+    eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir)))  # on by default
     assert eng.model.lora_stacks and all(s.shrink_rows for s in eng.model.lora_stacks.values())
     seen, real = [], kops.lora_shrink
 
@@ -141,8 +143,8 @@ def test_shrink_rows_reaches_every_stack_and_keeps_the_tokens(adapter_dir):  # n
 def test_on_the_gpu_the_shrink_by_rows_gives_the_tokens_of_the_segment_shrink(adapter_dir):  # noqa: F811
     gpu, want = _gpu_by_segments(adapter_dir)
     for graphs in (False, True):  # eager (its partial planes read after the side stream's join), then graphed
-        eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto", "lora_shrink_rows": True,
-                                                       "capture_graphs": graphs, "warmup": graphs}))
+        eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto", "capture_graphs": graphs,
+                                                       "warmup": graphs}))  # the shrink by rows: the default
         got, _ = serve(eng)
         rows_steps = eng.stats()["expand_rows_steps"]
         eng.close()

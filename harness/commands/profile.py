@@ -34,11 +34,11 @@ def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for m in modes:
         try:
-            if m not in ("fold", "rows", "segments", "srows"):
+            if m not in ("fold", "rows", "segments", "srows", "sseg"):
                 fused_mode(m)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{m!r}: give on, off, auto, fold, rows, segments, srows or a token count, comma-separated") from None
+                f"{m!r}: give on, off, auto, fold, rows, segments, srows, sseg or a token count, comma-separated") from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
     return modes
@@ -83,12 +83,13 @@ def register(subparsers) -> None:
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
                    help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 32)")
-    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto|fold|rows|segments|srows[,...]",
+    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto|fold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
                         "lora_fold); the pair's expand goes by rows or by segments as the engine picks per step "
                         "(engine extra lora_expand_rows=auto), or always by rows (rows) or by segments (segments); "
-                        "srows: as auto, with the shrink by rows too where the expand goes by rows (lora_shrink_rows); "
+                        "the shrink goes by rows where the expand does (engine extra lora_shrink_rows, default true), "
+                        "always by segments with sseg, or by rows even where the default would not with srows; "
                         "several (e.g. auto,segments) measure each decode point with each, the first for the targets")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
