@@ -94,6 +94,11 @@ LORA_CASES = [
     LoRACase("decode-1x1-r16-qkv", 1, 1, 16, widths=QKV),  # the decode step's shapes at batch 1, 64, 256
     LoRACase("decode-1x1-r16", 1, 1, 16),
     LoRACase("decode-64x64-r16-qkv", 64, 64, 16, widths=QKV),
+    # batch 64 over few adapters: the decodes that go by segments (lora_expand_rows=auto), where 64 over 64 goes by rows
+    LoRACase("decode-64x1-r16-qkv", 64, 1, 16, widths=QKV),
+    LoRACase("decode-64x1-r16", 64, 1, 16),
+    LoRACase("decode-64x8-r16-qkv", 64, 8, 16, widths=QKV),
+    LoRACase("decode-64x8-r16", 64, 8, 16),
     LoRACase("decode-256x256-r16-qkv", 256, 256, 16, widths=QKV),
     LoRACase("decode-256x30-r16-qkv", 256, 30, 16, widths=QKV),  # tokens sharing adapters (bursty30's count)
     LoRACase("decode-256x128-r16-qkv", 256, 128, 16, widths=QKV),  # 2 and 4 tokens an adapter: where the expand

@@ -9,11 +9,15 @@
 #                             #   cases before and after `kernels.tune --ops shrink_rows`
 #   scripts/h200_run11.sh c   # the decode profile in 3 interleaved rounds (--rounds): the default path against the
 #                             #   shrink by rows (srows), batches 1, 64, 256 over 0, 1, 64, 256 adapters
+#   scripts/h200_run11.sh d   # the segment shrink and expand at 64 tokens retuned on the decodes that still take them
+#                             #   (64 over 1 and over 8 adapters; 64 over 64 goes by rows since runs 9 and 11):
+#                             #   kernels.bench before and after `kernels.tune --ops shrink,expand`, and the decode
+#                             #   profile at batch 64 (3 rounds) with the file before and after
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c}
+call=${1:?usage: h200_run11.sh a|b|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -46,6 +50,24 @@ c)
   timeout 280 "${prof[@]}" --fused-lora auto,srows --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
       --out "$res/runs/profile-srows.json" > "$res/logs/c-profile.log" 2>&1
   grep -E "^\|" "$res/logs/c-profile.log" | head -24; grep -E "rounds" "$res/logs/c-profile.log" | head -24 ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+d)
+  cases=decode-64x1-,decode-64x8-r16
+  cp kernels/configs/nvidia-h200.json "$res/old.json"
+  for when in before after; do
+    if [ $when = after ]; then
+      timeout 200 python3 -m kernels.tune --ops shrink,expand --only $cases --budget-s 120 --jobs 16 \
+          > "$res/logs/d-tune.log" 2>&1; head -1 "$res/logs/d-tune.log"; grep -E "^(shrink|expand) \[" "$res/logs/d-tune.log"
+      cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+    fi
+    timeout 60 python3 -m kernels.bench --only $cases --out "$res/runs/kernels-64-$when.json" > "$res/logs/d-bench-$when.log" 2>&1
+    grep -E "^\| decode" "$res/logs/d-bench-$when.log" | cut -d'|' -f2-8
+  done
+  for f in old new; do
+    [ $f = old ] && cp "$res/old.json" kernels/configs/nvidia-h200.json || cp "$res/runs/nvidia-h200.json" kernels/configs/nvidia-h200.json
+    timeout 150 "${prof[@]}" --rounds 3 --batches 64 --adapters 0,1,8,64 --out "$res/runs/profile-64-$f.json" \
+        > "$res/logs/d-profile-$f.log" 2>&1
+    echo "-- $f file"; grep -A1 -E "^decode batch" "$res/logs/d-profile-$f.log" | grep -v "^--" | cut -c1-200
+  done ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
