@@ -13,11 +13,13 @@
 #                             #   (64 over 1 and over 8 adapters; 64 over 64 goes by rows since runs 9 and 11):
 #                             #   kernels.bench before and after `kernels.tune --ops shrink,expand`, and the decode
 #                             #   profile at batch 64 (3 rounds) with the file before and after
+#   scripts/h200_run11.sh e   # where batch 64's LoRA time goes with call d's file (scripts/step_breakdown.py): do the
+#                             #   retuned kernels' gains in kernels.bench reach the step?
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c|d}
+call=${1:?usage: h200_run11.sh a|b|c|d|e}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -68,6 +70,9 @@ d)
         > "$res/logs/d-profile-$f.log" 2>&1
     echo "-- $f file"; grep -A1 -E "^decode batch" "$res/logs/d-profile-$f.log" | grep -v "^--" | cut -c1-200
   done ;;
-*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
+e)
+  timeout 150 python3 scripts/step_breakdown.py --points 64x0,64x1,64x8,64x64 --json "$res/runs/breakdown-64.json" \
+      > "$res/logs/e-breakdown.log" 2>&1; grep -v USDT "$res/logs/e-breakdown.log" | tail -40 ;;
+*) echo "unknown call $call (a b c d e)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
