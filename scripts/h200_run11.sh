@@ -15,11 +15,14 @@
 #                             #   profile at batch 64 (3 rounds) with the file before and after
 #   scripts/h200_run11.sh e   # where batch 64's LoRA time goes with call d's file (scripts/step_breakdown.py): do the
 #                             #   retuned kernels' gains in kernels.bench reach the step?
+#   scripts/h200_run11.sh f   # the decode profile (3 rounds) by rows always (shrink and expand) against the default
+#                             #   rule, at batches 64 and 256 over 1, 8, 30 and 64 adapters: the segment kernels'
+#                             #   grids are bounded by the engine's segment capacity, not the step's adapters
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c|d|e}
+call=${1:?usage: h200_run11.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -73,6 +76,11 @@ d)
 e)
   timeout 150 python3 scripts/step_breakdown.py --points 64x0,64x1,64x8,64x64 --json "$res/runs/breakdown-64.json" \
       > "$res/logs/e-breakdown.log" 2>&1; grep -v USDT "$res/logs/e-breakdown.log" | tail -40 ;;
-*) echo "unknown call $call (a b c d e)" >&2; exit 2 ;;
+f)
+  timeout 200 "${prof[@]}" --fused-lora auto,rows --rounds 3 --batches 64,256 --adapters 0,1,8,30,64 \
+      --out "$res/runs/profile-rows.json" > "$res/logs/f-profile.log" 2>&1
+  grep -E "^\|" "$res/logs/f-profile.log" | head -12
+  grep -A1 -E "^decode batch" "$res/logs/f-profile.log" | grep -o "pipelined.*" | cut -c1-150 ;;
+*) echo "unknown call $call (a b c d e f)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
