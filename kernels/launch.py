@@ -222,6 +222,13 @@ SIDE_STREAM_MAX_TOKENS = 32
 # cross between 3 and 4.
 ROWS_AUTO_TOKENS = 512
 ROWS_AUTO_PER_TILE = 3.0
+# ... and for steps of up to ROWS_ANY_FILL_TOKENS tokens whatever their fill. In the engine the segment kernels' grids
+# are bounded by the segment capacity (64 tokens over one adapter: 67 token tiles, 4 of them real), which a kernel
+# bench over the case's own adapters does not see: on the H200 (docs/performance.md, run 11; decode profile in 3
+# rounds, pipelined) by rows took the LoRA tax at 64 tokens over 1 adapter from +16.2% to +12.8% and over 8 from
+# +17.6% to +14.9% (over 30: +14.9% and +14.5%), where at 256 tokens segments stayed ahead (+11.5% against +15.1%
+# over 1, +14.3% against +19.9% over 30)
+ROWS_ANY_FILL_TOKENS = 64
 
 
 def default_fused(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, tiles: int = 0,

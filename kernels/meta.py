@@ -47,6 +47,7 @@ class LoRAMeta:
         self.num_lora_tokens = 0
         self.max_seg_len = 0
         self.rows_max_tokens, self.rows_max_per_tile = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
+        self.rows_any_fill = 0
         self.expand_rows = False
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
@@ -56,15 +57,18 @@ class LoRAMeta:
         self._hosts_np = [h.numpy() for h in self._hosts]  # the same memory, written through numpy
         self._turn = 0
 
-    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
+    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf, any_fill: int = 0) -> None:
         """The rule for a step's expand: by rows for steps of up to max_tokens tokens (0: never) whose adapter
         tokens number at most max_per_tile per 16-row tile of the segment expand (a segment of n tokens is
-        ceil(n / 16) tiles). Decode over many adapters has a token or two a tile, and by rows skips the segment
-        search; a prompt's run of one adapter fills its tiles, and there one tensor-core dot covers 16 rows."""
-        if max_tokens < 0 or not max_per_tile > 0:
-            raise ValueError(f"LoRAMeta.use_expand_rows: max_tokens={max_tokens} must be >= 0 and "
-                             f"max_per_tile={max_per_tile} > 0")
+        ceil(n / 16) tiles), and for steps of up to any_fill tokens whatever their fill. Decode over many adapters
+        has a token or two a tile, and by rows skips the segment search; a prompt's run of one adapter fills its
+        tiles, and there one tensor-core dot covers 16 rows, once the step is long enough that the segment
+        kernels' grids (bounded by the segment capacity, not the step's adapters) stop costing more."""
+        if max_tokens < 0 or not max_per_tile > 0 or any_fill < 0:
+            raise ValueError(f"LoRAMeta.use_expand_rows: max_tokens={max_tokens} and any_fill={any_fill} must be "
+                             f">= 0 and max_per_tile={max_per_tile} > 0")
         self.rows_max_tokens, self.rows_max_per_tile = int(max_tokens), float(max_per_tile)
+        self.rows_any_fill = int(any_fill)
 
     def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none. expand_rows:
@@ -107,7 +111,7 @@ class LoRAMeta:
         self.max_seg_len = int(counts.max()) if n_seg else 0
         if expand_rows is None:
             tiles = int(((counts + 15) // 16).sum()) if 0 < n_all <= self.rows_max_tokens else 0
-            expand_rows = tiles > 0 and n_tok <= self.rows_max_per_tile * tiles
+            expand_rows = tiles > 0 and (n_tok <= self.rows_max_per_tile * tiles or n_all <= self.rows_any_fill)
         self.expand_rows = bool(expand_rows)
         return self
 

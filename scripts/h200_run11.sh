@@ -18,11 +18,13 @@
 #   scripts/h200_run11.sh f   # the decode profile (3 rounds) by rows always (shrink and expand) against the default
 #                             #   rule, at batches 64 and 256 over 1, 8, 30 and 64 adapters: the segment kernels'
 #                             #   grids are bounded by the engine's segment capacity, not the step's adapters
+#   scripts/h200_run11.sh g   # with this session's defaults (shrink by rows, steps of up to 64 tokens by rows): GPU
+#                             #   tests, and the decode profile in 3 rounds at batches 1, 64, 256 over 0-256 adapters
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c|d|e|f}
+call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -81,6 +83,14 @@ f)
       --out "$res/runs/profile-rows.json" > "$res/logs/f-profile.log" 2>&1
   grep -E "^\|" "$res/logs/f-profile.log" | head -12
   grep -A1 -E "^decode batch" "$res/logs/f-profile.log" | grep -o "pipelined.*" | cut -c1-150 ;;
-*) echo "unknown call $call (a b c d e f)" >&2; exit 2 ;;
+g)
+  timeout 200 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_meta.py tests/test_engine_expand_rows.py \
+      tests/test_engine_overlap.py tests/test_engine_lora_fold.py tests/test_engine_mixed.py > "$res/logs/g-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/g-tests.log" | tail -6
+  timeout 250 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,8,64,256 --out "$res/runs/profile.json" \
+      > "$res/logs/g-profile.log" 2>&1
+  grep -E "^\|" "$res/logs/g-profile.log" | head -24
+  grep -A1 -E "^decode batch" "$res/logs/g-profile.log" | grep -v "^--" | cut -c1-190 ;;
+*) echo "unknown call $call (a b c d e f g)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

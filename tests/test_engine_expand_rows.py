@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels.ops as kops
-from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS
+from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS
 
 from engines.config import EngineConfig
 from engines.registry import create_engine
@@ -14,17 +14,17 @@ from tests.test_engine_lora_fold import adapter_dir, serve  # noqa: F401  (a fix
 
 
 def _rule(eng):
-    return eng.runner.meta.rows_max_tokens, eng.runner.meta.rows_max_per_tile
+    return eng.runner.meta.rows_max_tokens, eng.runner.meta.rows_max_per_tile, eng.runner.meta.rows_any_fill
 
 
 def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_dir):  # noqa: F811
     def make(value=None):
         return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir),
                                           extra={} if value is None else {"lora_expand_rows": value}))
-    assert _rule(make()) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE)  # the default since run 9
-    assert _rule(make(64)) == (64, math.inf)
+    assert _rule(make()) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS)  # since runs 9 and 11
+    assert _rule(make(64)) == (64, math.inf, 0)
     assert _rule(make(False))[0] == 0 and _rule(make(0))[0] == 0
-    assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE)
+    assert _rule(make("auto")) == (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS)
     for bad in (-1, "yes", 2.5, True):
         with pytest.raises(ValueError, match=r"extra.lora_expand_rows.*or auto"):
             make(bad)

@@ -59,10 +59,13 @@ def test_the_expand_by_rows_rule_picks_decode_over_many_adapters():
     assert not meta.prepare(list(range(8)) * 5 + [-1]).expand_rows  # 41 tokens > 40
     assert not meta.prepare([-1, -1]).expand_rows  # no adapter token
     assert meta.prepare([0, 0, 0], expand_rows=True).expand_rows  # told: the graphs key on it
+    meta.use_expand_rows(40, 2.0, any_fill=6)  # steps of up to 6 tokens go by rows whatever their fill
+    assert meta.prepare([0] * 6).expand_rows and not meta.prepare([0] * 7).expand_rows
+    assert not meta.prepare([-1] * 6).expand_rows  # still: no adapter token, no rows
     meta.use_expand_rows(8)  # any share
     assert meta.prepare([3] * 8).expand_rows
     meta.use_expand_rows(0)
     assert not meta.prepare([0]).expand_rows
-    for bad in ((-1, 2.0), (8, 0.0), (8, float("nan"))):
+    for bad in ((-1, 2.0), (8, 0.0), (8, float("nan")), (8, 2.0, -1)):
         with pytest.raises(ValueError, match="use_expand_rows"):
             meta.use_expand_rows(*bad)

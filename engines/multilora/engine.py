@@ -23,7 +23,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
-from kernels.launch import ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
+from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -45,7 +45,8 @@ EXTRA_KEYS = {
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
                         f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "
                         f"tokens with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment "
-                        "expand (decode over many adapters, not prompts); 0 or false: by segments always",
+                        f"expand (decode over many adapters, not prompts) and steps of up to {ROWS_ANY_FILL_TOKENS} "
+                        "tokens; 0 or false: by segments always",
     "lora_shrink_rows": "steps that expand LoRA by rows also shrink by rows: each token reads its own adapter's A "
                         "over a share of the hidden dimension, no segments and no split-K pass "
                         f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
@@ -220,13 +221,13 @@ class MultiLoRAEngine(Engine):
                              + ("true, false or " if true is not None else "false or ") + f"a token count >= {least}")
         return value
 
-    def _expand_rows(self) -> tuple[int, float]:
-        """(max tokens, max adapter tokens per 16-row segment tile) of the steps that expand by rows, from
-        extra.lora_expand_rows."""
+    def _expand_rows(self) -> tuple[int, float, int]:
+        """(max tokens, max adapter tokens per 16-row segment tile, tokens up to which any fill goes) of the steps
+        that expand by rows, from extra.lora_expand_rows."""
         if self.config.extra.get("lora_expand_rows", "auto") == "auto":
-            return ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE
+            return ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS
         try:
-            return self._token_count("lora_expand_rows", 0), math.inf
+            return self._token_count("lora_expand_rows", 0), math.inf, 0
         except ValueError as e:
             raise ValueError(f"{e}, or auto") from None
 

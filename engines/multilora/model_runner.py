@@ -71,11 +71,12 @@ class ModelRunner:
                        if cfg.cuda_graphs and device.type == "cuda" else None)
         self.lora_steps = self.expand_rows_steps = 0  # forward passes with adapters; those that expanded by rows
 
-    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf) -> None:
+    def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf, any_fill: int = 0) -> None:
         """Steps of up to max_tokens tokens with at most max_per_tile adapter tokens per 16-row tile of the segment
-        expand take the expand by rows (kernels.lora_expand_rows); 0: by segments always (LoRAMeta.use_expand_rows)."""
+        expand, and steps of up to any_fill tokens, take the expand by rows (kernels.lora_expand_rows); 0: by
+        segments always (LoRAMeta.use_expand_rows)."""
         for meta in [self.meta] + ([self.graphs.meta] if self.graphs is not None else []):
-            meta.use_expand_rows(max_tokens, max_per_tile)
+            meta.use_expand_rows(max_tokens, max_per_tile, any_fill)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
         return to_device(data, dtype, self.device)
