@@ -138,16 +138,21 @@ def bench_expand_rows(sets, r_max: int) -> tuple[float, float, str]:
     return t_default, best[0], str(best[1])
 
 
+def update_diff(inp, want_fn, got_fn) -> float:
+    """Relative difference of got_fn's y update from want_fn's, each from the same y (restored after)."""
+    y0 = inp.y.clone()
+    deltas = []
+    for fn in (want_fn, got_fn):
+        fn()
+        deltas.append(inp.y.float() - y0.float())
+        inp.y.copy_(y0)
+    want, got = deltas
+    return ((got - want).norm() / want.norm()).item()
+
+
 def rows_error(inp) -> float:
     """Relative difference of the expand by rows' y update from the segment expand's, on the same rank vectors."""
-    y0 = inp.y.clone()
-    lora_ops(inp)[1]()
-    want = inp.y.float() - y0.float()
-    inp.y.copy_(y0)
-    expand_rows_op(inp)()
-    got = inp.y.float() - y0.float()
-    inp.y.copy_(y0)
-    return ((got - want).norm() / want.norm()).item()
+    return update_diff(inp, lora_ops(inp)[1], expand_rows_op(inp))
 
 
 def rows_pair_op(inp, config=None):
@@ -163,14 +168,7 @@ def rows_pair_op(inp, config=None):
 
 def rows_pair_error(inp) -> float:
     """Relative difference of the rows pair's y update from the segment pair's."""
-    y0 = inp.y.clone()
-    lora_ops(inp)[2]()
-    want = inp.y.float() - y0.float()
-    inp.y.copy_(y0)
-    rows_pair_op(inp)()
-    got = inp.y.float() - y0.float()
-    inp.y.copy_(y0)
-    return ((got - want).norm() / want.norm()).item()
+    return update_diff(inp, lora_ops(inp)[2], rows_pair_op(inp))
 
 
 def fused_op(inp, config=None):
