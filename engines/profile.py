@@ -20,7 +20,7 @@ ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_
 SEGMENTS = "segments"  # another: the pair expanding by segments always (the default before run 9)
 SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
-PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the others (fused_lora's modes) expand as the engine's rule picks
+PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -179,7 +179,8 @@ def _expand_rows(mode) -> int | str:
 
 def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     """A decode sweep's LoRA path: a fused_lora mode, FOLD (the pair, its output added by the next op), ROWS (the
-    pair, expanding by rows) or SEGMENTS (the pair, expanding by segments); all but the last two expand as the
+    pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
+    shrinking by rows where it expands by rows, or by segments always); all but ROWS and SEGMENTS expand as the
     engine's default rule picks (lora_expand_rows=auto)."""
     eng.model.use_lora_fold(mode == FOLD)
     eng.model.use_shrink_rows(_shrink_rows(mode))

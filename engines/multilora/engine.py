@@ -28,8 +28,8 @@ from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_T
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
 # extra.lora_shrink_rows unset. On the H200 (docs/performance.md, run 11; the profile in 3 rounds, pipelined step) the
-# shrink by rows took the LoRA tax at batch 64 over 64 adapters from +18.7% to +17.4%, at 256 over 256 from +27.0%
-# to +26.3% and at batch 1 from +4.8% to +3.2%, each beyond the spread of its rounds (0.1-0.3 points)
+# shrink by rows took the LoRA tax at batch 64 over 64 adapters from +18.7% to +17.4% and at batch 1 from +4.8% to
+# +3.2%, beyond the spread of their rounds (0.1-0.5 points); at 256 over 256 from +27.0% to +26.3%, within it
 SHRINK_ROWS_DEFAULT = True
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
