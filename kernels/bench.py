@@ -225,7 +225,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
     dev = sets[0].x.device
     auto = "fused" if fused_wanted("auto", *shape, dev) else "pair"
-    tiles16 = tile_bound(case.tokens, max(case.adapters, 1), 16)  # the cases' LoRAMeta has a segment per adapter
+    tiles16 = tile_bound(case.tokens, case.segments(), 16)  # as the case's LoRAMeta bounds the grid
     fcfg = lookup("fused", fused_key(*shape), dev, default_fused(*shape[:5], tiles16, sm_count(dev)))
     t_auto = t_fused if auto == "fused" else t
     target = case.target_us if case.target_us is not None else (

@@ -8,6 +8,9 @@ import torch
 from kernels.meta import LoRAMeta
 
 
+ENGINE_SLOTS = 64  # EngineConfig.gpu_slots' default
+
+
 @dataclass(frozen=True)
 class LoRACase:
     """Shrink + expand of `tokens` tokens over `adapters` adapters of rank `rank` (slots padded to r_max)."""
@@ -21,8 +24,16 @@ class LoRACase:
     r_max: int | None = None  # slot padding; None: the rank itself
     contiguous: bool = False  # True: each adapter's tokens are one run (prefill); False: round-robin (decode)
     prompt_tokens: int = 0  # a mixed step: the last this many tokens are 128-token prompts, one adapter each
+    # segments the step's LoRAMeta has room for, as the engine's adapter slots bound them (at least `adapters`): the
+    # segment kernels' grids follow it (kernels.tiles.tile_bound), so a case over few adapters launches the grid
+    # the engine launches (run 11: at 64 tokens over one adapter, 67 token tiles of which 4 hold tokens)
+    capacity: int = ENGINE_SLOTS
     target_us: float | None = None
     target_floor_ratio: float | None = None  # target as a multiple of the byte floor
+
+    def segments(self) -> int:
+        """The LoRAMeta's segment capacity: the engine's slots, or the case's adapters where they are more."""
+        return max(self.adapters, self.capacity, 1)
 
     @property
     def slices(self) -> int:
@@ -153,7 +164,7 @@ def lora_inputs(case: LoRACase, dtype=torch.bfloat16, device="cuda", seed: int =
     for w in case.widths:
         offs.append(offs[-1] + w)
     slots = case.slots()
-    meta = meta or LoRAMeta(case.tokens, max(n, 1), device=device).prepare(slots)
+    meta = meta or LoRAMeta(case.tokens, case.segments(), device=device).prepare(slots)
     return LoRAInputs(
         x=x, lora_a=a, lora_b=b,
         scales=torch.full((n,), 2.0, device=device),

@@ -20,11 +20,15 @@
 #                             #   grids are bounded by the engine's segment capacity, not the step's adapters
 #   scripts/h200_run11.sh g   # with this session's defaults (shrink by rows, steps of up to 64 tokens by rows): GPU
 #                             #   tests, and the decode profile in 3 rounds at batches 1, 64, 256 over 0-256 adapters
+#   scripts/h200_run11.sh h   # kernels.bench's cases now launch the engine's grids (a segment capacity of 64 slots):
+#                             #   the segment shrink and expand retuned for the steps a saturated server runs by
+#                             #   segments (256 decodes over 30 adapters, mixed 512 and 768); the step breakdown of
+#                             #   those steps with 64 slots, with the file before and after
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g}
+call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g|h}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -91,6 +95,21 @@ g)
       > "$res/logs/g-profile.log" 2>&1
   grep -E "^\|" "$res/logs/g-profile.log" | head -24
   grep -A1 -E "^decode batch" "$res/logs/g-profile.log" | grep -v "^--" | cut -c1-190 ;;
-*) echo "unknown call $call (a b c d e f g)" >&2; exit 2 ;;
+h)
+  cases=decode-256x30-r16,mixed-512x30-r16,mixed-768x30-r16
+  cp kernels/configs/nvidia-h200.json "$res/old.json"
+  for when in before after; do
+    if [ $when = after ]; then
+      timeout 220 python3 -m kernels.tune --ops shrink,expand --only $cases --budget-s 150 --jobs 16 \
+          > "$res/logs/h-tune.log" 2>&1; head -1 "$res/logs/h-tune.log"; grep -E "^(shrink|expand) \[" "$res/logs/h-tune.log" | cut -c1-230
+      cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+    fi
+    timeout 60 python3 -m kernels.bench --only $cases --out "$res/runs/kernels-seg-$when.json" > "$res/logs/h-bench-$when.log" 2>&1
+    grep -E "^\| (decode|mixed)" "$res/logs/h-bench-$when.log" | cut -d'|' -f2-7
+    timeout 80 python3 scripts/step_breakdown.py --slots 64 --points 256x30,256x30+256,256x30+512 \
+        --json "$res/runs/breakdown-$when.json" > "$res/logs/h-breakdown-$when.log" 2>&1
+    grep -E "lora|all" "$res/logs/h-breakdown-$when.log"
+  done ;;
+*) echo "unknown call $call (a b c d e f g h)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

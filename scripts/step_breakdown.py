@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="traced steps per point")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--slots", type=int, default=None,
+                    help="adapter slots on the device (default: the points' most adapters); the segment kernels' grids "
+                         "follow it, so give a server's (64 by default) to trace the steps that server runs")
     way = ap.add_mutually_exclusive_group()
     way.add_argument("--expand-rows", action="store_true",
                      help="expand by rows at every step (the profile's --fused-lora rows)")
@@ -85,7 +88,9 @@ def main(argv=None) -> int:
                         batches=tuple(sorted({b for b, _, _ in points})), adapters=(0,),
                         fused_lora=(expand,))  # the graphs are captured at start
     n_ad = max(d for _, d, _ in points)
-    eng = _engine(cfg, max(n_ad, 1), cfg.rank, max(cfg.batches))
+    if args.slots is not None and args.slots < max(n_ad, 1):
+        ap.error(f"--slots {args.slots}: the points need {n_ad} adapters on the device at once")
+    eng = _engine(cfg, args.slots or max(n_ad, 1), cfg.rank, max(cfg.batches))
     a = eng.model.args
     elem = torch.empty((), dtype=eng.dtype).element_size()
     names = []

@@ -222,3 +222,16 @@ def test_tuner_ops_filter_and_refusal(capsys):
     assert {op for op, _, _ in _spaces(case, ("expand",))} == {"expand"}
     assert main(["--ops", "expand,shrinkk"]) == 2  # refused before anything needs a GPU
     assert "--ops='expand,shrinkk'" in capsys.readouterr().err
+
+
+def test_cases_bound_their_grids_by_the_engines_slots():
+    """A case's LoRAMeta has the segment capacity the engine's slots give (64 by default), or its adapters where
+    they are more, so the segment kernels launch the grid the engine launches for that step."""
+    from kernels.cases import ENGINE_SLOTS, lora_inputs
+    from engines.config import EngineConfig
+    one = next(c for c in LORA_CASES if c.name == "decode-64x1-r16")
+    many = next(c for c in LORA_CASES if c.name == "decode-256x256-r16")
+    assert ENGINE_SLOTS == EngineConfig().gpu_slots
+    assert lora_inputs(one, dtype=torch.float32, device="cpu").meta.max_segments == ENGINE_SLOTS
+    assert many.segments() == 256
+    assert tile_bound(one.tokens, one.segments(), 16) == 4 + 63  # 4 tiles hold the tokens

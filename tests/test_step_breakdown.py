@@ -42,3 +42,15 @@ def test_cpu_smoke_run_writes_each_kind_beside_its_floors(tmp_path, capsys):
         assert r["byte_floor_us"] > 0 and r["flop_floor_us"] > 0
         assert r["x_floor"] == pytest.approx(r["us_per_step"] / max(r["byte_floor_us"], r["flop_floor_us"]))
     assert "all kernels" in capsys.readouterr().out
+
+
+def test_slots_size_the_engine_and_refuse_too_few(tmp_path, monkeypatch, capsys):
+    seen = []
+    real = sb._engine
+    monkeypatch.setattr(sb, "_engine", lambda cfg, slots, *a, **k: seen.append(slots) or real(cfg, slots, *a, **k))
+    assert sb.main(["--points", "2x2", "--steps", "1", "--context", "24", "--slots", "5",
+                    "--json", str(tmp_path / "bd.json")]) == 0
+    assert seen == [5]
+    with pytest.raises(SystemExit):
+        sb.main(["--points", "2x2", "--slots", "1"])
+    assert "--slots 1: the points need 2 adapters" in capsys.readouterr().err
