@@ -24,11 +24,13 @@
 #                             #   the segment shrink and expand retuned for the steps a saturated server runs by
 #                             #   segments (256 decodes over 30 adapters, mixed 512 and 768); the step breakdown of
 #                             #   those steps with 64 slots, with the file before and after
+#   scripts/h200_run11.sh i   # saturate.yaml at 130 req/s over its 30 adapters with this session's defaults (run 10
+#                             #   call e: 14,761 and 14,673 served tok/s with rank-16 slots) and scripts/served_vs_step.py
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r11
-call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g|h}
+call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g|h|i}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -110,6 +112,13 @@ h)
         --json "$res/runs/breakdown-$when.json" > "$res/logs/h-breakdown-$when.log" 2>&1
     grep -E "lora|all" "$res/logs/h-breakdown-$when.log"
   done ;;
-*) echo "unknown call $call (a b c d e f g h)" >&2; exit 2 ;;
+i)
+  timeout -s INT 150 python3 -m harness run workloads/saturate.yaml --machine cuda --set traffic.rate=130 \
+      --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 --runs-dir "$res/runs" --no-progress \
+      --engine multilora > "$res/logs/i-saturate.log" 2>&1
+  grep -E "^multilora|invalid|rror" "$res/logs/i-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a b c d e f g h i)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
