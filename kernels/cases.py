@@ -105,7 +105,7 @@ LORA_CASES = [
     LoRACase("decode-1x1-r16-qkv", 1, 1, 16, widths=QKV),  # the decode step's shapes at batch 1, 64, 256
     LoRACase("decode-1x1-r16", 1, 1, 16),
     LoRACase("decode-64x64-r16-qkv", 64, 64, 16, widths=QKV),
-    # batch 64 over few adapters: the decodes that go by segments (lora_expand_rows=auto), where 64 over 64 goes by rows
+    # batch 64 over few adapters: by segments before run 11 (and with lora_expand_rows=0), by rows since
     LoRACase("decode-64x1-r16-qkv", 64, 1, 16, widths=QKV),
     LoRACase("decode-64x1-r16", 64, 1, 16),
     LoRACase("decode-64x8-r16-qkv", 64, 8, 16, widths=QKV),
