@@ -47,7 +47,7 @@ class ProfileConfig:
     batches: tuple[int, ...] = (1, 16, 64, 128, 256)
     adapters: tuple[int, ...] = (0, 1, 8, 30, 64, 128, 256)  # distinct adapters in a decode batch
     iters: int = 30
-    rounds: int = 1  # times the decode sweep visits every point (medians over rounds; the tax's range printed)
+    rounds: int = 3  # times the decode sweep visits every point (medians over rounds; the tax's range printed)
     warmup: int = 5
     prefill: tuple[tuple[int, int], ...] = ((8, 1024), (4, 2048))  # (prompts, tokens each)
     prefill_adapters: int = 8
@@ -259,8 +259,9 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
                          tok_s=b / t, weight_gb=w_bytes / 1e9, kv_gb=kv / 1e9, adapter_gb=d * ad_bytes / 1e9))
         print(f"decode batch {b:4d} adapters {d:4d}" + (f" fused_lora {mode:>4}" if mode is not None else " " * 15)
               + f": {t * 1e3:8.3f} ms  byte floor {floor * 1e3:7.3f} ms  x{t / floor:5.2f}  FLOP floor "
-              f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s" + _tax_text(tax)
-              + f"\n{'':>43}pipelined: {tp * 1e3:8.3f} ms  x{tp / floor:5.2f} of the byte floor" + _tax_text(tax_p)
+              f"{fl_floor * 1e3:6.3f} ms  {b / t:9.0f} tok/s" + _tax_text(tax, len(got))
+              + f"\n{'':>43}pipelined: {tp * 1e3:8.3f} ms  x{tp / floor:5.2f} of the byte floor"
+              + _tax_text(tax_p, len(got))
               + f"  (host {host * 1e3:.3f} ms a step)", flush=True)
     set_lora_path(eng, cfg.fused_lora[0])
     out["decode"] = rows
@@ -268,10 +269,10 @@ def decode_sweep(eng, cfg, names, bw, flops, out) -> None:
         eng.blocks.free(s)
 
 
-def _tax_text(tax) -> str:
+def _tax_text(tax, rounds: int) -> str:
     if tax is None:
         return ""
-    spread = f" (rounds {tax[1]:+.1f}% to {tax[2]:+.1f}%)" if tax[2] > tax[1] else ""
+    spread = f" (rounds {tax[1]:+.1f}% to {tax[2]:+.1f}%)" if rounds > 1 else " (one round: spread not measured)"
     return f"  LoRA tax {tax[0]:+.1f}%{spread} vs no adapter"
 
 

@@ -35,7 +35,7 @@ call=${1:?usage: h200_run11.sh a|b|c|d|e|f|g|h|i}
 case "$call" in
 a)
   for side in 32 256; do
-    timeout 280 "${prof[@]}" --fused-lora auto,rows,fold --lora-stream-tokens $side --batches 1,64,256 \
+    timeout 280 "${prof[@]}" --rounds 1 --fused-lora auto,rows,fold --lora-stream-tokens $side --batches 1,64,256 \
         --adapters 0,1,64,256 --out "$res/runs/profile-side$side.json" > "$res/logs/a-profile-side$side.log" 2>&1
     echo "-- side stream up to $side tokens"; grep -E "^\|" "$res/logs/a-profile-side$side.log" | head -24
   done ;;

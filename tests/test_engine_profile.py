@@ -8,7 +8,7 @@ def test_profile_command_writes_json(tmp_path, capsys):
     out = tmp_path / "profile.json"
     rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "1,4", "--adapters", "0,1,2",
                "--prefill", "2x32", "--context", "24", "--iters", "2", "--loads", "2", "--many-adapters", "12",
-               "--many-slots", "3", "--fused-lora", "auto,off", "--out", str(out)])
+               "--many-slots", "3", "--fused-lora", "auto,off", "--rounds", "1", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     assert [(r["batch"], r["adapters"], r["fused_lora"]) for r in data["decode"]] == [
@@ -37,6 +37,7 @@ def test_profile_command_writes_json(tmp_path, capsys):
     assert all(0 < r["host_ms"] <= r["pipelined_ms"] for r in data["decode"])
     assert rows[(4, 2)]["tax_pct_pipelined"] == (rows[(4, 2)]["pipelined_ms"] / rows[(4, 0)]["pipelined_ms"] - 1) * 100
     assert "| target | measured (synced step) | pipelined step | bound | pass (synced / pipelined) |" in printed
+    assert "(one round: spread not measured)" in printed  # --rounds 1 says it has no spread
     assert "| batch | adapters | fused_lora auto: step ms (tax) | fused_lora off: step ms (tax) |" in printed
     assert f"| 4 | 2 | {rows[(4, 2)]['step_ms']:.3f} ({rows[(4, 2)]['tax_pct']:+.1f}%) |" in printed
 

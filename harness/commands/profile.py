@@ -70,8 +70,9 @@ def register(subparsers) -> None:
                         "128 tokens), as a server's graphed mixed step runs them (default: skip)")
     p.add_argument("--prefill", type=_pairs, default=((8, 1024), (4, 2048)), help="prefill batches PROMPTSxTOKENS")
     p.add_argument("--iters", type=int, default=30, help="timed repetitions per decode point (median)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="visit every decode point this many times in turn (each point: the median over rounds; "
+    p.add_argument("--rounds", type=int, default=3,
+                   help="visit every decode point this many times in turn (default 3; 1: no spread is measured) "
+                        "(each point: the median over rounds; "
                         "the LoRA tax: the median of each round's against its base, with its range)")
     p.add_argument("--loads", type=int, default=20, help="cold adapter loads timed while batch 64 decodes (0: skip)")
     p.add_argument("--many-adapters", type=int, default=5000, help="adapters registered for the many-adapter run (0: skip)")
@@ -83,7 +84,8 @@ def register(subparsers) -> None:
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
                    help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 32)")
-    p.add_argument("--fused-lora", type=_modes, default=("auto",), metavar="on|off|auto|fold|rows|segments|srows|sseg[,...]",
+    p.add_argument("--fused-lora", type=_modes, default=("auto",),
+                   metavar="on|off|auto|fold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
                         "lora_fold); the pair's expand goes by rows or by segments as the engine picks per step "
