@@ -30,19 +30,24 @@ def test_expand_rows_takes_a_token_count_or_auto_and_refuses_nonsense(adapter_di
             make(bad)
 
 
-def _serve_watching_paths(eng):
-    """serve(eng), recording (tokens, by rows) of every LoRA expand."""
-    seen, real = [], kops.lora_expand
+def _serve_watching(eng, op: str, note):
+    """serve(eng), recording note(*args) of every call of kernels.ops.<op>: (tokens, what was noted)."""
+    seen, real = [], getattr(kops, op)
 
-    def spy(buf, b, meta, ranks, offsets, y, rows=False):
-        seen.append((y.shape[0], rows))
-        return real(buf, b, meta, ranks, offsets, y, rows)
-    kops.lora_expand = spy
+    def spy(*args):
+        seen.append(note(*args))
+        return real(*args)
+    setattr(kops, op, spy)
     try:
         toks, _ = serve(eng)
     finally:
-        kops.lora_expand = real
+        setattr(kops, op, real)
     return toks, seen
+
+
+def _serve_watching_paths(eng):
+    """serve(eng), recording (tokens, by rows) of every LoRA expand."""
+    return _serve_watching(eng, "lora_expand", lambda buf, b, meta, ranks, offsets, y, rows=False: (y.shape[0], rows))
 
 
 def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segments(adapter_dir):  # noqa: F811
@@ -122,16 +127,8 @@ def test_shrink_rows_reaches_every_stack_and_keeps_the_tokens(adapter_dir):  # n
     want, _ = serve(off)
     eng = create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir)))  # on by default
     assert eng.model.lora_stacks and all(s.shrink_rows for s in eng.model.lora_stacks.values())
-    seen, real = [], kops.lora_shrink
-
-    def spy(x, a, meta, scales, ranks, out, rows=False):
-        seen.append((x.shape[0], rows, meta.expand_rows))
-        return real(x, a, meta, scales, ranks, out, rows)
-    kops.lora_shrink = spy
-    try:
-        got, _ = serve(eng)
-    finally:
-        kops.lora_shrink = real
+    got, seen = _serve_watching(eng, "lora_shrink", lambda x, a, meta, scales, ranks, out, rows=False:
+                                (x.shape[0], rows, meta.expand_rows))
     assert got == want
     assert all(rows == by_rows for _, rows, by_rows in seen)  # by rows exactly where the expand goes by rows
     assert any(rows for _, rows, _ in seen) and not all(rows for _, rows, _ in seen)

@@ -52,15 +52,19 @@ def test_profile_rejects_bad_lists(capsys):
     assert "'sometimes': give on, off, auto" in capsys.readouterr().err
 
 
+def _decode_only(tmp_path, *extra: str) -> dict:
+    """The JSON of a tiny CPU profile of batch 2 over 0 and 2 adapters, decode (and mixed) sweeps only."""
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
+                 "--prefill", "", "--context", "24", "--loads", "0", "--many-adapters", "0", "--no-check",
+                 *extra, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_profile_times_mixed_steps_and_the_fold_path(tmp_path, capsys):
     """--mixed-prompts times each decode batch with prompt tokens carried beside it (floors too); --fused-lora
     fold measures the folded LoRA output beside the pair."""
-    out = tmp_path / "profile.json"
-    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
-               "--prefill", "", "--context", "24", "--iters", "2", "--loads", "0", "--many-adapters", "0",
-               "--no-check", "--fused-lora", "off,fold,rows", "--mixed-prompts", "40,150", "--out", str(out)])
-    assert rc == 0
-    data = json.loads(out.read_text())
+    data = _decode_only(tmp_path, "--iters", "2", "--fused-lora", "off,fold,rows", "--mixed-prompts", "40,150")
     assert [(r["adapters"], r["fused_lora"]) for r in data["decode"]] == [(0, None), (2, "off"), (2, "fold"), (2, "rows")]
     mixed = {(r["adapters"], r["prompt_tokens"]): r for r in data["mixed"]}
     assert sorted(mixed) == [(0, 40), (0, 150), (2, 40), (2, 150)]
@@ -74,12 +78,7 @@ def test_profile_times_mixed_steps_and_the_fold_path(tmp_path, capsys):
 def test_profile_rounds_pair_each_tax_with_its_round_and_print_the_range(tmp_path, capsys):
     """--rounds N visits every decode point N times in turn: each row holds medians over the rounds and the range
     of its LoRA tax, each round's tax taken against the base of the same round; srows is a path of its own."""
-    out = tmp_path / "profile.json"
-    rc = main(["profile", "--model", "tiny", "--device", "cpu", "--batches", "2", "--adapters", "0,2",
-               "--prefill", "", "--context", "24", "--iters", "1", "--loads", "0", "--many-adapters", "0",
-               "--no-check", "--fused-lora", "auto,srows", "--rounds", "3", "--out", str(out)])
-    assert rc == 0
-    data = json.loads(out.read_text())
+    data = _decode_only(tmp_path, "--iters", "1", "--fused-lora", "auto,srows", "--rounds", "3")
     assert [(r["adapters"], r["fused_lora"], r["rounds"]) for r in data["decode"]] == [
         (0, None, 3), (2, "auto", 3), (2, "srows", 3)]
     for r in data["decode"]:

@@ -6,19 +6,14 @@ import torch
 from kernels.launch import ExpandRowsConfig
 from kernels.lora_expand_rows import lora_expand_rows
 from kernels.meta import LoRAMeta
-from kernels.reference import lora_expand_ref, lora_shrink_ref
-from tests.test_kernels_lora import DEV, check_expand, make_inputs, rand_slots
+from tests.test_kernels_lora import DEV, check_expand, make_inputs, rand_slots, reference_pair
 
 
 def run_rows(hidden, widths, ranks, slots, dtype, cfg=None, meta=None, seed=0):
     """buf from the float64 reference shrink (rows without an adapter: NaN), then the rows expand vs the reference."""
-    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
-    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
-    meta_ref = LoRAMeta(max(t, 1), 8).prepare(slots)
-    buf = torch.full((s, t, r_max), float("nan"), dtype=torch.float64)
-    lora_shrink_ref(x.double(), a.double(), meta_ref, scales.double(), ranks_t, buf)
-    y_ref = y0.double().clone()
-    lora_expand_ref(buf, b.double(), meta_ref, ranks_t, offs, y_ref)
+    t, n_total = len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = inputs = make_inputs(hidden, widths, ranks, t, dtype, seed)
+    buf, y_ref = reference_pair(inputs, slots)
     meta = (meta or LoRAMeta(max(t, 1), 8, device=DEV)).prepare(slots)
     y = y0.to(DEV).clone()
     lora_expand_rows(buf.float().to(DEV), b.to(DEV), meta, ranks_t.to(DEV), offs.to(DEV), y, config=cfg)

@@ -32,16 +32,22 @@ def make_inputs(hidden, widths, ranks, t, dtype, seed):
     return x, a, b, scales, ranks_t, offs, y0
 
 
-def run_case(hidden, widths, ranks, slots, dtype, shrink_cfg=None, expand_cfg=None, max_segments=8, seed=0):
-    """Run shrink then expand on NaN-poisoned outputs; compare with the float64 reference."""
-    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
-    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
-
-    meta_ref = LoRAMeta(max(t, 1), max_segments).prepare(slots)
-    buf_ref = torch.full((s, t, r_max), float("nan"), dtype=torch.float64)
+def reference_pair(inputs, slots, max_segments=8):
+    """(buf, y) of the float64 reference shrink (NaN where it writes nothing) and expand on make_inputs' inputs."""
+    x, a, b, scales, ranks_t, offs, y0 = inputs
+    meta_ref = LoRAMeta(max(len(slots), 1), max_segments).prepare(slots)
+    buf_ref = torch.full((a.shape[1], len(slots), a.shape[2]), float("nan"), dtype=torch.float64)
     lora_shrink_ref(x.double(), a.double(), meta_ref, scales.double(), ranks_t, buf_ref)
     y_ref = y0.double().clone()
     lora_expand_ref(buf_ref, b.double(), meta_ref, ranks_t, offs, y_ref)
+    return buf_ref, y_ref
+
+
+def run_case(hidden, widths, ranks, slots, dtype, shrink_cfg=None, expand_cfg=None, max_segments=8, seed=0):
+    """Run shrink then expand on NaN-poisoned outputs; compare with the float64 reference."""
+    s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = inputs = make_inputs(hidden, widths, ranks, t, dtype, seed)
+    buf_ref, y_ref = reference_pair(inputs, slots, max_segments)
 
     d = DEV
     meta = LoRAMeta(max(t, 1), max_segments, device=d).prepare(slots)

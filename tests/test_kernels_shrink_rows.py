@@ -7,20 +7,15 @@ from kernels.launch import ShrinkRowsConfig, shrink_rows_space, step_down
 from kernels.lora_expand_rows import lora_expand_rows
 from kernels.lora_shrink_rows import default_shrink_rows, lora_shrink_rows
 from kernels.meta import LoRAMeta
-from kernels.reference import lora_expand_ref, lora_shrink_ref
-from tests.test_kernels_lora import DEV, SHRINK_TOL, check_expand, make_inputs, rand_slots, rel
+from tests.test_kernels_lora import DEV, SHRINK_TOL, check_expand, make_inputs, rand_slots, reference_pair, rel
 
 
 def run_rows(hidden, widths, ranks, slots, dtype, cfg=None, seed=0):
     """Shrink by rows into a NaN-poisoned buf, then the expand by rows over what it returned; both against the
     float64 reference. Returns the shrink's result (buf itself, or its partial planes)."""
     s, r_max, t, n_total = len(widths), max(max(ranks), 1), len(slots), sum(widths)
-    x, a, b, scales, ranks_t, offs, y0 = make_inputs(hidden, widths, ranks, t, dtype, seed)
-    meta_ref = LoRAMeta(max(t, 1), 8).prepare(slots)
-    buf_ref = torch.full((s, t, r_max), float("nan"), dtype=torch.float64)
-    lora_shrink_ref(x.double(), a.double(), meta_ref, scales.double(), ranks_t, buf_ref)
-    y_ref = y0.double().clone()
-    lora_expand_ref(buf_ref, b.double(), meta_ref, ranks_t, offs, y_ref)
+    x, a, b, scales, ranks_t, offs, y0 = inputs = make_inputs(hidden, widths, ranks, t, dtype, seed)
+    buf_ref, y_ref = reference_pair(inputs, slots)
 
     meta = LoRAMeta(max(t, 1), 8, device=DEV).prepare(slots)
     buf = torch.full((s, t, r_max), float("nan"), dtype=torch.float32, device=DEV)
