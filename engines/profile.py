@@ -14,6 +14,7 @@ from engines.model.config import ModelArgs
 from engines.multilora.engine import SHRINK_ROWS_DEFAULT, MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
+from kernels import pdl as kernels_pdl
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
@@ -58,6 +59,7 @@ class ProfileConfig:
     many_host_capacity: int = 512
     many_time_limit_s: float = 150.0
     seed: int = 0
+    pdl: bool | None = None  # engine extra pdl (programmatic dependent launch); None: the engine's default
     lora_stream: bool | int = True  # LoRA shrink on a side stream beside the base matmul (engine extra; N: up to N tokens)
     # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N, or
     # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
@@ -163,7 +165,8 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
                "fused_lora": False if cfg.fused_lora[0] in PAIR_MODES else cfg.fused_lora[0],
                "lora_fold": cfg.fused_lora[0] == FOLD,
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
-               "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0])}))
+               "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
+               **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))
 
 
 def _shrink_rows(mode) -> bool:
@@ -479,6 +482,8 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
         save(out)
     eng = _engine(cfg, max(max(cfg.adapters), cfg.prefill_adapters, 32), cfg.rank, max(max(cfg.batches), 64))
     dtype = eng.dtype
+    out["env"]["pdl"] = kernels_pdl.use(device)  # as the engine set it: launched with PDL or not
+    print(f"programmatic dependent launch (engine extra pdl): {'on' if out['env']['pdl'] else 'off'}", flush=True)
     bw = measure_bandwidth(device)
     flops = measure_matmul(device, dtype)
     out["ceilings"] = dict(copy_bytes_s=bw, matmul_flop_s=flops)

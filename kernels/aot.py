@@ -3,7 +3,7 @@ Triton (and its bundled ptxas) for the target, and their shared memory checked a
 limit. This finds what the CPU interpreter cannot: a kernel that does not compile for the GPU, or a default
 config that asks for more shared memory than a block may have (which Triton refuses at launch).
 
-    python -m kernels.aot [--arch 90] [--gpu "NVIDIA H200"] [--sms 132] [--cases NAME,...] [--json OUT]
+    python -m kernels.aot [--arch 90] [--gpu "NVIDIA H200"] [--sms 132] [--pdl] [--cases NAME,...] [--json OUT]
 
 Prints a table (kernel, case, config constants, shared memory beside the limit) and exits 1 if any case fails.
 The installed Triton compiles: a GPU machine may run another version, so this checks the code, not that build.
@@ -22,18 +22,21 @@ import torch
 SMEM_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}  # bytes a block may ask for, by SM arch
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
           torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
-_LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas")
+_LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "launch_pdl")
 
 
 @contextlib.contextmanager
-def as_gpu(name: str, sms: int):
-    """Configs chosen as on that GPU: its tuned file (kernels/configs/) and its multiprocessor count."""
+def as_gpu(name: str, sms: int, pdl: bool = False):
+    """Configs chosen as on that GPU: its tuned file (kernels/configs/) and its multiprocessor count; pdl: the
+    kernels that can are launched with programmatic dependent launch (kernels/pdl.py), as on a Hopper GPU."""
     import kernels.launch as launch
+    import kernels.pdl as pdl_switch
     from kernels import lora_expand, lora_fused, lora_shrink, paged_attention
 
     saved = []
-    for mod in (launch, lora_shrink, lora_expand, lora_fused, paged_attention):
-        for attr, value in (("sm_count", lambda device: sms), ("_device_name", lambda device: name)):
+    patches = (("sm_count", lambda device: sms), ("_device_name", lambda device: name), ("use", lambda device: pdl))
+    for mod in (launch, lora_shrink, lora_expand, lora_fused, paged_attention, pdl_switch):
+        for attr, value in patches:
             if hasattr(mod, attr):
                 saved.append((mod, attr, getattr(mod, attr)))
                 setattr(mod, attr, value)
@@ -83,8 +86,8 @@ def _signature(fn, args, kw) -> tuple[dict, dict]:
     return sig, consts
 
 
-def compile_launch(fn, args, kw, arch: int) -> dict:
-    """Compile one caught launch for sm_<arch>; its shared memory, cubin size and constants."""
+def compile_launch(fn, args, kw, arch: int, ptx: bool = False) -> dict:
+    """Compile one caught launch for sm_<arch>; its shared memory, cubin size and constants (ptx: and its PTX)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -95,17 +98,20 @@ def compile_launch(fn, args, kw, arch: int) -> dict:
     kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
                             options=options)
     shown = {fn.arg_names[i[0]]: v for i, v in consts.items() if fn.arg_names[i[0]].isupper()}
-    return {"kernel": fn.__name__, "shared_bytes": int(kernel.metadata.shared), "cubin_bytes": len(kernel.asm["cubin"]),
-            "constants": {**shown, **options}}
+    row = {"kernel": fn.__name__, "shared_bytes": int(kernel.metadata.shared), "cubin_bytes": len(kernel.asm["cubin"]),
+           "constants": {**shown, **options}}
+    if ptx:
+        row["ptx"] = kernel.asm["ptx"]
+    return row
 
 
 def _lora_calls(case):
-    from kernels.bench import fused_op, lora_ops
+    from kernels.bench import fused_op, lora_ops, rows_pair_op
     from kernels.cases import lora_inputs
 
     inp = lora_inputs(case, device="cpu")
     _, _, both = lora_ops(inp)
-    return [both, fused_op(inp)]
+    return [both, fused_op(inp), rows_pair_op(inp)]
 
 
 def _attention_calls(case):
@@ -142,20 +148,22 @@ def all_cases() -> dict:
     return cases
 
 
-def check(names: list[str], arch: int = 90, gpu: str = "NVIDIA H200", sms: int = 132) -> list[dict]:
+def check(names: list[str], arch: int = 90, gpu: str = "NVIDIA H200", sms: int = 132, pdl: bool = False,
+          ptx: bool = False) -> list[dict]:
     """Compile every launch of the named cases for sm_<arch>, configs chosen as on `gpu` with `sms`
-    multiprocessors; one row per launch (ok, or the error)."""
+    multiprocessors (pdl: with PDL where the kernel takes it); one row per launch (ok, or the error; ptx: the
+    PTX too)."""
     cases, rows = all_cases(), []
     limit = SMEM_LIMIT.get(arch, SMEM_LIMIT[90])
     for name in names:
         make, case = cases[name]
-        with as_gpu(gpu, sms), caught_launches() as launches:
+        with as_gpu(gpu, sms, pdl), caught_launches() as launches:
             for call in make(case):
                 call()
         for fn, args, kw in launches:
             t = time.perf_counter()
             try:
-                row = compile_launch(fn, args, kw, arch)
+                row = compile_launch(fn, args, kw, arch, ptx)
                 row["ok"] = row["shared_bytes"] <= limit
                 row["error"] = "" if row["ok"] else f"shared memory {row['shared_bytes']:,} > {limit:,}"
             except Exception as exc:  # the compiler's message is the finding
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                    "kernels/configs/ if any, else the defaults (default: %(default)s)")
     p.add_argument("--sms", type=int, default=132, help="its multiprocessors, which size the defaults (default: "
                    "%(default)s, the H100/H200)")
+    p.add_argument("--pdl", action="store_true", help="launch with programmatic dependent launch where a kernel "
+                   "takes it (kernels/pdl.py), as on a Hopper GPU")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all; --list shows them)")
     p.add_argument("--list", action="store_true", help="print the case names and exit")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"kernels.aot: error: unknown case(s) {unknown}; --list shows them", file=sys.stderr)
         return 2
-    rows = check(names, a.arch, a.gpu, a.sms)
+    rows = check(names, a.arch, a.gpu, a.sms, a.pdl)
     print(f"| case | kernel | shared bytes (limit {rows[0]['limit_bytes']:,}) | constants | result |" if rows else "")
     print("|---|---|---|---|---|")
     for r in rows:

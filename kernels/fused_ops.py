@@ -9,15 +9,24 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
+
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, d_ptr, n_cols, stride_x, stride_res, stride_out, stride_d,
-                         eps, HAS_RES: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                         eps, HAS_RES: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
+                         USE_GDC: tl.constexpr):
     """out[r] = w * norm(x[r] + res[r]); res[r] = x[r] + res[r] (rounded to the dtype first, as torch adds).
-    HAS_DELTA: x[r] is first x[r] + d[r] (a LoRA output in float32), rounded to the dtype as an in-place add."""
+    HAS_DELTA: x[r] is first x[r] + d[r] (a LoRA output in float32), rounded to the dtype as an in-place add.
+    USE_GDC (PDL, kernels/pdl.py): the norm's weight is read before waiting for the kernel before."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n_cols
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_DELTA:
         d = tl.load(d_ptr + row * stride_d + offs, mask=mask, other=0.0)
@@ -29,17 +38,20 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, d_ptr, n_cols, stride_x
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / n_cols
     y = (xf * tl.rsqrt(var + eps)).to(x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_out + offs, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, d_ptr, stride_t,
                        stride_slot, stride_d, n_heads, n_kv, HALF: tl.constexpr, HALF_POW2: tl.constexpr,
-                       HAS_DELTA: tl.constexpr):
+                       HAS_DELTA: tl.constexpr, USE_GDC: tl.constexpr):
     """Head h of token t: rotate q/k in place in the qkv row (HF rotate_half pairs (i, i + D/2));
     a k head also writes its rotated k and its v to the cache row slot[t]. HAS_DELTA: the qkv row is first
-    qkv + d (a LoRA output in float32, rounded to the dtype as an in-place add), v written back too."""
+    qkv + d (a LoRA output in float32, rounded to the dtype as an in-place add), v written back too.
+    USE_GDC (PDL, kernels/pdl.py): the position, the frequencies and the cache slot are read before waiting for the
+    kernel before."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs = tl.arange(0, HALF_POW2)
@@ -47,6 +59,9 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     pos = tl.load(pos_ptr + t).to(tl.float32)
     f = pos * tl.load(inv_freq_ptr + offs, mask=mask, other=0.0)
     c, s = tl.cos(f), tl.sin(f)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
     base = qkv_ptr + t * stride_t + h * (2 * HALF)
     x1 = tl.load(base + offs, mask=mask, other=0.0)
     x2 = tl.load(base + HALF + offs, mask=mask, other=0.0)
@@ -62,7 +77,6 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     tl.store(base + HALF + offs, o2, mask=mask)
     if h >= n_heads:
         kh = h - n_heads
-        slot = tl.load(slot_ptr + t).to(tl.int64)
         kdst = k_cache_ptr + slot * stride_slot + kh * (2 * HALF)
         tl.store(kdst + offs, o1, mask=mask)
         tl.store(kdst + HALF + offs, o2, mask=mask)
@@ -81,8 +95,12 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr):
-    """out[t] = silu(gate[t]) * up[t] with gu[t] = [gate | up], each rounded to the dtype like torch."""
+def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+    """out[t] = silu(gate[t]) * up[t] with gu[t] = [gate | up], each rounded to the dtype like torch.
+    USE_GDC (PDL, kernels/pdl.py): waits for the kernel before first thing."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
@@ -90,6 +108,10 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.conste
     u = tl.load(gu_ptr + t * stride_gu + n + cols, mask=mask, other=0.0).to(tl.float32)
     act = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + t * stride_out + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _pdl(t: torch.Tensor) -> dict:
+    return pdl.launch_options(pdl.use(t.device))
 
 
 def _rows(x: torch.Tensor, name: str) -> None:
@@ -106,7 +128,8 @@ class FusedOps:
         _rows(x, "rms_norm")
         out = torch.empty_like(x)
         _add_rms_norm_kernel[(x.shape[0],)](x, x, w, out, x, x.shape[1], x.stride(0), 0, out.stride(0), 0, eps,
-                                            HAS_RES=False, HAS_DELTA=False, BLOCK=triton.next_power_of_2(x.shape[1]))
+                                            HAS_RES=False, HAS_DELTA=False, BLOCK=triton.next_power_of_2(x.shape[1]),
+                                            **_pdl(x))
         return out
 
     @staticmethod
@@ -121,7 +144,8 @@ class FusedOps:
         d = x if delta is None else delta
         _add_rms_norm_kernel[(x.shape[0],)](x, residual, w, out, d, x.shape[1], x.stride(0), residual.stride(0),
                                             out.stride(0), d.stride(0), eps, HAS_RES=True,
-                                            HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(x.shape[1]))
+                                            HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(x.shape[1]),
+                                            **_pdl(x))
         return out, residual
 
     @staticmethod
@@ -141,7 +165,8 @@ class FusedOps:
         d = qkv if delta is None else delta
         _rope_cache_kernel[(t, n_heads + n_kv)](
             qkv, positions, inv_freq, slot_mapping, k_cache, v_cache, d, qkv.stride(0), n_kv * hd, d.stride(0),
-            n_heads, n_kv, HALF=half, HALF_POW2=triton.next_power_of_2(half), HAS_DELTA=delta is not None)
+            n_heads, n_kv, HALF=half, HALF_POW2=triton.next_power_of_2(half), HAS_DELTA=delta is not None,
+            **_pdl(qkv))
         q = qkv[:, : n_heads * hd].view(t, n_heads, hd)
         k = qkv[:, n_heads * hd:(n_heads + n_kv) * hd].view(t, n_kv, hd)
         v = qkv[:, (n_heads + n_kv) * hd:].view(t, n_kv, hd)
@@ -153,5 +178,6 @@ class FusedOps:
         n = gu.shape[1] // 2
         out = torch.empty(gu.shape[0], n, dtype=gu.dtype, device=gu.device)
         block = 1024
-        _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, block))](gu, out, n, gu.stride(0), out.stride(0), BLOCK=block)
+        _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, block))](gu, out, n, gu.stride(0), out.stride(0), BLOCK=block,
+                                                               **_pdl(gu))
         return out

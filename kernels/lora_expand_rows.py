@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl as pdl_switch
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandRowsConfig, expand_key, launch_fitting, lookup
 from kernels.lora_expand import _check, device_offsets
@@ -19,16 +20,37 @@ patch_interpreter()
 
 
 @triton.jit
+def _b_chunk(w_rows, rs, rank, mask, stride_bk):
+    """(BLOCK_M, BLOCK_N, BLOCK_R) of the rows' adapters' B at ranks rs (zero past each row's rank)."""
+    r_in = rs[None, :] < rank[:, None]
+    return tl.load(w_rows + rs[None, None, :] * stride_bk, mask=mask[:, :, None] & r_in[:, None, :], other=0.0)
+
+
+@triton.jit
+def _planes(bufs, rs, rank, row, stride_bp, stride_br, PLANES: tl.constexpr):
+    """(BLOCK_M, BLOCK_R) float32 rank vectors at ranks rs: the shrink's partial planes summed in a fixed order."""
+    r_in = rs[None, :] < rank[:, None]
+    h = tl.load(bufs + rs[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+    for p in tl.static_range(1, PLANES):
+        h += tl.load(bufs + p * stride_bp + rs[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+    return h
+
+
+@triton.jit
 def _expand_rows_kernel(
     buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PLANES: tl.constexpr,
+    PLANES: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
 
     Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
-    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B)."""
+    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
+    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
+    for the kernel before (the shrink); the rank vectors, y and the store come after."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
@@ -45,20 +67,18 @@ def _expand_rows_kernel(
     offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = row[:, None] & (offs_n < n_hi)[None, :]
     ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
-    y = tl.load(ys, mask=mask, other=0.0)
     w_rows = b_ptr + slot.to(tl.int64)[:, None, None] * stride_bslot + offs_n[None, :, None] * stride_bn
     bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
     offs_r = tl.arange(0, BLOCK_R)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(0, r_max, BLOCK_R):
-        r_in = (r0 + offs_r)[None, :] < rank[:, None]  # (BLOCK_M, BLOCK_R)
-        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-        for p in tl.static_range(PLANES):  # the shrink by rows' partial planes, summed in a fixed order
-            h += tl.load(bufs + p * stride_bp + (r0 + offs_r)[None, :] * stride_br, mask=row[:, None] & r_in,
-                         other=0.0)
-        w = tl.load(w_rows + (r0 + offs_r)[None, None, :] * stride_bk, mask=mask[:, :, None] & r_in[:, None, :],
-                    other=0.0)  # (BLOCK_M, BLOCK_N, BLOCK_R)
-        acc += tl.sum(h[:, None, :] * w.to(tl.float32), axis=2)
+    w = _b_chunk(w_rows, offs_r, rank, mask, stride_bk)  # rank chunk 0
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
+    y = tl.load(ys, mask=mask, other=0.0)
+    acc = tl.sum(_planes(bufs, offs_r, rank, row, stride_bp, stride_br, PLANES)[:, None, :] * w.to(tl.float32), axis=2)
+    for r0 in range(BLOCK_R, r_max, BLOCK_R):
+        w = _b_chunk(w_rows, r0 + offs_r, rank, mask, stride_bk)
+        acc += tl.sum(_planes(bufs, r0 + offs_r, rank, row, stride_bp, stride_br, PLANES)[:, None, :]
+                      * w.to(tl.float32), axis=2)
     tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -67,11 +87,13 @@ def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
 
 
 def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
-                     slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandRowsConfig | None = None) -> torch.Tensor:
+                     slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandRowsConfig | None = None,
+                     pdl: bool | None = None) -> torch.Tensor:
     """kernels.lora_expand.lora_expand's contract (y[t, slice i] += buf[i, t, :r] @ lora_b[slot[t], slice i, :r].T,
     adding into y), reading the tokens in slot order with their slots (meta.token_indices, meta.sorted_slot)
     instead of the segments. buf may also be [P, S, T, R_max], the partial planes of the shrink by rows
-    (kernels.lora_shrink_rows): their sum over the first dimension is the rank vectors."""
+    (kernels.lora_shrink_rows): their sum over the first dimension is the rank vectors. pdl: launch with PDL
+    (kernels/pdl.py; default where it is enabled and supported)."""
     planes, plane_stride = (buf.shape[0], buf.stride(0)) if buf.dim() == 4 else (1, 0)
     if buf.dim() == 4:
         buf = buf[0]  # the plane the checks and strides describe; the kernel steps across planes by stride_bp
@@ -84,6 +106,7 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     asked = config or lookup("expand_rows", key, y.device, default_expand_rows(r_max))
     offs = device_offsets(slice_offsets, y.device)
     s_pow2 = triton.next_power_of_2(slices)
+    gdc = pdl_switch.use(y.device) if pdl is None else pdl
 
     def launch(cfg: ExpandRowsConfig) -> None:
         grid = (tile_bound(n_y, slices, cfg.block_n), triton.cdiv(t, cfg.block_m))  # spare tiles exit at once
@@ -92,7 +115,7 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
             plane_stride, buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-            PLANES=planes, num_warps=cfg.num_warps,
+            PLANES=planes, num_warps=cfg.num_warps, **pdl_switch.launch_options(gdc),
         )
     launch_fitting("expand_rows", key, asked, launch)
     return y

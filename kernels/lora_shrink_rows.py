@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl as pdl_switch
 from kernels.interpret import patch_interpreter
 from kernels.launch import ShrinkRowsConfig, launch_fitting, lookup, shrink_key
 from kernels.lora_shrink import _check
@@ -20,19 +21,40 @@ patch_interpreter()
 
 
 @triton.jit
+def _a_chunk(a_rows, kk, k_hi, c_ok, stride_ah, EVEN_K: tl.constexpr):
+    """(BLOCK_M, C, BLOCK_K) of the rows' adapters' A at hidden columns kk."""
+    if EVEN_K:
+        return tl.load(a_rows[:, :, None] + kk[None, None, :] * stride_ah, mask=c_ok[:, :, None], other=0.0)
+    return tl.load(a_rows[:, :, None] + kk[None, None, :] * stride_ah,
+                   mask=c_ok[:, :, None] & (kk < k_hi)[None, None, :], other=0.0)
+
+
+@triton.jit
+def _x_chunk(x_rows, kk, k_hi, has, stride_xh, EVEN_K: tl.constexpr):
+    """(BLOCK_M, BLOCK_K) of the rows' activations at hidden columns kk."""
+    if EVEN_K:
+        return tl.load(x_rows[:, None] + kk[None, :] * stride_xh, mask=has[:, None], other=0.0)
+    return tl.load(x_rows[:, None] + kk[None, :] * stride_xh, mask=has[:, None] & (kk < k_hi)[None, :], other=0.0)
+
+
+@triton.jit
 def _shrink_rows_kernel(
     x_ptr, a_ptr, out_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr,
     T, hidden, k_per_split, r_max,
     stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
     stride_op, stride_os, stride_ot, stride_or,
     S: tl.constexpr, S_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x every (slice, rank) column x the
     program's share of the hidden dimension (axis 1), into plane program_id(1) of out.
 
     Columns are (slice, rank) pairs, c = slice * R_PAD + r, masked past each row's own rank, so a row reads only its
-    adapter's rows of A. The product is a float32 multiply-add (each row meets only its own A: no tensor cores)."""
+    adapter's rows of A. The product is a float32 multiply-add (each row meets only its own A: no tensor cores).
+    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first chunk of A are read before waiting for
+    the kernel before; x and the stores come after."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.program_id(1)
     m_in = offs_m < T
@@ -51,17 +73,14 @@ def _shrink_rows_kernel(
     k_lo = ks * k_per_split
     k_hi = tl.minimum(hidden, k_lo + k_per_split)
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, S_PAD * R_PAD), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        kk = k0 + offs_k
-        if EVEN_K:
-            xt = tl.load(x_rows[:, None] + kk[None, :] * stride_xh, mask=has[:, None], other=0.0)
-            at = tl.load(a_rows[:, :, None] + kk[None, None, :] * stride_ah, mask=c_ok[:, :, None], other=0.0)
-        else:
-            k_in = kk < k_hi
-            xt = tl.load(x_rows[:, None] + kk[None, :] * stride_xh, mask=has[:, None] & k_in[None, :], other=0.0)
-            at = tl.load(a_rows[:, :, None] + kk[None, None, :] * stride_ah,
-                         mask=c_ok[:, :, None] & k_in[None, None, :], other=0.0)
+    at = _a_chunk(a_rows, k_lo + offs_k, k_hi, c_ok, stride_ah, EVEN_K)  # every share has a first chunk
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
+    xt = _x_chunk(x_rows, k_lo + offs_k, k_hi, has, stride_xh, EVEN_K)
+    acc = tl.sum(xt.to(tl.float32)[:, None, :] * at.to(tl.float32), axis=2)
+    for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+        at = _a_chunk(a_rows, k0 + offs_k, k_hi, c_ok, stride_ah, EVEN_K)
+        xt = _x_chunk(x_rows, k0 + offs_k, k_hi, has, stride_xh, EVEN_K)
         acc += tl.sum(xt.to(tl.float32)[:, None, :] * at.to(tl.float32), axis=2)
     out = (out_ptr + ks * stride_op + c_slice[None, :] * stride_os + tok[:, None] * stride_ot
            + c_r[None, :] * stride_or)
@@ -79,12 +98,14 @@ def default_shrink_rows(tokens: int, hidden: int, slices: int, max_rank: int) ->
 
 
 def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: torch.Tensor,
-                     ranks: torch.Tensor, out: torch.Tensor, config: ShrinkRowsConfig | None = None) -> torch.Tensor:
+                     ranks: torch.Tensor, out: torch.Tensor, config: ShrinkRowsConfig | None = None,
+                     pdl: bool | None = None) -> torch.Tensor:
     """kernels.lora_shrink.lora_shrink's contract, reading the tokens in slot order with their slots
     (meta.token_indices, meta.sorted_slot) instead of the segments. Returns the rank vectors: `out` itself when the
     config does not split the hidden dimension, else a new float32 [P, S, T, R_max] of P partial planes whose sum
     over the first dimension is what `out` would hold (kernels.lora_expand_rows takes either). Elements past a slot's
-    rank and rows without an adapter are not written, in every plane."""
+    rank and rows without an adapter are not written, in every plane. pdl: launch with PDL (kernels/pdl.py; default
+    where it is enabled and supported)."""
     _check(x, lora_a, meta, scales, ranks, out)
     t, hidden = x.shape
     slices, r_max = lora_a.shape[1], lora_a.shape[2]
@@ -93,6 +114,7 @@ def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scal
     key = shrink_key(t, hidden, slices, r_max, x.dtype)
     asked = config or lookup("shrink_rows", key, x.device, default_shrink_rows(t, hidden, slices, r_max))
     planes = [out]
+    gdc = pdl_switch.use(x.device) if pdl is None else pdl
 
     def launch(cfg: ShrinkRowsConfig) -> None:
         split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
@@ -107,7 +129,7 @@ def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scal
             dst.stride(0), dst.stride(1), dst.stride(2), dst.stride(3),
             S=slices, S_PAD=triton.next_power_of_2(slices), R_PAD=triton.next_power_of_2(r_max),
             BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, EVEN_K=k_per_split * split == hidden,
-            num_warps=cfg.num_warps,
+            num_warps=cfg.num_warps, **pdl_switch.launch_options(gdc),
         )
         planes[0] = out if split == 1 else dst
     launch_fitting("shrink_rows", key, asked, launch)

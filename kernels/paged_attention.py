@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
 from kernels.launch import AttentionConfig, attention_key, default_attention, launch_fitting, lookup, sm_count
 
@@ -25,18 +26,24 @@ def _attn_split_kernel(
     stride_ob, stride_oh, stride_od,
     HKV: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, PAGES: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    UPCAST: tl.constexpr, PREC: tl.constexpr,
+    UPCAST: tl.constexpr, PREC: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """One program: the GROUP query heads of one KV head of one sequence over 1/NUM_SPLITS of its context.
 
     Each split covers a share of that sequence's own blocks (sized from its context length on the
     device), so every split has work whatever the block table's width. With one split the program
     writes the normalised output; otherwise (acc, max, sum) partials that _attn_reduce_kernel merges.
+    USE_GDC (PDL, kernels/pdl.py): the context length is read before waiting for the kernel before (the one that
+    wrote q and the new token's K and V).
     """
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
     ctx = tl.load(ctx_ptr + b)
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
     n_blocks = (ctx + BLOCK_SIZE - 1) // BLOCK_SIZE
     per_split = ((n_blocks + NUM_SPLITS - 1) // NUM_SPLITS + PAGES - 1) // PAGES * PAGES
     blk_lo = sp * per_split
@@ -93,9 +100,12 @@ def _attn_split_kernel(
 def _attn_reduce_kernel(
     acc_ptr, ml_ptr, out_ptr,
     stride_ob, stride_oh, stride_od,
-    HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """Merge the split partials of one (sequence, query head): out = sum_i w_i acc_i / sum_i w_i l_i."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, NUM_SPLITS)
@@ -172,6 +182,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     key = attention_key(bt, max_blocks, block_size, hq, hkv, d, q.dtype)
     asked = config or lookup("attention", key, q.device, default_attention(bt, max_blocks, block_size, hq, hkv, d))
     d_pad = triton.next_power_of_2(d)
+    gdc = pdl.use(q.device)
 
     def launch(cfg: AttentionConfig) -> None:
         pages = max(cfg.pages_per_tile, triton.cdiv(16, block_size))  # tl.dot needs >= 16 tokens per step
@@ -192,12 +203,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             BLOCK_SIZE=block_size, PAGES=pages, NUM_SPLITS=splits,
             UPCAST=q.dtype == torch.bfloat16 and upcast_bf16_dot(),
             PREC="ieee" if q.dtype == torch.float32 else "tf32",
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_options(gdc),
         )
         if splits > 1:
             _attn_reduce_kernel[(bt, hq)](
                 acc, ml, out, out.stride(0), out.stride(1), out.stride(2),
-                HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=splits, num_warps=4,
+                HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=splits, num_warps=4, **pdl.launch_options(gdc),
             )
     launch_fitting("attention", key, asked, launch)
     return out

@@ -23,6 +23,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
+from kernels import pdl as kernels_pdl
 from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
 
 CPU_KV_BLOCKS = 2048
@@ -50,6 +51,10 @@ EXTRA_KEYS = {
     "lora_shrink_rows": "steps that expand LoRA by rows also shrink by rows: each token reads its own adapter's A "
                         "over a share of the hidden dimension, no segments and no split-K pass "
                         f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
+    "pdl": "on Hopper GPUs, launch the step's own Triton kernels (LoRA by rows, norms, RoPE + cache write, SiLU-mul, "
+           "attention) with programmatic dependent launch: each loads its weights and metadata while the kernel "
+           "before finishes (kernels/pdl.py; default: LORA_FLEET_PDL if set, else "
+           f"{str(kernels_pdl.DEFAULT).lower()}; one setting for the process)",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -132,6 +137,7 @@ class MultiLoRAEngine(Engine):
         self.model.use_lora_fold(self._flag("lora_fold", False))
         self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
+        kernels_pdl.set_enabled(self._flag("pdl", kernels_pdl.enabled()))
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)

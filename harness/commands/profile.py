@@ -84,6 +84,9 @@ def register(subparsers) -> None:
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
                    help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 32)")
+    p.add_argument("--pdl", choices=("on", "off"), default=None,
+                   help="programmatic dependent launch of the step's own Triton kernels on Hopper GPUs (engine extra "
+                        "pdl; default: the engine's)")
     p.add_argument("--fused-lora", type=_modes, default=("auto",),
                    metavar="on|off|auto|fold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                         iters=args.iters, rounds=args.rounds, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
-                        fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts)
+                        fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts,
+                        pdl=None if args.pdl is None else args.pdl == "on")
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters),
                         ("--rounds", cfg.rounds)):
         if value < 1:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Session 11's GPU work on one H200 (issue 15), one device call (under 10 minutes) per letter:
+#   scripts/h200_run12.sh a   # programmatic dependent launch (kernels/pdl.py): the GPU tests, then the decode profile
+#                             #   in 3 rounds at batches 1, 64, 256 over 0, 1, 64, 256 adapters with PDL off and on
+#                             #   (same machine, one after the other)
+#   scripts/h200_run12.sh b   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
+#                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
+#   scripts/h200_run12.sh c   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
+#                             #   served tok/s with it off) and scripts/served_vs_step.py
+# Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/r12
+call=${1:?usage: h200_run12.sh a|b|c}
+. scripts/gpu_call_start.sh
+case "$call" in
+a)
+  timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_pdl.py tests/test_kernels_shrink_rows.py \
+      tests/test_kernels_expand_rows.py tests/test_engine_fused_ops.py tests/test_kernels_attention.py \
+      > "$res/logs/a-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/a-tests.log" | tail -8
+  for p in off on; do
+    timeout 220 "${prof[@]}" --pdl $p --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
+        --out "$res/runs/profile-pdl-$p.json" > "$res/logs/a-profile-pdl-$p.log" 2>&1
+    echo "-- PDL $p"; grep -E "^\|" "$res/logs/a-profile-pdl-$p.log" | head -24
+    grep -A1 -E "^decode batch" "$res/logs/a-profile-pdl-$p.log" | grep -v "^--" | cut -c1-190
+  done ;;
+b)
+  for p in 0 1; do
+    LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
+        --json "$res/runs/breakdown-64-pdl$p.json" > "$res/logs/b-breakdown-pdl$p.log" 2>&1
+    echo "-- PDL $p"; grep -E "^\|" "$res/logs/b-breakdown-pdl$p.log" | head -30
+    LORA_FLEET_PDL=$p timeout 90 python3 -m kernels.bench --only decode-1x1-r16,decode-64x64-r16,decode-256x256-r16 \
+        --out "$res/runs/kernels-pdl$p.json" > "$res/logs/b-bench-pdl$p.log" 2>&1
+    grep -E "^\| decode" "$res/logs/b-bench-pdl$p.log" | cut -d'|' -f2-9
+  done ;;
+c)
+  LORA_FLEET_PDL=1 timeout -s INT 150 python3 -m harness run workloads/saturate.yaml --machine cuda \
+      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
+      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/c-saturate.log" 2>&1
+  grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+esac
+. scripts/gpu_call_pack.sh

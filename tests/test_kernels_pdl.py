@@ -1,0 +1,176 @@
+"""Programmatic dependent launch (kernels/pdl.py): where it applies, how it is switched, and the rules every kernel
+launched with it keeps, read off the PTX that Triton compiles for sm_90 on a machine without a GPU (no store before
+griddepcontrol.wait, the weights' loads issued before it); on a Hopper GPU the kernels give the same results under a
+CUDA graph with it as without."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels.pdl as pdl
+from engines.config import EngineConfig
+from engines.registry import create_engine
+from tests.test_engine_lora_fold import adapter_dir, serve  # noqa: F401  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.fixture
+def restore_pdl():
+    was = pdl.enabled()
+    yield
+    pdl.set_enabled(was)
+
+
+def test_pdl_is_never_used_off_a_compiled_gpu_kernel(monkeypatch, restore_pdl):
+    pdl.set_enabled(True)
+    assert not pdl.use(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreted kernels have no launch options
+    assert not pdl.supported(torch.device("cuda", 0))
+    assert pdl.launch_options(False) == {"USE_GDC": False}  # the interpreter is given no launch_pdl keyword
+    assert pdl.launch_options(True) == {"USE_GDC": True, "launch_pdl": True}
+
+
+@pytest.mark.parametrize("value,want", [("0", False), ("off", False), ("1", True), ("on", True), ("", None)])
+def test_the_environment_asks_for_it_or_not(value, want):
+    env = {**os.environ, pdl.ENV: value, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", "import kernels.pdl as p; print(p.enabled(), p.DEFAULT)"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    enabled, default = out.stdout.split()
+    assert enabled == str(pdl.DEFAULT if want is None else want) and default == str(pdl.DEFAULT)
+
+
+def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_pdl):
+    for on in (True, False):
+        eng = create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": on}))
+        assert pdl.enabled() is on
+        eng.close()
+    with pytest.raises(ValueError, match=r"extra\.pdl='maybe' must be true or false"):
+        create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": "maybe"}))
+
+
+CHILD = """
+import json
+from kernels.aot import check
+from kernels.cases import ATTENTION_CASES
+cases = ["decode-64x64-r16-qkv", "fused-ops-llama3-8b", "decode-attn-b16-ctx2048"]
+print(json.dumps({"on": check(cases, arch=90, pdl=True, ptx=True), "off": check(cases, arch=90, pdl=False, ptx=True)}))
+"""
+PDL_KERNELS = {"_shrink_rows_kernel", "_expand_rows_kernel", "_add_rms_norm_kernel", "_rope_cache_kernel",
+               "_silu_mul_kernel", "_attn_split_kernel", "_attn_reduce_kernel"}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend compiles sm_90 code")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _lines(ptx: str) -> list[str]:
+    return [line.strip() for line in ptx.splitlines()]
+
+
+def _first(lines: list[str], pattern: str) -> int:
+    return next((i for i, line in enumerate(lines) if re.search(pattern, line)), -1)
+
+
+def _count(lines: list[str], pattern: str, lo: int = 0, hi: int | None = None) -> int:
+    return sum(bool(re.search(pattern, line)) for line in lines[lo:hi])
+
+
+LOAD, STORE = r"\bld\.global", r"\bst\.global|\bred\.|\batom\."
+
+
+def test_every_kernel_launched_with_pdl_waits_before_it_stores_and_lets_the_next_start(compiled):
+    rows = [r for r in compiled["on"] if r["constants"].get("USE_GDC")]
+    assert {r["kernel"] for r in rows} == PDL_KERNELS
+    for r in rows:
+        assert r["ok"] and r["constants"]["launch_pdl"] is True, r["kernel"]
+        lines = _lines(r["ptx"])
+        wait, trigger = _first(lines, r"griddepcontrol\.wait"), _first(lines, r"griddepcontrol\.launch_dependents")
+        assert 0 <= trigger < wait, r["kernel"]  # the next kernel may start as soon as this one is resident
+        assert _count(lines, STORE, 0, wait) == 0, f"{r['kernel']} stores before its wait"
+        assert _count(lines, STORE, wait) > 0 and _count(lines, LOAD, wait) > 0, r["kernel"]
+
+
+def test_the_lora_kernels_issue_their_weights_loads_before_the_wait(compiled):
+    for r in compiled["on"]:
+        if r["kernel"] in ("_shrink_rows_kernel", "_expand_rows_kernel"):
+            lines = _lines(r["ptx"])
+            wait = _first(lines, r"griddepcontrol\.wait")
+            before, after = _count(lines, LOAD, 0, wait), _count(lines, LOAD, wait)
+            # metadata is a handful of loads; the first chunk of A (shrink) or B (expand) is about half of them
+            assert before >= 0.4 * (before + after) and before > 16, (r["kernel"], before, after)
+
+
+def test_without_pdl_the_kernels_carry_no_grid_dependency_control(compiled):
+    names = {r["kernel"] for r in compiled["off"]}
+    assert PDL_KERNELS <= names
+    for r in compiled["off"]:
+        assert r["ok"] and "griddepcontrol" not in r["ptx"] and "launch_pdl" not in r["constants"], r["kernel"]
+
+
+@pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
+def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_launches():
+    from kernels.fused_ops import FusedOps
+    from kernels.lora_expand_rows import lora_expand_rows
+    from kernels.lora_shrink_rows import lora_shrink_rows
+    from kernels.meta import LoRAMeta
+    from tests.test_kernels_lora import make_inputs, rand_slots
+
+    dev = torch.device("cuda")
+    x, a, b, scales, ranks, offs, y0 = (t.to(dev) for t in make_inputs(4096, [4096, 1024, 1024],
+                                                                      [16, 8, 4, 16, 12, 16, 8, 16], 64,
+                                                                      torch.bfloat16, 3))
+    meta = LoRAMeta(64, 8, device=dev).prepare(rand_slots(64, 8, 1))
+    w = torch.randn(4096, device=dev, dtype=torch.bfloat16)
+
+    def step(on: bool):
+        buf = torch.zeros(3, 64, 16, device=dev)
+        y = y0.clone()
+        got = lora_shrink_rows(x, a, meta, scales, ranks, buf, pdl=on)
+        lora_expand_rows(got, b, meta, ranks, offs, y, pdl=on)
+        return y, FusedOps.add_rms_norm(y[:, :4096].contiguous(), x.clone(), w, 1e-5)[0]
+
+    results = {}
+    for on in (False, True):
+        pdl_was = pdl.enabled()
+        pdl.set_enabled(on)  # the fused ops follow the process switch
+        try:
+            step(on)  # compile outside the capture
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = step(on)
+            g.replay()
+            torch.cuda.synchronize()
+            results[on] = [t.clone() for t in out]
+        finally:
+            pdl.set_enabled(pdl_was)
+    for plain, dependent in zip(results[False], results[True]):
+        assert torch.equal(plain, dependent)  # same arithmetic, same order: bit for bit
+
+
+@pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
+def test_on_a_hopper_gpu_the_engine_serves_the_same_tokens_with_pdl(restore_pdl, adapter_dir):  # noqa: F811
+    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
+    got = {}
+    for on in (False, True):
+        eng = create_engine(EngineConfig(**gpu, extra={"pdl": on}))
+        assert pdl.use(eng.device) is on
+        got[on], _ = serve(eng)
+        eng.close()
+    assert got[True] == got[False]
