@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
@@ -85,17 +86,22 @@ def _expand_kernel(
     stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x N_STEPS * BLOCK_N output columns of one slice.
 
     Axis 0 walks the slices' column chunks, axis 1 the segments' token tiles (both flattened, bounds
     from the host, the actual counts from the device), so neighbouring programs stream neighbouring
-    columns of one adapter. The rank loop stops at the slot's own rank.
+    columns of one adapter. The rank loop stops at the slot's own rank. USE_GDC (launched with PDL,
+    kernels/pdl.py): the segment metadata is read before waiting for the kernel before.
     """
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     slot, rank, tok, m_mask, sl, n_chunk, n_lo, n_hi = locate_program(
         tl.program_id(1), tl.program_id(0), tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
         off_ptr, r_max, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_N * N_STEPS)
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
     if rank > 0:  # a valid tile of an adapter that has this module
         # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
         if n_lo % 16 == 0:
@@ -161,6 +167,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     key = expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype)  # y may be float32 (a folded output)
     asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
     offs = device_offsets(slice_offsets, y.device)
+    gdc = pdl.use(y.device)
 
     def launch(cfg: ExpandConfig) -> None:
         grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
@@ -177,7 +184,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             # a float32 y (float32 weights, or a folded LoRA output) keeps float32's precision; a 16-bit y is
             # rounded far coarser than tf32's rounding of the rank vectors
             PREC="ieee" if torch.float32 in (lora_b.dtype, y.dtype) else "tf32",
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_options(gdc),
         )
     launch_fitting("expand", key, asked, launch)
     return y

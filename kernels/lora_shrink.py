@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.launch import ShrinkConfig, default_shrink, launch_fitting, lookup, shrink_key, sm_count
 from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
@@ -25,13 +26,16 @@ def _shrink_kernel(
     stride_os, stride_ot, stride_or,
     S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x all S slices x one 1/SPLIT_K share of the hidden dim.
 
     Columns of the accumulator are (slice, rank) pairs: c = slice * BLOCK_R + r, so x is loaded once per
     K step for every slice. Ranks are looped up to the slot's own rank; rows of A past it are never read.
+    USE_GDC (launched with PDL, kernels/pdl.py): the segment metadata is read before waiting for the kernel before.
     """
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     ks = tl.program_id(1)
     offs_seg = tl.arange(0, SEG_POW2)
@@ -48,6 +52,8 @@ def _shrink_kernel(
         offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < length
         tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
+        if USE_GDC:
+            tl.extra.cuda.gdc_wait()
         offs_c = tl.arange(0, S_PAD * BLOCK_R)
         c_slice = offs_c // BLOCK_R
         c_r = offs_c % BLOCK_R
@@ -99,6 +105,8 @@ def _shrink_kernel(
                            + (r0 + c_r)[None, :] * stride_or)
                     tl.store(out, total * scale, mask=m_mask[:, None] & c_mask[None, :])
                 tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    elif USE_GDC:
+        tl.extra.cuda.gdc_wait()  # every program waits: this kernel's end still implies the one before's
 
 
 def _check(x, lora_a, meta, scales, ranks, out):
@@ -150,6 +158,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
     tiles16 = tile_bound(t, meta.max_segments, 16)
     asked = config or lookup("shrink", key, x.device,
                              default_shrink(t, hidden, slices, r_max, tiles16, sm_count(x.device)))
+    gdc = pdl.use(x.device)
 
     def launch(cfg: ShrinkConfig) -> None:
         n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)
@@ -174,7 +183,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
             EVEN_K=k_per_split * split == hidden,
             PREC="ieee" if x.dtype == torch.float32 else "tf32",
             UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_options(gdc),
         )
     launch_fitting("shrink", key, asked, launch)
     return out

@@ -51,8 +51,8 @@ EXTRA_KEYS = {
     "lora_shrink_rows": "steps that expand LoRA by rows also shrink by rows: each token reads its own adapter's A "
                         "over a share of the hidden dimension, no segments and no split-K pass "
                         f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
-    "pdl": "on Hopper GPUs, launch the step's own Triton kernels (LoRA by rows, norms, RoPE + cache write, SiLU-mul, "
-           "attention) with programmatic dependent launch: each loads its weights and metadata while the kernel "
+    "pdl": "on Hopper GPUs, launch the step's own Triton kernels (LoRA shrink and expand, norms, RoPE + cache write, "
+           "SiLU-mul, attention) with programmatic dependent launch: each loads weights and metadata while the kernel "
            "before finishes (kernels/pdl.py; default: LORA_FLEET_PDL if set, else "
            f"{str(kernels_pdl.DEFAULT).lower()}; one setting for the process)",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
