@@ -3,15 +3,18 @@
 #   scripts/h200_run12.sh a   # programmatic dependent launch (kernels/pdl.py): the GPU tests, then the decode profile
 #                             #   in 3 rounds at batches 1, 64, 256 over 0, 1, 64, 256 adapters with PDL off and on
 #                             #   (same machine, one after the other)
-#   scripts/h200_run12.sh b   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
+#   scripts/h200_run12.sh b   # call a's GPU tests failed (an illegal address after the engine test with PDL on): the
+#                             #   PTX test's counts under the machine's Triton, and scripts/pdl_bisect.py (which kernel
+#                             #   family launched with PDL breaks the tiny engine, eager and with graphs)
+#   scripts/h200_run12.sh c   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
 #                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
-#   scripts/h200_run12.sh c   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
+#   scripts/h200_run12.sh d   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
 #                             #   served tok/s with it off) and scripts/served_vs_step.py
 # Wheels: .whl/ from scripts/gather_wheels.sh (carried as an ignored path). Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r12
-call=${1:?usage: h200_run12.sh a|b|c}
+call=${1:?usage: h200_run12.sh a|b|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -26,6 +29,11 @@ a)
     grep -A1 -E "^decode batch" "$res/logs/a-profile-pdl-$p.log" | grep -v "^--" | cut -c1-190
   done ;;
 b)
+  timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_pdl.py -k "weights or without" \
+      > "$res/logs/b-tests.log" 2>&1
+  grep -E "assert|Error|passed|failed" "$res/logs/b-tests.log" | head -12
+  timeout 400 python3 scripts/pdl_bisect.py 2>&1 | tee "$res/logs/b-bisect.log" ;;
+c)
   for p in 0 1; do
     LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
         --json "$res/runs/breakdown-64-pdl$p.json" > "$res/logs/b-breakdown-pdl$p.log" 2>&1
@@ -34,13 +42,13 @@ b)
         --out "$res/runs/kernels-pdl$p.json" > "$res/logs/b-bench-pdl$p.log" 2>&1
     grep -E "^\| decode" "$res/logs/b-bench-pdl$p.log" | cut -d'|' -f2-9
   done ;;
-c)
+d)
   LORA_FLEET_PDL=1 timeout -s INT 150 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
       --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/c-saturate.log" 2>&1
   grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -1,0 +1,81 @@
+"""Which kernel family, launched with PDL (kernels/pdl.py), changes what the engine serves? Serves the tiny model's
+requests over four adapters (tests/test_engine_lora_fold.py's) with PDL off, then, each in a child process (an
+illegal address ends a CUDA context), with PDL on for one family of kernels at a time, eager and with graphs.
+
+    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1]
+
+Prints one line per (family, graphs): same tokens, different tokens, or the child's error."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = {  # the modules whose kernels each family launches
+    "lora_rows": ("kernels.lora_shrink_rows", "kernels.lora_expand_rows"),
+    "lora_segments": ("kernels.lora_shrink", "kernels.lora_expand"),
+    "fused_ops": ("kernels.fused_ops",),
+    "attention": ("kernels.paged_attention",),
+}
+FAMILIES["all"] = tuple(m for v in FAMILIES.values() for m in v)
+CHILD = """
+import importlib, json, sys, types
+import torch
+sys.path.insert(0, {root!r})
+from engines.config import EngineConfig
+from engines.registry import create_engine
+from tests.test_engine_lora_fold import serve
+import kernels.pdl as real
+real.set_enabled(True)
+off = types.SimpleNamespace(use=lambda device: False, launch_options=real.launch_options)
+for name in {others!r}:
+    mod = importlib.import_module(name)
+    setattr(mod, "pdl" if hasattr(mod, "pdl") else "pdl_switch", off)
+eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
+                                 num_kv_blocks=512, extra={{"pdl": {on}, "capture_graphs": {graphs}, "warmup": False}}))
+toks, _ = serve(eng)
+eng.close()
+torch.cuda.synchronize()
+print(json.dumps(toks))
+"""
+
+
+def run(mods, graphs: bool, adapters: str, on: bool) -> tuple[str, dict | None]:
+    others = [m for m in FAMILIES["all"] if m not in mods]
+    code = CHILD.format(root=str(ROOT), mods=list(mods), others=others, adapters=adapters, on=on, graphs=graphs)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if out.returncode:
+        err = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
+        return (err[-1] if err else out.stderr[-300:]).strip()[:300], None
+    return "ok", json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="all,lora_rows,lora_segments,fused_ops,attention")
+    ap.add_argument("--graphs", default="0,1")
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from engines.adapters.synth import make_adapters
+    from engines.model.config import ModelArgs
+    root = Path(tempfile.mkdtemp(prefix="pdl-bisect-"))
+    make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+                  root, dtype=torch.float32)
+    for graphs in (g == "1" for g in a.graphs.split(",")):
+        status, want = run((), graphs, str(root), False)
+        print(f"graphs={graphs} PDL off: {status}", flush=True)
+        for fam in a.families.split(","):
+            status, got = run(FAMILIES[fam], graphs, str(root), True)
+            verdict = status if got is None else ("same tokens" if got == want else "DIFFERENT tokens")
+            print(f"graphs={graphs} PDL on for {fam:14s}: {verdict}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
