@@ -6,6 +6,8 @@
 #   scripts/h200_run12.sh b   # call a's GPU tests failed (an illegal address after the engine test with PDL on): the
 #                             #   PTX test's counts under the machine's Triton, and scripts/pdl_bisect.py (which kernel
 #                             #   family launched with PDL breaks the tiny engine, eager and with graphs)
+#   scripts/h200_run12.sh b2  # the GPU tests of tests/test_kernels_pdl.py alone (-x), and the bisection with the
+#                             #   engine's start-up prefills (extra warmup) and graphs
 #   scripts/h200_run12.sh c   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
 #                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
 #   scripts/h200_run12.sh d   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
@@ -14,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r12
-call=${1:?usage: h200_run12.sh a|b|c|d}
+call=${1:?usage: h200_run12.sh a|b|b2|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -33,6 +35,11 @@ b)
       > "$res/logs/b-tests.log" 2>&1
   grep -E "assert|Error|passed|failed" "$res/logs/b-tests.log" | head -12
   timeout 400 python3 scripts/pdl_bisect.py 2>&1 | tee "$res/logs/b-bisect.log" ;;
+b2)
+  timeout 200 python3 -m pytest -x -q -p no:randomly --tb=long tests/test_kernels_pdl.py -k "hopper" \
+      > "$res/logs/b2-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/b2-tests.log" | grep -E "^E |Error|passed|failed|^tests|line" | head -40
+  timeout 300 python3 scripts/pdl_bisect.py --graphs 1 --warmup 2>&1 | tee "$res/logs/b2-bisect.log" ;;
 c)
   for p in 0 1; do
     LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
@@ -49,6 +56,6 @@ d)
   grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c d)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b b2 c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
