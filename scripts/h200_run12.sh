@@ -8,6 +8,8 @@
 #                             #   family launched with PDL breaks the tiny engine, eager and with graphs)
 #   scripts/h200_run12.sh b2  # the GPU tests of tests/test_kernels_pdl.py alone (-x), and the bisection with the
 #                             #   engine's start-up prefills (extra warmup) and graphs
+#   scripts/h200_run12.sh b3  # the bisection with a PDL-off engine served first in each child, and compute-sanitizer
+#                             #   on the failing engine test
 #   scripts/h200_run12.sh c   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
 #                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
 #   scripts/h200_run12.sh d   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
@@ -16,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r12
-call=${1:?usage: h200_run12.sh a|b|b2|c|d}
+call=${1:?usage: h200_run12.sh a|b|b2|b3|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -40,6 +42,11 @@ b2)
       > "$res/logs/b2-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/b2-tests.log" | grep -E "^E |Error|passed|failed|^tests|line" | head -40
   timeout 300 python3 scripts/pdl_bisect.py --graphs 1 --warmup 2>&1 | tee "$res/logs/b2-bisect.log" ;;
+b3)
+  timeout 200 python3 scripts/pdl_bisect.py --graphs 0,1 --after-off 2>&1 | tee "$res/logs/b3-bisect.log"
+  timeout 250 compute-sanitizer --tool memcheck --print-limit 8 python3 -m pytest -x -q -p no:randomly --tb=no \
+      tests/test_kernels_pdl.py -k "engine_serves" > "$res/logs/b3-sanitizer.log" 2>&1
+  grep -E "Invalid|at .*kernel|by thread|Address|ERROR SUMMARY|passed|failed" "$res/logs/b3-sanitizer.log" | head -30 ;;
 c)
   for p in 0 1; do
     LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
@@ -56,6 +63,6 @@ d)
   grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b b2 c d)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b b2 b3 c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -2,7 +2,7 @@
 requests over four adapters (tests/test_engine_lora_fold.py's) with PDL off, then, each in a child process (an
 illegal address ends a CUDA context), with PDL on for one family of kernels at a time, eager and with graphs.
 
-    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup]
+    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off]
 
 Prints one line per (family, graphs): same tokens, different tokens, or the child's error."""
 from __future__ import annotations
@@ -35,18 +35,20 @@ off = types.SimpleNamespace(use=lambda device: False, launch_options=real.launch
 for name in {others!r}:
     mod = importlib.import_module(name)
     setattr(mod, "pdl" if hasattr(mod, "pdl") else "pdl_switch", off)
-eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
-                                 num_kv_blocks=512, extra={{"pdl": {on}, "capture_graphs": {graphs}, "warmup": {warmup}}}))
-toks, _ = serve(eng)
-eng.close()
-torch.cuda.synchronize()
+for on in {sequence!r}:  # engines one after another in this process
+    eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
+                                     num_kv_blocks=512, extra={{"pdl": on, "capture_graphs": {graphs},
+                                                                "warmup": {warmup}}}))
+    toks, _ = serve(eng)
+    eng.close()
+    torch.cuda.synchronize()
 print(json.dumps(toks))
 """
 
 
-def run(mods, graphs: bool, adapters: str, on: bool, warmup: bool = False) -> tuple[str, dict | None]:
+def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = False) -> tuple[str, dict | None]:
     others = [m for m in FAMILIES["all"] if m not in mods]
-    code = CHILD.format(root=str(ROOT), mods=list(mods), others=others, adapters=adapters, on=on, graphs=graphs,
+    code = CHILD.format(root=str(ROOT), mods=list(mods), others=others, adapters=adapters, sequence=sequence, graphs=graphs,
                        warmup=warmup)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     if out.returncode:
@@ -60,6 +62,7 @@ def main() -> int:
     ap.add_argument("--families", default="all,lora_rows,lora_segments,fused_ops,attention")
     ap.add_argument("--graphs", default="0,1")
     ap.add_argument("--warmup", action="store_true", help="the engine's start-up prefills of every length too")
+    ap.add_argument("--after-off", action="store_true", help="each child serves with PDL off first, then on")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -70,10 +73,10 @@ def main() -> int:
     make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
                   root, dtype=torch.float32)
     for graphs in (g == "1" for g in a.graphs.split(",")):
-        status, want = run((), graphs, str(root), False, a.warmup)
+        status, want = run((), graphs, str(root), [False], a.warmup)
         print(f"graphs={graphs} PDL off: {status}", flush=True)
         for fam in a.families.split(","):
-            status, got = run(FAMILIES[fam], graphs, str(root), True, a.warmup)
+            status, got = run(FAMILIES[fam], graphs, str(root), [False, True] if a.after_off else [True], a.warmup)
             verdict = status if got is None else ("same tokens" if got == want else "DIFFERENT tokens")
             print(f"graphs={graphs} PDL on for {fam:14s}: {verdict}", flush=True)
     return 0
