@@ -12,6 +12,8 @@
 #                             #   on the failing engine test
 #   scripts/h200_run12.sh b4  # the engine test alone, the bisection with warmup after a PDL-off engine, and
 #                             #   compute-sanitizer on the two GPU tests that fail together
+#   scripts/h200_run12.sh b5  # the bisection in the failing order: the rows pair's graph test, a PDL-off engine, then
+#                             #   PDL on for one family at a time
 #   scripts/h200_run12.sh c   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
 #                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
 #   scripts/h200_run12.sh d   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
@@ -20,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r12
-call=${1:?usage: h200_run12.sh a|b|b2|b3|b4|c|d}
+call=${1:?usage: h200_run12.sh a|b|b2|b3|b4|b5|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -56,6 +58,9 @@ b4)
   timeout 280 compute-sanitizer --tool memcheck --print-limit 6 python3 -m pytest -x -q -p no:randomly --tb=no \
       tests/test_kernels_pdl.py -k "hopper" > "$res/logs/b4-sanitizer.log" 2>&1
   grep -E "Invalid|at .*0x|by thread|Address|ERROR SUMMARY|passed|failed" "$res/logs/b4-sanitizer.log" | head -30 ;;
+b5)
+  timeout 280 python3 scripts/pdl_bisect.py --graphs 1 --warmup --after-off --after-kernel-test 2>&1 \
+      | tee "$res/logs/b5-bisect.log" ;;
 c)
   for p in 0 1; do
     LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
@@ -72,6 +77,6 @@ d)
   grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b b2 b3 b4 c d)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b b2 b3 b4 b5 c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

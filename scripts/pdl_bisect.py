@@ -2,7 +2,7 @@
 requests over four adapters (tests/test_engine_lora_fold.py's) with PDL off, then, each in a child process (an
 illegal address ends a CUDA context), with PDL on for one family of kernels at a time, eager and with graphs.
 
-    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off]
+    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off] [--after-kernel-test]
 
 Prints one line per (family, graphs): same tokens, different tokens, or the child's error."""
 from __future__ import annotations
@@ -35,6 +35,9 @@ off = types.SimpleNamespace(use=lambda device: False, launch_options=real.launch
 for name in {others!r}:
     mod = importlib.import_module(name)
     setattr(mod, "pdl" if hasattr(mod, "pdl") else "pdl_switch", off)
+if {first_test}:  # the GPU kernel test that ran before the failing engine test in pytest
+    from tests.test_kernels_pdl import test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_launches as t
+    t()
 for on in {sequence!r}:  # engines one after another in this process
     eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
                                      num_kv_blocks=512, extra={{"pdl": on, "capture_graphs": {graphs},
@@ -46,10 +49,11 @@ print(json.dumps(toks))
 """
 
 
-def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = False) -> tuple[str, dict | None]:
+def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = False,
+        first_test: bool = False) -> tuple[str, dict | None]:
     others = [m for m in FAMILIES["all"] if m not in mods]
     code = CHILD.format(root=str(ROOT), mods=list(mods), others=others, adapters=adapters, sequence=sequence, graphs=graphs,
-                       warmup=warmup)
+                       warmup=warmup, first_test=first_test)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     if out.returncode:
         err = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
@@ -63,6 +67,8 @@ def main() -> int:
     ap.add_argument("--graphs", default="0,1")
     ap.add_argument("--warmup", action="store_true", help="the engine's start-up prefills of every length too")
     ap.add_argument("--after-off", action="store_true", help="each child serves with PDL off first, then on")
+    ap.add_argument("--after-kernel-test", action="store_true",
+                    help="each child runs tests/test_kernels_pdl.py's graph test of the rows pair first")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -76,7 +82,8 @@ def main() -> int:
         status, want = run((), graphs, str(root), [False], a.warmup)
         print(f"graphs={graphs} PDL off: {status}", flush=True)
         for fam in a.families.split(","):
-            status, got = run(FAMILIES[fam], graphs, str(root), [False, True] if a.after_off else [True], a.warmup)
+            status, got = run(FAMILIES[fam], graphs, str(root), [False, True] if a.after_off else [True], a.warmup,
+                              a.after_kernel_test)
             verdict = status if got is None else ("same tokens" if got == want else "DIFFERENT tokens")
             print(f"graphs={graphs} PDL on for {fam:14s}: {verdict}", flush=True)
     return 0
