@@ -4,6 +4,7 @@ griddepcontrol.wait, the weights' loads issued before it); on a Hopper GPU the k
 CUDA graph with it as without."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import torch
 import kernels.pdl as pdl
 from engines.config import EngineConfig
 from engines.registry import create_engine
-from tests.test_engine_lora_fold import adapter_dir, serve  # noqa: F401  (a fixture)
+from tests.test_engine_lora_fold import adapter_dir  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
@@ -113,8 +114,10 @@ def test_the_lora_kernels_issue_their_weights_loads_before_the_wait(compiled):
             lines = _lines(r["ptx"])
             wait = _first(lines, r"griddepcontrol\.wait")
             before, after = _count(lines, LOAD, 0, wait), _count(lines, LOAD, wait)
-            # metadata is a handful of loads; the first chunk of A (shrink) or B (expand) is about half of them
-            assert before >= 0.4 * (before + after) and before > 16, (r["kernel"], before, after)
+            # the metadata (slice offsets, slots, tokens, ranks, scales) takes at most 16 load instructions here;
+            # the rest before the wait are the first chunk of A (shrink) or B (expand). Measured: 68 and 60 loads
+            # before the wait with Triton 3.9, 42 for the expand with the H200 machine's 3.6
+            assert before >= 32, (r["kernel"], before, after)
 
 
 def test_without_pdl_the_kernels_carry_no_grid_dependency_control(compiled):
@@ -164,13 +167,34 @@ def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_l
         assert torch.equal(plain, dependent)  # same arithmetic, same order: bit for bit
 
 
+def _bisect():
+    spec = importlib.util.spec_from_file_location("pdl_bisect", ROOT / "scripts" / "pdl_bisect.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
-def test_on_a_hopper_gpu_the_engine_serves_the_same_tokens_with_pdl(restore_pdl, adapter_dir):  # noqa: F811
-    gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
-    got = {}
-    for on in (False, True):
-        eng = create_engine(EngineConfig(**gpu, extra={"pdl": on}))
-        assert pdl.use(eng.device) is on
-        got[on], _ = serve(eng)
-        eng.close()
-    assert got[True] == got[False]
+def test_on_a_hopper_gpu_the_engine_serves_the_same_tokens_with_pdl(adapter_dir):  # noqa: F811
+    """Each engine in a process of its own, as a server runs it (start-up prefills, then the requests), eager and
+    with CUDA graphs: PDL on for every kernel that takes it gives the tokens of plain launches."""
+    bisect = _bisect()
+    for graphs in (False, True):
+        status, want = bisect.run((), graphs, str(adapter_dir), [False], warmup=True)
+        assert status == "ok", status
+        status, got = bisect.run(bisect.FAMILIES["all"], graphs, str(adapter_dir), [True], warmup=True)
+        assert status == "ok" and got == want, (graphs, status)
+
+
+@pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
+@pytest.mark.xfail(reason="open (run 12, calls a-b5): in a process that first ran the rows pair's graph test above, "
+                          "an engine with PDL on for the rows pair, the fused ops or attention hits an illegal address "
+                          "(not alone, not under compute-sanitizer, not for the segment kernels); why is not known, "
+                          "so PDL is off by default", strict=False)
+def test_on_a_hopper_gpu_pdl_serves_after_the_rows_pair_graph_test_in_one_process(adapter_dir):  # noqa: F811
+    bisect = _bisect()
+    status, want = bisect.run((), True, str(adapter_dir), [False], warmup=True)
+    assert status == "ok", status
+    status, got = bisect.run(bisect.FAMILIES["all"], True, str(adapter_dir), [False, True], warmup=True,
+                             first_test=True)
+    assert status == "ok" and got == want, status
