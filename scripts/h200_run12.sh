@@ -14,6 +14,8 @@
 #                             #   compute-sanitizer on the two GPU tests that fail together
 #   scripts/h200_run12.sh b5  # the bisection in the failing order: the rows pair's graph test, a PDL-off engine, then
 #                             #   PDL on for one family at a time
+#   scripts/h200_run12.sh t   # GPU tests of the kernels this session changed (PDL off, the default), then
+#                             #   tests/test_kernels_pdl.py
 #   scripts/h200_run12.sh c   # where the step's time goes with PDL off and on (scripts/step_breakdown.py, batch 64
 #                             #   over 0, 1, 64 adapters), and kernels.bench of the decode cases with LORA_FLEET_PDL=0/1
 #   scripts/h200_run12.sh d   # saturate.yaml at 130 req/s over its 30 adapters with PDL on (run 11 call i: 14,427
@@ -22,7 +24,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r12
-call=${1:?usage: h200_run12.sh a|b|b2|b3|b4|b5|c|d}
+call=${1:?usage: h200_run12.sh a|b|b2|b3|b4|b5|t|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -61,6 +63,13 @@ b4)
 b5)
   timeout 280 python3 scripts/pdl_bisect.py --graphs 1 --warmup --after-off --after-kernel-test 2>&1 \
       | tee "$res/logs/b5-bisect.log" ;;
+t)
+  timeout 250 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_shrink_rows.py \
+      tests/test_kernels_expand_rows.py tests/test_kernels_lora.py tests/test_engine_fused_ops.py \
+      tests/test_kernels_attention.py tests/test_engine_expand_rows.py > "$res/logs/t-kernels.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/t-kernels.log" | tail -5
+  timeout 250 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_kernels_pdl.py > "$res/logs/t-pdl.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/t-pdl.log" | tail -8 ;;
 c)
   for p in 0 1; do
     LORA_FLEET_PDL=$p timeout 120 python3 scripts/step_breakdown.py --points 64x0,64x1,64x64 \
@@ -77,6 +86,6 @@ d)
   grep -E "^multilora|invalid|rror" "$res/logs/c-saturate.log" | head -3; grep -h served_tok_s "$res"/runs/*results.json
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b b2 b3 b4 b5 c d)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b b2 b3 b4 b5 t c d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
