@@ -1,4 +1,5 @@
-"""FusedOps (Triton, run by the interpreter on the CPU) against TorchOps: norms, RoPE + cache write, SiLU-mul."""
+"""FusedOps (Triton: run by the interpreter on the CPU, compiled on a GPU) against TorchOps: norms, RoPE + cache write,
+SiLU-mul. Tensors live on DEV: compiled kernels given host tensors would read host addresses."""
 import pytest
 import torch
 
@@ -6,8 +7,11 @@ from engines.model.llama import TorchOps
 from kernels.fused_ops import FusedOps
 
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def rand(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEV, dtype)
 
 
 @pytest.mark.parametrize("dim", [64, 96])
@@ -26,10 +30,10 @@ def test_rms_norm_and_add_rms_norm(dim):
 def test_rope_and_cache_write(hd):
     n_heads, n_kv, t, bs, nb = 4, 2, 6, 4, 8
     qkv = rand(t, (n_heads + 2 * n_kv) * hd, seed=4)
-    positions = torch.tensor([0, 1, 2, 7, 30, 100])
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
-    slots = torch.tensor([5, 6, 7, 12, 29, 3])
-    caches = [torch.full((nb, bs, n_kv, hd), float("nan")) for _ in range(4)]
+    positions = torch.tensor([0, 1, 2, 7, 30, 100], device=DEV)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=DEV).float() / hd))
+    slots = torch.tensor([5, 6, 7, 12, 29, 3], device=DEV)
+    caches = [torch.full((nb, bs, n_kv, hd), float("nan"), device=DEV) for _ in range(4)]
     ref = TorchOps.rope_and_cache(qkv.clone(), TorchOps.rope_tables(positions, inv_freq), n_heads, n_kv, hd,
                                   caches[0], caches[1], slots)
     got = FusedOps.rope_and_cache(qkv.clone(), FusedOps.rope_tables(positions, inv_freq), n_heads, n_kv, hd,
@@ -70,9 +74,10 @@ def test_a_folded_lora_output_is_added_as_the_expand_kernel_adds_it(dtype):
     assert not torch.allclose(without.float(), want_r.float(), **tol)  # a dropped delta would be seen
     width = (n_heads + 2 * n_kv) * hd
     qkv, dq = rand(t, width, seed=4, dtype=dtype), rand(t, width, seed=7) * 0.1
-    positions, slots = torch.tensor([0, 1, 2, 7, 30, 100]), torch.tensor([5, 6, 7, 12, 29, 3])
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
-    caches = [torch.zeros((8, 4, n_kv, hd), dtype=dtype) for _ in range(6)]
+    positions = torch.tensor([0, 1, 2, 7, 30, 100], device=DEV)
+    slots = torch.tensor([5, 6, 7, 12, 29, 3], device=DEV)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, hd, 2, device=DEV).float() / hd))
+    caches = [torch.zeros((8, 4, n_kv, hd), dtype=dtype, device=DEV) for _ in range(6)]
     want = TorchOps.rope_and_cache((qkv.float() + dq).to(dtype), TorchOps.rope_tables(positions, inv_freq), n_heads,
                                    n_kv, hd, caches[0], caches[1], slots)
     ref = TorchOps.rope_and_cache(qkv.clone(), TorchOps.rope_tables(positions, inv_freq), n_heads, n_kv, hd,
