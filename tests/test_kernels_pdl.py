@@ -40,14 +40,25 @@ def test_pdl_is_never_used_off_a_compiled_gpu_kernel(monkeypatch, restore_pdl):
     assert pdl.launch_options(True) == {"USE_GDC": True, "launch_pdl": True}
 
 
-@pytest.mark.parametrize("value,want", [("0", False), ("off", False), ("1", True), ("on", True), ("", None)])
-def test_the_environment_asks_for_it_or_not(value, want):
-    env = {**os.environ, pdl.ENV: value, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", "import kernels.pdl as p; print(p.enabled(), p.DEFAULT)"], env=env,
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+ENV_CHILD = """
+import importlib, json, os
+import kernels.pdl as p
+seen = {}
+for value in ("0", "off", "1", "on", ""):
+    os.environ[p.ENV] = value
+    seen[value] = importlib.reload(p).enabled()
+print(json.dumps({"seen": seen, "default": p.DEFAULT}))
+"""
+
+
+def test_the_environment_asks_for_it_or_not():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", ENV_CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    enabled, default = out.stdout.split()
-    assert enabled == str(pdl.DEFAULT if want is None else want) and default == str(pdl.DEFAULT)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["default"] is pdl.DEFAULT
+    assert got["seen"] == {"0": False, "off": False, "1": True, "on": True, "": pdl.DEFAULT}
 
 
 def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_pdl):
