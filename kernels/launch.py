@@ -30,6 +30,9 @@ class ExpandConfig:
     n_steps: int = 1  # column tiles per program (fewer, longer programs)
     num_warps: int = 4
     num_stages: int = 2
+    # token-tile programs: 0, one per tile of the host's bound (the segment capacity's); N, N programs that loop
+    # over the step's real tiles (kernels/lora_expand.py), so a step over few adapters launches no empty ones
+    m_programs: int = 0
 
 
 @dataclass(frozen=True)
@@ -418,18 +421,20 @@ def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:
-    """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`."""
+    """The autotune space of the expand kernel for a batch of `tokens` tokens and slots of `max_rank`; each shape
+    with one program per token tile of the bound (m_programs 0) and with 32 that loop over the real tiles."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:
-        return ([ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+        return ([ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st,
+                              m_programs=mp)
                  for br in block_rs for bn in (64, 128, 256) for ns in (1, 2, 4, 8) for w in (2, 4)
-                 for st in ((1,) if ns == 1 else (2, 3))]
+                 for st in ((1,) if ns == 1 else (2, 3)) for mp in (0, 32)]
                 + [ExpandConfig(block_m=16, block_n=bn, block_r=br, n_steps=ns, num_warps=4, num_stages=st)
                    for br in block_rs for bn in (64, 128) for ns in (16, 32, 64) for st in (2, 3)])
     block_ms = (16, 32, 64) if tokens <= 1024 else (32, 64)  # mixed steps: many adapters' short segments
-    return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st)
+    return [ExpandConfig(block_m=bm, block_n=bn, block_r=br, n_steps=ns, num_warps=w, num_stages=st, m_programs=mp)
             for br in block_rs for bm in block_ms for bn in (64, 128) for ns in (1, 4, 8) for w in (4, 8)
-            for st in ((2,) if ns == 1 else (2, 3))]
+            for st in ((2,) if ns == 1 else (2, 3)) for mp in (0, 32)]
 
 
 def fused_space(tokens: int, max_rank: int = 16) -> list[FusedConfig]:

@@ -9,7 +9,7 @@ from kernels import pdl
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
-from kernels.tiles import locate_program, tile_bound
+from kernels.tiles import locate_program, tile_bound, tile_count
 
 patch_interpreter()
 
@@ -86,7 +86,7 @@ def _expand_kernel(
     stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
-    PREC: tl.constexpr, USE_GDC: tl.constexpr,
+    PREC: tl.constexpr, USE_GDC: tl.constexpr, LOOP_M: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x N_STEPS * BLOCK_N output columns of one slice.
 
@@ -94,13 +94,43 @@ def _expand_kernel(
     from the host, the actual counts from the device), so neighbouring programs stream neighbouring
     columns of one adapter. The rank loop stops at the slot's own rank. USE_GDC (launched with PDL,
     kernels/pdl.py): the segment metadata is read before waiting for the kernel before.
+
+    LOOP_M: axis 1 has fewer programs than the host's bound of tiles (ExpandConfig.m_programs), and each loops over
+    the step's real token tiles (counted on the device) with that stride, instead of one program per tile of the
+    bound, most of which exit at once when the step has few adapters (64 tokens over one adapter: 4 real of 67).
     """
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
+    if not LOOP_M:
+        _expand_program_at(tl.program_id(1), buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, seg_start_ptr, seg_len_ptr,
+                           seg_slot_ptr, nseg_ptr, rank_ptr, r_max, stride_bs, stride_bt, stride_br, stride_bslot,
+                           stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M,
+                           BLOCK_N, BLOCK_R, N_STEPS, PREC, USE_GDC)
+    else:
+        total = tile_count(nseg_ptr, seg_len_ptr, SEG_POW2, SEG_MAX, BLOCK_M)
+        if USE_GDC:
+            tl.extra.cuda.gdc_wait()
+        for pid_m in range(tl.program_id(1), total, tl.num_programs(1)):
+            _expand_program_at(pid_m, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, seg_start_ptr, seg_len_ptr,
+                               seg_slot_ptr, nseg_ptr, rank_ptr, r_max, stride_bs, stride_bt, stride_br,
+                               stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, SEG_POW2,
+                               SEG_MAX, BLOCK_M, BLOCK_N, BLOCK_R, N_STEPS, PREC, False)
+
+
+@triton.jit
+def _expand_program_at(
+    pid_m, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
+    r_max, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+    S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, N_STEPS: tl.constexpr,
+    PREC: tl.constexpr, WAIT: tl.constexpr,
+):
+    """Token tile pid_m x this program's column chunk (program_id(0)); WAIT: griddepcontrol.wait once the
+    metadata is read (PDL)."""
     slot, rank, tok, m_mask, sl, n_chunk, n_lo, n_hi = locate_program(
-        tl.program_id(1), tl.program_id(0), tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
+        pid_m, tl.program_id(0), tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr,
         off_ptr, r_max, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_N * N_STEPS)
-    if USE_GDC:
+    if WAIT:
         tl.extra.cuda.gdc_wait()
     if rank > 0:  # a valid tile of an adapter that has this module
         # slice starts that are multiples of 16 columns (every real model) get 16-byte accesses to y
@@ -170,7 +200,9 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     gdc = pdl.use(y.device)
 
     def launch(cfg: ExpandConfig) -> None:
-        grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
+        m_bound = tile_bound(t, meta.max_segments, cfg.block_m)
+        m_programs = min(cfg.m_programs, m_bound) if cfg.m_programs > 0 else 0
+        grid = (tile_bound(n_y, slices, cfg.block_n * cfg.n_steps), m_programs or m_bound)
         _expand_kernel[grid](
             buf, lora_b, y, offs,
             meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, ranks,
@@ -184,7 +216,8 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
             # a float32 y (float32 weights, or a folded LoRA output) keeps float32's precision; a 16-bit y is
             # rounded far coarser than tf32's rounding of the rank vectors
             PREC="ieee" if torch.float32 in (lora_b.dtype, y.dtype) else "tf32",
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_options(gdc),
+            LOOP_M=m_programs > 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **pdl.launch_options(gdc),
         )
     launch_fitting("expand", key, asked, launch)
     return y

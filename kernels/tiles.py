@@ -21,6 +21,15 @@ def locate_tile(pid, sizes, BLOCK: tl.constexpr, N_POW2: tl.constexpr):
 
 
 @triton.jit
+def tile_count(nseg_ptr, seg_len_ptr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The step's BLOCK_M-token tiles over its segments (LoRAMeta), read on the device."""
+    offs_seg = tl.arange(0, SEG_POW2)
+    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
+    lens = tl.where(offs_seg < tl.load(nseg_ptr), lens, 0)
+    return tl.sum((lens + BLOCK_M - 1) // BLOCK_M, 0)
+
+
+@triton.jit
 def locate_program(pid_m, pid_n, tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, rank_ptr, off_ptr, r_max,
                    S: tl.constexpr, S_POW2: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
                    BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):

@@ -61,7 +61,7 @@ b4)
       tests/test_kernels_pdl.py -k "hopper" > "$res/logs/b4-sanitizer.log" 2>&1
   grep -E "Invalid|at .*0x|by thread|Address|ERROR SUMMARY|passed|failed" "$res/logs/b4-sanitizer.log" | head -30 ;;
 b5)
-  timeout 280 python3 scripts/pdl_bisect.py --graphs 1 --warmup --after-off --after-kernel-test 2>&1 \
+  timeout 280 python3 scripts/pdl_bisect.py --graphs 1 --warmup --after-off --after-kernel-test off,on 2>&1 \
       | tee "$res/logs/b5-bisect.log" ;;
 t)
   timeout 250 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_shrink_rows.py \

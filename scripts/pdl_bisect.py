@@ -2,7 +2,8 @@
 requests over four adapters (tests/test_engine_lora_fold.py's) with PDL off, then, each in a child process (an
 illegal address ends a CUDA context), with PDL on for one family of kernels at a time, eager and with graphs.
 
-    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off] [--after-kernel-test]
+    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off]
+                                 [--after-kernel-test off|on|off,on]
 
 Prints one line per (family, graphs): same tokens, different tokens, or the child's error."""
 from __future__ import annotations
@@ -35,9 +36,9 @@ off = types.SimpleNamespace(use=lambda device: False, launch_options=real.launch
 for name in {others!r}:
     mod = importlib.import_module(name)
     setattr(mod, "pdl" if hasattr(mod, "pdl") else "pdl_switch", off)
-if {first_test}:  # the GPU kernel test that ran before the failing engine test in pytest
-    from tests.test_kernels_pdl import test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_launches as t
-    t()
+if {first_test}:  # the GPU kernel test that ran before the failing engine test in pytest, PDL off/on as asked
+    from tests.test_kernels_pdl import rows_pair_graphs
+    rows_pair_graphs({first_modes!r})
 for on in {sequence!r}:  # engines one after another in this process
     eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
                                      num_kv_blocks=512, extra={{"pdl": on, "capture_graphs": {graphs},
@@ -50,10 +51,12 @@ print(json.dumps(toks))
 
 
 def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = False,
-        first_test: bool = False) -> tuple[str, dict | None]:
+        first_test: bool = False, first_modes: tuple[bool, ...] = (False, True)) -> tuple[str, dict | None]:
+    """(status, tokens) of one child: PDL available to the kernel modules `mods` only, engines with PDL as in
+    `sequence` one after another; status "ok" or the child's last error line (tokens None then)."""
     others = [m for m in FAMILIES["all"] if m not in mods]
-    code = CHILD.format(root=str(ROOT), mods=list(mods), others=others, adapters=adapters, sequence=sequence, graphs=graphs,
-                       warmup=warmup, first_test=first_test)
+    code = CHILD.format(root=str(ROOT), others=others, adapters=adapters, sequence=sequence, graphs=graphs,
+                        warmup=warmup, first_test=first_test, first_modes=tuple(first_modes))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     if out.returncode:
         err = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
@@ -67,8 +70,9 @@ def main() -> int:
     ap.add_argument("--graphs", default="0,1")
     ap.add_argument("--warmup", action="store_true", help="the engine's start-up prefills of every length too")
     ap.add_argument("--after-off", action="store_true", help="each child serves with PDL off first, then on")
-    ap.add_argument("--after-kernel-test", action="store_true",
-                    help="each child runs tests/test_kernels_pdl.py's graph test of the rows pair first")
+    ap.add_argument("--after-kernel-test", default=None, choices=("off", "on", "off,on"),
+                    help="each child first captures tests/test_kernels_pdl.py's rows pair graph with PDL off, on, or "
+                         "both (the GPU test's order), then serves")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -83,7 +87,8 @@ def main() -> int:
         print(f"graphs={graphs} PDL off: {status}", flush=True)
         for fam in a.families.split(","):
             status, got = run(FAMILIES[fam], graphs, str(root), [False, True] if a.after_off else [True], a.warmup,
-                              a.after_kernel_test)
+                              a.after_kernel_test is not None,
+                              tuple(m == "on" for m in (a.after_kernel_test or "").split(",") if m))
             verdict = status if got is None else ("same tokens" if got == want else "DIFFERENT tokens")
             print(f"graphs={graphs} PDL on for {fam:14s}: {verdict}", flush=True)
     return 0

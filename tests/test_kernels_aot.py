@@ -32,14 +32,19 @@ print(json.dumps({"rows": rows, "launches": len(launches), "huge": compile_launc
 """
 
 
-@pytest.fixture(scope="module")
-def compiled():
+def compile_in_child(code: str) -> dict:
+    """Run `code` in a child Python without TRITON_INTERPRET (so Triton compiles); the JSON of its last line."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compile_in_child(CHILD)
 
 
 def test_the_decode_step_kernels_compile_for_sm90_within_its_shared_memory(compiled):

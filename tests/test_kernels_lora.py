@@ -1,4 +1,6 @@
 """Triton LoRA shrink/expand against the float64 reference (CPU: Triton's interpreter; GPU: compiled)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,6 +120,16 @@ def test_no_token_on_any_adapter_leaves_everything():
 def test_rank_zero_slot_and_unused_segment_capacity():
     # slot 1 has rank 0 (adapter without this module); meta has room for 64 segments, 3 used
     run_case(192, [96], [8, 0, 4], [0, 1, 2, 1, -1, 0, 2], torch.float16, max_segments=64)
+
+
+@pytest.mark.parametrize("m_programs", [1, 3, 1000])
+def test_expand_programs_that_loop_over_the_real_tiles(m_programs):
+    """ExpandConfig.m_programs: fewer token-tile programs than the segment capacity's bound, each looping over the
+    step's real tiles (counted on the device); 1000 is capped at the bound. y matches the reference."""
+    slots = [0] * 20 + [1] * 3 + [-1] * 2 + [2] * 17  # 3 segments in a capacity of 64: 5 real tiles of 67
+    cfg = ExpandConfig(block_m=16, block_n=32, block_r=16, n_steps=2, num_warps=4, num_stages=1)
+    run_case(256, [96, 40], [8, 16, 4], slots, torch.float32,
+             expand_cfg=dataclasses.replace(cfg, m_programs=m_programs), max_segments=64)
 
 
 def test_single_token():

@@ -73,7 +73,6 @@ def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_p
 CHILD = """
 import json
 from kernels.aot import check
-from kernels.cases import ATTENTION_CASES
 cases = ["decode-64x64-r16-qkv", "fused-ops-llama3-8b", "decode-attn-b16-ctx2048"]
 print(json.dumps({"on": check(cases, arch=90, pdl=True, ptx=True), "off": check(cases, arch=90, pdl=False, ptx=True)}))
 """
@@ -84,12 +83,9 @@ PDL_KERNELS = {"_shrink_kernel", "_expand_kernel", "_shrink_rows_kernel", "_expa
 @pytest.fixture(scope="module")
 def compiled():
     pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend compiles sm_90 code")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from tests.test_kernels_aot import compile_in_child
+
+    return compile_in_child(CHILD)
 
 
 def _lines(ptx: str) -> list[str]:
@@ -138,8 +134,9 @@ def test_without_pdl_the_kernels_carry_no_grid_dependency_control(compiled):
         assert r["ok"] and "griddepcontrol" not in r["ptx"] and "launch_pdl" not in r["constants"], r["kernel"]
 
 
-@pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
-def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_launches():
+def rows_pair_graphs(modes=(False, True)) -> dict:
+    """{pdl: [y, norm]}: the rows pair then add + RMSNorm at 64 tokens (llama3-8b's q,k,v), captured in a CUDA graph
+    with PDL off or on for each of `modes`, replayed once (the GPU test below; scripts/pdl_bisect.py runs it first)."""
     from kernels.fused_ops import FusedOps
     from kernels.lora_expand_rows import lora_expand_rows
     from kernels.lora_shrink_rows import lora_shrink_rows
@@ -161,7 +158,7 @@ def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_l
         return y, FusedOps.add_rms_norm(y[:, :4096].contiguous(), x.clone(), w, 1e-5)[0]
 
     results = {}
-    for on in (False, True):
+    for on in modes:
         pdl_was = pdl.enabled()
         pdl.set_enabled(on)  # the fused ops follow the process switch
         try:
@@ -174,6 +171,12 @@ def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_l
             results[on] = [t.clone() for t in out]
         finally:
             pdl.set_enabled(pdl_was)
+    return results
+
+
+@pytest.mark.skipif(not HOPPER, reason="programmatic dependent launch needs a GPU of compute capability >= 9.0")
+def test_on_a_hopper_gpu_the_rows_pair_and_fused_ops_under_a_graph_match_plain_launches():
+    results = rows_pair_graphs()
     for plain, dependent in zip(results[False], results[True]):
         assert torch.equal(plain, dependent)  # same arithmetic, same order: bit for bit
 
