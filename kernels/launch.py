@@ -20,6 +20,9 @@ class ShrinkConfig:
     split_k: int = 1  # programs sharing one tile's hidden dimension; the last to finish reduces
     num_warps: int = 4
     num_stages: int = 3
+    # token-tile programs: 0, one per tile of the host's bound (the segment capacity's); N, N programs that loop
+    # over the step's real tiles (kernels/lora_shrink.py)
+    m_programs: int = 0
 
 
 @dataclass(frozen=True)
@@ -395,19 +398,22 @@ def launch_fitting(op: str, key: str, cfg, launch):
 
 
 def shrink_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[ShrinkConfig]:
-    """The autotune space of the shrink kernel for `tokens` tokens, slots of `max_rank`, `slices` slices."""
+    """The autotune space of the shrink kernel for `tokens` tokens, slots of `max_rank`, `slices` slices; the decode
+    and mixed shapes with one program per token tile of the bound (m_programs 0) and with 32 that loop."""
     block_rs = (16,) if max_rank <= 16 else (16, 64)
     if tokens <= 256:  # decode: 16-row tiles; deep pipelines or a split hidden dim keep bytes in flight
-        space = [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+        space = [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
+                              m_programs=mp)
                  for br in block_rs for bk in (256, 512, 1024) for sk in (1, 2, 4, 8) for w in (4, 8)
-                 for st in ((3, 4) if bk < 1024 else (2, 3))]
+                 for st in ((3, 4) if bk < 1024 else (2, 3)) for mp in (0, 32)]
         if tokens <= 16:  # one or two tiles: only a split hidden dim puts many programs on the weights
             space += [ShrinkConfig(block_m=16, block_r=br, block_k=bk, split_k=sk, num_warps=4, num_stages=st)
                       for br in block_rs for bk in (64, 128) for sk in (16, 32) for st in (2, 3)]
     else:
-        space = [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+        space = [ShrinkConfig(block_m=bm, block_r=br, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
+                              m_programs=mp)
                  for br in block_rs for bm in (16, 32, 64) for bk in (128, 256) for sk in (1, 2)
-                 for w in (4, 8) for st in (3, 4)]
+                 for w in (4, 8) for st in (3, 4) for mp in (0, 32)]
     return [c for c in space if _shrink_smem(c, slices) <= SHRINK_SMEM_LIMIT]
 
 

@@ -9,7 +9,7 @@ from kernels import pdl
 from kernels.interpret import patch_interpreter
 from kernels.launch import ExpandConfig, default_expand, expand_key, launch_fitting, lookup
 from kernels.meta import LoRAMeta
-from kernels.tiles import locate_program, tile_bound, tile_count
+from kernels.tiles import locate_program, segment_lens, tile_bound, tile_total
 
 patch_interpreter()
 
@@ -107,7 +107,7 @@ def _expand_kernel(
                            stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, SEG_POW2, SEG_MAX, BLOCK_M,
                            BLOCK_N, BLOCK_R, N_STEPS, PREC, USE_GDC)
     else:
-        total = tile_count(nseg_ptr, seg_len_ptr, SEG_POW2, SEG_MAX, BLOCK_M)
+        total = tile_total(segment_lens(nseg_ptr, seg_len_ptr, SEG_POW2, SEG_MAX), BLOCK_M)
         if USE_GDC:
             tl.extra.cuda.gdc_wait()
         for pid_m in range(tl.program_id(1), total, tl.num_programs(1)):

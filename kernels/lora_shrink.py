@@ -9,7 +9,7 @@ from kernels import pdl
 from kernels.launch import ShrinkConfig, default_shrink, launch_fitting, lookup, shrink_key, sm_count
 from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
-from kernels.tiles import locate_tile, tile_bound
+from kernels.tiles import locate_tile, segment_lens, tile_bound, tile_total
 
 patch_interpreter()
 
@@ -26,22 +26,53 @@ def _shrink_kernel(
     stride_os, stride_ot, stride_or,
     S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, USE_GDC: tl.constexpr,
+    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, USE_GDC: tl.constexpr, LOOP_M: tl.constexpr,
 ):
     """One program: BLOCK_M tokens of one segment x all S slices x one 1/SPLIT_K share of the hidden dim.
 
     Columns of the accumulator are (slice, rank) pairs: c = slice * BLOCK_R + r, so x is loaded once per
     K step for every slice. Ranks are looped up to the slot's own rank; rows of A past it are never read.
     USE_GDC (launched with PDL, kernels/pdl.py): the segment metadata is read before waiting for the kernel before.
+    LOOP_M: axis 0 has fewer programs than the host's bound of tiles (ShrinkConfig.m_programs), each looping over
+    the step's real tiles (counted on the device) with that stride, instead of one program per tile of the bound.
     """
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
-    pid = tl.program_id(0)
     ks = tl.program_id(1)
-    offs_seg = tl.arange(0, SEG_POW2)
-    n_seg = tl.load(nseg_ptr)  # issued together with the lengths: no dependent round trip
-    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
-    lens = tl.where(offs_seg < n_seg, lens, 0)
+    lens = segment_lens(nseg_ptr, seg_len_ptr, SEG_POW2, SEG_MAX)
+    if not LOOP_M:
+        _shrink_tile(tl.program_id(0), ks, lens, x_ptr, a_ptr, out_ptr, ws_ptr, cnt_ptr, tok_ptr, seg_start_ptr,
+                     seg_len_ptr, seg_slot_ptr, nseg_ptr, scale_ptr, rank_ptr, hidden, k_per_split, r_max,
+                     r_steps, stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah, stride_os,
+                     stride_ot, stride_or, S, S_PAD, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_R, BLOCK_K, SPLIT_K,
+                     EVEN_K, PREC, UPCAST, USE_GDC)
+    else:
+        if USE_GDC:
+            tl.extra.cuda.gdc_wait()
+        total = tile_total(lens, BLOCK_M)
+        for pid in range(tl.program_id(0), total, tl.num_programs(0)):
+            _shrink_tile(pid, ks, lens, x_ptr, a_ptr, out_ptr, ws_ptr, cnt_ptr, tok_ptr, seg_start_ptr,
+                         seg_len_ptr, seg_slot_ptr, nseg_ptr, scale_ptr, rank_ptr, hidden, k_per_split, r_max,
+                         r_steps, stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah, stride_os,
+                         stride_ot, stride_or, S, S_PAD, SEG_POW2, SEG_MAX, BLOCK_M, BLOCK_R, BLOCK_K, SPLIT_K,
+                         EVEN_K, PREC, UPCAST, False)
+
+
+@triton.jit
+def _shrink_tile(
+    pid, ks, lens,
+    x_ptr, a_ptr, out_ptr, ws_ptr, cnt_ptr,
+    tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, nseg_ptr, scale_ptr, rank_ptr,
+    hidden, k_per_split, r_max, r_steps,
+    stride_xt, stride_xh,
+    stride_aslot, stride_as, stride_ar, stride_ah,
+    stride_os, stride_ot, stride_or,
+    S: tl.constexpr, S_PAD: tl.constexpr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, WAIT: tl.constexpr,
+):
+    """Token tile `pid`, hidden share `ks` (the kernel's program); WAIT: griddepcontrol.wait once the
+    tile's metadata is read (PDL)."""
     seg, m_tile, valid = locate_tile(pid, lens, BLOCK_M, SEG_POW2)
     if valid:
         slot = tl.load(seg_slot_ptr + seg)
@@ -52,7 +83,7 @@ def _shrink_kernel(
         offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < length
         tok = tl.load(tok_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
-        if USE_GDC:
+        if WAIT:
             tl.extra.cuda.gdc_wait()
         offs_c = tl.arange(0, S_PAD * BLOCK_R)
         c_slice = offs_c // BLOCK_R
@@ -62,7 +93,7 @@ def _shrink_kernel(
         offs_k = tl.arange(0, BLOCK_K)
         x_rows = x_ptr + tok[:, None] * stride_xt
         a_base = a_ptr + slot.to(tl.int64) * stride_aslot + c_slice[None, :] * stride_as
-        tile = pid * SPLIT_K + ks
+        tile = pid * SPLIT_K + ks  # pid is a loop index (a plain int in the interpreter) under LOOP_M
         for r0 in range(0, rank, BLOCK_R):
             c_mask = (c_slice < S) & (r0 + c_r < rank)
             a_cols = a_base + (r0 + c_r)[None, :] * stride_ar
@@ -87,7 +118,7 @@ def _shrink_kernel(
                 tl.store(out, acc * scale, mask=m_mask[:, None] & c_mask[None, :])
             else:
                 # partial sums of this split: ws[tile, r-step, m, c]
-                ws = ws_ptr + ((tile.to(tl.int64) * r_steps + r0 // BLOCK_R) * BLOCK_M
+                ws = ws_ptr + ((tl.cast(tile, tl.int64) * r_steps + r0 // BLOCK_R) * BLOCK_M
                                + tl.arange(0, BLOCK_M)[:, None]) * (S_PAD * BLOCK_R) + offs_c[None, :]
                 tl.store(ws, acc)
         if SPLIT_K > 1:
@@ -98,14 +129,14 @@ def _shrink_kernel(
                     c_mask = (c_slice < S) & (r0 + c_r < rank)
                     total = tl.zeros((BLOCK_M, S_PAD * BLOCK_R), dtype=tl.float32)
                     for j in range(SPLIT_K):
-                        ws = ws_ptr + (((pid * SPLIT_K + j).to(tl.int64) * r_steps + r0 // BLOCK_R)
+                        ws = ws_ptr + ((tl.cast(pid * SPLIT_K + j, tl.int64) * r_steps + r0 // BLOCK_R)
                                        * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]) * (S_PAD * BLOCK_R) + offs_c[None, :]
                         total += tl.load(ws, cache_modifier=".cg")
                     out = (out_ptr + c_slice[None, :] * stride_os + tok[:, None] * stride_ot
                            + (r0 + c_r)[None, :] * stride_or)
                     tl.store(out, total * scale, mask=m_mask[:, None] & c_mask[None, :])
                 tl.atomic_xchg(cnt_ptr + pid, 0, sem="relaxed", scope="gpu")  # ready for the next launch
-    elif USE_GDC:
+    elif WAIT:
         tl.extra.cuda.gdc_wait()  # every program waits: this kernel's end still implies the one before's
 
 
@@ -171,7 +202,8 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
             cnt = meta.counters(n_tiles)
         else:
             ws, cnt = out, meta.seg_len  # not read when split == 1
-        _shrink_kernel[(n_tiles, split)](
+        m_programs = min(cfg.m_programs, n_tiles) if cfg.m_programs > 0 else 0
+        _shrink_kernel[(m_programs or n_tiles, split)](
             x, lora_a, out, ws, cnt,
             meta.token_indices, meta.seg_start, meta.seg_len, meta.seg_slot, meta.num_segments_dev, scales, ranks,
             hidden, k_per_split, r_max, triton.cdiv(r_max, cfg.block_r),
@@ -183,7 +215,8 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
             EVEN_K=k_per_split * split == hidden,
             PREC="ieee" if x.dtype == torch.float32 else "tf32",
             UPCAST=x.dtype == torch.bfloat16 and upcast_bf16_dot(),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_options(gdc),
+            LOOP_M=m_programs > 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **pdl.launch_options(gdc),
         )
     launch_fitting("shrink", key, asked, launch)
     return out

@@ -21,12 +21,19 @@ def locate_tile(pid, sizes, BLOCK: tl.constexpr, N_POW2: tl.constexpr):
 
 
 @triton.jit
-def tile_count(nseg_ptr, seg_len_ptr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The step's BLOCK_M-token tiles over its segments (LoRAMeta), read on the device."""
+def segment_lens(nseg_ptr, seg_len_ptr, SEG_POW2: tl.constexpr, SEG_MAX: tl.constexpr):
+    """The step's segment lengths (LoRAMeta) as a SEG_POW2 vector, 0 past its last segment; the count and the
+    lengths are loaded together (no dependent round trip)."""
     offs_seg = tl.arange(0, SEG_POW2)
+    n_seg = tl.load(nseg_ptr)
     lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
-    lens = tl.where(offs_seg < tl.load(nseg_ptr), lens, 0)
-    return tl.sum((lens + BLOCK_M - 1) // BLOCK_M, 0)
+    return tl.where(offs_seg < n_seg, lens, 0)
+
+
+@triton.jit
+def tile_total(sizes, BLOCK: tl.constexpr):
+    """Tiles of BLOCK rows that groups of sizes[i] rows are cut into (locate_tile's numbering ends there)."""
+    return tl.sum((sizes + BLOCK - 1) // BLOCK, 0)
 
 
 @triton.jit
@@ -41,10 +48,7 @@ def locate_program(pid_m, pid_n, tok_ptr, seg_start_ptr, seg_len_ptr, seg_slot_p
     token rows (int64) and their mask. The step metadata loads are issued together: no dependent round trip
     before the tile search.
     """
-    offs_seg = tl.arange(0, SEG_POW2)
-    n_seg = tl.load(nseg_ptr)
-    lens = tl.load(seg_len_ptr + offs_seg, mask=offs_seg < SEG_MAX, other=0)
-    lens = tl.where(offs_seg < n_seg, lens, 0)
+    lens = segment_lens(nseg_ptr, seg_len_ptr, SEG_POW2, SEG_MAX)
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)

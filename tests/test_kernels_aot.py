@@ -18,7 +18,8 @@ CHILD = """
 import json
 from kernels.aot import SMEM_LIMIT, caught_launches, check, compile_launch
 from kernels.cases import LORA_CASES, lora_inputs
-from kernels.launch import ShrinkConfig
+from kernels.launch import ExpandConfig, ShrinkConfig
+from kernels.lora_expand import lora_expand
 from kernels.lora_shrink import lora_shrink
 
 rows = check(["decode-64x64-r16-qkv"], arch=90)
@@ -27,8 +28,13 @@ inp = lora_inputs(case, device="cpu")
 huge = ShrinkConfig(block_m=64, block_r=16, block_k=2048, split_k=1, num_warps=8, num_stages=4)
 with caught_launches() as launches:
     lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=huge)
+looping = [ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=4, num_warps=4, num_stages=3, m_programs=32),
+           ExpandConfig(block_m=16, block_n=128, block_r=16, n_steps=2, num_warps=4, num_stages=2, m_programs=32)]
+with caught_launches() as loops:
+    lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=looping[0])
+    lora_expand(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=looping[1])
 print(json.dumps({"rows": rows, "launches": len(launches), "huge": compile_launch(*launches[0], arch=90),
-                  "limit": SMEM_LIMIT[90]}))
+                  "limit": SMEM_LIMIT[90], "loops": [compile_launch(*launch, arch=90) for launch in loops]}))
 """
 
 
@@ -54,6 +60,13 @@ def test_the_decode_step_kernels_compile_for_sm90_within_its_shared_memory(compi
     for r in rows:
         assert r["ok"], r
         assert 0 < r["shared_bytes"] <= compiled["limit"] and r["cubin_bytes"] > 0
+
+
+def test_the_segment_kernels_that_loop_over_the_real_tiles_compile_for_sm90(compiled):
+    loops = compiled["loops"]  # m_programs > 0: LOOP_M, the split-K semaphores inside the loop for the shrink
+    assert [r["kernel"] for r in loops] == ["_shrink_kernel", "_expand_kernel"]
+    for r in loops:
+        assert r["constants"]["LOOP_M"] is True and 0 < r["shared_bytes"] <= compiled["limit"], r
 
 
 def test_a_config_past_the_shared_memory_limit_is_reported(compiled):

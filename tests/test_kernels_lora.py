@@ -1,6 +1,4 @@
 """Triton LoRA shrink/expand against the float64 reference (CPU: Triton's interpreter; GPU: compiled)."""
-import dataclasses
-
 import pytest
 import torch
 
@@ -122,14 +120,20 @@ def test_rank_zero_slot_and_unused_segment_capacity():
     run_case(192, [96], [8, 0, 4], [0, 1, 2, 1, -1, 0, 2], torch.float16, max_segments=64)
 
 
-@pytest.mark.parametrize("m_programs", [1, 3, 1000])
-def test_expand_programs_that_loop_over_the_real_tiles(m_programs):
-    """ExpandConfig.m_programs: fewer token-tile programs than the segment capacity's bound, each looping over the
-    step's real tiles (counted on the device); 1000 is capped at the bound. y matches the reference."""
+@pytest.mark.parametrize("m_programs,split", [(1, 1), (3, 2), (1000, 1)])
+def test_programs_that_loop_over_the_real_tiles(m_programs, split):
+    """ShrinkConfig/ExpandConfig.m_programs: fewer token-tile programs than the segment capacity's bound, each
+    looping over the step's real tiles (counted on the device; the shrink's split-K semaphores per tile); 1000 is
+    capped at the bound. Both match the reference."""
     slots = [0] * 20 + [1] * 3 + [-1] * 2 + [2] * 17  # 3 segments in a capacity of 64: 5 real tiles of 67
-    cfg = ExpandConfig(block_m=16, block_n=32, block_r=16, n_steps=2, num_warps=4, num_stages=1)
-    run_case(256, [96, 40], [8, 16, 4], slots, torch.float32,
-             expand_cfg=dataclasses.replace(cfg, m_programs=m_programs), max_segments=64)
+    shrink = ShrinkConfig(block_m=16, block_r=16, block_k=64, split_k=split, num_warps=4, num_stages=2,
+                          m_programs=m_programs)
+    expand = ExpandConfig(block_m=16, block_n=32, block_r=16, n_steps=2, num_warps=4, num_stages=1,
+                          m_programs=m_programs)
+    meta = run_case(256, [96, 40], [8, 16, 4], slots, torch.float32, shrink_cfg=shrink, expand_cfg=expand,
+                    max_segments=64)
+    if split > 1:
+        assert not meta.counters(1).any()  # every tile's semaphore is back to 0 for the next launch
 
 
 def test_single_token():
