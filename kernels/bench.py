@@ -167,6 +167,22 @@ def rows_pair_op(inp, config=None):
     return pair
 
 
+LOOP_M_PROGRAMS = 32  # token-tile programs of the looping segment kernels the bench times (kernels.tune: 0 and 32)
+
+
+def loop_pair_op(inp, m_programs: int = LOOP_M_PROGRAMS):
+    """The segment pair with the configs it launches with here, but `m_programs` token-tile programs that loop over
+    the step's real tiles (ShrinkConfig/ExpandConfig.m_programs) instead of one program per tile of the bound."""
+    import dataclasses
+
+    from kernels.lora_expand import expand_config
+    from kernels.lora_shrink import shrink_config
+
+    s = dataclasses.replace(shrink_config(inp.x, inp.lora_a, inp.meta), m_programs=m_programs)
+    e = dataclasses.replace(expand_config(inp.buf, inp.lora_b, inp.y), m_programs=m_programs)
+    return lora_ops(inp, s, e)[2]
+
+
 def rows_pair_error(inp) -> float:
     """Relative difference of the rows pair's y update from the segment pair's."""
     return update_diff(inp, lora_ops(inp)[2], rows_pair_op(inp))
@@ -212,6 +228,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     err_fused = lora_error(sets[0], fused=True)
     err_rows = rows_error(sets[0]) if case.tokens <= 256 else None  # before timing grows y past bf16's resolution
     err_rows_pair = rows_pair_error(sets[0]) if case.tokens <= 256 else None
+    err_loop = update_diff(sets[0], lora_ops(sets[0])[2], loop_pair_op(sets[0]))
     ops = [lora_ops(inp) for inp in sets]
     t_shrink = time_sets([o[0] for o in ops])
     t_expand = time_sets([o[1] for o in ops])
@@ -221,6 +238,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     r_max = case.r_max or case.rank
     rows = bench_expand_rows(sets, r_max) if case.tokens <= 256 else (None, None, None)
     t_rows_pair = time_sets([rows_pair_op(inp) for inp in sets]) if case.tokens <= 256 else None
+    t_loop = time_sets([loop_pair_op(inp) for inp in sets])
     floor = case.bytes_moved() / bw * 1e6
     fused_floor = case.bytes_moved(fused=True) / bw * 1e6
     shape = (case.tokens, case.hidden, case.n_total, case.slices, r_max, torch.bfloat16)
@@ -249,6 +267,7 @@ def bench_lora(case, bw: float, peak: float) -> dict:
         "expand_byte_floor_us": case.expand_bytes() / bw * 1e6, "expand_rows_us": rows[0],
         "expand_rows_best_us": rows[1], "expand_rows_best_config": rows[2], "expand_rows_rel_err_vs_segments": err_rows,
         "rows_pair_us": t_rows_pair, "rows_pair_rel_err_vs_segments": err_rows_pair,
+        "loop_pair_us": t_loop, "loop_pair_rel_err_vs_segments": err_loop,
     }
 
 
@@ -296,13 +315,14 @@ def print_tables(result: dict) -> None:
     print("LoRA: us = shrink + expand (the pair) in one graph; fused_us = the fused kernel; auto = the path the "
           "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate); "
           "expand_rows = the expand by rows (default config, best of a small space) beside the expand's own floor; "
-          "rows_pair = the shrink by rows and the expand by rows that sums its planes")
+          "rows_pair = the shrink by rows and the expand by rows that sums its planes; loop_pair = the pair with "
+          f"{LOOP_M_PROGRAMS} token-tile programs looping over the real tiles (m_programs)")
     cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "expand_rows_us", "expand_rows_best_us",
-            "rows_pair_us",
+            "rows_pair_us", "loop_pair_us",
             "expand_byte_floor_us", "byte_floor_us", "fused_byte_floor_us",
             "pct_of_floor", "fused_pct_of_floor", "fused_recompute_mb", "flop_floor_us", "torch_gather_bmm_us",
             "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference", "expand_rows_rel_err_vs_segments",
-            "rows_pair_rel_err_vs_segments"]
+            "rows_pair_rel_err_vs_segments", "loop_pair_rel_err_vs_segments"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in result["lora"]:

@@ -177,6 +177,13 @@ def _check(buf, lora_b, meta, ranks, slice_offsets, y):
         fail(f"all tensors and the LoRAMeta must be on one device, got {sorted(map(str, devices))}")
 
 
+def expand_config(buf: torch.Tensor, lora_b: torch.Tensor, y: torch.Tensor) -> ExpandConfig:
+    """The config lora_expand launches with when given none: the GPU's tuned one for the shape, else the default."""
+    t, slices, r_max = y.shape[0], buf.shape[0], lora_b.shape[2]
+    return lookup("expand", expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype), y.device,
+                  default_expand(t, lora_b.shape[1], slices, r_max))
+
+
 def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
                 slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandConfig | None = None) -> torch.Tensor:
     """Expand, reference loop (kernels.reference.lora_expand_ref has the same semantics; adds into y):
@@ -195,7 +202,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     if t == 0:
         return y
     key = expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype)  # y may be float32 (a folded output)
-    asked = config or lookup("expand", key, y.device, default_expand(t, lora_b.shape[1], slices, r_max))
+    asked = config or expand_config(buf, lora_b, y)
     offs = device_offsets(slice_offsets, y.device)
     gdc = pdl.use(y.device)
 

@@ -168,6 +168,15 @@ def _check(x, lora_a, meta, scales, ranks, out):
         fail(f"all tensors and the LoRAMeta must be on one device, got {sorted(map(str, devices))}")
 
 
+def shrink_config(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta) -> ShrinkConfig:
+    """The config lora_shrink launches with when given none: the GPU's tuned one for the shape, else the default."""
+    t, hidden = x.shape
+    slices, r_max = lora_a.shape[1], lora_a.shape[2]
+    tiles16 = tile_bound(t, meta.max_segments, 16)
+    return lookup("shrink", shrink_key(t, hidden, slices, r_max, x.dtype), x.device,
+                  default_shrink(t, hidden, slices, r_max, tiles16, sm_count(x.device)))
+
+
 def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: torch.Tensor,
                 ranks: torch.Tensor, out: torch.Tensor, config: ShrinkConfig | None = None) -> torch.Tensor:
     """Shrink, reference loop (kernels.reference.lora_shrink_ref has the same semantics):
@@ -186,9 +195,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
     if t == 0:
         return out
     key = shrink_key(t, hidden, slices, r_max, x.dtype)
-    tiles16 = tile_bound(t, meta.max_segments, 16)
-    asked = config or lookup("shrink", key, x.device,
-                             default_shrink(t, hidden, slices, r_max, tiles16, sm_count(x.device)))
+    asked = config or shrink_config(x, lora_a, meta)
     gdc = pdl.use(x.device)
 
     def launch(cfg: ShrinkConfig) -> None:

@@ -207,9 +207,11 @@ def test_bench_row_times_fused_beside_the_pair(monkeypatch, capsys):
     monkeypatch.setattr(bench, "lora_sets", lambda c: [lora_inputs(c, dtype=torch.float32, device=DEV)])
     monkeypatch.setattr(bench, "time_sets", lambda fns, replays=40: [f() for f in fns] and calls.append(1) or 2.0)
     row = bench.bench_lora(case, bw=1e12, peak=1e15)
-    # shrink, expand, pair, fused, torch; rows: default + space; the rows pair (shrink and expand by rows)
-    assert len(calls) == 5 + 1 + len(bench.ROWS_SPACE) + 1
+    # shrink, expand, pair, fused, torch; rows: default + space; the rows pair (shrink and expand by rows); the pair
+    # whose segment kernels loop over the real tiles (m_programs)
+    assert len(calls) == 5 + 1 + len(bench.ROWS_SPACE) + 1 + 1
     assert row["rows_pair_us"] == 2.0 and row["rows_pair_rel_err_vs_segments"] < 1e-5
+    assert row["loop_pair_us"] == 2.0 and row["loop_pair_rel_err_vs_segments"] < 1e-6  # same sums, other programs
     assert row["expand_rows_us"] == row["expand_rows_best_us"] == 2.0 and row["expand_byte_floor_us"] > 0
     assert row["expand_rows_rel_err_vs_segments"] < 1e-5  # float32: the rows expand adds what the segment one does
     assert row["fused_us"] == row["us"] == 2.0 and row["auto_path"] == "pair" and row["auto_us"] == row["us"]  # no tuned file
