@@ -59,8 +59,8 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     pos = tl.load(pos_ptr + t).to(tl.float32)
     f = pos * tl.load(inv_freq_ptr + offs, mask=mask, other=0.0)
     c, s = tl.cos(f), tl.sin(f)
-    slot = tl.load(slot_ptr + t).to(tl.int64)
-    if USE_GDC:
+    if USE_GDC:  # the cache slot too, before the wait (without PDL only the k heads read it, below)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
         tl.extra.cuda.gdc_wait()
     base = qkv_ptr + t * stride_t + h * (2 * HALF)
     x1 = tl.load(base + offs, mask=mask, other=0.0)
@@ -77,6 +77,8 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     tl.store(base + HALF + offs, o2, mask=mask)
     if h >= n_heads:
         kh = h - n_heads
+        if not USE_GDC:
+            slot = tl.load(slot_ptr + t).to(tl.int64)
         kdst = k_cache_ptr + slot * stride_slot + kh * (2 * HALF)
         tl.store(kdst + offs, o1, mask=mask)
         tl.store(kdst + HALF + offs, o2, mask=mask)

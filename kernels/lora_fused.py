@@ -9,7 +9,7 @@ from kernels.interpret import patch_interpreter, upcast_bf16_dot
 from kernels.launch import FusedConfig, default_fused, fused_key, launch_fitting, lookup, sm_count
 from kernels.lora_expand import device_offsets, expand_rows
 from kernels.meta import LoRAMeta
-from kernels.tiles import locate_program, tile_bound
+from kernels.tiles import hidden_shares, locate_program, tile_bound
 
 patch_interpreter()
 
@@ -169,8 +169,7 @@ def lora_fused(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, meta
 
     def launch(cfg: FusedConfig) -> None:
         grid = (tile_bound(n_total, slices, cfg.block_n * cfg.n_steps), tile_bound(t, meta.max_segments, cfg.block_m))
-        split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
-        k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
+        split, k_per_split = hidden_shares(hidden, cfg.block_k, cfg.split_k)
         if split > 1:  # one share of the rank vector per (program pair, split); a counter per program pair
             ws = torch.empty(grid[0] * grid[1] * split * cfg.block_m * block_r, dtype=torch.float32, device=x.device)
             cnt = meta.counters(grid[0] * grid[1])

@@ -9,7 +9,7 @@ from kernels import pdl
 from kernels.launch import ShrinkConfig, default_shrink, launch_fitting, lookup, shrink_key, sm_count
 from kernels.meta import LoRAMeta
 from kernels.interpret import patch_interpreter, upcast_bf16_dot
-from kernels.tiles import locate_tile, segment_lens, tile_bound, tile_total
+from kernels.tiles import hidden_shares, locate_tile, segment_lens, tile_bound, tile_total
 
 patch_interpreter()
 
@@ -200,8 +200,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
 
     def launch(cfg: ShrinkConfig) -> None:
         n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)
-        split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
-        k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
+        split, k_per_split = hidden_shares(hidden, cfg.block_k, cfg.split_k)
         s_pad = triton.next_power_of_2(slices)
         if split > 1:
             ws = torch.empty(n_tiles * split * triton.cdiv(r_max, cfg.block_r) * cfg.block_m * s_pad * cfg.block_r,

@@ -16,6 +16,7 @@ from kernels.interpret import patch_interpreter
 from kernels.launch import ShrinkRowsConfig, launch_fitting, lookup, shrink_key
 from kernels.lora_shrink import _check
 from kernels.meta import LoRAMeta
+from kernels.tiles import hidden_shares
 
 patch_interpreter()
 
@@ -117,9 +118,8 @@ def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scal
     gdc = pdl_switch.use(x.device) if pdl is None else pdl
 
     def launch(cfg: ShrinkRowsConfig) -> None:
-        split = max(1, min(cfg.split_k, triton.cdiv(hidden, cfg.block_k)))
-        k_per_split = triton.cdiv(triton.cdiv(hidden, cfg.block_k), split) * cfg.block_k
-        split = triton.cdiv(hidden, k_per_split)  # no empty share
+        _, k_per_split = hidden_shares(hidden, cfg.block_k, cfg.split_k)
+        split = triton.cdiv(hidden, k_per_split)  # no empty share: each writes a plane the expand sums
         dst = out.unsqueeze(0) if split == 1 else torch.empty(split, *out.shape, dtype=out.dtype, device=out.device)
         _shrink_rows_kernel[(triton.cdiv(t, cfg.block_m), split)](
             x, lora_a, dst, meta.token_indices, meta.sorted_slot, scales, ranks,

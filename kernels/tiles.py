@@ -74,3 +74,10 @@ def tile_bound(total_rows: int, max_groups: int, block: int) -> int:
     """
     groups = max(1, min(total_rows, max_groups))
     return max(1, triton.cdiv(total_rows, block) + groups - 1)
+
+
+def hidden_shares(hidden: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(shares, columns per share) of a hidden dimension split `split_k` ways in whole block_k steps: at most one
+    share per step; the last shares may be short or, for the semaphore kernels that count every share, empty."""
+    split = max(1, min(split_k, triton.cdiv(hidden, block_k)))
+    return split, triton.cdiv(triton.cdiv(hidden, block_k), split) * block_k
