@@ -50,7 +50,9 @@ class ExpandRowsConfig:
 @dataclass(frozen=True)
 class ShrinkRowsConfig:
     """The shrink by rows (BGMV-like, decode): each program takes its rows' own adapters' A over one share of the
-    hidden dimension, into a partial plane of its own that the expand by rows sums (no reduction pass)."""
+    hidden dimension, into a partial plane of its own that the expand by rows sums (no reduction pass). The field
+    defaults are a generic small shape for hand-made configs; a launch without a tuned entry takes
+    kernels.lora_shrink_rows.default_shrink_rows for its shape."""
     block_m: int = 1  # token rows per program, each with its own slot
     block_k: int = 128  # hidden columns per step
     split_k: int = 4  # shares of the hidden dimension (partial planes)
