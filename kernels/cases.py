@@ -111,6 +111,9 @@ LORA_CASES = [
     LoRACase("decode-64x8-r16-qkv", 64, 8, 16, widths=QKV),
     LoRACase("decode-64x8-r16", 64, 8, 16),
     LoRACase("decode-256x256-r16-qkv", 256, 256, 16, widths=QKV),
+    # 128 tokens over 8 adapters: 16 a tile, so by segments, on a grid bounded by the engine's 64 slots (m_programs)
+    LoRACase("decode-128x8-r16-qkv", 128, 8, 16, widths=QKV),
+    LoRACase("decode-128x8-r16", 128, 8, 16),
     LoRACase("decode-256x30-r16-qkv", 256, 30, 16, widths=QKV),  # tokens sharing adapters (bursty30's count)
     LoRACase("decode-256x128-r16-qkv", 256, 128, 16, widths=QKV),  # 2 and 4 tokens an adapter: where the expand
     LoRACase("decode-256x64-r16-qkv", 256, 64, 16, widths=QKV),  # by rows stops paying (lora_expand_rows=auto)
