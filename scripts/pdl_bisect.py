@@ -2,14 +2,17 @@
 requests over four adapters (tests/test_engine_lora_fold.py's) with PDL off, then, each in a child process (an
 illegal address ends a CUDA context), with PDL on for one family of kernels at a time, eager and with graphs.
 
-    python scripts/pdl_bisect.py [--families all,lora_rows,...] [--graphs 0,1] [--warmup] [--after-off]
-                                 [--after-kernel-test off|on|off,on]
+    python scripts/pdl_bisect.py [--families all,lora_rows,...,none] [--graphs 0,1] [--warmup] [--after-off]
+                                 [--after-kernel-test off|on|off,on] [--blocking]
 
-Prints one line per (family, graphs): same tokens, different tokens, or the child's error."""
+Prints one line per (family, graphs): same tokens, different tokens, or the child's error with the stage it reached
+(the kernel test, engine i) and the innermost frames of its traceback. Family `none`: PDL on for no kernel, so the
+engines serve without it (does a failure need PDL at all?)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ FAMILIES = {  # the modules whose kernels each family launches
     "attention": ("kernels.paged_attention",),
 }
 FAMILIES["all"] = tuple(m for v in FAMILIES.values() for m in v)
+FAMILIES["none"] = ()
 CHILD = """
 import importlib, json, sys, types
 import torch
@@ -39,7 +43,9 @@ for name in {others!r}:
 if {first_test}:  # the GPU kernel test that ran before the failing engine test in pytest, PDL off/on as asked
     from tests.test_kernels_pdl import rows_pair_graphs
     rows_pair_graphs({first_modes!r})
-for on in {sequence!r}:  # engines one after another in this process
+    print("stage: kernel test done", flush=True)
+for i, on in enumerate({sequence!r}):  # engines one after another in this process
+    print(f"stage: engine {{i}} (pdl {{on}})", flush=True)
     eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", adapters={adapters!r},
                                      num_kv_blocks=512, extra={{"pdl": on, "capture_graphs": {graphs},
                                                                 "warmup": {warmup}}}))
@@ -51,17 +57,30 @@ print(json.dumps(toks))
 
 
 def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = False,
-        first_test: bool = False, first_modes: tuple[bool, ...] = (False, True)) -> tuple[str, dict | None]:
+        first_test: bool = False, first_modes: tuple[bool, ...] = (False, True),
+        blocking: bool = False) -> tuple[str, dict | None]:
     """(status, tokens) of one child: PDL available to the kernel modules `mods` only, engines with PDL as in
-    `sequence` one after another; status "ok" or the child's last error line (tokens None then)."""
+    `sequence` one after another; status "ok", or the stage the child reached, its last error line and the
+    innermost frames of its traceback (tokens None then). blocking: CUDA_LAUNCH_BLOCKING=1 in the child."""
     others = [m for m in FAMILIES["all"] if m not in mods]
     code = CHILD.format(root=str(ROOT), others=others, adapters=adapters, sequence=sequence, graphs=graphs,
                         warmup=warmup, first_test=first_test, first_modes=tuple(first_modes))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1") if blocking else None
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     if out.returncode:
-        err = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
-        return (err[-1] if err else out.stderr[-300:]).strip()[:300], None
+        return failure_line(out), None
     return "ok", json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def failure_line(out: subprocess.CompletedProcess) -> str:
+    """A failed child in one line: the last stage it printed ("stage: ..." on stdout), its last error line, and the
+    innermost three frames of its traceback."""
+    stages = [line[7:] for line in out.stdout.splitlines() if line.startswith("stage: ")]
+    lines = out.stderr.splitlines()
+    err = [line for line in lines if ("Error" in line or "error" in line) and not line.startswith("frame #")]
+    frames = [line.strip() for line in lines if line.lstrip().startswith("File ")][-3:]
+    what = (err[-1] if err else out.stderr[-300:]).strip()[:300]
+    return f"after {stages[-1] if stages else 'start'}: {what} | " + " <- ".join(reversed(frames))
 
 
 def main() -> int:
@@ -73,6 +92,8 @@ def main() -> int:
     ap.add_argument("--after-kernel-test", default=None, choices=("off", "on", "off,on"),
                     help="each child first captures tests/test_kernels_pdl.py's rows pair graph with PDL off, on, or "
                          "both (the GPU test's order), then serves")
+    ap.add_argument("--blocking", action="store_true", help="CUDA_LAUNCH_BLOCKING=1 in the children: the error "
+                    "surfaces at the launch that made it")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -83,12 +104,12 @@ def main() -> int:
     make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
                   root, dtype=torch.float32)
     for graphs in (g == "1" for g in a.graphs.split(",")):
-        status, want = run((), graphs, str(root), [False], a.warmup)
+        status, want = run((), graphs, str(root), [False], a.warmup, blocking=a.blocking)
         print(f"graphs={graphs} PDL off: {status}", flush=True)
         for fam in a.families.split(","):
             status, got = run(FAMILIES[fam], graphs, str(root), [False, True] if a.after_off else [True], a.warmup,
                               a.after_kernel_test is not None,
-                              tuple(m == "on" for m in (a.after_kernel_test or "").split(",") if m))
+                              tuple(m == "on" for m in (a.after_kernel_test or "").split(",") if m), a.blocking)
             verdict = status if got is None else ("same tokens" if got == want else "DIFFERENT tokens")
             print(f"graphs={graphs} PDL on for {fam:14s}: {verdict}", flush=True)
     return 0

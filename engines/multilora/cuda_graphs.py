@@ -30,6 +30,12 @@ class DecodeGraphs:
     def __init__(self, model: Transformer, max_batch: int, max_blocks: int, lora_slots: int,
                  device: torch.device) -> None:
         self.model = model
+        # One stream warms up and captures every graph. With a fresh torch.cuda.Stream() per capture (the 32 that
+        # PyTorch hands out in turn) a graph replay hit an illegal address on the H200 whenever the LoRA side stream
+        # was on and another Triton kernel had run in the process before the engine (scripts/graph_crash_probe.py,
+        # docs/performance.md run 13); graphs each in a pool of their own, or this one stream, removed it. PyTorch
+        # keys cuBLAS workspaces by stream: this stream's is made by its first warm-up, outside every graph's pool.
+        self.capture_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.buckets = buckets_up_to(max_batch)
         self.max_batch = self.buckets[-1]
         i64, i32 = dict(dtype=torch.long, device=device), dict(dtype=torch.int32, device=device)
@@ -60,13 +66,13 @@ class DecodeGraphs:
         self.block_tables[:b].zero_()
         if with_lora:
             self.meta.prepare([-1] * b, expand_rows=rows)
-        s = torch.cuda.Stream()
+        s = self.capture_stream
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             self._forward(b, with_lora)  # warm-up: Triton compiles and autotunes outside the capture
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
+        with torch.cuda.graph(g, pool=self.pool, stream=s):
             out = self._forward(b, with_lora)
         if self.pool is None:
             self.pool = g.pool()
