@@ -27,9 +27,9 @@ import os
 import torch
 
 ENV = "LORA_FLEET_PDL"
-# Off: measured to help on the H200, but a GPU test that captures PDL kernels in a CUDA graph is followed, in the
-# same process, by an illegal address in the next engine's start-up; the cause is not found (run 12,
-# tests/test_kernels_pdl.py's xfail test reproduces it)
+# Off: on the H200 it took two points off the LoRA tax at 64 tokens and none at 1 and 256, where the base step read
+# 1.9% slower (run 12), and it is not yet measured with run 13's tuned configs. The illegal address that first kept
+# it off was not PDL's: the decode graphs' capture (run 13, engines/multilora/cuda_graphs.py)
 DEFAULT = False
 _wanted = DEFAULT if os.environ.get(ENV, "").strip() == "" else \
     os.environ[ENV].strip().lower() not in ("0", "false", "off", "no")
