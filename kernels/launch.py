@@ -45,6 +45,10 @@ class ExpandRowsConfig:
     block_n: int = 64  # output columns per program
     block_r: int = 16  # rank columns per step
     num_warps: int = 4
+    # 0: one program per (column tile, row block); N: N programs looping over those tiles (the loads of the next
+    # tile issue while one finishes: the kernel is latency-bound at decode, run 13's Nsight Compute)
+    programs: int = 0
+    late_rank: bool = False  # B and y load once the rows' slots are known; their ranks mask after the loads
 
 
 @dataclass(frozen=True)
@@ -426,6 +430,16 @@ def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[
     return [ShrinkRowsConfig(block_m=bm, block_k=bk, split_k=sk, num_warps=w)
             for bm in (1, 2, 4) for bk in (32, 64, 128, 256) for sk in (1, 2, 4, 8, 16) for w in (4, 8)
             if bm * bk * cols <= 16384 and (tokens // bm) * sk <= 8192]
+
+
+def expand_rows_space(tokens: int, max_rank: int = 16) -> list[ExpandRowsConfig]:
+    """The autotune space of the expand by rows (decode sizes; the same for every token count): rows and columns a
+    program, the grid (one program a tile, or 256 / 1024 looping ones, at most one a tile) and whether the rank
+    masks the loads or only the products (late_rank)."""
+    block_r = 16 if max_rank <= 16 else 32
+    return [ExpandRowsConfig(block_m=bm, block_n=bn, block_r=block_r, num_warps=4, programs=p, late_rank=late)
+            for bm in (1, 2, 4, 8) for bn in (32, 64, 128) for p in (0, 256, 1024) for late in (False, True)
+            if bm * bn <= 512]
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:

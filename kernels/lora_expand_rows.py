@@ -20,66 +20,105 @@ patch_interpreter()
 
 
 @triton.jit
-def _b_chunk(w_rows, rs, rank, mask, stride_bk):
-    """(BLOCK_M, BLOCK_N, BLOCK_R) of the rows' adapters' B at ranks rs (zero past each row's rank)."""
+def _b_chunk(w_rows, rs, rank, r_max, mask, stride_bk, LATE_RANK: tl.constexpr):
+    """(BLOCK_M, BLOCK_N, BLOCK_R) of the rows' adapters' B at ranks rs (zero past each row's rank). LATE_RANK: the
+    load waits only for the rows' slots (ranks up to the slots' r_max) and the rank mask applies after it."""
+    if LATE_RANK:
+        w = tl.load(w_rows + rs[None, None, :] * stride_bk, mask=mask[:, :, None] & (rs < r_max)[None, None, :],
+                    other=0.0)
+        return tl.where((rs[None, :] < rank[:, None])[:, None, :], w, 0.0)
     r_in = rs[None, :] < rank[:, None]
     return tl.load(w_rows + rs[None, None, :] * stride_bk, mask=mask[:, :, None] & r_in[:, None, :], other=0.0)
 
 
 @triton.jit
-def _planes(bufs, rs, rank, row, stride_bp, stride_br, PLANES: tl.constexpr):
-    """(BLOCK_M, BLOCK_R) float32 rank vectors at ranks rs: the shrink's partial planes summed in a fixed order."""
+def _planes(bufs, rs, rank, row, r_max, stride_bp, stride_br, PLANES: tl.constexpr, LATE_RANK: tl.constexpr):
+    """(BLOCK_M, BLOCK_R) float32 rank vectors at ranks rs: the shrink's partial planes summed in a fixed order.
+    LATE_RANK: row is the rows with a slot, and entries past each row's rank (not written by the shrink) are
+    zeroed after the loads."""
     r_in = rs[None, :] < rank[:, None]
-    h = tl.load(bufs + rs[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+    ok = row[:, None] & (rs < r_max)[None, :] if LATE_RANK else row[:, None] & r_in
+    h = tl.load(bufs + rs[None, :] * stride_br, mask=ok, other=0.0)
     for p in tl.static_range(1, PLANES):
-        h += tl.load(bufs + p * stride_bp + rs[None, :] * stride_br, mask=row[:, None] & r_in, other=0.0)
+        h += tl.load(bufs + p * stride_bp + rs[None, :] * stride_br, mask=ok, other=0.0)
+    if LATE_RANK:
+        h = tl.where(r_in, h, 0.0)
     return h
 
 
 @triton.jit
-def _expand_rows_kernel(
-    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
+def _expand_rows_tile(
+    pid_n, pid_m, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PLANES: tl.constexpr, USE_GDC: tl.constexpr,
+    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr,
 ):
-    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
-
-    Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
-    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
-    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
-    for the kernel before (the shrink); the rank vectors, y and the store come after."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_launch_dependents()
+    """Column tile pid_n (over the slices' columns) x row block pid_m of the expand by rows (_expand_rows_kernel)."""
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_in = offs_m < T
     slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)  # -1 past the step's adapter tokens
     tok = tl.load(tok_ptr + offs_m, mask=m_in, other=0).to(tl.int64)
-    sl, n_tile, valid_n = locate_tile(tl.program_id(0), hi - lo, BLOCK_N, S_POW2)
+    sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
     n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
     n_hi = tl.where(valid_n, tl.sum(tl.where(offs_s == sl, hi, 0), 0), 0)  # a spare tile: no column
     has = m_in & (slot >= 0)
     rank = tl.minimum(tl.load(rank_ptr + slot, mask=has, other=0), r_max)
     row = has & (rank > 0)
     offs_n = n_lo + n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = row[:, None] & (offs_n < n_hi)[None, :]
+    mask = row[:, None] & (offs_n < n_hi)[None, :]  # the store's
+    early = (has if LATE_RANK else row)[:, None] & (offs_n < n_hi)[None, :]  # the loads'
     ys = y_ptr + tok[:, None] * stride_yt + offs_n[None, :] * stride_yn
     w_rows = b_ptr + slot.to(tl.int64)[:, None, None] * stride_bslot + offs_n[None, :, None] * stride_bn
     bufs = buf_ptr + sl * stride_bs + tok[:, None] * stride_bt
     offs_r = tl.arange(0, BLOCK_R)
-    w = _b_chunk(w_rows, offs_r, rank, mask, stride_bk)  # rank chunk 0
+    w = _b_chunk(w_rows, offs_r, rank, r_max, early, stride_bk, LATE_RANK)  # rank chunk 0
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
-    y = tl.load(ys, mask=mask, other=0.0)
-    acc = tl.sum(_planes(bufs, offs_r, rank, row, stride_bp, stride_br, PLANES)[:, None, :] * w.to(tl.float32), axis=2)
+    y = tl.load(ys, mask=early, other=0.0)
+    rows = has if LATE_RANK else row
+    acc = tl.sum(_planes(bufs, offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
+                 * w.to(tl.float32), axis=2)
     for r0 in range(BLOCK_R, r_max, BLOCK_R):
-        w = _b_chunk(w_rows, r0 + offs_r, rank, mask, stride_bk)
-        acc += tl.sum(_planes(bufs, r0 + offs_r, rank, row, stride_bp, stride_br, PLANES)[:, None, :]
+        w = _b_chunk(w_rows, r0 + offs_r, rank, r_max, early, stride_bk, LATE_RANK)
+        acc += tl.sum(_planes(bufs, r0 + offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
                       * w.to(tl.float32), axis=2)
     tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _expand_rows_kernel(
+    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max, n_col_tiles,
+    stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
+    S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, LOOP: tl.constexpr,
+):
+    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
+
+    Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
+    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
+    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
+    for the kernel before (the shrink); the rank vectors, y and the store come after.
+    LOOP (ExpandRowsConfig.programs): a 1-D grid of fewer programs, each looping over the (column tile, row block)
+    tiles with that stride, so the loads of its next tile can be issued while it finishes one (num_stages).
+    LATE_RANK (ExpandRowsConfig.late_rank): B, y and the rank vectors load as soon as the rows' slots are known;
+    the rows' ranks (a load that needs the slot) mask them after."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+    if not LOOP:
+        _expand_rows_tile(tl.program_id(0), tl.program_id(1), buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr,
+                          rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn,
+                          stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R, PLANES, USE_GDC,
+                          LATE_RANK)
+    else:
+        total = n_col_tiles * tl.cdiv(T, BLOCK_M)
+        for tile in range(tl.program_id(0), total, tl.num_programs(0)):
+            _expand_rows_tile(tile % n_col_tiles, tile // n_col_tiles, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr,
+                              slot_ptr, rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot,
+                              stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R,
+                              PLANES, USE_GDC, LATE_RANK)
 
 
 def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
@@ -109,13 +148,16 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     gdc = pdl_switch.use(y.device) if pdl is None else pdl
 
     def launch(cfg: ExpandRowsConfig) -> None:
-        grid = (tile_bound(n_y, slices, cfg.block_n), triton.cdiv(t, cfg.block_m))  # spare tiles exit at once
+        n_col = tile_bound(n_y, slices, cfg.block_n)  # spare tiles exit at once
+        tiles = n_col * triton.cdiv(t, cfg.block_m)
+        grid = (min(cfg.programs, tiles),) if cfg.programs else (n_col, triton.cdiv(t, cfg.block_m))
         _expand_rows_kernel[grid](
-            buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max,
+            buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max, n_col,
             plane_stride, buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-            PLANES=planes, num_warps=cfg.num_warps, **pdl_switch.launch_options(gdc),
+            PLANES=planes, LATE_RANK=cfg.late_rank, LOOP=cfg.programs > 0, num_warps=cfg.num_warps,
+            **pdl_switch.launch_options(gdc),
         )
     launch_fitting("expand_rows", key, asked, launch)
     return y

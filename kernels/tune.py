@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kernels.launch import (CONFIG_TYPES, FUSED_MAX_TOKENS, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS, attention_key,
                             attention_space, config_path, expand_key, expand_space, fused_key, fused_space, shrink_key,
-                            shrink_rows_space, shrink_space)
+                            expand_rows_space, shrink_rows_space, shrink_space)
 
 _WORKER_INPUTS: dict[str, object] = {}
 
@@ -39,6 +39,9 @@ def _runner(op: str, inp, case, cfg):
     if op == "shrink_rows":  # timed with the expand by rows that sums its planes: more planes cost the expand
         from kernels.bench import rows_pair_op
         return rows_pair_op(inp, cfg)
+    if op == "expand_rows":
+        from kernels.bench import expand_rows_op
+        return expand_rows_op(inp, cfg)
     return lambda: paged_decode_attention(inp.q, inp.k_cache, inp.v_cache, inp.block_tables, inp.context_lens,
                                           inp.scale, config=cfg)
 
@@ -80,10 +83,11 @@ def _keys(case) -> dict[str, str]:
     shrink = shrink_key(case.tokens, case.hidden, case.slices, r_max, "torch.bfloat16")
     return {"shrink": shrink, "shrink_rows": shrink,
             "expand": expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"),
+            "expand_rows": expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"),
             "fused": fused_key(case.tokens, case.hidden, case.n_total, case.slices, r_max, "torch.bfloat16")}
 
 
-OPS = ("fused", "shrink", "shrink_rows", "expand", "attention")
+OPS = ("fused", "shrink", "shrink_rows", "expand", "expand_rows", "attention")
 
 
 def _spaces(case, ops=OPS) -> list[tuple[str, str, object]]:
@@ -102,7 +106,9 @@ def _all_spaces(case) -> list[tuple[str, str, object]]:
                 + [("shrink", keys["shrink"], c) for c in shrink_space(case.tokens, r_max, case.slices)]
                 + [("shrink_rows", keys["shrink_rows"], c) for c in
                    (shrink_rows_space(case.tokens, r_max, case.slices) if case.tokens <= ROWS_AUTO_TOKENS else [])]
-                + [("expand", keys["expand"], c) for c in expand_space(case.tokens, r_max)])
+                + [("expand", keys["expand"], c) for c in expand_space(case.tokens, r_max)]
+                + [("expand_rows", keys["expand_rows"], c) for c in
+                   (expand_rows_space(case.tokens, r_max) if case.tokens <= ROWS_AUTO_TOKENS else [])])
     max_blocks = -(-case.context // case.block_size)
     key = attention_key(case.batch, max_blocks, case.block_size, case.hq, case.hkv, case.head_dim, "torch.bfloat16")
     return [("attention", key, c) for c in attention_space(case.batch)]
@@ -140,7 +146,7 @@ def tune_case(case, failed: dict, times: dict, deadline: float, log, ops=OPS) ->
             first.buf.fill_(float("nan"))
             _runner(op, first, case, cfg)()
             ok = _close(first.buf[..., :rank], buf_ref[..., :rank], 1e-4)
-        elif op in ("expand", "fused", "shrink_rows"):
+        elif op in ("expand", "fused", "shrink_rows", "expand_rows"):
             first.y.copy_(y0)
             first.buf.copy_(buf_ref)
             _runner(op, first, case, cfg)()

@@ -18,8 +18,9 @@ CHILD = """
 import json
 from kernels.aot import SMEM_LIMIT, caught_launches, check, compile_launch
 from kernels.cases import LORA_CASES, lora_inputs
-from kernels.launch import ExpandConfig, ShrinkConfig
+from kernels.launch import ExpandConfig, ExpandRowsConfig, ShrinkConfig
 from kernels.lora_expand import lora_expand
+from kernels.lora_expand_rows import lora_expand_rows
 from kernels.lora_shrink import lora_shrink
 
 rows = check(["decode-64x64-r16-qkv"], arch=90)
@@ -33,6 +34,9 @@ looping = [ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=4, num_warp
 with caught_launches() as loops:
     lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=looping[0])
     lora_expand(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=looping[1])
+    for cfg in (ExpandRowsConfig(programs=256), ExpandRowsConfig(late_rank=True),
+                ExpandRowsConfig(block_m=2, programs=1024, late_rank=True)):
+        lora_expand_rows(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=cfg)
 print(json.dumps({"rows": rows, "launches": len(launches), "huge": compile_launch(*launches[0], arch=90),
                   "limit": SMEM_LIMIT[90], "loops": [compile_launch(*launch, arch=90) for launch in loops]}))
 """
@@ -64,9 +68,13 @@ def test_the_decode_step_kernels_compile_for_sm90_within_its_shared_memory(compi
 
 def test_the_segment_kernels_that_loop_over_the_real_tiles_compile_for_sm90(compiled):
     loops = compiled["loops"]  # m_programs > 0: LOOP_M, the split-K semaphores inside the loop for the shrink
-    assert [r["kernel"] for r in loops] == ["_shrink_kernel", "_expand_kernel"]
-    for r in loops:
+    assert [r["kernel"] for r in loops] == ["_shrink_kernel", "_expand_kernel"] + ["_expand_rows_kernel"] * 3
+    for r in loops[:2]:
         assert r["constants"]["LOOP_M"] is True and 0 < r["shared_bytes"] <= compiled["limit"], r
+    # the expand by rows with a looping grid (ExpandRowsConfig.programs) and loads that do not wait for the rank
+    assert [(r["constants"]["LOOP"], r["constants"]["LATE_RANK"]) for r in loops[2:]] == \
+        [(True, False), (False, True), (True, True)]
+    assert all(r["shared_bytes"] <= compiled["limit"] for r in loops[2:])
 
 
 def test_a_config_past_the_shared_memory_limit_is_reported(compiled):

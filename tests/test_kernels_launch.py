@@ -30,6 +30,11 @@ def test_keys_separate_shapes_and_dtypes():
 
 @pytest.mark.parametrize("tokens", [1, 64, 256, 4096])
 def test_spaces_are_valid_and_distinct(tokens):
+    rows = launch.expand_rows_space(tokens, 16)
+    assert rows and len(set(rows)) == len(rows)
+    assert {c.programs for c in rows} == {0, 256, 1024} and {c.late_rank for c in rows} == {False, True}
+    assert all(c.block_m * c.block_n <= 512 and c.block_r == 16 for c in rows)  # the register tile
+    assert {c.block_r for c in launch.expand_rows_space(tokens, 64)} == {32}
     for space in (launch.shrink_space(tokens, 64, 3), launch.expand_space(tokens, 64), launch.attention_space(tokens)):
         assert space and len(set(space)) == len(space)
         for cfg in space:
@@ -216,9 +221,10 @@ def test_mixed_case_puts_decodes_first_then_one_adapter_per_prompt():
 def test_tuner_ops_filter_and_refusal(capsys):
     from kernels.tune import _spaces, main
     case = next(c for c in LORA_CASES if c.name == "decode-256x30-r16-qkv")
-    assert {op for op, _, _ in _spaces(case)} == {"fused", "shrink", "shrink_rows", "expand"}
+    assert {op for op, _, _ in _spaces(case)} == {"fused", "shrink", "shrink_rows", "expand", "expand_rows"}
     prompts = next(c for c in LORA_CASES if c.name.startswith("prefill-"))
-    assert "shrink_rows" not in {op for op, _, _ in _spaces(prompts)}  # by rows only at the decode sizes
+    by_rows = {"shrink_rows", "expand_rows"}
+    assert not by_rows & {op for op, _, _ in _spaces(prompts)}  # by rows only at the decode sizes
     assert {op for op, _, _ in _spaces(case, ("expand",))} == {"expand"}
     assert main(["--ops", "expand,shrinkk"]) == 2  # refused before anything needs a GPU
     assert "--ops='expand,shrinkk'" in capsys.readouterr().err
