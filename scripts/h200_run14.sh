@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The next GPU session's work on one H200 (issue 15), prepared after run 13; one device call (under 10 minutes) per
+# letter, in this order:
+#   scripts/h200_run14.sh a   # kernels.tune --ops expand_rows (ExpandRowsConfig.programs and .late_rank, new after
+#                             #   run 13) on the decode cases, then kernels.bench of them; the tuned file comes back
+#                             #   as runs/nvidia-h200.json (commit it before call b)
+#   scripts/h200_run14.sh b   # harness profile --rounds 3 at batches 1, 64, 256 over 0, 1, 8, 64, 256 adapters, the
+#                             #   default path against segments everywhere (does the retuned segment pair beat the
+#                             #   rows pair at 64 tokens over few adapters, ROWS_ANY_FILL_TOKENS?)
+#   scripts/h200_run14.sh c   # the same profile with PDL on (run 12: two points of tax at 64 tokens; run 13 found
+#                             #   that the illegal address which kept it off was not PDL's)
+#   scripts/h200_run14.sh t   # GPU tests: the graph capture regression, the expand by rows' new options compiled,
+#                             #   programmatic dependent launch
+#   scripts/h200_run14.sh s   # workloads/saturate.yaml at 130 req/s over its 30 adapters, then
+#                             #   scripts/served_vs_step.py (needs the wheels: carry .whl)
+# Results: $OUT/<call>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/r14
+call=${1:?usage: h200_run14.sh a|b|c|t|s}
+. scripts/gpu_call_start.sh
+cases=decode-1x1-r16,decode-64x1-r16,decode-64x8-r16,decode-64x64-r16,decode-128x128-r16,decode-256x256-r16
+case "$call" in
+a)
+  timeout 300 python3 -m kernels.tune --ops expand_rows --only "$cases" --budget-s 240 --jobs 16 \
+      > "$res/logs/a-tune.log" 2>&1
+  tail -12 "$res/logs/a-tune.log"; cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+  timeout 200 python3 -m kernels.bench --only "$cases" --out "$res/runs/kernels.json" > "$res/logs/a-bench.log" 2>&1
+  grep -E "^\| (decode|mixed)" "$res/logs/a-bench.log" | head -20 ;;
+b|c)
+  pdl=$([ "$call" = c ] && echo on || echo off)
+  timeout 500 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,8,64,256 --fused-lora auto,segments \
+      --pdl "$pdl" --out "$res/runs/profile-pdl-$pdl.json" > "$res/logs/$call-profile.log" 2>&1
+  grep -E "^\|" "$res/logs/$call-profile.log" | head -24
+  grep -A1 -E "^decode batch" "$res/logs/$call-profile.log" | grep -v "^--" | cut -c1-190 ;;
+t)
+  timeout 400 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_engine_graph_capture.py \
+      tests/test_kernels_expand_rows.py tests/test_kernels_pdl.py tests/test_engine_fused_ops.py \
+      > "$res/logs/t-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
+s)
+  timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
+      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
+      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/s-saturate.log" 2>&1
+  grep -E "^multilora|invalid|rror" "$res/logs/s-saturate.log" | head -3
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" docs/results/h200/run8/profile-mixed.json --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a b c t s)" >&2; exit 2 ;;
+esac
+. scripts/gpu_call_pack.sh
