@@ -17,6 +17,7 @@ Prints one line per probe and run: ok, or the stage the child reached, its error
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,8 +25,17 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from pdl_bisect import failure_line  # noqa: E402  (a sibling script)
+
+
+def _sibling(name: str):
+    """A script beside this one, loaded as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+failure_line = _sibling("pdl_bisect").failure_line
 
 PRELUDES = {
     "none": "",
@@ -153,12 +163,19 @@ def probe(name: str, adapters: str) -> str:
     return "ok" if out.returncode == 0 else "FAILED " + failure_line(out)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--probes", default="none,rows_graph,rows_eager,other_graph,rows_graph+meta_sync,"
-                                        "rows_graph+fresh_stage,rows_graph+no_graph_engine")
+    ap.add_argument("--probes", default="none,norm_only,expand_only,rows_graph,rows_eager,norm_only+own_pools",
+                    help="comma-separated probes, PRELUDE[+VARIANT[&VARIANT...]] (the module's docstring lists them)")
     ap.add_argument("--repeat", type=int, default=1)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    names = a.probes.split(",")
+    for name in names:  # every name checked before any child runs
+        try:
+            child_code(name, "")
+        except ValueError as e:
+            print(f"graph_crash_probe: --probes: {e}", file=sys.stderr)
+            return 2
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -167,7 +184,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="graph-probe-"))
     make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
                   root, dtype=torch.float32)
-    for name in a.probes.split(","):
+    for name in names:
         for i in range(a.repeat):
             print(f"{name:28s} run {i}: {probe(name, str(root))}", flush=True)
     return 0
