@@ -6,7 +6,8 @@
 #                             #   as runs/nvidia-h200.json (commit it before call b)
 #   scripts/h200_run14.sh b   # harness profile --rounds 3 at batches 1, 64, 256 over 0, 1, 8, 64, 256 adapters, the
 #                             #   default path against segments everywhere (does the retuned segment pair beat the
-#                             #   rows pair at 64 tokens over few adapters, ROWS_ANY_FILL_TOKENS?)
+#                             #   rows pair at 64 tokens over few adapters, ROWS_ANY_FILL_TOKENS?) and the fold (shrink
+#                             #   and expand beside the base matmul, the sum added by the next op: the batch-1 tax)
 #   scripts/h200_run14.sh c   # the same profile with PDL on (run 12: two points of tax at 64 tokens; run 13 found
 #                             #   that the illegal address which kept it off was not PDL's)
 #   scripts/h200_run14.sh t   # GPU tests: the graph capture regression, the expand by rows' new options compiled,
@@ -29,7 +30,7 @@ a)
   grep -E "^\| (decode|mixed)" "$res/logs/a-bench.log" | head -20 ;;
 b|c)
   pdl=$([ "$call" = c ] && echo on || echo off)
-  timeout 500 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,8,64,256 --fused-lora auto,segments \
+  timeout 500 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,8,64,256 --fused-lora auto,segments,fold \
       --pdl "$pdl" --out "$res/runs/profile-pdl-$pdl.json" > "$res/logs/$call-profile.log" 2>&1
   grep -E "^\|" "$res/logs/$call-profile.log" | head -24
   grep -A1 -E "^decode batch" "$res/logs/$call-profile.log" | grep -v "^--" | cut -c1-190 ;;
