@@ -434,12 +434,15 @@ def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[
 
 def expand_rows_space(tokens: int, max_rank: int = 16) -> list[ExpandRowsConfig]:
     """The autotune space of the expand by rows (decode sizes; the same for every token count): rows and columns a
-    program, the grid (one program a tile, or 256 / 1024 looping ones, at most one a tile) and whether the rank
-    masks the loads or only the products (late_rank)."""
+    program, 4 warps or (for tiles of 256 rows x columns and more) 8, which hold fewer of the tile's products each
+    (run 13: 72 registers a thread at 4 rows x 64 columns limited occupancy to 44%), the grid (one program a tile,
+    or 256 / 1024 looping ones, at most one a tile) and whether the rank masks the loads or only the products
+    (late_rank)."""
     block_r = 16 if max_rank <= 16 else 32
-    return [ExpandRowsConfig(block_m=bm, block_n=bn, block_r=block_r, num_warps=4, programs=p, late_rank=late)
-            for bm in (1, 2, 4, 8) for bn in (32, 64, 128) for p in (0, 256, 1024) for late in (False, True)
-            if bm * bn <= 512]
+    return [ExpandRowsConfig(block_m=bm, block_n=bn, block_r=block_r, num_warps=w, programs=p, late_rank=late)
+            for bm in (1, 2, 4, 8) for bn in (32, 64, 128) for w in (4, 8) for p in (0, 256, 1024)
+            for late in (False, True)
+            if bm * bn <= 512 and (w == 4 or bm * bn >= 256)]
 
 
 def expand_space(tokens: int, max_rank: int = 16) -> list[ExpandConfig]:

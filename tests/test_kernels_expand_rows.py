@@ -68,7 +68,8 @@ def test_refilled_meta_follows_the_new_mapping():
 
 @pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=2, block_n=32, late_rank=True),
                                  ExpandRowsConfig(block_m=4, block_n=16, programs=3),
-                                 ExpandRowsConfig(block_m=1, block_n=64, programs=2, late_rank=True)])
+                                 ExpandRowsConfig(block_m=1, block_n=64, programs=2, late_rank=True),
+                                 ExpandRowsConfig(block_m=4, block_n=64, num_warps=8, programs=4, late_rank=True)])
 def test_late_rank_and_looping_programs_keep_the_contract(cfg):
     """Loads that do not wait for the rank still ignore B and the rank vectors past each row's rank (the reference
     buffer holds NaN there, B random values); a rank-0 slot and rows without an adapter leave y as it was; a

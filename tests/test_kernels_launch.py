@@ -34,6 +34,7 @@ def test_spaces_are_valid_and_distinct(tokens):
     assert rows and len(set(rows)) == len(rows)
     assert {c.programs for c in rows} == {0, 256, 1024} and {c.late_rank for c in rows} == {False, True}
     assert all(c.block_m * c.block_n <= 512 and c.block_r == 16 for c in rows)  # the register tile
+    assert {c.num_warps for c in rows} == {4, 8} and all(c.block_m * c.block_n >= 256 for c in rows if c.num_warps == 8)
     assert {c.block_r for c in launch.expand_rows_space(tokens, 64)} == {32}
     for space in (launch.shrink_space(tokens, 64, 3), launch.expand_space(tokens, 64), launch.attention_space(tokens)):
         assert space and len(set(space)) == len(space)
