@@ -432,8 +432,8 @@ def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[
             if bm * bk * cols <= 16384 and (tokens // bm) * sk <= 8192]
 
 
-def expand_rows_space(tokens: int, max_rank: int = 16) -> list[ExpandRowsConfig]:
-    """The autotune space of the expand by rows (decode sizes; the same for every token count): rows and columns a
+def expand_rows_space(max_rank: int = 16) -> list[ExpandRowsConfig]:
+    """The autotune space of the expand by rows (decode sizes, the same for every token count): rows and columns a
     program, 4 warps or (for tiles of 256 rows x columns and more) 8, which hold fewer of the tile's products each
     (run 13: 72 registers a thread at 4 rows x 64 columns limited occupancy to 44%), the grid (one program a tile,
     or 256 / 1024 looping ones, at most one a tile) and whether the rank masks the loads or only the products

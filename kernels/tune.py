@@ -81,9 +81,8 @@ def _keys(case) -> dict[str, str]:
     """The config keys of a LoRA case per op (bf16, as the cases run)."""
     r_max = case.r_max or case.rank
     shrink = shrink_key(case.tokens, case.hidden, case.slices, r_max, "torch.bfloat16")
-    return {"shrink": shrink, "shrink_rows": shrink,
-            "expand": expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"),
-            "expand_rows": expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16"),
+    expand = expand_key(case.tokens, case.n_total, case.slices, r_max, "torch.bfloat16")
+    return {"shrink": shrink, "shrink_rows": shrink, "expand": expand, "expand_rows": expand,
             "fused": fused_key(case.tokens, case.hidden, case.n_total, case.slices, r_max, "torch.bfloat16")}
 
 
@@ -108,7 +107,7 @@ def _all_spaces(case) -> list[tuple[str, str, object]]:
                    (shrink_rows_space(case.tokens, r_max, case.slices) if case.tokens <= ROWS_AUTO_TOKENS else [])]
                 + [("expand", keys["expand"], c) for c in expand_space(case.tokens, r_max)]
                 + [("expand_rows", keys["expand_rows"], c) for c in
-                   (expand_rows_space(case.tokens, r_max) if case.tokens <= ROWS_AUTO_TOKENS else [])])
+                   (expand_rows_space(r_max) if case.tokens <= ROWS_AUTO_TOKENS else [])])
     max_blocks = -(-case.context // case.block_size)
     key = attention_key(case.batch, max_blocks, case.block_size, case.hq, case.hkv, case.head_dim, "torch.bfloat16")
     return [("attention", key, c) for c in attention_space(case.batch)]

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,8 @@ def _sibling(name: str):
     return mod
 
 
-failure_line = _sibling("pdl_bisect").failure_line
+_BISECT = _sibling("pdl_bisect")  # its child's failure line and its adapters
+failure_line = _BISECT.failure_line
 
 PRELUDES = {
     "none": "",
@@ -82,13 +82,9 @@ def _inputs():  # tests/test_kernels_pdl.py's rows_pair_graphs inputs: 64 tokens
     from kernels.fused_ops import FusedOps
     from kernels.lora_expand_rows import lora_expand_rows
     from kernels.lora_shrink_rows import lora_shrink_rows
-    from kernels.meta import LoRAMeta
-    from tests.test_kernels_lora import make_inputs, rand_slots
+    from tests.test_kernels_pdl import rows_pair_inputs
     dev = torch.device("cuda")
-    x, a, b, scales, ranks, offs, y0 = (t.to(dev) for t in make_inputs(4096, [4096, 1024, 1024],
-                                                                      [16, 8, 4, 16, 12, 16, 8, 16], 64,
-                                                                      torch.bfloat16, 3))
-    meta = LoRAMeta(64, 8, device=dev).prepare(rand_slots(64, 8, 1))
+    x, a, b, scales, ranks, offs, y0, meta = rows_pair_inputs(dev)
 """
 PATCHES["own_pools"] = """
 from engines.multilora.cuda_graphs import DecodeGraphs
@@ -176,14 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"graph_crash_probe: --probes: {e}", file=sys.stderr)
             return 2
-    sys.path.insert(0, str(ROOT))
-    import torch
-
-    from engines.adapters.synth import make_adapters
-    from engines.model.config import ModelArgs
-    root = Path(tempfile.mkdtemp(prefix="graph-probe-"))
-    make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-                  root, dtype=torch.float32)
+    root = _BISECT.tiny_adapters("graph-probe-")
     for name in names:
         for i in range(a.repeat):
             print(f"{name:28s} run {i}: {probe(name, str(root))}", flush=True)

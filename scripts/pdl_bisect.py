@@ -72,6 +72,20 @@ def run(mods, graphs: bool, adapters: str, sequence: list[bool], warmup: bool = 
     return "ok", json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def tiny_adapters(prefix: str) -> Path:
+    """A new temporary folder with tests/test_engine_lora_fold.py's four adapters of the tiny model (ranks 4, 8, 16 on
+    q, k, v, o and down), which the children serve."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from engines.adapters.synth import make_adapters
+    from engines.model.config import ModelArgs
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+                  root, dtype=torch.float32)
+    return root
+
+
 def failure_line(out: subprocess.CompletedProcess) -> str:
     """A failed child in one line: the last stage it printed ("stage: ..." on stdout), its last error line, and the
     innermost three frames of its traceback."""
@@ -95,14 +109,7 @@ def main() -> int:
     ap.add_argument("--blocking", action="store_true", help="CUDA_LAUNCH_BLOCKING=1 in the children: the error "
                     "surfaces at the launch that made it")
     a = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    import torch
-
-    from engines.adapters.synth import make_adapters
-    from engines.model.config import ModelArgs
-    root = Path(tempfile.mkdtemp(prefix="pdl-bisect-"))
-    make_adapters(ModelArgs.from_name("tiny"), 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-                  root, dtype=torch.float32)
+    root = tiny_adapters("pdl-bisect-")
     for graphs in (g == "1" for g in a.graphs.split(",")):
         status, want = run((), graphs, str(root), [False], a.warmup, blocking=a.blocking)
         print(f"graphs={graphs} PDL off: {status}", flush=True)

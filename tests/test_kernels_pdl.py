@@ -134,6 +134,18 @@ def test_without_pdl_the_kernels_carry_no_grid_dependency_control(compiled):
         assert r["ok"] and "griddepcontrol" not in r["ptx"] and "launch_pdl" not in r["constants"], r["kernel"]
 
 
+def rows_pair_inputs(dev=None):
+    """(x, a, b, scales, ranks, slice offsets, y0, meta) of 64 tokens over 8 slots of llama3-8b's q,k,v in bfloat16,
+    on the GPU (rows_pair_graphs's, and scripts/graph_crash_probe.py's preludes)."""
+    from kernels.meta import LoRAMeta
+    from tests.test_kernels_lora import make_inputs, rand_slots
+
+    dev = dev or torch.device("cuda")
+    inputs = (t.to(dev) for t in make_inputs(4096, [4096, 1024, 1024], [16, 8, 4, 16, 12, 16, 8, 16], 64,
+                                             torch.bfloat16, 3))
+    return (*inputs, LoRAMeta(64, 8, device=dev).prepare(rand_slots(64, 8, 1)))
+
+
 def rows_pair_graphs(modes=(False, True), graph: bool = True) -> dict:
     """{pdl: [y, norm]}: the rows pair then add + RMSNorm at 64 tokens (llama3-8b's q,k,v), captured in a CUDA graph
     with PDL off or on for each of `modes`, replayed once (the GPU test below; scripts/pdl_bisect.py runs it first).
@@ -141,14 +153,9 @@ def rows_pair_graphs(modes=(False, True), graph: bool = True) -> dict:
     from kernels.fused_ops import FusedOps
     from kernels.lora_expand_rows import lora_expand_rows
     from kernels.lora_shrink_rows import lora_shrink_rows
-    from kernels.meta import LoRAMeta
-    from tests.test_kernels_lora import make_inputs, rand_slots
 
     dev = torch.device("cuda")
-    x, a, b, scales, ranks, offs, y0 = (t.to(dev) for t in make_inputs(4096, [4096, 1024, 1024],
-                                                                      [16, 8, 4, 16, 12, 16, 8, 16], 64,
-                                                                      torch.bfloat16, 3))
-    meta = LoRAMeta(64, 8, device=dev).prepare(rand_slots(64, 8, 1))
+    x, a, b, scales, ranks, offs, y0, meta = rows_pair_inputs(dev)
     w = torch.randn(4096, device=dev, dtype=torch.bfloat16)
 
     def step(on: bool):
