@@ -21,6 +21,7 @@ ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_
 SEGMENTS = "segments"  # another: the pair expanding by segments always (the default before run 9)
 SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
+NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
@@ -59,7 +60,7 @@ class ProfileConfig:
     many_host_capacity: int = 512
     many_time_limit_s: float = 150.0
     seed: int = 0
-    pdl: bool | None = None  # engine extra pdl (programmatic dependent launch); None: the engine's default
+    pdl: bool | int | str | None = None  # engine extra pdl (programmatic dependent launch); None: the engine's
     lora_stream: bool | int = True  # LoRA shrink on a side stream beside the base matmul (engine extra; N: up to N tokens)
     # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N, or
     # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
@@ -103,14 +104,34 @@ def measure_bandwidth(device: torch.device) -> float:
     n = (1 << 30) if device.type == "cuda" else (1 << 26)
     src = torch.randn(n // 4, device=device)
     dst = torch.empty_like(src)
-    return 2 * n / _time(lambda: dst.copy_(src), device, 3, 10)
+    return 2 * n / _op_time(lambda: dst.copy_(src), device)
 
 
 def measure_matmul(device: torch.device, dtype: torch.dtype) -> float:
     n = 8192 if device.type == "cuda" else 512
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n ** 3 / _time(lambda: a @ b, device, 3, 10)
+    return 2 * n ** 3 / _op_time(lambda: a @ b, device)
+
+
+def _op_time(fn, device, reps: int = 10, rounds: int = 7) -> float:
+    """Seconds of one fn() for a ceiling: on CUDA the median over rounds of reps back-to-back calls between two
+    events, so no host synchronization falls inside the timed span (a 1 GiB copy takes ~0.5 ms on an H200, and a
+    sync around each call read its rate 3-10% low: run 14); elsewhere _time's synced median."""
+    if device.type != "cuda":
+        return _time(fn, device, 3, 10)
+    for _ in range(3):
+        fn()
+    per_call = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) * 1e-3 / reps)
+    return statistics.median(per_call)
 
 
 def _sync(device):
@@ -162,8 +183,8 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
-               "fused_lora": False if cfg.fused_lora[0] in PAIR_MODES else cfg.fused_lora[0],
-               "lora_fold": cfg.fused_lora[0] == FOLD,
+               "fused_lora": _fused_mode(cfg.fused_lora[0]),
+               **({"lora_fold": cfg.fused_lora[0] == FOLD} if cfg.fused_lora[0] in (FOLD, NO_FOLD) else {}),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
                **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))
@@ -175,6 +196,11 @@ def _shrink_rows(mode) -> bool:
     return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
 
 
+def _fused_mode(mode):
+    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD."""
+    return False if mode in PAIR_MODES else "auto" if mode == NO_FOLD else mode
+
+
 def _expand_rows(mode) -> int | str:
     """Engine extra lora_expand_rows of a decode sweep's LoRA path."""
     return ROWS_TOKENS if mode == ROWS else 0 if mode == SEGMENTS else "auto"
@@ -183,13 +209,14 @@ def _expand_rows(mode) -> int | str:
 def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     """A decode sweep's LoRA path: a fused_lora mode, FOLD (the pair, its output added by the next op), ROWS (the
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
-    shrinking by rows where it expands by rows, or by segments always); all but ROWS and SEGMENTS expand as the
-    engine's default rule picks (lora_expand_rows=auto)."""
-    eng.model.use_lora_fold(mode == FOLD)
+    shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
+    fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold)."""
+    eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
     eng.model.use_shrink_rows(_shrink_rows(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
-    eng.model.use_fused_lora(False if mode in PAIR_MODES else mode)
+    eng.model.use_fused_lora(_fused_mode(mode))
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:
@@ -482,8 +509,8 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
         save(out)
     eng = _engine(cfg, max(max(cfg.adapters), cfg.prefill_adapters, 32), cfg.rank, max(max(cfg.batches), 64))
     dtype = eng.dtype
-    out["env"]["pdl"] = kernels_pdl.use(device)  # as the engine set it: launched with PDL or not
-    print(f"programmatic dependent launch (engine extra pdl): {'on' if out['env']['pdl'] else 'off'}", flush=True)
+    out["env"]["pdl_max_tokens"] = kernels_pdl.in_effect(device)  # as the engine set it: 0 for none
+    print(f"programmatic dependent launch (engine extra pdl): {kernels_pdl.describe(device)}", flush=True)
     bw = measure_bandwidth(device)
     flops = measure_matmul(device, dtype)
     out["ceilings"] = dict(copy_bytes_s=bw, matmul_flop_s=flops)

@@ -34,7 +34,8 @@ def as_gpu(name: str, sms: int, pdl: bool = False):
     from kernels import lora_expand, lora_fused, lora_shrink, paged_attention
 
     saved = []
-    patches = (("sm_count", lambda device: sms), ("_device_name", lambda device: name), ("use", lambda device: pdl))
+    patches = (("sm_count", lambda device: sms), ("_device_name", lambda device: name),
+               ("use", lambda device, tokens: pdl))
     for mod in (launch, lora_shrink, lora_expand, lora_fused, paged_attention, pdl_switch):
         for attr, value in patches:
             if hasattr(mod, attr):

@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": name, "command": "python -m kernels.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
                      "cuda": torch.version.cuda},
-        "pdl": pdl.use(torch.device("cuda")),  # the LoRA pair's kernels launched with PDL (LORA_FLEET_PDL)
+        "pdl_max_tokens": pdl.in_effect(torch.device("cuda")),  # calls of up to this many tokens launch with PDL
         "copy_bandwidth_GBps": bw / 1e9, "matmul_TFLOPs": peak / 1e12, "kernel_launch_floor_us": launch_floor_us(),
         "timing": "median over replays of a CUDA graph that runs the op once per input set, divided by the sets; "
                   "sets rotate through 4x the L2 cache, the step metadata is shared",

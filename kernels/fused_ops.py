@@ -113,7 +113,7 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.conste
 
 
 def _pdl(t: torch.Tensor) -> dict:
-    return pdl.launch_options(pdl.use(t.device))
+    return pdl.launch_options(pdl.use(t.device, t.shape[0]))  # rows are the call's tokens
 
 
 def _rows(x: torch.Tensor, name: str) -> None:

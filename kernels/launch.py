@@ -223,10 +223,12 @@ def default_expand(tokens: int, n_total: int, slices: int, max_rank: int) -> Exp
 
 FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many tokens (decode sizes)
 # the model runs the pair's shrink on a side stream beside the base matmul up to this many tokens (engines/model/
-# llama.py): on the H200 it cut the batch-1 LoRA tax from 16% to 13% and did not help at batch 64-256
-# (docs/performance.md). There only the expand is on the step's critical path, which the tuner's choice of path
-# must weigh: the fused kernel runs after the base matmul.
-SIDE_STREAM_MAX_TOKENS = 32
+# llama.py), and with the fold (engine extra lora_fold) the expand too: on the H200 it cut the batch-1 LoRA tax from
+# 16% to 13% (docs/performance.md), and with the fold up to 64 tokens the tax at 64 over 64 adapters from +13.7% to
+# +12.2% and over one from +10.4% to +8.4% (run 14, 3 rounds, pipelined); up to 256 tokens the fold cost 14 points
+# at 256 over 64. There only the expand is on the step's critical path, which the tuner's choice of path must weigh:
+# the fused kernel runs after the base matmul.
+SIDE_STREAM_MAX_TOKENS = 64
 # The expand's path per step under engine extra lora_expand_rows=auto (LoRAMeta.use_expand_rows): by rows for
 # steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_PER_TILE adapter tokens per 16-row tile of the
 # segment expand. On the H200 (docs/kernels.md, run 9; q,k,v over 256 tokens) by rows took 26.6 against 56.9 us

@@ -204,7 +204,7 @@ def lora_expand(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: 
     key = expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype)  # y may be float32 (a folded output)
     asked = config or expand_config(buf, lora_b, y)
     offs = device_offsets(slice_offsets, y.device)
-    gdc = pdl.use(y.device)
+    gdc = pdl.use(y.device, t)
 
     def launch(cfg: ExpandConfig) -> None:
         m_bound = tile_bound(t, meta.max_segments, cfg.block_m)

@@ -145,7 +145,7 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     asked = config or lookup("expand_rows", key, y.device, default_expand_rows(r_max))
     offs = device_offsets(slice_offsets, y.device)
     s_pow2 = triton.next_power_of_2(slices)
-    gdc = pdl_switch.use(y.device) if pdl is None else pdl
+    gdc = pdl_switch.use(y.device, t) if pdl is None else pdl
 
     def launch(cfg: ExpandRowsConfig) -> None:
         n_col = tile_bound(n_y, slices, cfg.block_n)  # spare tiles exit at once

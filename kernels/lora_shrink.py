@@ -196,7 +196,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scales: t
         return out
     key = shrink_key(t, hidden, slices, r_max, x.dtype)
     asked = config or shrink_config(x, lora_a, meta)
-    gdc = pdl.use(x.device)
+    gdc = pdl.use(x.device, t)
 
     def launch(cfg: ShrinkConfig) -> None:
         n_tiles = tile_bound(t, meta.max_segments, cfg.block_m)

@@ -115,7 +115,7 @@ def lora_shrink_rows(x: torch.Tensor, lora_a: torch.Tensor, meta: LoRAMeta, scal
     key = shrink_key(t, hidden, slices, r_max, x.dtype)
     asked = config or lookup("shrink_rows", key, x.device, default_shrink_rows(t, hidden, slices, r_max))
     planes = [out]
-    gdc = pdl_switch.use(x.device) if pdl is None else pdl
+    gdc = pdl_switch.use(x.device, t) if pdl is None else pdl
 
     def launch(cfg: ShrinkRowsConfig) -> None:
         _, k_per_split = hidden_shares(hidden, cfg.block_k, cfg.split_k)

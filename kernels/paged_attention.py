@@ -182,7 +182,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     key = attention_key(bt, max_blocks, block_size, hq, hkv, d, q.dtype)
     asked = config or lookup("attention", key, q.device, default_attention(bt, max_blocks, block_size, hq, hkv, d))
     d_pad = triton.next_power_of_2(d)
-    gdc = pdl.use(q.device)
+    gdc = pdl.use(q.device, bt)
 
     def launch(cfg: AttentionConfig) -> None:
         pages = max(cfg.pages_per_tile, triton.cdiv(16, block_size))  # tl.dot needs >= 16 tokens per step

@@ -17,8 +17,11 @@ compiled code):
   as all of this kernel's programs are resident.
 
 Never used where it cannot work (the CPU, the Triton interpreter, GPUs before compute capability 9.0, a Triton
-without the launch option). Elsewhere LORA_FLEET_PDL=1/0 asks for it or not, else DEFAULT; the engine's extra `pdl`
-sets it for the process (one switch: CUDA graphs keep what they were captured with)."""
+without the launch option), nor for calls of more than the switch's token count (MAX_TOKENS by default): on the H200
+the base step of 256 tokens read 1.9% slower with it in runs 12 and 14, those of 1 and 64 tokens faster. Elsewhere
+LORA_FLEET_PDL asks for it (1/on: calls of up to MAX_TOKENS tokens; all: every call; N: calls of up to N tokens) or
+not (0/off), else DEFAULT; the engine's extra `pdl` sets it for the process (one switch: CUDA graphs keep what they
+were captured with)."""
 from __future__ import annotations
 
 import functools
@@ -27,23 +30,58 @@ import os
 import torch
 
 ENV = "LORA_FLEET_PDL"
-# Off: on the H200 it took two points off the LoRA tax at 64 tokens and none at 1 and 256, where the base step read
-# 1.9% slower (run 12), and it is not yet measured with run 13's tuned configs. The illegal address that first kept
-# it off was not PDL's: the decode graphs' capture (run 13, engines/multilora/cuda_graphs.py)
-DEFAULT = False
-_wanted = DEFAULT if os.environ.get(ENV, "").strip() == "" else \
-    os.environ[ENV].strip().lower() not in ("0", "false", "off", "no")
+# On, for calls of up to 64 tokens. H200, run 14 (docs/performance.md; harness profile, 3 rounds, pipelined step, one
+# machine): with PDL the step read 1.5% faster at 1 token with no adapter, 0.8% at 64 tokens over 64 adapters (LoRA
+# tax +14.5% -> +12.9%) and 1.3% over one (+11.0% -> +8.9%); at 256 tokens the base step read 1.9% slower (as in
+# run 12), 256 x 256 0.9% slower
+DEFAULT = True
+MAX_TOKENS = 64
+ALL = 1 << 62  # a token count no call reaches: every call
 
 
-def set_enabled(on: bool) -> None:
-    """Use PDL from the next launch on (graphs captured before keep what they were captured with)."""
-    global _wanted
-    _wanted = bool(on)
+def _parse(value: str) -> int:
+    """LORA_FLEET_PDL's value as the largest call (tokens) launched with PDL; 0: none."""
+    v = value.strip().lower()
+    if v == "":
+        return MAX_TOKENS if DEFAULT else 0
+    if v in ("0", "false", "off", "no"):
+        return 0
+    if v in ("1", "true", "on", "yes"):
+        return MAX_TOKENS
+    if v == "all":
+        return ALL
+    if v.isdigit():
+        return int(v)
+    raise ValueError(f"{ENV}={value!r}: expected on, off, all or a token count")
+
+
+_max_tokens = _parse(os.environ.get(ENV, ""))
+
+
+def set_enabled(on: bool, max_tokens: int = MAX_TOKENS) -> None:
+    """Use PDL from the next launch on for calls of up to max_tokens tokens, or not at all (graphs captured before
+    keep what they were captured with)."""
+    if max_tokens < 1:
+        raise ValueError(f"pdl.set_enabled: max_tokens={max_tokens} must be >= 1")
+    set_max_tokens(max_tokens if on else 0)
+
+
+def set_max_tokens(n: int) -> None:
+    """The largest call (tokens) launched with PDL from the next launch on; 0: none (max_tokens() read back)."""
+    global _max_tokens
+    if n < 0:
+        raise ValueError(f"pdl.set_max_tokens: {n} must be >= 0")
+    _max_tokens = int(n)
 
 
 def enabled() -> bool:
     """Asked for (by the environment or set_enabled); launches still go plainly where PDL is not supported."""
-    return _wanted
+    return _max_tokens > 0
+
+
+def max_tokens() -> int:
+    """The largest call (tokens) launched with PDL where it is supported; 0: none."""
+    return _max_tokens
 
 
 @functools.cache
@@ -69,9 +107,19 @@ def supported(device: torch.device) -> bool:
     return _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
 
 
-def use(device: torch.device) -> bool:
-    """Launch a kernel on this device with PDL (USE_GDC=True, launch_pdl=True)?"""
-    return _wanted and supported(device)
+def use(device: torch.device, tokens: int) -> bool:
+    """Launch a kernel of a call of this many tokens on this device with PDL (USE_GDC=True, launch_pdl=True)?"""
+    return 0 < tokens <= _max_tokens and supported(device)
+
+
+def in_effect(device: torch.device) -> int:
+    """The largest call (tokens) whose kernels launch with PDL on this device; 0: none."""
+    return _max_tokens if supported(device) else 0
+
+
+def describe(device: torch.device) -> str:
+    n = in_effect(device)
+    return "off" if n == 0 else "on for every call" if n >= ALL else f"on for calls of up to {n} tokens"
 
 
 def launch_options(on: bool) -> dict:

@@ -109,11 +109,27 @@ def _ms(row: dict) -> float:
     return row.get("pipelined_ms") or row["step_ms"]
 
 
+def _mixed_grid(profile: dict, adapters: int) -> dict:
+    """{(decodes, prompt tokens): ms} of the profiled mixed steps with min(adapters, b) adapters that replayed a
+    graph, as the server's mixed steps do: a point beyond the graphs' rows ran eager, several times slower (run 14:
+    56.8 ms against 16.6 next to it), and would bend any line drawn through it."""
+    return {(r["batch"], r["prompt_tokens"]): _ms(r) for r in profile.get("mixed", [])
+            if r["adapters"] == min(adapters, r["batch"]) and r.get("graphed", True)}
+
+
+def nearest_mixed(profile: dict, batch: float, prompt: float, adapters: int) -> tuple[int, int, float] | None:
+    """(decodes, prompt tokens, ms) of the graphed mixed point nearest to the run's step (in rows), or None."""
+    grid = _mixed_grid(profile, adapters)
+    if not grid:
+        return None
+    b, p = min(grid, key=lambda k: (abs(k[0] - batch) + abs(k[1] - prompt), k))
+    return b, p, grid[(b, p)]
+
+
 def mixed_step_ms_at(profile: dict, batch: float, prompt: float, adapters: int) -> float | None:
     """Profiled mixed step (ms) at `batch` decode sequences and `prompt` prompt tokens, bilinear between the
-    profiled points (with min(adapters, b) adapters at each profiled b); None outside them."""
-    grid = {(r["batch"], r["prompt_tokens"]): _ms(r) for r in profile.get("mixed", [])
-            if r["adapters"] == min(adapters, r["batch"])}
+    graphed profiled points (with min(adapters, b) adapters at each profiled b); None outside them."""
+    grid = _mixed_grid(profile, adapters)
     bx = _between(sorted({b for b, _ in grid}), batch)
     px = _between(sorted({q for _, q in grid}), prompt)
     if bx is None or px is None:
@@ -186,6 +202,11 @@ def compare(run_dir: Path, profile: dict, adapters: int | None = None) -> dict:
         out["mixed"] = dict(prompt_tokens_per_step=prompt, step_ms=mixed,
                             allowed_tok_s=None if mixed is None else b / (mixed / 1e3),
                             ratio=None if mixed is None else served / (b / (mixed / 1e3)))
+        near = nearest_mixed(profile, b, prompt, adapters) if mixed is None else None
+        if near is not None:  # the point's own decodes over its own time: what that step delivers
+            nb, np_, ms = near
+            out["mixed"]["nearest"] = dict(batch=nb, prompt_tokens=np_, step_ms=ms, allowed_tok_s=nb / (ms / 1e3),
+                                           ratio=served / (nb / (ms / 1e3)))
     return out
 
 
@@ -231,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     m = out.get("mixed")
     if m is not None and m["step_ms"] is None:
         print(f"mixed steps: {m['prompt_tokens_per_step']:.1f} prompt tokens a step beside {out['mean_batch']:.1f} "
-              "decodes is outside the profile's mixed points: no figure (profile with --mixed-prompts around it)")
+              "decodes is outside the profile's graphed mixed points: no figure (profile with --mixed-prompts around "
+              "it)")
+        if (n := m.get("nearest")) is not None:
+            print(f"  nearest graphed point, not interpolated: {n['batch']} decodes + {n['prompt_tokens']} prompt "
+                  f"tokens, {n['step_ms']:.2f} ms, allows {n['allowed_tok_s']:,.0f} tok/s: served / that "
+                  f"{n['ratio']:.0%} (an estimate; the run's step is not that point)")
     elif m is not None:
         print(f"mixed steps: with the {m['prompt_tokens_per_step']:.1f} prompt tokens a step carried beside the "
               f"{out['mean_batch']:.1f} decodes, the profiled mixed step is {m['step_ms']:.2f} ms and allows "

@@ -53,8 +53,8 @@ def test_folded_lora_gives_the_tokens_of_the_pair(adapter_dir):
     want, none_folded = serve(make(adapter_dir))
     got, folded = serve(make(adapter_dir, lora_fold=True))
     assert got == want
-    assert not any(none_folded) and sum(folded) > len(folded) // 4  # decode calls (<= 32 tokens) were folded
-    assert not all(folded)  # steps of over 32 tokens (the first: every prompt) take the pair
+    assert not any(none_folded) and sum(folded) > len(folded) // 4  # decodes (within the side stream's bound) fold
+    assert not all(folded)  # longer steps (the first: every prompt) take the pair
 
 
 def test_lora_stream_takes_a_token_count_and_refuses_nonsense(adapter_dir):
@@ -79,3 +79,28 @@ def test_on_the_gpu_folded_lora_beside_the_base_matmul_gives_the_tokens_of_the_p
     assert eng.model.lora_stacks["qkv"].stream is not None
     got, folded = serve(eng)
     assert got == want and any(folded)
+
+
+def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
+    """lora_fold unset: on with CUDA (run 14), off elsewhere. A profile's fused_lora modes and nofold fold as the
+    engine was configured (nofold never); the pair's own paths (segments, rows, ...) never; fold always."""
+    from types import SimpleNamespace
+
+    import engines.profile as prof
+    from engines.multilora.engine import FOLD_DEFAULT_CUDA
+
+    eng = create_engine(EngineConfig(model="tiny", device="cpu"))
+    assert eng.lora_fold is False and FOLD_DEFAULT_CUDA is True
+    eng.close()
+    for configured in (True, False):
+        seen = {}
+        for mode in ("auto", "off", prof.NO_FOLD, prof.FOLD, prof.SEGMENTS, prof.ROWS):
+            model = SimpleNamespace(use_lora_fold=lambda on, m=mode: seen.__setitem__(m, on),
+                                    use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None)
+            runner = SimpleNamespace(use_expand_rows=lambda *rule: None)
+            fake = SimpleNamespace(model=model, runner=runner, config=SimpleNamespace(extra={}), lora_fold=configured,
+                                   _expand_rows=lambda: (0, 0.0, 0))
+            prof.set_lora_path(fake, mode)
+        assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
+                        prof.SEGMENTS: False, prof.ROWS: False}
+    assert prof._fused_mode(prof.NO_FOLD) == "auto" and prof._fused_mode(prof.SEGMENTS) is False

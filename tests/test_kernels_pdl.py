@@ -26,14 +26,15 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 
 
 @pytest.fixture
 def restore_pdl():
-    was = pdl.enabled()
+    was = pdl.max_tokens()
     yield
-    pdl.set_enabled(was)
+    pdl.set_max_tokens(was)
 
 
 def test_pdl_is_never_used_off_a_compiled_gpu_kernel(monkeypatch, restore_pdl):
     pdl.set_enabled(True)
-    assert not pdl.use(torch.device("cpu"))
+    assert not pdl.use(torch.device("cpu"), 1)
+    assert pdl.in_effect(torch.device("cpu")) == 0 and pdl.describe(torch.device("cpu")) == "off"
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreted kernels have no launch options
     assert not pdl.supported(torch.device("cuda", 0))
     assert pdl.launch_options(False) == {"USE_GDC": False}  # the interpreter is given no launch_pdl keyword
@@ -44,10 +45,16 @@ ENV_CHILD = """
 import importlib, json, os
 import kernels.pdl as p
 seen = {}
-for value in ("0", "off", "1", "on", ""):
+for value in ("0", "off", "1", "on", "", "all", "16"):
     os.environ[p.ENV] = value
-    seen[value] = importlib.reload(p).enabled()
-print(json.dumps({"seen": seen, "default": p.DEFAULT}))
+    seen[value] = importlib.reload(p).max_tokens()
+os.environ[p.ENV] = "sometimes"
+try:
+    importlib.reload(p)
+    seen["bad"] = None
+except ValueError as e:
+    seen["bad"] = str(e)
+print(json.dumps({"seen": seen, "default": p.DEFAULT, "max": p.MAX_TOKENS, "all": p.ALL}))
 """
 
 
@@ -57,16 +64,36 @@ def test_the_environment_asks_for_it_or_not():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["default"] is pdl.DEFAULT
-    assert got["seen"] == {"0": False, "off": False, "1": True, "on": True, "": pdl.DEFAULT}
+    assert got["default"] is pdl.DEFAULT and got["max"] == pdl.MAX_TOKENS == 64
+    on, bad = got["max"], got["seen"].pop("bad")
+    assert got["seen"] == {"0": 0, "off": 0, "1": on, "on": on, "": on if pdl.DEFAULT else 0, "all": got["all"],
+                           "16": 16}
+    assert "LORA_FLEET_PDL='sometimes'" in bad and "token count" in bad
+
+
+def test_calls_of_more_tokens_than_the_switch_allows_launch_plainly(monkeypatch, restore_pdl):
+    monkeypatch.setattr(pdl, "supported", lambda device: True)  # as on a Hopper GPU
+    gpu = torch.device("cuda", 0)
+    pdl.set_enabled(True)  # the default rule: up to MAX_TOKENS
+    assert [pdl.use(gpu, t) for t in (0, 1, 64, 65, 256)] == [False, True, True, False, False]
+    assert pdl.describe(gpu) == "on for calls of up to 64 tokens"
+    pdl.set_enabled(True, pdl.ALL)
+    assert pdl.use(gpu, 4096) and pdl.describe(gpu) == "on for every call"
+    pdl.set_enabled(False)
+    assert not pdl.use(gpu, 1) and pdl.in_effect(gpu) == 0
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        pdl.set_enabled(True, 0)
 
 
 def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_pdl):
-    for on in (True, False):
-        eng = create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": on}))
-        assert pdl.enabled() is on
+    for value, want in ((True, pdl.ALL), (False, 0), (32, 32)):
+        eng = create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": value}))
+        assert pdl.max_tokens() == want
         eng.close()
-    with pytest.raises(ValueError, match=r"extra\.pdl='maybe' must be true or false"):
+    pdl.set_enabled(True, 8)
+    create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": "auto"})).close()
+    assert pdl.max_tokens() == 8  # auto keeps the process's setting (LORA_FLEET_PDL or the default)
+    with pytest.raises(ValueError, match=r"extra\.pdl='maybe' must be true, false or a token count >= 1, or auto"):
         create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": "maybe"}))
 
 
@@ -167,8 +194,8 @@ def rows_pair_graphs(modes=(False, True), graph: bool = True) -> dict:
 
     results = {}
     for on in modes:
-        pdl_was = pdl.enabled()
-        pdl.set_enabled(on)  # the fused ops follow the process switch
+        pdl_was = pdl.max_tokens()
+        pdl.set_enabled(on)  # the fused ops follow the process switch (64 tokens: within the default rule)
         try:
             out = step(on)  # compile outside the capture
             if not graph:
@@ -182,7 +209,7 @@ def rows_pair_graphs(modes=(False, True), graph: bool = True) -> dict:
             torch.cuda.synchronize()
             results[on] = [t.clone() for t in out]
         finally:
-            pdl.set_enabled(pdl_was)
+            pdl.set_max_tokens(pdl_was)
     return results
 
 

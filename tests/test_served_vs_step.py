@@ -106,7 +106,32 @@ def test_sets_the_run_against_the_profiled_mixed_step_when_both_are_there(tmp_pa
     far = dict(profile, mixed=[r for r in profile["mixed"] if r["prompt_tokens"] == 0])  # no prompt rows profiled
     assert svs.compare(run, far)["mixed"]["step_ms"] is None
     assert svs.main([str(run), str(_write(tmp_path, far))]) == 0
-    assert "outside the profile's mixed points" in capsys.readouterr().out
+    assert "outside the profile's graphed mixed points" in capsys.readouterr().out
+
+
+def test_an_eager_mixed_point_is_never_interpolated_and_the_nearest_graphed_one_is_labelled(tmp_path, capsys):
+    """A profiled mixed point beyond the graphs' rows ran eager (several times slower): it bends no line. Without a
+    graphed square around the run's step there is no interpolated figure, only the nearest graphed point, said to
+    be that (run 14: 230.7 decodes + 280.5 prompt tokens, the 256 + 288 corner eager at 56.8 ms)."""
+    rows = [(224, 256, 16.0, True), (224, 288, 16.1, True), (256, 256, 15.9, True), (256, 288, 56.8, False)]
+    profile = dict(PROFILE, mixed=[dict(batch=b, adapters=30, prompt_tokens=p, step_ms=ms, graphed=g)
+                                   for b, p, ms, g in rows])
+    run = make_run(tmp_path, [(0.5, 300), (9.5, 300)], counters=[(0.5, 100, 15_000), (9.5, 110, 17_300)],
+                   served=13_000.0)  # 230 decodes a step
+    lines = (run / "server.csv").read_text().splitlines()
+    lines += ["0.5,lora_fleet_prompt_tokens_total,,1000", "9.5,lora_fleet_prompt_tokens_total,,3800"]  # 280 a step
+    (run / "server.csv").write_text("\n".join(lines) + "\n")
+    out = svs.compare(run, profile)
+    assert out["mixed"]["step_ms"] is None  # not a bilinear through 56.8 ms
+    near = out["mixed"]["nearest"]
+    assert (near["batch"], near["prompt_tokens"], near["step_ms"]) == (224, 288, 16.1)
+    assert near["ratio"] == pytest.approx(13_000 / (224 / 16.1e-3))
+    assert svs.main([str(run), str(_write(tmp_path, profile))]) == 0
+    printed = capsys.readouterr().out
+    assert "nearest graphed point, not interpolated: 224 decodes + 288 prompt tokens, 16.10 ms" in printed
+    graphed = dict(profile, mixed=[dict(r, step_ms=16.2, graphed=True) if not r["graphed"] else r
+                                   for r in profile["mixed"]])
+    assert svs.compare(run, graphed)["mixed"]["step_ms"] is not None  # all four graphed: interpolated as before
 
 
 def test_prints_the_counters_per_step(tmp_path, capsys):

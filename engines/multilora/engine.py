@@ -32,17 +32,21 @@ STEP_TOKENS = 2048  # default token budget of a mixed step
 # shrink by rows took the LoRA tax at batch 64 over 64 adapters from +18.7% to +17.4% and at batch 1 from +4.8% to
 # +3.2%, beyond the spread of their rounds (0.1-0.5 points); at 256 over 256 from +27.0% to +26.3%, within it
 SHRINK_ROWS_DEFAULT = True
+# extra.lora_fold unset: on with CUDA. On the H200 (docs/performance.md, run 14; the profile in 3 rounds, pipelined
+# step, one machine) folding took the LoRA tax at batch 1 over one adapter from +6.7% to +4.6% (rounds 4.5-4.7 and
+# 6.6-6.7), and from +7.0% to +5.3% with PDL; at 64 tokens the side stream's bound went from 32 to 64 with it (kernels/launch.py)
+FOLD_DEFAULT_CUDA = True
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
     "lora_targets": "modules the device slots cover (default: those of the start adapters, else all seven)",
     "capture_graphs": "capture every decode graph at start (default true) instead of at first use",
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
-    "lora_stream": "on CUDA, run the LoRA shrink of calls of up to 32 tokens on a side stream beside their base "
-                   "matmul (default true); false: never; N: calls of up to N tokens",
+    "lora_stream": f"on CUDA, run the LoRA shrink of calls of up to {SIDE_STREAM_MAX_TOKENS} tokens on a side stream "
+                   "beside their base matmul (default true); false: never; N: calls of up to N tokens",
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
-                 "stream (default false)",
+                 "stream (default: true on CUDA, false elsewhere)",
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
                         f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "
                         f"tokens with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment "
@@ -53,8 +57,9 @@ EXTRA_KEYS = {
                         f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
     "pdl": "on Hopper GPUs, launch the step's own Triton kernels (LoRA shrink and expand, norms, RoPE + cache write, "
            "SiLU-mul, attention) with programmatic dependent launch: each loads weights and metadata while the kernel "
-           "before finishes (kernels/pdl.py; default: LORA_FLEET_PDL if set, else "
-           f"{str(kernels_pdl.DEFAULT).lower()}; one setting for the process)",
+           "before finishes (kernels/pdl.py): auto (the process's setting: LORA_FLEET_PDL if set, else calls of up "
+           f"to {kernels_pdl.MAX_TOKENS} tokens), true (every call), false, or calls of up to N tokens; one setting "
+           "for the process",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -134,10 +139,11 @@ class MultiLoRAEngine(Engine):
         side = self._side_tokens()
         if self.device.type == "cuda" and self.model.lora_stacks and side:
             self.model.use_lora_stream(side)
-        self.model.use_lora_fold(self._flag("lora_fold", False))
+        self.lora_fold = self._flag("lora_fold", FOLD_DEFAULT_CUDA and self.device.type == "cuda")
+        self.model.use_lora_fold(self.lora_fold)
         self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
-        kernels_pdl.set_enabled(self._flag("pdl", kernels_pdl.enabled()))
+        self._set_pdl()
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
@@ -236,6 +242,16 @@ class MultiLoRAEngine(Engine):
             return self._token_count("lora_expand_rows", 0), math.inf, 0
         except ValueError as e:
             raise ValueError(f"{e}, or auto") from None
+
+    def _set_pdl(self) -> None:
+        """extra.pdl: auto (or unset) keeps the process's setting; else true, false or a token count sets it."""
+        if self.config.extra.get("pdl", "auto") == "auto":
+            return
+        try:
+            n = self._token_count("pdl", "auto", true=kernels_pdl.ALL, least=1)
+        except ValueError as e:
+            raise ValueError(f"{e}, or auto") from None
+        kernels_pdl.set_max_tokens(n)
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""

@@ -29,16 +29,27 @@ def _pairs(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _pdl(text: str) -> bool | int | str:
+    """--pdl: on/off as true/false, auto, or a token count >= 1 (engine extra pdl)."""
+    t = text.strip().lower()
+    if t in ("on", "off"):
+        return t == "on"
+    if t == "auto" or (t.isdigit() and int(t) >= 1):
+        return t if t == "auto" else int(t)
+    raise argparse.ArgumentTypeError(f"{text!r}: give on, off, auto or a token count >= 1")
+
+
 def _modes(text: str) -> tuple[str, ...]:
     from kernels.launch import fused_mode
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for m in modes:
         try:
-            if m not in ("fold", "rows", "segments", "srows", "sseg"):
+            if m not in ("fold", "nofold", "rows", "segments", "srows", "sseg"):
                 fused_mode(m)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{m!r}: give on, off, auto, fold, rows, segments, srows, sseg or a token count, comma-separated") from None
+                f"{m!r}: give on, off, auto, fold, nofold, rows, segments, srows, sseg or a token count, "
+                "comma-separated") from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
     return modes
@@ -83,15 +94,17 @@ def register(subparsers) -> None:
     p.add_argument("--no-lora-stream", action="store_true",
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
-                   help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 32)")
-    p.add_argument("--pdl", choices=("on", "off"), default=None,
+                   help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 64)")
+    p.add_argument("--pdl", type=_pdl, default=None, metavar="auto|on|off|N",
                    help="programmatic dependent launch of the step's own Triton kernels on Hopper GPUs (engine extra "
-                        "pdl; default: the engine's)")
+                        "pdl): on for every call, off, for calls of up to N tokens, or auto (default: the engine's, "
+                        "calls of up to 64 tokens unless LORA_FLEET_PDL says otherwise)")
     p.add_argument("--fused-lora", type=_modes, default=("auto",),
-                   metavar="on|off|auto|fold|rows|segments|srows|sseg[,...]",
+                   metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
-                        "lora_fold); the pair's expand goes by rows or by segments as the engine picks per step "
+                        "lora_fold, the default on CUDA for calls that take the side stream; nofold: the default without "
+                        "it); the pair's expand goes by rows or by segments as the engine picks per step "
                         "(engine extra lora_expand_rows=auto), or always by rows (rows) or by segments (segments); "
                         "the shrink goes by rows where the expand does (engine extra lora_shrink_rows, default true), "
                         "always by segments with sseg, or by rows even where the default would not with srows; "
@@ -111,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
                         fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts,
-                        pdl=None if args.pdl is None else args.pdl == "on")
+                        pdl=args.pdl)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters),
                         ("--rounds", cfg.rounds)):
         if value < 1:
