@@ -51,7 +51,7 @@ def _expand_rows_tile(
     pid_n, pid_m, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr,
+    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, OVERWRITE: tl.constexpr,
 ):
     """Column tile pid_n (over the slices' columns) x row block pid_m of the expand by rows (_expand_rows_kernel)."""
     offs_s = tl.arange(0, S_POW2)
@@ -77,7 +77,8 @@ def _expand_rows_tile(
     w = _b_chunk(w_rows, offs_r, rank, r_max, early, stride_bk, LATE_RANK)  # rank chunk 0
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
-    y = tl.load(ys, mask=early, other=0.0)
+    if not OVERWRITE:
+        y = tl.load(ys, mask=early, other=0.0)
     rows = has if LATE_RANK else row
     acc = tl.sum(_planes(bufs, offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
                  * w.to(tl.float32), axis=2)
@@ -85,7 +86,10 @@ def _expand_rows_tile(
         w = _b_chunk(w_rows, r0 + offs_r, rank, r_max, early, stride_bk, LATE_RANK)
         acc += tl.sum(_planes(bufs, r0 + offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
                       * w.to(tl.float32), axis=2)
-    tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
+    if OVERWRITE:  # every row of the step: 0 where a token has no adapter (or a rank-0 one)
+        tl.store(ys, acc.to(y_ptr.dtype.element_ty), mask=m_in[:, None] & (offs_n < n_hi)[None, :])
+    else:
+        tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -94,6 +98,7 @@ def _expand_rows_kernel(
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, LOOP: tl.constexpr,
+    OVERWRITE: tl.constexpr,
 ):
     """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
 
@@ -104,21 +109,23 @@ def _expand_rows_kernel(
     LOOP (ExpandRowsConfig.programs): a 1-D grid of fewer programs, each looping over the (column tile, row block)
     tiles with that stride, so the loads of its next tile can be issued while it finishes one (num_stages).
     LATE_RANK (ExpandRowsConfig.late_rank): B, y and the rank vectors load as soon as the rows' slots are known;
-    the rows' ranks (a load that needs the slot) mask them after."""
+    the rows' ranks (a load that needs the slot) mask them after.
+    OVERWRITE: y is written, not added to, on every row of the step (token_indices lists them all, those without
+    an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read."""
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
     if not LOOP:
         _expand_rows_tile(tl.program_id(0), tl.program_id(1), buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr,
                           rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn,
                           stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R, PLANES, USE_GDC,
-                          LATE_RANK)
+                          LATE_RANK, OVERWRITE)
     else:
         total = n_col_tiles * tl.cdiv(T, BLOCK_M)
         for tile in range(tl.program_id(0), total, tl.num_programs(0)):
             _expand_rows_tile(tile % n_col_tiles, tile // n_col_tiles, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr,
                               slot_ptr, rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot,
                               stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R,
-                              PLANES, USE_GDC, LATE_RANK)
+                              PLANES, USE_GDC, LATE_RANK, OVERWRITE)
 
 
 def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
@@ -127,12 +134,13 @@ def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
 
 def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ranks: torch.Tensor,
                      slice_offsets: torch.Tensor, y: torch.Tensor, config: ExpandRowsConfig | None = None,
-                     pdl: bool | None = None) -> torch.Tensor:
+                     pdl: bool | None = None, overwrite: bool = False) -> torch.Tensor:
     """kernels.lora_expand.lora_expand's contract (y[t, slice i] += buf[i, t, :r] @ lora_b[slot[t], slice i, :r].T,
     adding into y), reading the tokens in slot order with their slots (meta.token_indices, meta.sorted_slot)
     instead of the segments. buf may also be [P, S, T, R_max], the partial planes of the shrink by rows
     (kernels.lora_shrink_rows): their sum over the first dimension is the rank vectors. pdl: launch with PDL
-    (kernels/pdl.py; default where it is enabled and supported)."""
+    (kernels/pdl.py; default where it is enabled and supported). overwrite: y = the expand instead of y += it, on
+    every row (0 for tokens without an adapter): y need not be zeroed, nor is it read."""
     planes, plane_stride = (buf.shape[0], buf.stride(0)) if buf.dim() == 4 else (1, 0)
     if buf.dim() == 4:
         buf = buf[0]  # the plane the checks and strides describe; the kernel steps across planes by stride_bp
@@ -141,6 +149,9 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     slices, r_max = buf.shape[0], lora_b.shape[2]
     if t == 0:
         return y
+    if overwrite and meta.num_tokens != t:  # rows past the prepared tokens would take stale token indices
+        raise ValueError(f"lora_expand_rows(overwrite=True): y has {t} rows, the LoRAMeta was prepared for "
+                         f"{meta.num_tokens} tokens")
     key = expand_key(t, lora_b.shape[1], slices, r_max, lora_b.dtype)
     asked = config or lookup("expand_rows", key, y.device, default_expand_rows(r_max))
     offs = device_offsets(slice_offsets, y.device)
@@ -156,7 +167,8 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
             plane_stride, buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-            PLANES=planes, LATE_RANK=cfg.late_rank, LOOP=cfg.programs > 0, num_warps=cfg.num_warps,
+            PLANES=planes, LATE_RANK=cfg.late_rank, LOOP=cfg.programs > 0, OVERWRITE=overwrite,
+            num_warps=cfg.num_warps,
             **pdl_switch.launch_options(gdc),
         )
     launch_fitting("expand_rows", key, asked, launch)

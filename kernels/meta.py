@@ -11,13 +11,15 @@ class LoRAMeta:
     """Tokens of one step grouped by adapter slot into segments (Punica SGMV / BGMV layout).
 
     After prepare(token_slots):
-      token_indices[:num_tokens]  token positions sorted by slot (stable); tokens with slot -1 are left out
+      token_indices[:T]           token positions sorted by slot (stable), the num_tokens with an adapter first,
+                                  then those with slot -1 (in order; the expand by rows' overwrite zeroes them)
       sorted_slot[:T]             the slot of each token of token_indices (-1 past num_tokens): the expand by
                                   rows reads a row's token and slot together, neighbours sharing an adapter
       seg_start[:num_segments]    offset of each segment into token_indices
       seg_len[:num_segments]      tokens in each segment (0 past num_segments)
       seg_slot[:num_segments]     the adapter slot of each segment
-      num_segments / num_lora_tokens  host ints; num_segments_dev a device scalar for graph replay
+      num_segments / num_lora_tokens / num_tokens  host ints (num_tokens: T, the step's tokens); num_segments_dev
+                                  a device scalar for graph replay
       max_seg_len                 host int (longest segment: decides prefill vs decode tiling)
       expand_rows                 host bool: the step's LoRA expands by rows (kernels.lora_expand_rows), by the rule
                                   of use_expand_rows unless prepare is told
@@ -45,6 +47,7 @@ class LoRAMeta:
         self.sorted_slot.fill_(-1)
         self.num_segments = 0
         self.num_lora_tokens = 0
+        self.num_tokens = 0
         self.max_seg_len = 0
         self.rows_max_tokens, self.rows_max_per_tile = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
         self.rows_any_fill = 0
@@ -83,6 +86,7 @@ class LoRAMeta:
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
         keep = sorted_slots >= 0
+        rest = order[~keep]  # tokens without an adapter, after the others in token_indices
         order, sorted_slots = order[keep], sorted_slots[keep]
         uniq, starts, counts = np.unique(sorted_slots, return_index=True, return_counts=True)  # sorted: in order
         n_seg = int(uniq.size)
@@ -103,11 +107,12 @@ class LoRAMeta:
         put("seg_slot", uniq, -1, ms)
         host[at["num_segments_dev"]] = n_seg
         put("sorted_slot", sorted_slots, -1, n_all)  # -1 past the adapter tokens, up to the step's token count
-        put("token_indices", order, 0, n_tok)
-        end = at["token_indices"] + n_tok
+        put("token_indices", np.concatenate([order, rest]), 0, n_all)
+        end = at["token_indices"] + n_all
         self._dev[:end].copy_(dev_src[:end], non_blocking=self.device.type == "cuda")
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
+        self.num_tokens = n_all
         self.max_seg_len = int(counts.max()) if n_seg else 0
         if expand_rows is None:
             tiles = int(((counts + 15) // 16).sum()) if 0 < n_all <= self.rows_max_tokens else 0

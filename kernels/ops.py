@@ -26,13 +26,17 @@ def lora_shrink(x, lora_a, meta, scales, ranks, out, rows: bool = False):
     return reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, out)
 
 
-def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y, rows: bool = False):
-    """rows: the expand by rows (each token gathers its own adapter's B; kernels.lora_expand_rows), same result."""
+def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y, rows: bool = False, overwrite: bool = False):
+    """rows: the expand by rows (each token gathers its own adapter's B; kernels.lora_expand_rows), same result.
+    overwrite: y = the expand (0 on tokens without an adapter) instead of y += it; by rows that takes no zeroing
+    kernel (y is not read), elsewhere y is zeroed first."""
+    if _triton_ok(y) and rows:
+        from kernels.lora_expand_rows import lora_expand_rows
+        return lora_expand_rows(buf, lora_b, meta, ranks, slice_offsets, y, overwrite=overwrite)
+    if overwrite:
+        y.zero_()
     if _triton_ok(y):
-        if rows:
-            from kernels.lora_expand_rows import lora_expand_rows as k
-        else:
-            from kernels.lora_expand import lora_expand as k
+        from kernels.lora_expand import lora_expand as k
         return k(buf, lora_b, meta, ranks, slice_offsets, y)
     return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
 

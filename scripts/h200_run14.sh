@@ -23,11 +23,14 @@
 #   scripts/h200_run14.sh g   # the side stream (and with it the fold) up to 64 and 256 tokens, batches 64 and 256
 #   scripts/h200_run14.sh h   # the profile of call d with the defaults this session chose (PDL and the side stream up
 #                             #   to 64 tokens, the fold on CUDA): the issue's table
+#   scripts/h200_run14.sh i   # the fold's expand overwriting its buffer (no zeroing kernel) against zeroing it: A/B/A/B
+#                             #   profiles at batches 1 and 64 on one machine, "before" from ab-before.tar (git archive
+#                             #   of the commit before, untracked), then the GPU tests of the expand by rows and the fold
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r14
-call=${1:?usage: h200_run14.sh a|b|c|d|t|s|e|f|g|h}
+call=${1:?usage: h200_run14.sh a|b|c|d|t|s|e|f|g|h|i}
 . scripts/gpu_call_start.sh
 cases=decode-1x1-r16,decode-64x1-r16,decode-64x8-r16,decode-64x64-r16,decode-128x128-r16,decode-256x256-r16
 case "$call" in
@@ -78,6 +81,19 @@ g)
         | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
         | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
   done ;;
-*) echo "unknown call $call (a b c d t s e f g h)" >&2; exit 2 ;;
+i)
+  mkdir -p /tmp/before && tar xf ab-before.tar -C /tmp/before
+  for n in 1 2; do for side in before after; do
+    dir=$([ $side = before ] && echo /tmp/before || echo "$PWD")
+    (cd "$dir" && PYTHONPATH="$dir:/tmp/site" timeout 150 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 \
+        --out "$res/runs/profile-i$n-$side.json" > "$res/logs/i$n-profile-$side.log" 2>&1)
+    echo "$side $n:"; grep -A1 -E "^decode batch" "$res/logs/i$n-profile-$side.log" | grep -v "^--" \
+        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
+        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+  done; done
+  timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_expand_rows.py \
+      tests/test_engine_lora_fold.py tests/test_kernels_meta.py > "$res/logs/i-tests.log" 2>&1
+  tail -2 "$res/logs/i-tests.log" ;;
+*) echo "unknown call $call (a b c d t s e f g h i)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

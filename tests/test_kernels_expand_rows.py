@@ -76,3 +76,47 @@ def test_late_rank_and_looping_programs_keep_the_contract(cfg):
     looping grid of fewer programs covers every (column tile, row block)."""
     run_rows(192, [96, 24], [8, 0, 4, 16], [0, 1, 2, 1, -1, 3, 0, 2, 3, -1, 3], torch.float16, cfg=cfg)
     run_rows(256, [64, 16], [16, 8, 4], rand_slots(21, 3, seed=5), torch.bfloat16, cfg=cfg)
+
+
+@pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=4, block_n=32),
+                                 ExpandRowsConfig(block_m=2, block_n=16, programs=3, late_rank=True)])
+def test_overwrite_writes_every_row_of_the_step_and_reads_no_y(cfg):
+    """overwrite=True (the fold's fresh buffer, engines/model/llama.py): y = the expand on every row of the step,
+    exactly 0 on tokens without an adapter or on a rank-0 slot, whatever y held (NaN here), the columns inside the
+    slices only; equal to zeroing y and adding the expand. A meta prepared for other tokens than y's rows is
+    refused: those rows would take stale token indices."""
+    hidden, widths, ranks = 192, [96, 24], [8, 0, 4, 16]
+    slots = [0, 1, 2, 1, -1, 3, 0, 2, 3, -1, 3]
+    t, n_total = len(slots), sum(widths)
+    x, a, b, scales, ranks_t, offs, y0 = inputs = make_inputs(hidden, widths, ranks, t, torch.float32, 3)
+    buf, _ = reference_pair(inputs, slots)
+    buf, b, ranks_t, offs = buf.float().to(DEV), b.to(DEV), ranks_t.to(DEV), offs.to(DEV)
+    meta = LoRAMeta(16, 8, device=DEV).prepare(slots)
+    want = torch.zeros(t, y0.shape[1], device=DEV)
+    lora_expand_rows(buf, b, meta, ranks_t, offs, want, config=cfg)
+    y = torch.full((t, y0.shape[1]), float("nan"), device=DEV)
+    lora_expand_rows(buf, b, meta, ranks_t, offs, y, config=cfg, overwrite=True)
+    assert torch.equal(y[:, :n_total], want[:, :n_total])
+    assert y[:, n_total:].isnan().all()  # past the slices: not written
+    idle = [i for i, sl in enumerate(slots) if sl < 0 or ranks[sl] == 0]
+    assert idle and (y[idle, :n_total] == 0).all() and (y[:, :n_total] != 0).any()
+    meta.prepare(slots[:-2])
+    with pytest.raises(ValueError, match="prepared for 9 tokens"):
+        lora_expand_rows(buf, b, meta, ranks_t, offs, y, config=cfg, overwrite=True)
+
+
+def test_the_ops_entry_overwrites_by_rows_and_by_segments_alike():
+    """kernels.ops.lora_expand(overwrite=True): by rows without reading y, by segments (and the CPU reference) by
+    zeroing it first; both give the expand alone."""
+    import kernels.ops as kops
+
+    hidden, widths, ranks, slots = 128, [64, 32], [8, 16], [1, -1, 0, 1, 1, -1]
+    x, a, b, scales, ranks_t, offs, y0 = inputs = make_inputs(hidden, widths, ranks, len(slots), torch.float32, 4)
+    buf, _ = reference_pair(inputs, slots)
+    buf, b, ranks_t, offs = buf.float().to(DEV), b.to(DEV), ranks_t.to(DEV), offs.to(DEV)
+    meta = LoRAMeta(8, 4, device=DEV).prepare(slots)
+    want = kops.lora_expand(buf, b, meta, ranks_t, offs, torch.zeros(len(slots), 96, device=DEV))
+    for rows in (False, True):
+        y = torch.full((len(slots), 96), 7.0, device=DEV)
+        got = kops.lora_expand(buf, b, meta, ranks_t, offs, y, rows=rows, overwrite=True)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), rows

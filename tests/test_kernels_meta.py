@@ -8,7 +8,7 @@ from kernels.meta import LoRAMeta
 def test_groups_tokens_by_slot_stably_and_skips_tokens_without_adapter():
     meta = LoRAMeta(8, 4).prepare([2, -1, 0, 2, 0, -1, 3])
     assert meta.segments() == [(0, 2, 0), (2, 2, 2), (4, 1, 3)]
-    assert meta.token_indices[:5].tolist() == [2, 4, 0, 3, 6]
+    assert meta.token_indices[:7].tolist() == [2, 4, 0, 3, 6, 1, 5]  # then the tokens without one, in order
     assert meta.num_lora_tokens == 5 and meta.max_seg_len == 2 and int(meta.num_segments_dev) == 3
     assert meta.sorted_slot[:7].tolist() == [0, 0, 2, 2, 3, -1, -1]  # token_indices' slots, -1 past them
 
@@ -19,6 +19,7 @@ def test_refill_marks_the_rows_past_the_adapter_tokens():
     meta = LoRAMeta(8, 4).prepare([0, 1, 2, 3, 0, 1])
     meta.prepare([3, -1, -1, 3, -1, -1])
     assert meta.sorted_slot[:6].tolist() == [3, 3, -1, -1, -1, -1]
+    assert meta.token_indices[:6].tolist() == [0, 3, 1, 2, 4, 5]  # every token of the step, none stale
 
 
 def test_refill_with_fewer_segments_clears_the_stale_tail():

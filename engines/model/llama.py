@@ -211,7 +211,7 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         side = torch.cuda.stream(stack.stream)
     with side:
         buf = _shrink(x, a, stack, lora, buf)
-        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta.zero_(), lora.expand_rows)
+        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta, lora.expand_rows, overwrite=True)
     return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
 
 
