@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -40,10 +41,12 @@ ALL = 1 << 62  # a token count no call reaches: every call
 
 
 def _parse(value: str) -> int:
-    """LORA_FLEET_PDL's value as the largest call (tokens) launched with PDL; 0: none."""
+    """LORA_FLEET_PDL's value as the largest call (tokens) launched with PDL; 0: none. A value that is none of
+    these warns and gives the default: a tuning switch read at import should not stop a server from starting."""
     v = value.strip().lower()
+    default = MAX_TOKENS if DEFAULT else 0
     if v == "":
-        return MAX_TOKENS if DEFAULT else 0
+        return default
     if v in ("0", "false", "off", "no"):
         return 0
     if v in ("1", "true", "on", "yes"):
@@ -52,7 +55,10 @@ def _parse(value: str) -> int:
         return ALL
     if v.isdigit():
         return int(v)
-    raise ValueError(f"{ENV}={value!r}: expected on, off, all or a token count")
+    warnings.warn(f"{ENV}={value!r} is not on, off, all or a token count: PDL "
+                  f"{'for calls of up to ' + str(default) + ' tokens' if default else 'off'} (the default)",
+                  stacklevel=2)
+    return default
 
 
 _max_tokens = _parse(os.environ.get(ENV, ""))

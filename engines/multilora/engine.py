@@ -34,7 +34,8 @@ STEP_TOKENS = 2048  # default token budget of a mixed step
 SHRINK_ROWS_DEFAULT = True
 # extra.lora_fold unset: on with CUDA. On the H200 (docs/performance.md, run 14; the profile in 3 rounds, pipelined
 # step, one machine) folding took the LoRA tax at batch 1 over one adapter from +6.7% to +4.6% (rounds 4.5-4.7 and
-# 6.6-6.7), and from +7.0% to +5.3% with PDL; at 64 tokens the side stream's bound went from 32 to 64 with it (kernels/launch.py)
+# 6.6-6.7), and from +7.0% to +5.3% with PDL; to reach 64 tokens the side stream's bound went from 32 to 64 with
+# it (kernels/launch.py)
 FOLD_DEFAULT_CUDA = True
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean

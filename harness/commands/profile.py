@@ -103,8 +103,8 @@ def register(subparsers) -> None:
                    metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
-                        "lora_fold, the default on CUDA for calls that take the side stream; nofold: the default without "
-                        "it); the pair's expand goes by rows or by segments as the engine picks per step "
+                        "lora_fold, the default on CUDA for calls that take the side stream; nofold: the default "
+                        "without it); the pair's expand goes by rows or by segments as the engine picks per step "
                         "(engine extra lora_expand_rows=auto), or always by rows (rows) or by segments (segments); "
                         "the shrink goes by rows where the expand does (engine extra lora_shrink_rows, default true), "
                         "always by segments with sseg, or by rows even where the default would not with srows; "
