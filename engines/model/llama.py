@@ -371,10 +371,11 @@ class Transformer(nn.Module):
         from kernels.fused_ops import FusedOps
         self.ops = FusedOps
 
-    def use_lora_stream(self, max_tokens: int = SIDE_STREAM_MAX_TOKENS) -> None:
+    def use_lora_stream(self, max_tokens: int = SIDE_STREAM_MAX_TOKENS, high_priority: bool = False) -> None:
         """Run LoRA shrinks of calls of up to max_tokens tokens on one side stream beside the base matmul (CUDA
-        only; after enable_lora)."""
-        stream = torch.cuda.Stream(self.inv_freq.device)
+        only; after enable_lora). high_priority: the stream's kernels take free multiprocessors before the main
+        stream's (CUDA stream priority; the graphs capture it with each kernel)."""
+        stream = torch.cuda.Stream(self.inv_freq.device, priority=-1 if high_priority else 0)
         for stack in self.lora_stacks.values():
             stack.stream, stack.side_tokens = stream, max_tokens
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The next GPU session's work on one H200 (issue 15), prepared after run 14; one device call (under 10 minutes) per
+# letter, in this order:
+#   scripts/h200_run15.sh a   # the LoRA side stream at high CUDA priority (engine extra lora_stream_priority, new
+#                             #   after run 14, unmeasured) against normal: profiles normal, high, normal, high at
+#                             #   batches 1 and 64 over 0, 1, 64 adapters on one machine (at 64 tokens the fold's LoRA
+#                             #   chain beside the base matmul is the longer of the two: run 14), then the fold's GPU
+#                             #   test (it checks the prioritized stream serves the pair's tokens)
+#   scripts/h200_run15.sh b   # kernels.tune --ops shrink_rows on the 64-token decode cases (run 14: the q,k,v shrink by
+#                             #   rows ~10 us against a 5.9 us byte floor at 64 x 64), the bench of them, and the
+#                             #   profile at batches 1, 64, 256 with the file it wrote (tuned file: runs/nvidia-h200.json)
+#   scripts/h200_run15.sh s   # workloads/saturate.yaml at 130 req/s over its 30 adapters, then the decode step and the
+#                             #   mixed step at its context (192 tokens) and scripts/served_vs_step.py against both
+#                             #   (needs the wheels: carry .whl)
+# Results: $OUT/<call>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/r15
+call=${1:?usage: h200_run15.sh a|b|s}
+. scripts/gpu_call_start.sh
+cases=decode-64x1-r16,decode-64x8-r16,decode-64x64-r16
+brief() {  # the decode rows of a profile log, one line each: batch, adapters, pipelined ms and both taxes
+  grep -A1 -E "^decode batch" "$1" | grep -v "^--" \
+      | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
+      | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+}
+case "$call" in
+a)
+  for n in 1 2; do for prio in normal high; do
+    timeout 150 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 --lora-stream-priority $prio \
+        --out "$res/runs/profile-a$n-$prio.json" > "$res/logs/a$n-profile-$prio.log" 2>&1
+    echo "$prio $n:"; brief "$res/logs/a$n-profile-$prio.log"
+  done; done
+  timeout 120 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_lora_fold.py > "$res/logs/a-tests.log" 2>&1
+  tail -2 "$res/logs/a-tests.log" ;;
+b)
+  timeout 240 python3 -m kernels.tune --ops shrink_rows --only "$cases" --budget-s 180 --jobs 16 \
+      > "$res/logs/b-tune.log" 2>&1
+  tail -6 "$res/logs/b-tune.log"; cp kernels/configs/nvidia-h200.json "$res/runs/nvidia-h200.json"
+  timeout 120 python3 -m kernels.bench --only "$cases" --out "$res/runs/kernels.json" > "$res/logs/b-bench.log" 2>&1
+  grep -E "^\| decode" "$res/logs/b-bench.log" | cut -c1-120
+  timeout 200 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
+      --out "$res/runs/profile-b.json" > "$res/logs/b-profile.log" 2>&1
+  brief "$res/logs/b-profile.log" ;;
+s)
+  timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
+      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
+      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/s-saturate.log" 2>&1
+  grep -E "^multilora|invalid|rror" "$res/logs/s-saturate.log" | head -3
+  timeout 200 "${prof[@]}" --rounds 2 --context 192 --batches 224,256 --adapters 0,30 --mixed-prompts 256,288 \
+      --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a b s)" >&2; exit 2 ;;
+esac
+. scripts/gpu_call_pack.sh
