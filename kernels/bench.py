@@ -113,10 +113,8 @@ def lora_ops(inp, config_s=None, config_e=None):
     return shrink, expand, both
 
 
-# (block_m, block_n, programs, late_rank) of the expand by rows: one program a tile, the rank masking the loads or
-# only the products, and 1024 programs looping over the tiles
-ROWS_SPACE = [(m, n, p, late) for m in (2, 4, 8) for n in (32, 64, 128)
-              for p, late in ((0, False), (0, True), (1024, True))]
+# (block_m, block_n, late_rank) of the expand by rows: the rank masking the loads or only the products
+ROWS_SPACE = [(m, n, late) for m in (2, 4, 8) for n in (32, 64, 128) for late in (False, True)]
 
 
 def expand_rows_op(inp, config=None):
@@ -135,8 +133,8 @@ def bench_expand_rows(sets, r_max: int) -> tuple[float, float, str]:
     base = default_expand_rows(r_max)
     t_default = time_sets([expand_rows_op(inp) for inp in sets])
     best = (t_default, base)
-    for m, n, p, late in ROWS_SPACE:
-        cfg = ExpandRowsConfig(block_m=m, block_n=n, block_r=base.block_r, num_warps=4, programs=p, late_rank=late)
+    for m, n, late in ROWS_SPACE:
+        cfg = ExpandRowsConfig(block_m=m, block_n=n, block_r=base.block_r, num_warps=4, late_rank=late)
         t = time_sets([expand_rows_op(inp, cfg) for inp in sets])
         best = min(best, (t, cfg), key=lambda p: p[0])
     return t_default, best[0], str(best[1])

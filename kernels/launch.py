@@ -45,9 +45,6 @@ class ExpandRowsConfig:
     block_n: int = 64  # output columns per program
     block_r: int = 16  # rank columns per step
     num_warps: int = 4
-    # 0: one program per (column tile, row block); N: N programs looping over those tiles (the loads of the next
-    # tile issue while one finishes: the kernel is latency-bound at decode, run 13's Nsight Compute)
-    programs: int = 0
     late_rank: bool = False  # B and y load once the rows' slots are known; their ranks mask after the loads
 
 
@@ -437,13 +434,12 @@ def shrink_rows_space(tokens: int, max_rank: int = 16, slices: int = 1) -> list[
 def expand_rows_space(max_rank: int = 16) -> list[ExpandRowsConfig]:
     """The autotune space of the expand by rows (decode sizes, the same for every token count): rows and columns a
     program, 4 warps or (for tiles of 256 rows x columns and more) 8, which hold fewer of the tile's products each
-    (run 13: 72 registers a thread at 4 rows x 64 columns limited occupancy to 44%), the grid (one program a tile,
-    or 256 / 1024 looping ones, at most one a tile) and whether the rank masks the loads or only the products
-    (late_rank)."""
+    (run 13: 72 registers a thread at 4 rows x 64 columns limited occupancy to 44%), and whether the rank masks the
+    loads or only the products (late_rank). A grid of 256 or 1024 programs looping over the tiles was tried in
+    run 14 and won no key: it is gone."""
     block_r = 16 if max_rank <= 16 else 32
-    return [ExpandRowsConfig(block_m=bm, block_n=bn, block_r=block_r, num_warps=w, programs=p, late_rank=late)
-            for bm in (1, 2, 4, 8) for bn in (32, 64, 128) for w in (4, 8) for p in (0, 256, 1024)
-            for late in (False, True)
+    return [ExpandRowsConfig(block_m=bm, block_n=bn, block_r=block_r, num_warps=w, late_rank=late)
+            for bm in (1, 2, 4, 8) for bn in (32, 64, 128) for w in (4, 8) for late in (False, True)
             if bm * bn <= 512 and (w == 4 or bm * bn >= 256)]
 
 

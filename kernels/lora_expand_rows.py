@@ -47,21 +47,32 @@ def _planes(bufs, rs, rank, row, r_max, stride_bp, stride_br, PLANES: tl.constex
 
 
 @triton.jit
-def _expand_rows_tile(
-    pid_n, pid_m, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
+def _expand_rows_kernel(
+    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, OVERWRITE: tl.constexpr,
 ):
-    """Column tile pid_n (over the slices' columns) x row block pid_m of the expand by rows (_expand_rows_kernel)."""
+    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
+
+    Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
+    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
+    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
+    for the kernel before (the shrink); the rank vectors, y and the store come after.
+    LATE_RANK (ExpandRowsConfig.late_rank): B, y and the rank vectors load as soon as the rows' slots are known;
+    the rows' ranks (a load that needs the slot) mask them after.
+    OVERWRITE: y is written, not added to, on every row of the step (token_indices lists them all, those without
+    an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_in = offs_m < T
     slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)  # -1 past the step's adapter tokens
     tok = tl.load(tok_ptr + offs_m, mask=m_in, other=0).to(tl.int64)
-    sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
+    sl, n_tile, valid_n = locate_tile(tl.program_id(0), hi - lo, BLOCK_N, S_POW2)
     n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
     n_hi = tl.where(valid_n, tl.sum(tl.where(offs_s == sl, hi, 0), 0), 0)  # a spare tile: no column
     has = m_in & (slot >= 0)
@@ -90,42 +101,6 @@ def _expand_rows_tile(
         tl.store(ys, acc.to(y_ptr.dtype.element_ty), mask=m_in[:, None] & (offs_n < n_hi)[None, :])
     else:
         tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _expand_rows_kernel(
-    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max, n_col_tiles,
-    stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
-    S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, LOOP: tl.constexpr,
-    OVERWRITE: tl.constexpr,
-):
-    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
-
-    Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
-    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
-    USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
-    for the kernel before (the shrink); the rank vectors, y and the store come after.
-    LOOP (ExpandRowsConfig.programs): a 1-D grid of fewer programs, each looping over the (column tile, row block)
-    tiles with that stride, so the loads of its next tile can be issued while it finishes one (num_stages).
-    LATE_RANK (ExpandRowsConfig.late_rank): B, y and the rank vectors load as soon as the rows' slots are known;
-    the rows' ranks (a load that needs the slot) mask them after.
-    OVERWRITE: y is written, not added to, on every row of the step (token_indices lists them all, those without
-    an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_launch_dependents()
-    if not LOOP:
-        _expand_rows_tile(tl.program_id(0), tl.program_id(1), buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr,
-                          rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn,
-                          stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R, PLANES, USE_GDC,
-                          LATE_RANK, OVERWRITE)
-    else:
-        total = n_col_tiles * tl.cdiv(T, BLOCK_M)
-        for tile in range(tl.program_id(0), total, tl.num_programs(0)):
-            _expand_rows_tile(tile % n_col_tiles, tile // n_col_tiles, buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr,
-                              slot_ptr, rank_ptr, T, r_max, stride_bp, stride_bs, stride_bt, stride_br, stride_bslot,
-                              stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N, BLOCK_R,
-                              PLANES, USE_GDC, LATE_RANK, OVERWRITE)
 
 
 def default_expand_rows(max_rank: int) -> ExpandRowsConfig:
@@ -159,16 +134,13 @@ def lora_expand_rows(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ra
     gdc = pdl_switch.use(y.device, t) if pdl is None else pdl
 
     def launch(cfg: ExpandRowsConfig) -> None:
-        n_col = tile_bound(n_y, slices, cfg.block_n)  # spare tiles exit at once
-        tiles = n_col * triton.cdiv(t, cfg.block_m)
-        grid = (min(cfg.programs, tiles),) if cfg.programs else (n_col, triton.cdiv(t, cfg.block_m))
+        grid = (tile_bound(n_y, slices, cfg.block_n), triton.cdiv(t, cfg.block_m))  # spare tiles exit at once
         _expand_rows_kernel[grid](
-            buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max, n_col,
+            buf, lora_b, y, offs, meta.token_indices, meta.sorted_slot, ranks, t, r_max,
             plane_stride, buf.stride(0), buf.stride(1), buf.stride(2),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
             S=slices, S_POW2=s_pow2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=cfg.block_r,
-            PLANES=planes, LATE_RANK=cfg.late_rank, LOOP=cfg.programs > 0, OVERWRITE=overwrite,
-            num_warps=cfg.num_warps,
+            PLANES=planes, LATE_RANK=cfg.late_rank, OVERWRITE=overwrite, num_warps=cfg.num_warps,
             **pdl_switch.launch_options(gdc),
         )
     launch_fitting("expand_rows", key, asked, launch)

@@ -34,9 +34,10 @@ looping = [ShrinkConfig(block_m=16, block_r=16, block_k=256, split_k=4, num_warp
 with caught_launches() as loops:
     lora_shrink(inp.x, inp.lora_a, inp.meta, inp.scales, inp.ranks, inp.buf, config=looping[0])
     lora_expand(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=looping[1])
-    for cfg in (ExpandRowsConfig(programs=256), ExpandRowsConfig(late_rank=True),
-                ExpandRowsConfig(block_m=2, programs=1024, late_rank=True)):
-        lora_expand_rows(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=cfg)
+    for cfg, overwrite in ((ExpandRowsConfig(late_rank=True), False), (ExpandRowsConfig(block_m=2), True),
+                           (ExpandRowsConfig(block_m=2, late_rank=True), True)):
+        lora_expand_rows(inp.buf, inp.lora_b, inp.meta, inp.ranks, inp.slice_offsets, inp.y, config=cfg,
+                         overwrite=overwrite)
 print(json.dumps({"rows": rows, "launches": len(launches), "huge": compile_launch(*launches[0], arch=90),
                   "limit": SMEM_LIMIT[90], "loops": [compile_launch(*launch, arch=90) for launch in loops]}))
 """
@@ -71,8 +72,8 @@ def test_the_segment_kernels_that_loop_over_the_real_tiles_compile_for_sm90(comp
     assert [r["kernel"] for r in loops] == ["_shrink_kernel", "_expand_kernel"] + ["_expand_rows_kernel"] * 3
     for r in loops[:2]:
         assert r["constants"]["LOOP_M"] is True and 0 < r["shared_bytes"] <= compiled["limit"], r
-    # the expand by rows with a looping grid (ExpandRowsConfig.programs) and loads that do not wait for the rank
-    assert [(r["constants"]["LOOP"], r["constants"]["LATE_RANK"]) for r in loops[2:]] == \
+    # the expand by rows with loads that do not wait for the rank, and writing y instead of adding to it
+    assert [(r["constants"]["LATE_RANK"], r["constants"]["OVERWRITE"]) for r in loops[2:]] == \
         [(True, False), (False, True), (True, True)]
     assert all(r["shared_bytes"] <= compiled["limit"] for r in loops[2:])
 

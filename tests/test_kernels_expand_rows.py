@@ -33,9 +33,9 @@ def test_random_mappings(hidden, widths, ranks, dtype):
 
 @pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=1, block_n=16, block_r=16),
                                  ExpandRowsConfig(block_m=8, block_n=32, block_r=32),
-                                 ExpandRowsConfig(block_m=2, block_n=16, block_r=16, programs=5),
+                                 ExpandRowsConfig(block_m=2, block_n=16, block_r=16),
                                  ExpandRowsConfig(block_m=4, block_n=32, block_r=16, late_rank=True),
-                                 ExpandRowsConfig(block_m=1, block_n=16, block_r=32, programs=7, late_rank=True)])
+                                 ExpandRowsConfig(block_m=1, block_n=16, block_r=32, late_rank=True)])
 def test_tiles_cut_across_unaligned_slices_and_rows(cfg):
     # tiles end inside slices of 40, 24 and 72 columns and past the 9 rows; rank 40 > block_r 16/32 loops
     run_rows(64, [40, 24, 72], [8, 40], rand_slots(9, 2, seed=cfg.block_m), torch.float16, cfg=cfg)
@@ -67,19 +67,18 @@ def test_refilled_meta_follows_the_new_mapping():
 
 
 @pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=2, block_n=32, late_rank=True),
-                                 ExpandRowsConfig(block_m=4, block_n=16, programs=3),
-                                 ExpandRowsConfig(block_m=1, block_n=64, programs=2, late_rank=True),
-                                 ExpandRowsConfig(block_m=4, block_n=64, num_warps=8, programs=4, late_rank=True)])
-def test_late_rank_and_looping_programs_keep_the_contract(cfg):
+                                 ExpandRowsConfig(block_m=4, block_n=16),
+                                 ExpandRowsConfig(block_m=1, block_n=64, late_rank=True),
+                                 ExpandRowsConfig(block_m=4, block_n=64, num_warps=8, late_rank=True)])
+def test_late_rank_keeps_the_contract(cfg):
     """Loads that do not wait for the rank still ignore B and the rank vectors past each row's rank (the reference
-    buffer holds NaN there, B random values); a rank-0 slot and rows without an adapter leave y as it was; a
-    looping grid of fewer programs covers every (column tile, row block)."""
+    buffer holds NaN there, B random values); a rank-0 slot and rows without an adapter leave y as it was."""
     run_rows(192, [96, 24], [8, 0, 4, 16], [0, 1, 2, 1, -1, 3, 0, 2, 3, -1, 3], torch.float16, cfg=cfg)
     run_rows(256, [64, 16], [16, 8, 4], rand_slots(21, 3, seed=5), torch.bfloat16, cfg=cfg)
 
 
 @pytest.mark.parametrize("cfg", [ExpandRowsConfig(block_m=4, block_n=32),
-                                 ExpandRowsConfig(block_m=2, block_n=16, programs=3, late_rank=True)])
+                                 ExpandRowsConfig(block_m=2, block_n=16, late_rank=True)])
 def test_overwrite_writes_every_row_of_the_step_and_reads_no_y(cfg):
     """overwrite=True (the fold's fresh buffer, engines/model/llama.py): y = the expand on every row of the step,
     exactly 0 on tokens without an adapter or on a rank-0 slot, whatever y held (NaN here), the columns inside the

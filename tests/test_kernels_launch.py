@@ -31,7 +31,7 @@ def test_keys_separate_shapes_and_dtypes():
 def test_the_expand_by_rows_space():
     rows = launch.expand_rows_space(16)
     assert rows and len(set(rows)) == len(rows)
-    assert {c.programs for c in rows} == {0, 256, 1024} and {c.late_rank for c in rows} == {False, True}
+    assert {c.late_rank for c in rows} == {False, True}
     assert all(c.block_m * c.block_n <= 512 and c.block_r == 16 for c in rows)  # the register tile
     assert {c.num_warps for c in rows} == {4, 8} and all(c.block_m * c.block_n >= 256 for c in rows if c.num_warps == 8)
     assert {c.block_r for c in launch.expand_rows_space(64)} == {32}
