@@ -101,38 +101,24 @@ def weight_bytes_per_step(model) -> int:
 
 
 def measure_bandwidth(device: torch.device) -> float:
-    """Device copy bandwidth, bytes read + written per second (CPU: the same with memcpy)."""
-    n = (1 << 30) if device.type == "cuda" else (1 << 26)
-    src = torch.randn(n // 4, device=device)
+    """Device copy bandwidth, bytes read + written per second: kernels.bench's on CUDA (the ceiling the kernel
+    benchmark uses, timed by events), memcpy of 64 MiB elsewhere."""
+    if device.type == "cuda":
+        from kernels.bench import copy_bandwidth
+        return copy_bandwidth(device)
+    src = torch.randn(1 << 24, device=device)
     dst = torch.empty_like(src)
-    return 2 * n / _op_time(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * 4 / _time(lambda: dst.copy_(src), device, 3, 10)
 
 
 def measure_matmul(device: torch.device, dtype: torch.dtype) -> float:
-    n = 8192 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n ** 3 / _op_time(lambda: a @ b, device)
-
-
-def _op_time(fn, device, reps: int = 10, rounds: int = 7) -> float:
-    """Seconds of one fn() for a ceiling: on CUDA the median over rounds of reps back-to-back calls between two
-    events, so no host synchronization falls inside the timed span (a 1 GiB copy takes ~0.5 ms on an H200, and a
-    sync around each call read its rate 3-10% low: run 14); elsewhere _time's synced median."""
-    if device.type != "cuda":
-        return _time(fn, device, 3, 10)
-    for _ in range(3):
-        fn()
-    per_call = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        per_call.append(start.elapsed_time(end) * 1e-3 / reps)
-    return statistics.median(per_call)
+    """FLOP per second of a square matrix product in dtype: kernels.bench's on CUDA, 512^3 elsewhere."""
+    if device.type == "cuda":
+        from kernels.bench import matmul_flops
+        return matmul_flops(device, dtype)
+    a = torch.randn(512, 512, device=device, dtype=dtype)
+    b = torch.randn(512, 512, device=device, dtype=dtype)
+    return 2 * 512 ** 3 / _time(lambda: a @ b, device, 3, 10)
 
 
 def _sync(device):
@@ -186,7 +172,6 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
                "lora_stream_priority": cfg.lora_stream_priority,
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
-               **({"lora_fold": cfg.fused_lora[0] == FOLD} if cfg.fused_lora[0] in (FOLD, NO_FOLD) else {}),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
                **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))

@@ -85,14 +85,13 @@ class LoRAMeta:
             raise ValueError(f"LoRAMeta: {n_all} tokens > max_tokens={self.max_tokens}")
         order = np.argsort(slots, kind="stable")
         sorted_slots = slots[order]
-        keep = sorted_slots >= 0
-        rest = order[~keep]  # tokens without an adapter, after the others in token_indices
-        order, sorted_slots = order[keep], sorted_slots[keep]
+        none = int(np.searchsorted(sorted_slots, 0))  # the -1 (no adapter) tokens sort first: move them last
+        order, sorted_slots = np.concatenate((order[none:], order[:none])), sorted_slots[none:]
         uniq, starts, counts = np.unique(sorted_slots, return_index=True, return_counts=True)  # sorted: in order
         n_seg = int(uniq.size)
         if n_seg > self.max_segments:
             raise ValueError(f"LoRAMeta: {n_seg} distinct slots > max_segments={self.max_segments}")
-        n_tok = int(order.size)
+        n_tok = int(sorted_slots.size)
         host = self._hosts_np[self._turn]
         dev_src = self._hosts[self._turn]
         self._turn ^= 1
@@ -107,7 +106,7 @@ class LoRAMeta:
         put("seg_slot", uniq, -1, ms)
         host[at["num_segments_dev"]] = n_seg
         put("sorted_slot", sorted_slots, -1, n_all)  # -1 past the adapter tokens, up to the step's token count
-        put("token_indices", np.concatenate([order, rest]), 0, n_all)
+        put("token_indices", order, 0, n_all)
         end = at["token_indices"] + n_all
         self._dev[:end].copy_(dev_src[:end], non_blocking=self.device.type == "cuda")
         self.num_segments = n_seg

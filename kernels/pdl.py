@@ -80,11 +80,6 @@ def set_max_tokens(n: int) -> None:
     _max_tokens = int(n)
 
 
-def enabled() -> bool:
-    """Asked for (by the environment or set_enabled); launches still go plainly where PDL is not supported."""
-    return _max_tokens > 0
-
-
 def max_tokens() -> int:
     """The largest call (tokens) launched with PDL where it is supported; 0: none."""
     return _max_tokens

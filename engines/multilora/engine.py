@@ -227,35 +227,31 @@ class MultiLoRAEngine(Engine):
         """Whether this engine's default on CUDA is mixed steps replaying graphs (with cuda_graphs)."""
         return self.device.type == "cuda" and self.config.cuda_graphs
 
-    def _token_count(self, key: str, default, true: int | None = None, least: int = 0) -> int:
-        """A token-count extra: an int >= least, false for 0, and (where `true` is given) true for `true`."""
+    def _token_count(self, key: str, default, true: int | None = None, least: int = 0, auto: bool = False):
+        """A token-count extra: an int >= least, false for 0, (where `true` is given) true for `true`, and (with
+        auto) "auto" for None: the caller's rule."""
         value = self.config.extra.get(key, default)
+        if auto and value == "auto":
+            return None
         if value is False or (value is True and true is not None):
             return 0 if value is False else true
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"engine config: extra.{key}={value!r} must be "
-                             + ("true, false or " if true is not None else "false or ") + f"a token count >= {least}")
+                             + ("true, false or " if true is not None else "false or ") + f"a token count >= {least}"
+                             + (", or auto" if auto else ""))
         return value
 
     def _expand_rows(self) -> tuple[int, float, int]:
         """(max tokens, max adapter tokens per 16-row segment tile, tokens up to which any fill goes) of the steps
         that expand by rows, from extra.lora_expand_rows."""
-        if self.config.extra.get("lora_expand_rows", "auto") == "auto":
-            return ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS
-        try:
-            return self._token_count("lora_expand_rows", 0), math.inf, 0
-        except ValueError as e:
-            raise ValueError(f"{e}, or auto") from None
+        n = self._token_count("lora_expand_rows", "auto", auto=True)
+        return (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS) if n is None else (n, math.inf, 0)
 
     def _set_pdl(self) -> None:
         """extra.pdl: auto (or unset) keeps the process's setting; else true, false or a token count sets it."""
-        if self.config.extra.get("pdl", "auto") == "auto":
-            return
-        try:
-            n = self._token_count("pdl", "auto", true=kernels_pdl.ALL, least=1)
-        except ValueError as e:
-            raise ValueError(f"{e}, or auto") from None
-        kernels_pdl.set_max_tokens(n)
+        n = self._token_count("pdl", "auto", true=kernels_pdl.ALL, least=1, auto=True)
+        if n is not None:
+            kernels_pdl.set_max_tokens(n)
 
     def _stream_priority(self) -> str:
         value = self.config.extra.get("lora_stream_priority", "normal")
