@@ -62,7 +62,6 @@ class ProfileConfig:
     seed: int = 0
     pdl: bool | int | str | None = None  # engine extra pdl (programmatic dependent launch); None: the engine's
     lora_stream: bool | int = True  # LoRA shrink on a side stream beside the base matmul (engine extra; N: up to N tokens)
-    lora_stream_priority: str = "normal"  # engine extra lora_stream_priority: normal or high
     # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N, or
     # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
     # targets are read from
@@ -170,7 +169,6 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
         max_loras=slots, max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=4096,
         num_kv_blocks=_kv_blocks(cfg), host_adapter_capacity=host_capacity,
         extra={"lora_targets": list(cfg.targets), "lora_stream": cfg.lora_stream,
-               "lora_stream_priority": cfg.lora_stream_priority,
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),

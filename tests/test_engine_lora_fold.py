@@ -65,9 +65,6 @@ def test_lora_stream_takes_a_token_count_and_refuses_nonsense(adapter_dir):
             make(adapter_dir, lora_stream=bad)
     with pytest.raises(ValueError, match="extra.lora_fold"):
         make(adapter_dir, lora_fold="on")
-    make(adapter_dir, lora_stream_priority="high").close()  # no side stream on the CPU: accepted, nothing to set
-    with pytest.raises(ValueError, match="extra.lora_stream_priority='urgent' must be normal or high"):
-        make(adapter_dir, lora_stream_priority="urgent")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream exists on a GPU only")
@@ -84,12 +81,6 @@ def test_on_the_gpu_folded_lora_beside_the_base_matmul_gives_the_tokens_of_the_p
     got, folded = serve(eng)
     assert got == want and any(folded)
     eng.close()
-    high = create_engine(EngineConfig(**gpu, extra={"lora_stream": 64, "lora_stream_priority": "high",
-                                                    "capture_graphs": False, "warmup": False}))
-    assert high.model.lora_stacks["qkv"].stream.priority < 0  # higher than the default stream's 0
-    got, folded = serve(high)
-    assert got == want and any(folded)  # folded by default on CUDA, on the prioritized stream
-    high.close()
 
 
 def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():

@@ -45,9 +45,6 @@ EXTRA_KEYS = {
     "fused_ops": "Triton kernels for norms, RoPE + cache write and SiLU-mul on CUDA (default true)",
     "lora_stream": f"on CUDA, run the LoRA shrink of calls of up to {SIDE_STREAM_MAX_TOKENS} tokens on a side stream "
                    "beside their base matmul (default true); false: never; N: calls of up to N tokens",
-    "lora_stream_priority": "high: the LoRA side stream's kernels take free multiprocessors before the base "
-                            "matmul's (CUDA stream priority), for steps whose LoRA chain beside the matmul is the "
-                            "longer of the two; normal (default; high is not yet measured)",
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default: true on CUDA, false elsewhere)",
@@ -140,9 +137,9 @@ class MultiLoRAEngine(Engine):
                 print(f"adapter slots of rank {rank}, sized from the {len(start)} start adapter(s); set "
                       "max_lora_rank for room for larger ones", file=sys.stderr, flush=True)
         self.pool: AdapterPoolAPI = self._make_pool(start)
-        side, high = self._side_tokens(), self._stream_priority() == "high"
+        side = self._side_tokens()
         if self.device.type == "cuda" and self.model.lora_stacks and side:
-            self.model.use_lora_stream(side, high)
+            self.model.use_lora_stream(side)
         self.lora_fold = self._flag("lora_fold", FOLD_DEFAULT_CUDA and self.device.type == "cuda")
         self.model.use_lora_fold(self.lora_fold)
         self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
@@ -252,12 +249,6 @@ class MultiLoRAEngine(Engine):
         n = self._token_count("pdl", "auto", true=kernels_pdl.ALL, least=1, auto=True)
         if n is not None:
             kernels_pdl.set_max_tokens(n)
-
-    def _stream_priority(self) -> str:
-        value = self.config.extra.get("lora_stream_priority", "normal")
-        if value not in ("normal", "high"):
-            raise ValueError(f"engine config: extra.lora_stream_priority={value!r} must be normal or high")
-        return value
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""

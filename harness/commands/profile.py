@@ -95,8 +95,6 @@ def register(subparsers) -> None:
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
                    help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 64)")
-    p.add_argument("--lora-stream-priority", choices=("normal", "high"), default="normal",
-                   help="the LoRA side stream's CUDA priority (engine extra lora_stream_priority; default normal)")
     p.add_argument("--pdl", type=_pdl, default=None, metavar="auto|on|off|N",
                    help="programmatic dependent launch of the step's own Triton kernels on Hopper GPUs (engine extra "
                         "pdl): on for every call, off, for calls of up to N tokens, or auto (default: the engine's, "
@@ -125,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
                         iters=args.iters, rounds=args.rounds, loads=args.loads, many_adapters=args.many_adapters,
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
-                        lora_stream_priority=args.lora_stream_priority,
                         fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts,
                         pdl=args.pdl)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters),
