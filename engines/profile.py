@@ -11,7 +11,7 @@ import torch
 from engines.base import Request, SamplingParams
 from engines.config import EngineConfig
 from engines.model.config import ModelArgs
-from engines.multilora.engine import SHRINK_ROWS_DEFAULT, MultiLoRAEngine
+from engines.multilora.engine import ONE_LAUNCH_DEFAULT, SHRINK_ROWS_DEFAULT, MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
 from kernels import pdl as kernels_pdl
@@ -174,6 +174,7 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
+               "lora_one_launch": _one_launch(cfg.fused_lora[0]),
                **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))
 
 
@@ -181,6 +182,12 @@ def _shrink_rows(mode) -> bool:
     """Engine extra lora_shrink_rows of a decode sweep's LoRA path: on for SHRINK_ROWS, off for SHRINK_SEGMENTS, else
     the engine's default."""
     return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
+
+
+def _one_launch(mode) -> int:
+    """Engine extra lora_one_launch of a decode sweep's LoRA path: calls of up to 64 tokens for ONE_LAUNCH, else the
+    engine's default."""
+    return SIDE_STREAM_MAX_TOKENS if mode == ONE_LAUNCH or ONE_LAUNCH_DEFAULT else 0
 
 
 def _fused_mode(mode):
@@ -200,11 +207,10 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
     fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold). ONE_LAUNCH: the default's path
-    with calls of up to 64 tokens that go by rows in one launch; the others launch as the engine was configured
-    (eng.lora_one_launch)."""
+    with calls of up to 64 tokens that go by rows in one launch; the others launch as the engine's default does."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
     eng.model.use_shrink_rows(_shrink_rows(mode))
-    eng.model.use_one_launch(SIDE_STREAM_MAX_TOKENS if mode == ONE_LAUNCH else eng.lora_one_launch)
+    eng.model.use_one_launch(_one_launch(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
     eng.model.use_fused_lora(_fused_mode(mode))

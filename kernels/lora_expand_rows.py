@@ -55,13 +55,22 @@ def _planes(bufs, rs, rank, row, r_max, stride_bp, stride_br, PLANES: tl.constex
 
 
 @triton.jit
-def _wait_count(cnt_ptr, want):
-    """Until the int32 at cnt_ptr reaches want (other programs of the launch add to it after their stores), then
-    every thread of the program reads what they stored (acquire, then a barrier)."""
-    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+def _wait_count(cnt_ptr, want, BACKOFF: tl.constexpr):
+    """Until the int32 at cnt_ptr reaches want (other programs of the launch add to it after their stores). Polls
+    with plain volatile loads, BACKOFF (compiled, not interpreted): sleeping ~100 ns between them, so that waiting
+    programs take few issue slots and little L2 bandwidth from the programs they wait for. Returns a read of the
+    count with acquire semantics (>= want): masks that depend on it keep the reads of what the others stored after
+    it."""
+    seen = tl.load(cnt_ptr, volatile=True)
     while seen < want:
-        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+        if BACKOFF:
+            seen = tl.inline_asm_elementwise("nanosleep.u32 100;\n\tld.volatile.global.b32 $0, [$1];", "=r,l",
+                                             [cnt_ptr], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            seen = tl.load(cnt_ptr, volatile=True)
+    ready = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu") >= want
     tl.debug_barrier()
+    return ready
 
 
 @triton.jit
@@ -70,7 +79,7 @@ def _expand_rows_tile(
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, OVERWRITE: tl.constexpr,
-    WAIT: tl.constexpr,
+    WAIT: tl.constexpr, BACKOFF: tl.constexpr,
 ):
     """BLOCK_M rows from pid_m * BLOCK_M (tokens in slot order, each with its own slot) x BLOCK_N columns of one
     slice: column tile pid_n of the slices' tiles (slice i spans columns off[i]..off[i+1]).
@@ -83,8 +92,8 @@ def _expand_rows_tile(
     OVERWRITE: y is written, not added to, on every row of the step (token_indices lists them all, those without
     an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read.
     WAIT (the pair in one launch, kernels/lora_rows_pair.py): after the first chunk of B, wait until the int32 at
-    cnt_ptr reaches `want` (the shrink programs of these rows have stored their planes), then read the planes past
-    L1."""
+    cnt_ptr reaches `want` (the shrink programs of these rows have stored their planes; BACKOFF: see _wait_count),
+    then read the planes past L1."""
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
@@ -108,11 +117,13 @@ def _expand_rows_tile(
     w = _b_chunk(w_rows, offs_r, rank, r_max, early, stride_bk, LATE_RANK)  # rank chunk 0
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
+    rows = has if LATE_RANK else row
     if WAIT:
-        _wait_count(cnt_ptr, want)
+        # the planes' loads wait for the count's acquire (broadcast first: the interpreter's & of a vector and a
+        # scalar bool gives ints, not a mask)
+        rows = rows & (tl.zeros_like(rows) | _wait_count(cnt_ptr, want, BACKOFF))
     if not OVERWRITE:
         y = tl.load(ys, mask=early, other=0.0)
-    rows = has if LATE_RANK else row
     acc = tl.sum(_planes(bufs, offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK, WAIT)[:, None, :]
                  * w.to(tl.float32), axis=2)
     for r0 in range(BLOCK_R, r_max, BLOCK_R):
@@ -138,7 +149,7 @@ def _expand_rows_kernel(
     _expand_rows_tile(buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, tl.program_id(0),
                       tl.program_id(1), T, r_max, rank_ptr, 0, stride_bp, stride_bs, stride_bt, stride_br,
                       stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N,
-                      BLOCK_R, PLANES, USE_GDC, LATE_RANK, OVERWRITE, False)
+                      BLOCK_R, PLANES, USE_GDC, LATE_RANK, OVERWRITE, False, False)
 
 
 def default_expand_rows(max_rank: int) -> ExpandRowsConfig:

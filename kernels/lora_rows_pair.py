@@ -6,8 +6,9 @@ and its memory flush), so its rows' B streams only after the slowest share of th
 
 Programs start in the order of their ids, so every shrink program has started before any expand program spins and
 none waits on a program that cannot run; the CPU interpreter runs them one after another in that order, so there
-every count is complete when it is read. The last expand program to finish puts the counts back to 0 for the next
-launch (the counters are the LoRAMeta's, owner "pair"). Same semantics as the two kernels in turn."""
+every count is complete when it is read. Waiting programs poll with a sleep between reads. The last expand program of
+each block of rows puts its counts back to 0 for the next launch (the counters are the LoRAMeta's, owner "pair").
+Same semantics as the two kernels in turn."""
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl as pdl_switch
-from kernels.interpret import patch_interpreter
+from kernels.interpret import interpreting, patch_interpreter
 from kernels.launch import RowsPairConfig, expand_key, launch_fitting, lookup, shrink_key
 from kernels.lora_expand import _check as _check_expand
 from kernels.lora_expand import device_offsets
@@ -31,19 +32,19 @@ patch_interpreter()
 @triton.jit
 def _rows_pair_kernel(
     x_ptr, a_ptr, b_ptr, y_ptr, planes_ptr, cnt_ptr, off_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr,
-    T, hidden, k_per_split, r_max, n_shrink, n_cols, n_expand, n_blocks,
+    T, hidden, k_per_split, r_max, n_shrink, n_cols, n_blocks,
     stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
     stride_pp, stride_ps, stride_pt, stride_pr, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_PAD: tl.constexpr, R_PAD: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_MS: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_ME: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NE: tl.constexpr, LATE_RANK: tl.constexpr,
-    OVERWRITE: tl.constexpr, USE_GDC: tl.constexpr,
+    OVERWRITE: tl.constexpr, USE_GDC: tl.constexpr, BACKOFF: tl.constexpr,
 ):
     """Programs 0..n_shrink-1: shrink tiles (BLOCK_MS rows, share pid % SPLIT of the hidden dimension, into that
     plane), then +1 on the count of each block of BLOCK_ME rows they cover (NE of them). The rest: expand tiles
     (BLOCK_ME rows x column tile; row blocks in order, so the first rows' expands start first), each waiting for
-    SPLIT x (the shrink tiles over its rows) on its block's count; cnt[n_blocks] counts finished expand programs,
-    and the last puts every count back to 0."""
+    SPLIT x (the shrink tiles over its rows) on its block's count; cnt[n_blocks + block] counts the block's expand
+    programs past their wait, and the block's last puts both of its counts back to 0."""
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -64,12 +65,11 @@ def _rows_pair_kernel(
         _expand_rows_tile(planes_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, e % n_cols, pm, T, r_max,
                           cnt_ptr + pm, SPLIT * (last - first + 1), stride_pp, stride_ps, stride_pt, stride_pr,
                           stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, S, S_PAD, BLOCK_ME, BLOCK_N,
-                          BLOCK_R, SPLIT, USE_GDC, LATE_RANK, OVERWRITE, True)
-        done = tl.atomic_add(cnt_ptr + n_blocks, 1, sem="acq_rel", scope="gpu")
-        if done == n_expand - 1:  # every expand program has passed its wait: the counts are free again
-            offs = tl.arange(0, 64)
-            for i in range(0, n_blocks + 1, 64):
-                tl.atomic_xchg(cnt_ptr + i + offs, 0, mask=i + offs <= n_blocks, sem="relaxed", scope="gpu")
+                          BLOCK_R, SPLIT, USE_GDC, LATE_RANK, OVERWRITE, True, BACKOFF)
+        # past the wait (its read of the count is done): the block's last puts its counts back for the next launch
+        if tl.atomic_add(cnt_ptr + n_blocks + pm, 1, sem="relaxed", scope="gpu") == n_cols - 1:
+            tl.atomic_xchg(cnt_ptr + pm, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(cnt_ptr + n_blocks + pm, 0, sem="relaxed", scope="gpu")
 
 
 def rows_pair_config(tokens: int, hidden: int, n_total: int, slices: int, max_rank: int, dtype,
@@ -116,10 +116,10 @@ def lora_rows_pair(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, 
         n_shrink = triton.cdiv(t, s_cfg.block_m) * split
         n_blocks = triton.cdiv(t, e_cfg.block_m)
         n_cols = tile_bound(n_y, slices, e_cfg.block_n)  # spare tiles store nothing
-        cnt = meta.counters(n_blocks + 1, owner="pair")
+        cnt = meta.counters(2 * n_blocks, owner="pair")
         _rows_pair_kernel[(n_shrink + n_blocks * n_cols,)](
             x, lora_a, lora_b, y, planes, cnt, offs, meta.token_indices, meta.sorted_slot, scales, ranks,
-            t, hidden, k_per_split, r_max, n_shrink, n_cols, n_blocks * n_cols, n_blocks,
+            t, hidden, k_per_split, r_max, n_shrink, n_cols, n_blocks,
             x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), lora_a.stride(2), lora_a.stride(3),
             planes.stride(0), planes.stride(1), planes.stride(2), planes.stride(3),
             lora_b.stride(0), lora_b.stride(1), lora_b.stride(2), y.stride(0), y.stride(1),
@@ -127,7 +127,8 @@ def lora_rows_pair(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, 
             R_PAD=triton.next_power_of_2(r_max), SPLIT=split, BLOCK_MS=s_cfg.block_m, BLOCK_K=s_cfg.block_k,
             EVEN_K=k_per_split * split == hidden, BLOCK_ME=e_cfg.block_m, BLOCK_N=e_cfg.block_n,
             BLOCK_R=e_cfg.block_r, NE=max(1, s_cfg.block_m // e_cfg.block_m), LATE_RANK=e_cfg.late_rank,
-            OVERWRITE=overwrite, num_warps=max(s_cfg.num_warps, e_cfg.num_warps), **pdl_switch.launch_options(gdc),
+            OVERWRITE=overwrite, BACKOFF=not interpreting(), num_warps=max(s_cfg.num_warps, e_cfg.num_warps),
+            **pdl_switch.launch_options(gdc),
         )
     launch_fitting("rows_pair", key, asked, launch)
     return y

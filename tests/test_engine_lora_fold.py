@@ -102,11 +102,11 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
                                     use_one_launch=lambda n, m=mode: one.__setitem__(m, n))
             runner = SimpleNamespace(use_expand_rows=lambda *rule: None)
             fake = SimpleNamespace(model=model, runner=runner, config=SimpleNamespace(extra={}), lora_fold=configured,
-                                   _expand_rows=lambda: (0, 0.0, 0), lora_one_launch=8 if configured else 0)
+                                   _expand_rows=lambda: (0, 0.0, 0))
             prof.set_lora_path(fake, mode)
         assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
                         prof.SEGMENTS: False, prof.ROWS: False, prof.ONE_LAUNCH: configured}
-        # one launch for calls of up to 64 tokens on the "one" path, as the engine was configured on every other
-        assert one == {m: (64 if m == prof.ONE_LAUNCH else 8 if configured else 0) for m in one} and len(one) == 7
+        # one launch for calls of up to 64 tokens on the "one" path, never on the others (the engine's default)
+        assert one == {m: (64 if m == prof.ONE_LAUNCH else 0) for m in one} and len(one) == 7
     assert prof._fused_mode(prof.NO_FOLD) == "auto" and prof._fused_mode(prof.SEGMENTS) is False
     assert prof._fused_mode(prof.ONE_LAUNCH) == "auto"
