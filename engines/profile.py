@@ -11,11 +11,10 @@ import torch
 from engines.base import Request, SamplingParams
 from engines.config import EngineConfig
 from engines.model.config import ModelArgs
-from engines.multilora.engine import ONE_LAUNCH_DEFAULT, SHRINK_ROWS_DEFAULT, MultiLoRAEngine
+from engines.multilora.engine import SHRINK_ROWS_DEFAULT, MultiLoRAEngine
 from engines.multilora.sequence import Sequence
 from engines.profile_mixed import mixed_sweep
 from kernels import pdl as kernels_pdl
-from kernels.launch import SIDE_STREAM_MAX_TOKENS
 
 FOLD = "fold"  # a decode sweep's LoRA path beside fused_lora's: the pair, its output added by the next op
 ROWS = "rows"  # another: the pair with the expand by rows (kernels/lora_expand_rows.py) at every decode size
@@ -23,7 +22,6 @@ SEGMENTS = "segments"  # another: the pair expanding by segments always (the def
 SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
-ONE_LAUNCH = "one"  # another: the default's path with the shrink and expand by rows in one launch (lora_one_launch)
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
@@ -174,7 +172,6 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
-               "lora_one_launch": _one_launch(cfg.fused_lora[0]),
                **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))
 
 
@@ -184,16 +181,9 @@ def _shrink_rows(mode) -> bool:
     return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
 
 
-def _one_launch(mode) -> int:
-    """Engine extra lora_one_launch of a decode sweep's LoRA path: calls of up to 64 tokens for ONE_LAUNCH, else the
-    engine's default."""
-    return SIDE_STREAM_MAX_TOKENS if mode == ONE_LAUNCH or ONE_LAUNCH_DEFAULT else 0
-
-
 def _fused_mode(mode):
-    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD and
-    ONE_LAUNCH."""
-    return False if mode in PAIR_MODES else "auto" if mode in (NO_FOLD, ONE_LAUNCH) else mode
+    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD."""
+    return False if mode in PAIR_MODES else "auto" if mode == NO_FOLD else mode
 
 
 def _expand_rows(mode) -> int | str:
@@ -206,11 +196,9 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
-    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold). ONE_LAUNCH: the default's path
-    with calls of up to 64 tokens that go by rows in one launch; the others launch as the engine's default does."""
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold)."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
     eng.model.use_shrink_rows(_shrink_rows(mode))
-    eng.model.use_one_launch(_one_launch(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
     eng.model.use_fused_lora(_fused_mode(mode))

@@ -31,12 +31,12 @@ def as_gpu(name: str, sms: int, pdl: bool = False):
     kernels that can are launched with programmatic dependent launch (kernels/pdl.py), as on a Hopper GPU."""
     import kernels.launch as launch
     import kernels.pdl as pdl_switch
-    from kernels import lora_expand, lora_fused, lora_rows_pair, lora_shrink, paged_attention
+    from kernels import lora_expand, lora_fused, lora_shrink, paged_attention
 
     saved = []
     patches = (("sm_count", lambda device: sms), ("_device_name", lambda device: name),
                ("use", lambda device, tokens: pdl))
-    for mod in (launch, lora_shrink, lora_expand, lora_fused, lora_rows_pair, paged_attention, pdl_switch):
+    for mod in (launch, lora_shrink, lora_expand, lora_fused, paged_attention, pdl_switch):
         for attr, value in patches:
             if hasattr(mod, attr):
                 saved.append((mod, attr, getattr(mod, attr)))
@@ -107,12 +107,12 @@ def compile_launch(fn, args, kw, arch: int, ptx: bool = False) -> dict:
 
 
 def _lora_calls(case):
-    from kernels.bench import fused_op, lora_ops, rows_one_op, rows_pair_op
+    from kernels.bench import fused_op, lora_ops, rows_pair_op
     from kernels.cases import lora_inputs
 
     inp = lora_inputs(case, device="cpu")
     _, _, both = lora_ops(inp)
-    return [both, fused_op(inp), rows_pair_op(inp), rows_one_op(inp)]
+    return [both, fused_op(inp), rows_pair_op(inp)]
 
 
 def _attention_calls(case):

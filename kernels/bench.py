@@ -170,15 +170,6 @@ def rows_pair_op(inp, config=None):
     return pair
 
 
-def rows_one_op(inp, config=None):
-    """The shrink by rows and the expand by rows in one launch (kernels/lora_rows_pair.py; config: its
-    RowsPairConfig, default the two halves' own), one input set."""
-    from kernels.lora_rows_pair import lora_rows_pair
-
-    return lambda: lora_rows_pair(inp.x, inp.lora_a, inp.lora_b, inp.meta, inp.scales, inp.ranks, inp.slice_offsets,
-                                  inp.buf, inp.y, config=config)
-
-
 LOOP_M_PROGRAMS = 32  # token-tile programs of the looping segment kernels the bench times (kernels.tune: 0 and 32)
 
 
@@ -240,7 +231,6 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     err_fused = lora_error(sets[0], fused=True)
     err_rows = rows_error(sets[0]) if case.tokens <= 256 else None  # before timing grows y past bf16's resolution
     err_rows_pair = rows_pair_error(sets[0]) if case.tokens <= 256 else None
-    err_rows_one = update_diff(sets[0], rows_pair_op(sets[0]), rows_one_op(sets[0])) if case.tokens <= 256 else None
     err_loop = update_diff(sets[0], lora_ops(sets[0])[2], loop_pair_op(sets[0]))
     ops = [lora_ops(inp) for inp in sets]
     t_shrink = time_sets([o[0] for o in ops])
@@ -251,7 +241,6 @@ def bench_lora(case, bw: float, peak: float) -> dict:
     r_max = case.r_max or case.rank
     rows = bench_expand_rows(sets, r_max) if case.tokens <= 256 else (None, None, None)
     t_rows_pair = time_sets([rows_pair_op(inp) for inp in sets]) if case.tokens <= 256 else None
-    t_rows_one = time_sets([rows_one_op(inp) for inp in sets]) if case.tokens <= 256 else None
     t_loop = time_sets([loop_pair_op(inp) for inp in sets])
     floor = case.bytes_moved() / bw * 1e6
     fused_floor = case.bytes_moved(fused=True) / bw * 1e6
@@ -281,7 +270,6 @@ def bench_lora(case, bw: float, peak: float) -> dict:
         "expand_byte_floor_us": case.expand_bytes() / bw * 1e6, "expand_rows_us": rows[0],
         "expand_rows_best_us": rows[1], "expand_rows_best_config": rows[2], "expand_rows_rel_err_vs_segments": err_rows,
         "rows_pair_us": t_rows_pair, "rows_pair_rel_err_vs_segments": err_rows_pair,
-        "rows_one_us": t_rows_one, "rows_one_rel_err_vs_rows_pair": err_rows_one,
         "loop_pair_us": t_loop, "loop_pair_rel_err_vs_segments": err_loop,
     }
 
@@ -330,15 +318,14 @@ def print_tables(result: dict) -> None:
     print("LoRA: us = shrink + expand (the pair) in one graph; fused_us = the fused kernel; auto = the path the "
           "engine takes for this shape; floors: bytes once at the copy rate (fused: no fp32 intermediate); "
           "expand_rows = the expand by rows (default config, best of a small space) beside the expand's own floor; "
-          "rows_pair = the shrink by rows and the expand by rows that sums its planes; rows_one = the two in one "
-          "launch (expands wait for their rows' shrinks only); loop_pair = the pair with "
+          "rows_pair = the shrink by rows and the expand by rows that sums its planes; loop_pair = the pair with "
           f"{LOOP_M_PROGRAMS} token-tile programs looping over the real tiles (m_programs)")
     cols = ["case", "us", "fused_us", "auto_path", "shrink_us", "expand_us", "expand_rows_us", "expand_rows_best_us",
-            "rows_pair_us", "rows_one_us", "loop_pair_us",
+            "rows_pair_us", "loop_pair_us",
             "expand_byte_floor_us", "byte_floor_us", "fused_byte_floor_us",
             "pct_of_floor", "fused_pct_of_floor", "fused_recompute_mb", "flop_floor_us", "torch_gather_bmm_us",
             "target_us", "met", "rel_err_vs_reference", "fused_rel_err_vs_reference", "expand_rows_rel_err_vs_segments",
-            "rows_pair_rel_err_vs_segments", "rows_one_rel_err_vs_rows_pair", "loop_pair_rel_err_vs_segments"]
+            "rows_pair_rel_err_vs_segments", "loop_pair_rel_err_vs_segments"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in result["lora"]:

@@ -26,15 +26,10 @@ def patch_interpreter() -> None:
     interp._patch_lang_tensor = patched
 
 
-def interpreting() -> bool:
-    """True under Triton's CPU interpreter (TRITON_INTERPRET=1): kernels leave out what only compiles (inline PTX)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def upcast_bf16_dot() -> bool:
     """True under the interpreter, whose tl.dot on bfloat16 operands returns garbage (Triton 3.6).
 
     Kernels then widen bfloat16 operands to float32 before tl.dot; every bfloat16 value is exact in
     float32, so the result is the same function. On GPUs the native bfloat16 dot runs.
     """
-    return interpreting()
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -61,14 +61,6 @@ class ShrinkRowsConfig:
 
 
 @dataclass(frozen=True)
-class RowsPairConfig:
-    """The shrink by rows and the expand by rows in one launch (kernels/lora_rows_pair.py): each half's config, the
-    launch's warps the shrink's. Looked up as the two halves' own tuned entries, not tuned as a pair."""
-    shrink: ShrinkRowsConfig = ShrinkRowsConfig()
-    expand: ExpandRowsConfig = ExpandRowsConfig()
-
-
-@dataclass(frozen=True)
 class FusedConfig:
     """Fused shrink + expand (decode): each program recomputes its tile's rank-r vector, then expands it."""
     block_m: int = 16
@@ -356,12 +348,6 @@ def step_down(cfg):
             if getattr(cfg, name) > floor:
                 return dataclasses.replace(cfg, **{name: getattr(cfg, name) // 2})
         return None
-    if isinstance(cfg, RowsPairConfig):
-        smaller = step_down(cfg.shrink)
-        if smaller is not None:
-            return dataclasses.replace(cfg, shrink=smaller)
-        smaller = step_down(cfg.expand)
-        return None if smaller is None else dataclasses.replace(cfg, expand=smaller)
     if isinstance(cfg, FusedConfig):
         if cfg.num_stages > 1:
             return dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)

@@ -32,76 +32,47 @@ def _b_chunk(w_rows, rs, rank, r_max, mask, stride_bk, LATE_RANK: tl.constexpr):
 
 
 @triton.jit
-def _plane(ptrs, ok, L2_ONLY: tl.constexpr):
-    if L2_ONLY:  # written by other programs of this launch: not through this multiprocessor's L1
-        return tl.load(ptrs, mask=ok, other=0.0, cache_modifier=".cg")
-    return tl.load(ptrs, mask=ok, other=0.0)
-
-
-@triton.jit
-def _planes(bufs, rs, rank, row, r_max, stride_bp, stride_br, PLANES: tl.constexpr, LATE_RANK: tl.constexpr,
-            L2_ONLY: tl.constexpr):
+def _planes(bufs, rs, rank, row, r_max, stride_bp, stride_br, PLANES: tl.constexpr, LATE_RANK: tl.constexpr):
     """(BLOCK_M, BLOCK_R) float32 rank vectors at ranks rs: the shrink's partial planes summed in a fixed order.
     LATE_RANK: row is the rows with a slot, and entries past each row's rank (not written by the shrink) are
-    zeroed after the loads. L2_ONLY: the planes are read past the L1 cache."""
+    zeroed after the loads."""
     r_in = rs[None, :] < rank[:, None]
     ok = row[:, None] & (rs < r_max)[None, :] if LATE_RANK else row[:, None] & r_in
-    h = _plane(bufs + rs[None, :] * stride_br, ok, L2_ONLY)
+    h = tl.load(bufs + rs[None, :] * stride_br, mask=ok, other=0.0)
     for p in tl.static_range(1, PLANES):
-        h += _plane(bufs + p * stride_bp + rs[None, :] * stride_br, ok, L2_ONLY)
+        h += tl.load(bufs + p * stride_bp + rs[None, :] * stride_br, mask=ok, other=0.0)
     if LATE_RANK:
         h = tl.where(r_in, h, 0.0)
     return h
 
 
 @triton.jit
-def _wait_count(cnt_ptr, want, BACKOFF: tl.constexpr):
-    """Until the int32 at cnt_ptr reaches want (other programs of the launch add to it after their stores). Polls
-    with plain volatile loads, BACKOFF (compiled, not interpreted): sleeping ~100 ns between them, so that waiting
-    programs take few issue slots and little L2 bandwidth from the programs they wait for. Returns a read of the
-    count with acquire semantics (>= want): masks that depend on it keep the reads of what the others stored after
-    it."""
-    seen = tl.load(cnt_ptr, volatile=True)
-    while seen < want:
-        if BACKOFF:
-            seen = tl.inline_asm_elementwise("nanosleep.u32 100;\n\tld.volatile.global.b32 $0, [$1];", "=r,l",
-                                             [cnt_ptr], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            seen = tl.load(cnt_ptr, volatile=True)
-    ready = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu") >= want
-    tl.debug_barrier()
-    return ready
-
-
-@triton.jit
-def _expand_rows_tile(
-    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, pid_n, pid_m, T, r_max, cnt_ptr, want,
+def _expand_rows_kernel(
+    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
     stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
     S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, OVERWRITE: tl.constexpr,
-    WAIT: tl.constexpr, BACKOFF: tl.constexpr,
 ):
-    """BLOCK_M rows from pid_m * BLOCK_M (tokens in slot order, each with its own slot) x BLOCK_N columns of one
-    slice: column tile pid_n of the slices' tiles (slice i spans columns off[i]..off[i+1]).
+    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x BLOCK_N columns of one slice.
 
-    The product is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
+    Axis 0 walks the slices' column tiles (slice i spans columns off[i]..off[i+1]), axis 1 the rows. The product
+    is a float32 multiply-add over the rank (no tensor cores: a row's rank-r vector meets only its own B).
     USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first rank chunk of B are read before waiting
     for the kernel before (the shrink); the rank vectors, y and the store come after.
     LATE_RANK (ExpandRowsConfig.late_rank): B, y and the rank vectors load as soon as the rows' slots are known;
     the rows' ranks (a load that needs the slot) mask them after.
     OVERWRITE: y is written, not added to, on every row of the step (token_indices lists them all, those without
-    an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read.
-    WAIT (the pair in one launch, kernels/lora_rows_pair.py): after the first chunk of B, wait until the int32 at
-    cnt_ptr reaches `want` (the shrink programs of these rows have stored their planes; BACKOFF: see _wait_count),
-    then read the planes past L1."""
+    an adapter after the others): a fresh buffer needs no zeroing kernel first, and y is not read."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
     offs_s = tl.arange(0, S_POW2)
     lo = tl.load(off_ptr + offs_s, mask=offs_s < S, other=0)
     hi = tl.load(off_ptr + offs_s + 1, mask=offs_s < S, other=0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_in = offs_m < T
     slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)  # -1 past the step's adapter tokens
     tok = tl.load(tok_ptr + offs_m, mask=m_in, other=0).to(tl.int64)
-    sl, n_tile, valid_n = locate_tile(pid_n, hi - lo, BLOCK_N, S_POW2)
+    sl, n_tile, valid_n = locate_tile(tl.program_id(0), hi - lo, BLOCK_N, S_POW2)
     n_lo = tl.sum(tl.where(offs_s == sl, lo, 0), 0)
     n_hi = tl.where(valid_n, tl.sum(tl.where(offs_s == sl, hi, 0), 0), 0)  # a spare tile: no column
     has = m_in & (slot >= 0)
@@ -117,39 +88,19 @@ def _expand_rows_tile(
     w = _b_chunk(w_rows, offs_r, rank, r_max, early, stride_bk, LATE_RANK)  # rank chunk 0
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
-    rows = has if LATE_RANK else row
-    if WAIT:
-        # the planes' loads wait for the count's acquire (broadcast first: the interpreter's & of a vector and a
-        # scalar bool gives ints, not a mask)
-        rows = rows & (tl.zeros_like(rows) | _wait_count(cnt_ptr, want, BACKOFF))
     if not OVERWRITE:
         y = tl.load(ys, mask=early, other=0.0)
-    acc = tl.sum(_planes(bufs, offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK, WAIT)[:, None, :]
+    rows = has if LATE_RANK else row
+    acc = tl.sum(_planes(bufs, offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
                  * w.to(tl.float32), axis=2)
     for r0 in range(BLOCK_R, r_max, BLOCK_R):
         w = _b_chunk(w_rows, r0 + offs_r, rank, r_max, early, stride_bk, LATE_RANK)
-        acc += tl.sum(_planes(bufs, r0 + offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK,
-                              WAIT)[:, None, :] * w.to(tl.float32), axis=2)
+        acc += tl.sum(_planes(bufs, r0 + offs_r, rank, rows, r_max, stride_bp, stride_br, PLANES, LATE_RANK)[:, None, :]
+                      * w.to(tl.float32), axis=2)
     if OVERWRITE:  # every row of the step: 0 where a token has no adapter (or a rank-0 one)
         tl.store(ys, acc.to(y_ptr.dtype.element_ty), mask=m_in[:, None] & (offs_n < n_hi)[None, :])
     else:
         tl.store(ys, (y.to(tl.float32) + acc).to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _expand_rows_kernel(
-    buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, T, r_max,
-    stride_bp, stride_bs, stride_bt, stride_br, stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn,
-    S: tl.constexpr, S_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PLANES: tl.constexpr, USE_GDC: tl.constexpr, LATE_RANK: tl.constexpr, OVERWRITE: tl.constexpr,
-):
-    """One program: a tile of _expand_rows_tile, column tiles by axis 0, rows by axis 1."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_launch_dependents()
-    _expand_rows_tile(buf_ptr, b_ptr, y_ptr, off_ptr, tok_ptr, slot_ptr, rank_ptr, tl.program_id(0),
-                      tl.program_id(1), T, r_max, rank_ptr, 0, stride_bp, stride_bs, stride_bt, stride_br,
-                      stride_bslot, stride_bn, stride_bk, stride_yt, stride_yn, S, S_POW2, BLOCK_M, BLOCK_N,
-                      BLOCK_R, PLANES, USE_GDC, LATE_RANK, OVERWRITE, False, False)
 
 
 def default_expand_rows(max_rank: int) -> ExpandRowsConfig:

@@ -39,22 +39,25 @@ def _x_chunk(x_rows, kk, k_hi, has, stride_xh, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _shrink_rows_tile(
-    x_ptr, a_ptr, out_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr, pid_m, ks,
+def _shrink_rows_kernel(
+    x_ptr, a_ptr, out_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr,
     T, hidden, k_per_split, r_max,
     stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
     stride_op, stride_os, stride_ot, stride_or,
     S: tl.constexpr, S_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, USE_GDC: tl.constexpr,
 ):
-    """BLOCK_M rows from pid_m * BLOCK_M (tokens in slot order, each with its own slot) x every (slice, rank) column x
-    share ks of the hidden dimension, into plane ks of out.
+    """One program: BLOCK_M rows (tokens in slot order, each with its own slot) x every (slice, rank) column x the
+    program's share of the hidden dimension (axis 1), into plane program_id(1) of out.
 
     Columns are (slice, rank) pairs, c = slice * R_PAD + r, masked past each row's own rank, so a row reads only its
     adapter's rows of A. The product is a float32 multiply-add (each row meets only its own A: no tensor cores).
     USE_GDC (launched with PDL, kernels/pdl.py): the metadata and the first chunk of A are read before waiting for
     the kernel before; x and the stores come after."""
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = tl.program_id(1)
     m_in = offs_m < T
     slot = tl.load(slot_ptr + offs_m, mask=m_in, other=-1)  # -1 past the step's adapter tokens
     tok = tl.load(tok_ptr + offs_m, mask=m_in, other=0).to(tl.int64)
@@ -83,24 +86,6 @@ def _shrink_rows_tile(
     out = (out_ptr + ks * stride_op + c_slice[None, :] * stride_os + tok[:, None] * stride_ot
            + c_r[None, :] * stride_or)
     tl.store(out, acc * scale[:, None], mask=c_ok)
-
-
-@triton.jit
-def _shrink_rows_kernel(
-    x_ptr, a_ptr, out_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr,
-    T, hidden, k_per_split, r_max,
-    stride_xt, stride_xh, stride_aslot, stride_as, stride_ar, stride_ah,
-    stride_op, stride_os, stride_ot, stride_or,
-    S: tl.constexpr, S_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, USE_GDC: tl.constexpr,
-):
-    """One program: a tile of _shrink_rows_tile, rows by axis 0, the share of the hidden dimension by axis 1."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_launch_dependents()
-    _shrink_rows_tile(x_ptr, a_ptr, out_ptr, tok_ptr, slot_ptr, scale_ptr, rank_ptr, tl.program_id(0),
-                      tl.program_id(1), T, hidden, k_per_split, r_max, stride_xt, stride_xh, stride_aslot, stride_as,
-                      stride_ar, stride_ah, stride_op, stride_os, stride_ot, stride_or, S, S_PAD, R_PAD, BLOCK_M,
-                      BLOCK_K, EVEN_K, USE_GDC)
 
 
 def default_shrink_rows(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkRowsConfig:

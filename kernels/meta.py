@@ -52,7 +52,7 @@ class LoRAMeta:
         self.rows_max_tokens, self.rows_max_per_tile = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
         self.rows_any_fill = 0
         self.expand_rows = False
-        self._counters: dict[str, list[torch.Tensor]] = {}  # semaphores by owner; old ones stay alive for graphs
+        self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
         # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
         # while the host prepares the next one (engines that overlap host and device work)
@@ -119,20 +119,18 @@ class LoRAMeta:
         self.expand_rows = bool(expand_rows)
         return self
 
-    def counters(self, n: int, owner: str = "split") -> torch.Tensor:
+    def counters(self, n: int) -> torch.Tensor:
         """Zeroed int32 semaphores (at least n) on the meta's device, kept for the object's lifetime.
 
         Split-K kernels count arriving programs in them and put each one back to 0, so they stay zero
         between launches; a larger request allocates a new tensor and keeps the old one (a captured
-        CUDA graph may still point at it). Each owner has its own: kernels that may run at the same time on two
-        streams (the rows pair on the LoRA side stream, "pair") never share one.
+        CUDA graph may still point at it).
         """
-        kept = self._counters.setdefault(owner, [])
-        for t in kept:
+        for t in self._counters:
             if t.numel() >= n:
                 return t
         t = torch.zeros(max(n, 256), dtype=torch.int32, device=self.device)
-        kept.append(t)
+        self._counters.append(t)
         return t
 
     def segments(self):

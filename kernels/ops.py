@@ -41,18 +41,6 @@ def lora_expand(buf, lora_b, meta, ranks, slice_offsets, y, rows: bool = False, 
     return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
 
 
-def lora_rows_pair(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, buf, y, overwrite: bool = False):
-    """The shrink by rows and the expand by rows in one launch on CUDA (kernels.lora_rows_pair; buf: room for the
-    rank vectors); elsewhere the two references through buf (same function). overwrite: as lora_expand's."""
-    if _triton_ok(y):
-        from kernels.lora_rows_pair import lora_rows_pair as k
-        return k(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, buf, y, overwrite=overwrite)
-    if overwrite:
-        y.zero_()
-    reference.lora_shrink_ref(x, lora_a, meta, scales, ranks, buf)
-    return reference.lora_expand_ref(buf, lora_b, meta, ranks, slice_offsets, y)
-
-
 def lora_fused(x, lora_a, lora_b, meta, scales, ranks, slice_offsets, y):
     """Shrink + expand in one launch on CUDA; elsewhere the two references through a buffer (same function)."""
     if _triton_ok(y):

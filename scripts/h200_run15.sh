@@ -12,6 +12,8 @@
 #   scripts/h200_run15.sh s   # workloads/saturate.yaml at 130 req/s over its 30 adapters, then the decode step and the
 #                             #   mixed step at its context (192 tokens) and scripts/served_vs_step.py against both
 #                             #   (needs the wheels: carry .whl)
+# Calls c and d measured a kernel that lost and was removed after them: run them at the commits they ran at (c at
+# 31c5cf3, d at 612dd5e); at later commits the profile refuses the path "one".
 #   scripts/h200_run15.sh c   # the shrink and expand by rows in one launch (kernels/lora_rows_pair.py, new after
 #                             #   calls a and b): its GPU tests, the bench of the 1- and 64-token decode cases (rows_one
 #                             #   beside rows_pair) and two profiles at batches 1 and 64 over 0, 1, 64 adapters measuring
@@ -19,11 +21,13 @@
 #   scripts/h200_run15.sh d   # the same after call c (one launch slower: 20.1 against 15.2 us at 64 x 64 q,k,v): the
 #                             #   waiting programs sleep between polls, each block of rows resets its own counts, and
 #                             #   the profile's first path configures the start graphs (in c, "one" first ran the default)
+#   scripts/h200_run15.sh t   # GPU tests of the final code: graph capture, rows kernels, PDL, fused ops, the fold,
+#                             #   the expand by rows in the engine, launch fitting, overlapped steps
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r15
-call=${1:?usage: h200_run15.sh a|b|c|d|s}
+call=${1:?usage: h200_run15.sh a|b|c|d|s|t}
 . scripts/gpu_call_start.sh
 cases=decode-64x1-r16,decode-64x8-r16,decode-64x64-r16
 brief() {  # the decode rows of a profile log, one line each: batch, adapters, pipelined ms and both taxes
@@ -73,6 +77,12 @@ for r in d['lora']: print(r['case'], 'rows_pair', round(r['rows_pair_us'] or 0, 
         | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
         | paste -sd' ' | sed 's/decode batch/\ndecode batch/g' 
   done ;;
-*) echo "unknown call $call (a b c d s)" >&2; exit 2 ;;
+t)
+  timeout 450 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_engine_graph_capture.py \
+      tests/test_kernels_expand_rows.py tests/test_kernels_shrink_rows.py tests/test_kernels_pdl.py \
+      tests/test_engine_fused_ops.py tests/test_engine_lora_fold.py tests/test_engine_expand_rows.py \
+      tests/test_kernels_launch.py tests/test_engine_overlap.py > "$res/logs/t-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
+*) echo "unknown call $call (a b c d s t)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

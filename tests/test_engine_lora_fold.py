@@ -95,18 +95,14 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
     assert eng.lora_fold is False and FOLD_DEFAULT_CUDA is True
     eng.close()
     for configured in (True, False):
-        seen, one = {}, {}
-        for mode in ("auto", "off", prof.NO_FOLD, prof.FOLD, prof.SEGMENTS, prof.ROWS, prof.ONE_LAUNCH):
+        seen = {}
+        for mode in ("auto", "off", prof.NO_FOLD, prof.FOLD, prof.SEGMENTS, prof.ROWS):
             model = SimpleNamespace(use_lora_fold=lambda on, m=mode: seen.__setitem__(m, on),
-                                    use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None,
-                                    use_one_launch=lambda n, m=mode: one.__setitem__(m, n))
+                                    use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None)
             runner = SimpleNamespace(use_expand_rows=lambda *rule: None)
             fake = SimpleNamespace(model=model, runner=runner, config=SimpleNamespace(extra={}), lora_fold=configured,
                                    _expand_rows=lambda: (0, 0.0, 0))
             prof.set_lora_path(fake, mode)
         assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
-                        prof.SEGMENTS: False, prof.ROWS: False, prof.ONE_LAUNCH: configured}
-        # one launch for calls of up to 64 tokens on the "one" path, never on the others (the engine's default)
-        assert one == {m: (64 if m == prof.ONE_LAUNCH else 0) for m in one} and len(one) == 7
+                        prof.SEGMENTS: False, prof.ROWS: False}
     assert prof._fused_mode(prof.NO_FOLD) == "auto" and prof._fused_mode(prof.SEGMENTS) is False
-    assert prof._fused_mode(prof.ONE_LAUNCH) == "auto"

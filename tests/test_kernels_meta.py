@@ -44,10 +44,8 @@ def test_counters_grow_and_keep_old_tensors():
     small = meta.counters(10)
     assert meta.counters(200) is small  # at least 256 are allocated
     big = meta.counters(1000)
-    assert big.numel() >= 1000 and big is not small and len(meta._counters["split"]) == 2
+    assert big.numel() >= 1000 and big is not small and len(meta._counters) == 2
     assert torch.equal(big, torch.zeros_like(big))
-    pair = meta.counters(10, owner="pair")  # another owner's never share memory with these
-    assert pair is not small and pair is meta.counters(5, owner="pair") and len(meta._counters["split"]) == 2
 
 
 def test_the_expand_by_rows_rule_picks_decode_over_many_adapters():

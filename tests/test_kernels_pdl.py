@@ -104,8 +104,7 @@ cases = ["decode-64x64-r16-qkv", "fused-ops-llama3-8b", "decode-attn-b16-ctx2048
 print(json.dumps({"on": check(cases, arch=90, pdl=True, ptx=True), "off": check(cases, arch=90, pdl=False, ptx=True)}))
 """
 PDL_KERNELS = {"_shrink_kernel", "_expand_kernel", "_shrink_rows_kernel", "_expand_rows_kernel", "_add_rms_norm_kernel",
-               "_rope_cache_kernel", "_silu_mul_kernel", "_attn_split_kernel", "_attn_reduce_kernel",
-               "_rows_pair_kernel"}
+               "_rope_cache_kernel", "_silu_mul_kernel", "_attn_split_kernel", "_attn_reduce_kernel"}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +144,7 @@ def test_every_kernel_launched_with_pdl_waits_before_it_stores_and_lets_the_next
 
 def test_the_lora_kernels_issue_their_weights_loads_before_the_wait(compiled):
     for r in compiled["on"]:
-        if r["kernel"] in ("_shrink_rows_kernel", "_expand_rows_kernel", "_rows_pair_kernel"):  # the last: its shrink
+        if r["kernel"] in ("_shrink_rows_kernel", "_expand_rows_kernel"):
             lines = _lines(r["ptx"])
             wait = _first(lines, r"griddepcontrol\.wait")
             before, after = _count(lines, LOAD, 0, wait), _count(lines, LOAD, wait)

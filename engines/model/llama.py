@@ -73,7 +73,6 @@ class LoRAStack:
         self.fold = False  # and run shrink + expand there into a buffer that the next op adds (lora_linear_folded)
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
         self.shrink_rows = False  # steps that expand by rows also shrink by rows (kernels/lora_shrink_rows.py)
-        self.one_launch = 0  # and calls of up to this many tokens do both in one launch (kernels/lora_rows_pair.py)
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
 
     def nbytes(self) -> int:
@@ -194,17 +193,6 @@ def _shrink(x: torch.Tensor, a: torch.Tensor, stack: LoRAStack, lora: LoRAMeta, 
     return kops.lora_shrink(x, a, lora, stack.scales, stack.ranks, buf, stack.shrink_rows and lora.expand_rows)
 
 
-def _one_launch(stack: LoRAStack, x: torch.Tensor, lora: LoRAMeta) -> bool:
-    """Whether the call's shrink by rows and expand by rows go in one launch (kernels/lora_rows_pair.py)."""
-    return x.shape[0] <= stack.one_launch and stack.shrink_rows and lora.expand_rows
-
-
-def _rows_one(x: torch.Tensor, stack: LoRAStack, layer: int, lora: LoRAMeta, buf: torch.Tensor, y: torch.Tensor,
-              overwrite: bool = False) -> None:
-    kops.lora_rows_pair(x, stack.a[layer], stack.b[layer], lora, stack.scales, stack.ranks, stack.slice_offsets, buf,
-                        y, overwrite=overwrite)
-
-
 def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        stack: LoRAStack | None, layer: int, lora: LoRAMeta | None):
     """(x W^T (+ b), Folded or None): with stack.fold, a call of up to stack.side_tokens tokens runs the LoRA
@@ -222,11 +210,8 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         stack.stream.wait_stream(torch.cuda.current_stream(x.device))
         side = torch.cuda.stream(stack.stream)
     with side:
-        if _one_launch(stack, x, lora):
-            _rows_one(x, stack, layer, lora, buf, delta, overwrite=True)
-        else:
-            buf = _shrink(x, a, stack, lora, buf)
-            kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta, lora.expand_rows, overwrite=True)
+        buf = _shrink(x, a, stack, lora, buf)
+        kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta, lora.expand_rows, overwrite=True)
     return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
 
 
@@ -243,9 +228,6 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     buf = torch.empty(stack.num_slices, x.shape[0], stack.max_rank, dtype=torch.float32, device=x.device)
     if stack.stream is None or x.shape[0] > stack.side_tokens:
         y = F.linear(x, weight, bias)
-        if _one_launch(stack, x, lora):
-            _rows_one(x, stack, layer, lora, buf, y)
-            return y
         buf = _shrink(x, a, stack, lora, buf)
     else:  # fork: the shrink reads only x, so it runs beside the base matmul (also inside a CUDA graph)
         main = torch.cuda.current_stream(x.device)
@@ -409,12 +391,6 @@ class Transformer(nn.Module):
         reference runs either way)."""
         for stack in self.lora_stacks.values():
             stack.shrink_rows = bool(on)
-
-    def use_one_launch(self, max_tokens: int) -> None:
-        """LoRA calls of up to max_tokens tokens that shrink and expand by rows do both in one launch
-        (kernels/lora_rows_pair.py; 0: never; CUDA only, elsewhere the references run either way)."""
-        for stack in self.lora_stacks.values():
-            stack.one_launch = int(max_tokens)
 
     def use_fused_lora(self, mode) -> None:
         """LoRA path per call size: "auto", True, False or a token count (kernels.launch.fused_mode; ValueError

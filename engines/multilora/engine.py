@@ -37,8 +37,6 @@ SHRINK_ROWS_DEFAULT = True
 # 6.6-6.7), and from +7.0% to +5.3% with PDL; to reach 64 tokens the side stream's bound went from 32 to 64 with
 # it (kernels/launch.py)
 FOLD_DEFAULT_CUDA = True
-# extra.lora_one_launch unset: never (the one-launch pair is new after run 15; its GPU measurement decides)
-ONE_LAUNCH_DEFAULT = False
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
@@ -58,9 +56,6 @@ EXTRA_KEYS = {
     "lora_shrink_rows": "steps that expand LoRA by rows also shrink by rows: each token reads its own adapter's A "
                         "over a share of the hidden dimension, no segments and no split-K pass "
                         f"(kernels/lora_shrink_rows.py; default {str(SHRINK_ROWS_DEFAULT).lower()})",
-    "lora_one_launch": "LoRA calls that shrink and expand by rows do both in one launch, each expand program "
-                       "waiting only for its own rows' shrink programs (kernels/lora_rows_pair.py): true (calls of up "
-                       f"to {SIDE_STREAM_MAX_TOKENS} tokens), false (default), or calls of up to N tokens",
     "pdl": "on Hopper GPUs, launch the step's own Triton kernels (LoRA shrink and expand, norms, RoPE + cache write, "
            "SiLU-mul, attention) with programmatic dependent launch: each loads weights and metadata while the kernel "
            "before finishes (kernels/pdl.py): auto (the process's setting: LORA_FLEET_PDL if set, else calls of up "
@@ -148,8 +143,6 @@ class MultiLoRAEngine(Engine):
         self.lora_fold = self._flag("lora_fold", FOLD_DEFAULT_CUDA and self.device.type == "cuda")
         self.model.use_lora_fold(self.lora_fold)
         self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
-        self.lora_one_launch = self._token_count("lora_one_launch", ONE_LAUNCH_DEFAULT, true=SIDE_STREAM_MAX_TOKENS)
-        self.model.use_one_launch(self.lora_one_launch)
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         self._set_pdl()
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
