@@ -12,8 +12,9 @@
 #   scripts/h200_run15.sh s   # workloads/saturate.yaml at 130 req/s over its 30 adapters, then the decode step and the
 #                             #   mixed step at its context (192 tokens) and scripts/served_vs_step.py against both
 #                             #   (needs the wheels: carry .whl)
-# Calls c and d measured a kernel that lost and was removed after them: run them at the commits they ran at (c at
-# 31c5cf3, d at 612dd5e); at later commits the profile refuses the path "one".
+# Calls a, c and d measured options that lost and were removed after them: run them at the commits they ran at (a
+# at f87b3a0, c at 31c5cf3, d at 612dd5e); at later commits the profile refuses --lora-stream-priority and the
+# path "one".
 #   scripts/h200_run15.sh c   # the shrink and expand by rows in one launch (kernels/lora_rows_pair.py, new after
 #                             #   calls a and b): its GPU tests, the bench of the 1- and 64-token decode cases (rows_one
 #                             #   beside rows_pair) and two profiles at batches 1 and 64 over 0, 1, 64 adapters measuring
