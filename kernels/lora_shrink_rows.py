@@ -78,14 +78,16 @@ def _shrink_rows_kernel(
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
     xt = _x_chunk(x_rows, k_lo + offs_k, k_hi, has, stride_xh, EVEN_K)
-    acc = tl.sum(xt.to(tl.float32)[:, None, :] * at.to(tl.float32), axis=2)
+    # products summed element-wise over the share's chunks, then once across the chunk's columns: one reduction
+    # across threads a program, not one a chunk
+    acc = xt.to(tl.float32)[:, None, :] * at.to(tl.float32)  # (BLOCK_M, C, BLOCK_K)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
         at = _a_chunk(a_rows, k0 + offs_k, k_hi, c_ok, stride_ah, EVEN_K)
         xt = _x_chunk(x_rows, k0 + offs_k, k_hi, has, stride_xh, EVEN_K)
-        acc += tl.sum(xt.to(tl.float32)[:, None, :] * at.to(tl.float32), axis=2)
+        acc += xt.to(tl.float32)[:, None, :] * at.to(tl.float32)
     out = (out_ptr + ks * stride_op + c_slice[None, :] * stride_os + tok[:, None] * stride_ot
            + c_r[None, :] * stride_or)
-    tl.store(out, acc * scale[:, None], mask=c_ok)
+    tl.store(out, tl.sum(acc, axis=2) * scale[:, None], mask=c_ok)
 
 
 def default_shrink_rows(tokens: int, hidden: int, slices: int, max_rank: int) -> ShrinkRowsConfig:

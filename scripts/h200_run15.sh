@@ -22,13 +22,17 @@
 #   scripts/h200_run15.sh d   # the same after call c (one launch slower: 20.1 against 15.2 us at 64 x 64 q,k,v): the
 #                             #   waiting programs sleep between polls, each block of rows resets its own counts, and
 #                             #   the profile's first path configures the start graphs (in c, "one" first ran the default)
+#   scripts/h200_run15.sh e   # the shrink by rows summing its chunks element-wise (one reduction across threads a
+#                             #   program): bench of the 64- and 256-token cases, then profiles before, after, before
+#                             #   at batches 64 and 256 (needs ab-before.tar: `git archive 8edffd1 kernels engines
+#                             #   harness reports workloads pyproject.toml -o ab-before.tar`, untracked; delete after)
 #   scripts/h200_run15.sh t   # GPU tests of the final code: graph capture, rows kernels, PDL, fused ops, the fold,
 #                             #   the expand by rows in the engine, launch fitting, overlapped steps
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r15
-call=${1:?usage: h200_run15.sh a|b|c|d|s|t}
+call=${1:?usage: h200_run15.sh a|b|c|d|e|s|t}
 . scripts/gpu_call_start.sh
 cases=decode-64x1-r16,decode-64x8-r16,decode-64x64-r16
 brief() {  # the decode rows of a profile log, one line each: batch, adapters, pipelined ms and both taxes
@@ -78,12 +82,27 @@ for r in d['lora']: print(r['case'], 'rows_pair', round(r['rows_pair_us'] or 0, 
         | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
         | paste -sd' ' | sed 's/decode batch/\ndecode batch/g' 
   done ;;
+e)
+  timeout 70 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv --out "$res/runs/kernels-e.json" \
+      > "$res/logs/e-bench.log" 2>&1
+  python3 -c "import json; d=json.load(open('$res/runs/kernels-e.json'))
+for r in d['lora']: print(r['case'], 'rows_pair', round(r['rows_pair_us'] or 0, 1), 'floor', round(r['byte_floor_us'], 1))"
+  mkdir -p /tmp/before && tar xf ab-before.tar -C /tmp/before
+  for side in before after before; do
+    dir=$([ $side = before ] && echo /tmp/before || echo "$PWD")
+    n=$(ls "$res"/logs/e-profile-$side-*.log 2>/dev/null | wc -l)
+    (cd "$dir" && PYTHONPATH="$dir:/tmp/site" timeout 80 "${prof[@]}" --rounds 3 --batches 64,256 --adapters 0,64,256 \
+        --out "$res/runs/profile-e-$side-$n.json" > "$res/logs/e-profile-$side-$n.log" 2>&1)
+    echo "$side $n:"; grep -A1 -E "^decode batch" "$res/logs/e-profile-$side-$n.log" | grep -v "^--" \
+        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
+        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+  done ;;
 t)
   timeout 450 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_engine_graph_capture.py \
       tests/test_kernels_expand_rows.py tests/test_kernels_shrink_rows.py tests/test_kernels_pdl.py \
       tests/test_engine_fused_ops.py tests/test_engine_lora_fold.py tests/test_engine_expand_rows.py \
       tests/test_kernels_launch.py tests/test_engine_overlap.py > "$res/logs/t-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
-*) echo "unknown call $call (a b c d s t)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d e s t)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
