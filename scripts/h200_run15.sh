@@ -26,7 +26,7 @@
 #                             #   program): bench of the 64- and 256-token cases, then profiles before, after, before
 #                             #   at batches 64 and 256 (needs ab-before.tar: `git archive 8edffd1 kernels engines
 #                             #   harness reports workloads pyproject.toml -o ab-before.tar`, untracked; delete after)
-#   scripts/h200_run15.sh t   # GPU tests of the final code: graph capture, rows kernels, PDL, fused ops, the fold,
+#   scripts/h200_run15.sh t   # GPU tests (ran at 9dbcf03, before e's change): graph capture, rows kernels, PDL, fused ops, the fold,
 #                             #   the expand by rows in the engine, launch fitting, overlapped steps
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
