@@ -11,9 +11,9 @@ class LoRAMeta:
     """Tokens of one step grouped by adapter slot into segments (Punica SGMV / BGMV layout).
 
     After prepare(token_slots):
-      token_indices[:T]           token positions sorted by slot (stable), the num_tokens with an adapter first,
-                                  then those with slot -1 (in order; the expand by rows' overwrite zeroes them)
-      sorted_slot[:T]             the slot of each token of token_indices (-1 past num_tokens): the expand by
+      token_indices[:T]           token positions sorted by slot (stable), the num_lora_tokens with an adapter
+                                  first, then those with slot -1 (in order; the expand by rows' overwrite zeroes them)
+      sorted_slot[:T]             the slot of each token of token_indices (-1 past num_lora_tokens): the expand by
                                   rows reads a row's token and slot together, neighbours sharing an adapter
       seg_start[:num_segments]    offset of each segment into token_indices
       seg_len[:num_segments]      tokens in each segment (0 past num_segments)

@@ -64,16 +64,10 @@ def _parse(value: str) -> int:
 _max_tokens = _parse(os.environ.get(ENV, ""))
 
 
-def set_enabled(on: bool, max_tokens: int = MAX_TOKENS) -> None:
-    """Use PDL from the next launch on for calls of up to max_tokens tokens, or not at all (graphs captured before
-    keep what they were captured with)."""
-    if max_tokens < 1:
-        raise ValueError(f"pdl.set_enabled: max_tokens={max_tokens} must be >= 1")
-    set_max_tokens(max_tokens if on else 0)
-
-
 def set_max_tokens(n: int) -> None:
-    """The largest call (tokens) launched with PDL from the next launch on; 0: none (max_tokens() read back)."""
+    """The largest call (tokens) launched with PDL from the next launch on: MAX_TOKENS (the default rule), ALL
+    (every call), 0 (none) or any count (max_tokens() reads it back; graphs captured before keep what they were
+    captured with)."""
     global _max_tokens
     if n < 0:
         raise ValueError(f"pdl.set_max_tokens: {n} must be >= 0")

@@ -77,9 +77,7 @@ g)
   for n in 64 256; do
     timeout 200 "${prof[@]}" --rounds 3 --batches 64,256 --adapters 0,1,64,256 --lora-stream-tokens $n \
         --fused-lora auto,nofold --out "$res/runs/profile-side$n.json" > "$res/logs/g-profile-side$n.log" 2>&1
-    echo "side stream up to $n tokens:"; grep -A1 -E "^decode batch" "$res/logs/g-profile-side$n.log" | grep -v "^--" \
-        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
-        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+    echo "side stream up to $n tokens:"; decode_brief "$res/logs/g-profile-side$n.log"
   done ;;
 i)
   mkdir -p /tmp/before && tar xf ab-before.tar -C /tmp/before
@@ -87,9 +85,7 @@ i)
     dir=$([ $side = before ] && echo /tmp/before || echo "$PWD")
     (cd "$dir" && PYTHONPATH="$dir:/tmp/site" timeout 150 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 \
         --out "$res/runs/profile-i$n-$side.json" > "$res/logs/i$n-profile-$side.log" 2>&1)
-    echo "$side $n:"; grep -A1 -E "^decode batch" "$res/logs/i$n-profile-$side.log" | grep -v "^--" \
-        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
-        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+    echo "$side $n:"; decode_brief "$res/logs/i$n-profile-$side.log"
   done; done
   timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_expand_rows.py \
       tests/test_engine_lora_fold.py tests/test_kernels_meta.py > "$res/logs/i-tests.log" 2>&1

@@ -35,17 +35,12 @@ res=/tmp/r15
 call=${1:?usage: h200_run15.sh a|b|c|d|e|s|t}
 . scripts/gpu_call_start.sh
 cases=decode-64x1-r16,decode-64x8-r16,decode-64x64-r16
-brief() {  # the decode rows of a profile log, one line each: batch, adapters, pipelined ms and both taxes
-  grep -A1 -E "^decode batch" "$1" | grep -v "^--" \
-      | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
-      | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
-}
 case "$call" in
 a)
   for n in 1 2; do for prio in normal high; do
     timeout 150 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 --lora-stream-priority $prio \
         --out "$res/runs/profile-a$n-$prio.json" > "$res/logs/a$n-profile-$prio.log" 2>&1
-    echo "$prio $n:"; brief "$res/logs/a$n-profile-$prio.log"
+    echo "$prio $n:"; decode_brief "$res/logs/a$n-profile-$prio.log"
   done; done
   timeout 120 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_lora_fold.py > "$res/logs/a-tests.log" 2>&1
   tail -2 "$res/logs/a-tests.log" ;;
@@ -57,7 +52,7 @@ b)
   grep -E "^\| decode" "$res/logs/b-bench.log" | cut -c1-120
   timeout 200 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
       --out "$res/runs/profile-b.json" > "$res/logs/b-profile.log" 2>&1
-  brief "$res/logs/b-profile.log" ;;
+  decode_brief "$res/logs/b-profile.log" ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -78,9 +73,7 @@ for r in d['lora']: print(r['case'], 'rows_pair', round(r['rows_pair_us'] or 0, 
   for order in auto,one one,auto; do
     timeout 150 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 --fused-lora $order \
         --out "$res/runs/profile-$call-$order.json" > "$res/logs/$call-profile-$order.log" 2>&1
-    echo "$order:"; grep -A1 -E "^decode batch" "$res/logs/$call-profile-$order.log" | grep -v "^--" \
-        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
-        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g' 
+    echo "$order:"; decode_brief "$res/logs/$call-profile-$order.log"
   done ;;
 e)
   timeout 70 python3 -m kernels.bench --only decode-64x64-r16-qkv,decode-256x256-r16-qkv --out "$res/runs/kernels-e.json" \
@@ -93,9 +86,7 @@ for r in d['lora']: print(r['case'], 'rows_pair', round(r['rows_pair_us'] or 0, 
     n=$(ls "$res"/logs/e-profile-$side-*.log 2>/dev/null | wc -l)
     (cd "$dir" && PYTHONPATH="$dir:/tmp/site" timeout 80 "${prof[@]}" --rounds 3 --batches 64,256 --adapters 0,64,256 \
         --out "$res/runs/profile-e-$side-$n.json" > "$res/logs/e-profile-$side-$n.log" 2>&1)
-    echo "$side $n:"; grep -A1 -E "^decode batch" "$res/logs/e-profile-$side-$n.log" | grep -v "^--" \
-        | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
-        | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
+    echo "$side $n:"; decode_brief "$res/logs/e-profile-$side-$n.log"
   done ;;
 t)
   timeout 450 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_engine_graph_capture.py \

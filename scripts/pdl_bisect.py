@@ -35,7 +35,7 @@ from engines.config import EngineConfig
 from engines.registry import create_engine
 from tests.test_engine_lora_fold import serve
 import kernels.pdl as real
-real.set_enabled(True, real.ALL)
+real.set_max_tokens(real.ALL)
 off = types.SimpleNamespace(use=lambda device, tokens: False, launch_options=real.launch_options)
 for name in {others!r}:
     mod = importlib.import_module(name)

@@ -32,7 +32,7 @@ def restore_pdl():
 
 
 def test_pdl_is_never_used_off_a_compiled_gpu_kernel(monkeypatch, restore_pdl):
-    pdl.set_enabled(True)
+    pdl.set_max_tokens(pdl.MAX_TOKENS)
     assert not pdl.use(torch.device("cpu"), 1)
     assert pdl.in_effect(torch.device("cpu")) == 0 and pdl.describe(torch.device("cpu")) == "off"
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreted kernels have no launch options
@@ -74,15 +74,16 @@ def test_the_environment_asks_for_it_or_not():
 def test_calls_of_more_tokens_than_the_switch_allows_launch_plainly(monkeypatch, restore_pdl):
     monkeypatch.setattr(pdl, "supported", lambda device: True)  # as on a Hopper GPU
     gpu = torch.device("cuda", 0)
-    pdl.set_enabled(True)  # the default rule: up to MAX_TOKENS
+    pdl.set_max_tokens(pdl.MAX_TOKENS)  # the default rule
     assert [pdl.use(gpu, t) for t in (0, 1, 64, 65, 256)] == [False, True, True, False, False]
     assert pdl.describe(gpu) == "on for calls of up to 64 tokens"
-    pdl.set_enabled(True, pdl.ALL)
+    pdl.set_max_tokens(pdl.ALL)
     assert pdl.use(gpu, 4096) and pdl.describe(gpu) == "on for every call"
-    pdl.set_enabled(False)
+    pdl.set_max_tokens(0)
     assert not pdl.use(gpu, 1) and pdl.in_effect(gpu) == 0
-    with pytest.raises(ValueError, match="max_tokens=0"):
-        pdl.set_enabled(True, 0)
+    with pytest.raises(ValueError, match="set_max_tokens: -1 must be >= 0"):
+        pdl.set_max_tokens(-1)
+    assert pdl.max_tokens() == 0  # refused: the setting is unchanged
 
 
 def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_pdl):
@@ -90,7 +91,7 @@ def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_p
         eng = create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": value}))
         assert pdl.max_tokens() == want
         eng.close()
-    pdl.set_enabled(True, 8)
+    pdl.set_max_tokens(8)
     create_engine(EngineConfig(model="tiny", device="cpu", extra={"pdl": "auto"})).close()
     assert pdl.max_tokens() == 8  # auto keeps the process's setting (LORA_FLEET_PDL or the default)
     with pytest.raises(ValueError, match=r"extra\.pdl='maybe' must be true, false or a token count >= 1, or auto"):
@@ -195,7 +196,7 @@ def rows_pair_graphs(modes=(False, True), graph: bool = True) -> dict:
     results = {}
     for on in modes:
         pdl_was = pdl.max_tokens()
-        pdl.set_enabled(on)  # the fused ops follow the process switch (64 tokens: within the default rule)
+        pdl.set_max_tokens(pdl.MAX_TOKENS if on else 0)  # the fused ops follow the process switch (64 tokens)
         try:
             out = step(on)  # compile outside the capture
             if not graph:
