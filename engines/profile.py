@@ -23,6 +23,10 @@ SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows wh
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
+BASE_FIRST = "bfirst"  # another: the default's path, the base matmul launched before the side stream's LoRA
+CUBLASLT = "lt"  # another: the default's path, the base matmuls through cuBLASLt
+CARVEOUT = "sm"  # "sm<N>": as CUBLASLT, its matmuls targeting all but N SMs (left to the side stream's LoRA)
+DEFAULT_LIKE = (NO_FOLD, BASE_FIRST, CUBLASLT)  # modes on the engine's default path with one change (and sm<N>)
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -181,9 +185,33 @@ def _shrink_rows(mode) -> bool:
     return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
 
 
+def carveout(mode) -> int | None:
+    """The SMs a decode sweep's mode "sm<N>" leaves to the side stream (N), else None."""
+    return int(mode[2:]) if isinstance(mode, str) and mode.startswith(CARVEOUT) and mode[2:].isdigit() else None
+
+
+def _default_like(mode) -> bool:
+    return mode in DEFAULT_LIKE or carveout(mode) is not None
+
+
 def _fused_mode(mode):
-    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD."""
-    return False if mode in PAIR_MODES else "auto" if mode == NO_FOLD else mode
+    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for the default's."""
+    return False if mode in PAIR_MODES else "auto" if _default_like(mode) else mode
+
+
+_BLAS_START: list = []  # the process's preferred BLAS backend before a sweep first changed it
+
+
+def set_blas(eng: MultiLoRAEngine, mode) -> None:
+    """The base matmuls' library for a decode point of `mode`: cuBLASLt (CUBLASLT, sm<N>: targeting all but N SMs)
+    or the process's own; read when a graph is captured, so each mode's graphs keep theirs."""
+    if eng.device.type != "cuda":
+        return
+    if not _BLAS_START:
+        _BLAS_START.append(torch.backends.cuda.preferred_blas_library())
+    n = carveout(mode)
+    torch.backends.cuda.preferred_blas_library("cublaslt" if mode == CUBLASLT or n is not None else _BLAS_START[0])
+    torch._C._set_sm_carveout_experimental(n)
 
 
 def _expand_rows(mode) -> int | str:
@@ -196,8 +224,10 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
-    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold)."""
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); BASE_FIRST, CUBLASLT and sm<N>
+    are the default's path with the base matmul launched first, or through cuBLASLt (set_blas)."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
+    eng.model.use_base_first(mode == BASE_FIRST)
     eng.model.use_shrink_rows(_shrink_rows(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
@@ -296,6 +326,7 @@ def _time_point(eng, cfg, batch, names, d: int, mode) -> tuple[float, float, flo
     slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(len(batch))]
     if mode is not None:
         set_lora_path(eng, mode)  # baked into the graphs captured under this key: one set per mode
+    set_blas(eng, mode)
     key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
 
     def step():

@@ -13,6 +13,6 @@ python3 -c "import locust" 2>/dev/null || python3 -m pip install -q --no-index -
 prof=(python3 -m harness profile --model llama3-8b --no-check --many-adapters 0 --loads 0 --prefill "" --iters 20)
 decode_brief() {  # the decode rows of a harness profile log, one line each: batch, adapters (path), pipelined ms, taxes
   grep -A1 -E "^decode batch" "$1" | grep -v "^--" \
-      | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
+      | grep -oE "^decode batch +[0-9]+ adapters +[0-9]+( fused_lora +[a-z0-9]+)?|pipelined: +[0-9.]+ ms|tax [+-][0-9.]+%" \
       | paste -sd' ' | sed 's/decode batch/\ndecode batch/g'
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Session 15's work on one H200 (issue 15); one device call (under 10 minutes) per letter:
+#   scripts/h200_run16.sh a   # where the LoRA side stream's kernels land beside the base matmul at up to 64 tokens:
+#                             #   the default against the base matmul launched first (bfirst), the base matmuls through
+#                             #   cuBLASLt (lt) and through cuBLASLt targeting all but 8, 16, 32 SMs (sm8, sm16, sm32),
+#                             #   each point on each path in turn, batches 1 and 64 over 0, 1, 64 adapters; then the base
+#                             #   step with cuBLASLt for the whole process (TORCH_BLAS_PREFER_CUBLASLT=1) at 1, 64, 256
+#                             #   against the default's; then the fold's GPU test (base matmul first gives the tokens)
+#   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
+# Results: $OUT/<call>.tgz (needs the wheels for s: carry .whl).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/r16
+call=${1:?usage: h200_run16.sh a|s}
+. scripts/gpu_call_start.sh
+case "$call" in
+a)
+  timeout 260 "${prof[@]}" --rounds 3 --batches 1,64 --adapters 0,1,64 --fused-lora auto,bfirst,lt,sm8,sm16,sm32 \
+      --out "$res/runs/profile-a-modes.json" > "$res/logs/a-profile-modes.log" 2>&1
+  decode_brief "$res/logs/a-profile-modes.log"
+  for lt in 0 1; do
+    TORCH_BLAS_PREFER_CUBLASLT=$lt timeout 120 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0 \
+        --out "$res/runs/profile-a-base-lt$lt.json" > "$res/logs/a-profile-base-lt$lt.log" 2>&1
+    echo "cublaslt=$lt:"; grep -E "^decode batch|pipelined" "$res/logs/a-profile-base-lt$lt.log" | cut -c1-110
+  done
+  timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_lora_fold.py > "$res/logs/a-tests.log" 2>&1
+  tail -2 "$res/logs/a-tests.log" ;;
+s)
+  timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
+      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
+      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/s-saturate.log" 2>&1
+  grep -E "^multilora|invalid|rror" "$res/logs/s-saturate.log" | head -3
+  timeout 200 "${prof[@]}" --rounds 2 --context 192 --batches 224,256 --adapters 0,30 --mixed-prompts 256,288 \
+      --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
+  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
+  python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
+*) echo "unknown call $call (a s)" >&2; exit 2 ;;
+esac
+. scripts/gpu_call_pack.sh
