@@ -10,6 +10,7 @@ import torch
 
 from engines.base import Request, SamplingParams
 from engines.config import EngineConfig
+from engines.model import blas
 from engines.model.config import ModelArgs
 from engines.multilora.engine import SHRINK_ROWS_DEFAULT, MultiLoRAEngine
 from engines.multilora.sequence import Sequence
@@ -24,9 +25,7 @@ SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segm
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
 BASE_FIRST = "bfirst"  # another: the default's path, the base matmul launched before the side stream's LoRA
-CUBLASLT = "lt"  # another: the default's path, the base matmuls through cuBLASLt
-CARVEOUT = "sm"  # "sm<N>": as CUBLASLT, its matmuls targeting all but N SMs (left to the side stream's LoRA)
-DEFAULT_LIKE = (NO_FOLD, BASE_FIRST, CUBLASLT)  # modes on the engine's default path with one change (and sm<N>)
+DEFAULT_LIKE = (NO_FOLD, BASE_FIRST)  # modes on the engine's default path with one change
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -65,6 +64,7 @@ class ProfileConfig:
     many_time_limit_s: float = 150.0
     seed: int = 0
     pdl: bool | int | str | None = None  # engine extra pdl (programmatic dependent launch); None: the engine's
+    cublaslt: bool | int | str | None = None  # engine extra cublaslt (base matmuls' library); None: the engine's
     lora_stream: bool | int = True  # LoRA shrink on a side stream beside the base matmul (engine extra; N: up to N tokens)
     # LoRA paths the decode sweep measures each adapter point with (engine extra fused_lora: on/off/auto/N, or
     # "fold": the pair with lora_fold); the first is the engine's for every other section and the one the
@@ -176,7 +176,8 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
-               **({} if cfg.pdl is None else {"pdl": cfg.pdl})}))
+               **({} if cfg.pdl is None else {"pdl": cfg.pdl}),
+               **({} if cfg.cublaslt is None else {"cublaslt": cfg.cublaslt})}))
 
 
 def _shrink_rows(mode) -> bool:
@@ -185,33 +186,9 @@ def _shrink_rows(mode) -> bool:
     return mode == SHRINK_ROWS or (mode != SHRINK_SEGMENTS and SHRINK_ROWS_DEFAULT)
 
 
-def carveout(mode) -> int | None:
-    """The SMs a decode sweep's mode "sm<N>" leaves to the side stream (N), else None."""
-    return int(mode[2:]) if isinstance(mode, str) and mode.startswith(CARVEOUT) and mode[2:].isdigit() else None
-
-
-def _default_like(mode) -> bool:
-    return mode in DEFAULT_LIKE or carveout(mode) is not None
-
-
 def _fused_mode(mode):
     """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for the default's."""
-    return False if mode in PAIR_MODES else "auto" if _default_like(mode) else mode
-
-
-_BLAS_START: list = []  # the process's preferred BLAS backend before a sweep first changed it
-
-
-def set_blas(eng: MultiLoRAEngine, mode) -> None:
-    """The base matmuls' library for a decode point of `mode`: cuBLASLt (CUBLASLT, sm<N>: targeting all but N SMs)
-    or the process's own; read when a graph is captured, so each mode's graphs keep theirs."""
-    if eng.device.type != "cuda":
-        return
-    if not _BLAS_START:
-        _BLAS_START.append(torch.backends.cuda.preferred_blas_library())
-    n = carveout(mode)
-    torch.backends.cuda.preferred_blas_library("cublaslt" if mode == CUBLASLT or n is not None else _BLAS_START[0])
-    torch._C._set_sm_carveout_experimental(n)
+    return False if mode in PAIR_MODES else "auto" if mode in DEFAULT_LIKE else mode
 
 
 def _expand_rows(mode) -> int | str:
@@ -224,8 +201,8 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
-    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); BASE_FIRST, CUBLASLT and sm<N>
-    are the default's path with the base matmul launched first, or through cuBLASLt (set_blas)."""
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); BASE_FIRST is the default's path
+    with the folded calls' base matmul launched before their side-stream LoRA."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
     eng.model.use_base_first(mode == BASE_FIRST)
     eng.model.use_shrink_rows(_shrink_rows(mode))
@@ -326,7 +303,6 @@ def _time_point(eng, cfg, batch, names, d: int, mode) -> tuple[float, float, flo
     slots = [eng.pool.slot(names[i % d]) if d else -1 for i in range(len(batch))]
     if mode is not None:
         set_lora_path(eng, mode)  # baked into the graphs captured under this key: one set per mode
-    set_blas(eng, mode)
     key = None if mode in (None, cfg.fused_lora[0]) else ("fused_lora", mode)  # the start graphs: the first
 
     def step():
@@ -527,6 +503,8 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
     dtype = eng.dtype
     out["env"]["pdl_max_tokens"] = kernels_pdl.in_effect(device)  # as the engine set it: 0 for none
     print(f"programmatic dependent launch (engine extra pdl): {kernels_pdl.describe(device)}", flush=True)
+    out["env"]["cublaslt_max_tokens"] = blas.in_effect(device)
+    print(f"base matmuls' library (engine extra cublaslt): {blas.describe(device)}", flush=True)
     bw = measure_bandwidth(device)
     flops = measure_matmul(device, dtype)
     out["ceilings"] = dict(copy_bytes_s=bw, matmul_flop_s=flops)

@@ -6,12 +6,18 @@
 #                             #   each point on each path in turn, batches 1 and 64 over 0, 1, 64 adapters; then the base
 #                             #   step with cuBLASLt for the whole process (TORCH_BLAS_PREFER_CUBLASLT=1) at 1, 64, 256
 #                             #   against the default's; then the fold's GPU test (base matmul first gives the tokens)
+#   scripts/h200_run16.sh b   # after a (cuBLASLt's base step at 64 tokens 5.84 against 6.02 ms): engine extra cublaslt
+#                             #   (engines/model/blas.py; default: passes of up to 64 tokens) against off, profiles off,
+#                             #   auto, off, auto on one machine at batches 1, 64, 128, 256 over 0, 1, 64, 256 adapters,
+#                             #   each point also with bfirst; then the GPU tests of the switch, the fold, graph capture
 #   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
+# Call a measured profile modes that were removed after it (lt, sm<N>: the engine extra cublaslt replaced them, and
+# the carve-outs lost to lt): run it at the commit it ran at (654f08d).
 # Results: $OUT/<call>.tgz (needs the wheels for s: carry .whl).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|s}
+call=${1:?usage: h200_run16.sh a|b|s}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -25,6 +31,15 @@ a)
   done
   timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_lora_fold.py > "$res/logs/a-tests.log" 2>&1
   tail -2 "$res/logs/a-tests.log" ;;
+b)
+  for n in 1 2; do for lt in off auto; do
+    timeout 130 "${prof[@]}" --rounds 3 --batches 1,64,128,256 --adapters 0,1,64,256 --fused-lora auto,bfirst \
+        --cublaslt $lt --out "$res/runs/profile-b$n-$lt.json" > "$res/logs/b$n-profile-$lt.log" 2>&1
+    echo "cublaslt $lt $n:"; decode_brief "$res/logs/b$n-profile-$lt.log"
+  done; done
+  timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_blas.py tests/test_engine_lora_fold.py \
+      tests/test_engine_graph_capture.py > "$res/logs/b-tests.log" 2>&1
+  tail -2 "$res/logs/b-tests.log" ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -34,6 +49,6 @@ s)
       --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b s)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -113,32 +113,28 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
         assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
                         prof.SEGMENTS: False, prof.ROWS: False}
     assert prof._fused_mode(prof.NO_FOLD) == "auto" and prof._fused_mode(prof.SEGMENTS) is False
-    assert prof._fused_mode(prof.BASE_FIRST) == prof._fused_mode("sm16") == prof._fused_mode(prof.CUBLASLT) == "auto"
+    assert prof._fused_mode(prof.BASE_FIRST) == "auto"
 
 
-def test_profile_modes_base_first_and_cublaslt_carveouts_parse_and_configure():
-    """bfirst launches the folded calls' base matmul first; lt and sm<N> are the default's path with the base matmuls
-    through cuBLASLt (sm<N>: all but N SMs), which only a GPU's graphs see; nonsense is refused by name."""
+def test_profile_mode_base_first_parses_and_configures():
+    """bfirst is the default's path with the folded calls' base matmul launched first; nonsense is refused."""
     import argparse
     from types import SimpleNamespace
 
     import engines.profile as prof
     from harness.commands.profile import _modes
 
-    assert _modes("auto,bfirst,lt,sm16") == ("auto", "bfirst", "lt", "sm16")
-    for bad in ("sm", "smx", "first"):
-        with pytest.raises(argparse.ArgumentTypeError, match="sm<N>"):
-            _modes(bad)
-    assert (prof.carveout("sm16"), prof.carveout("sm0"), prof.carveout("lt"), prof.carveout(None)) == (16, 0, None, None)
+    assert _modes("auto,bfirst,nofold") == ("auto", "bfirst", "nofold")
+    with pytest.raises(argparse.ArgumentTypeError, match="bfirst"):
+        _modes("first")
     seen = {}
-    for mode in ("auto", prof.BASE_FIRST, "sm8"):
+    for mode in ("auto", prof.BASE_FIRST, prof.NO_FOLD):
         model = SimpleNamespace(use_lora_fold=lambda on: None, use_shrink_rows=lambda on: None,
                                 use_fused_lora=lambda m: None, use_base_first=lambda on, m=mode: seen.__setitem__(m, on))
         fake = SimpleNamespace(model=model, runner=SimpleNamespace(use_expand_rows=lambda *rule: None),
                                config=SimpleNamespace(extra={}), lora_fold=True, _expand_rows=lambda: (0, 0.0, 0))
         prof.set_lora_path(fake, mode)
-        prof.set_blas(SimpleNamespace(device=torch.device("cpu")), mode)  # the CPU: nothing to set, nothing raised
-    assert seen == {"auto": False, prof.BASE_FIRST: True, "sm8": False}
+    assert seen == {"auto": False, prof.BASE_FIRST: True, prof.NO_FOLD: False}
 
 
 def test_folded_lora_with_the_base_matmul_first_gives_the_tokens_of_the_pair(adapter_dir):

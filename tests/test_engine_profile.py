@@ -95,13 +95,13 @@ def test_profile_rounds_pair_each_tax_with_its_round_and_print_the_range(tmp_pat
     assert "--rounds 0: must be >= 1" in capsys.readouterr().err
 
 
-def test_profile_pdl_flag_takes_on_off_auto_or_a_token_count():
+def test_profile_pdl_and_cublaslt_flags_take_on_off_auto_or_a_token_count():
     import argparse
 
     import pytest
 
-    from harness.commands.profile import _pdl
-    assert [_pdl(v) for v in ("on", "OFF", "auto", "32")] == [True, False, "auto", 32]
+    from harness.commands.profile import _switch
+    assert [_switch(v) for v in ("on", "OFF", "auto", "32")] == [True, False, "auto", 32]
     for bad in ("0", "maybe", "-4"):
         with pytest.raises(argparse.ArgumentTypeError, match="on, off, auto or a token count"):
-            _pdl(bad)
+            _switch(bad)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch import nn
 
+from engines.model import blas
 from engines.model.config import ModelArgs
 from kernels import ops as kops
 from kernels.launch import SIDE_STREAM_MAX_TOKENS, fused_mode, fused_wanted
@@ -358,6 +359,7 @@ class Transformer(nn.Module):
                 lora: LoRAMeta | None = None) -> torch.Tensor:
         """input_ids, positions (T,) -> final hidden states (T, dim); lora None skips the adapter ops."""
         ops = self.ops
+        blas.select(input_ids.device, input_ids.shape[0])  # the base matmuls' library for a pass of this size
         rope = ops.rope_tables(positions, self.inv_freq)
         x, residual = self.model.embed_tokens(input_ids), None  # (T, dim)
         for blk in self.model.layers:

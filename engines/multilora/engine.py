@@ -23,6 +23,7 @@ from engines.multilora.pool_api import AdapterPoolAPI
 from engines.multilora.sampler import Draw, Sampler, banned_tokens, stop_reason
 from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
+from engines.model import blas
 from kernels import pdl as kernels_pdl
 from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
 
@@ -61,6 +62,9 @@ EXTRA_KEYS = {
            "before finishes (kernels/pdl.py): auto (the process's setting: LORA_FLEET_PDL if set, else calls of up "
            f"to {kernels_pdl.MAX_TOKENS} tokens), true (every call), false, or calls of up to N tokens; one setting "
            "for the process",
+    "cublaslt": "on CUDA, the base model's matmuls of forward passes of up to N tokens go through cuBLASLt, above "
+                "through the process's own library (engines/model/blas.py): auto (default: passes of up to "
+                f"{blas.MAX_TOKENS} tokens), true (every pass), false (never), or N; one setting for the process",
     "fused_lora": "LoRA shrink+expand as one fused kernel: auto (default: where the GPU's tuned file measured it faster, "
                   "else the pair), true, false, or up to N tokens",
     "warmup": "on CUDA, prefill every token-count bucket once at start so no Triton compile stalls serving "
@@ -145,6 +149,7 @@ class MultiLoRAEngine(Engine):
         self.model.use_shrink_rows(self._flag("lora_shrink_rows", SHRINK_ROWS_DEFAULT))
         self.model.use_fused_lora(config.extra.get("fused_lora", "auto"))
         self._set_pdl()
+        self._set_cublaslt()
         num_blocks = config.num_kv_blocks or self._derive_kv_blocks()
         self.max_model_len = min(config.max_model_len, args.max_seq_len, config.max_num_batched_tokens,
                                  num_blocks * config.block_size)
@@ -249,6 +254,12 @@ class MultiLoRAEngine(Engine):
         n = self._token_count("pdl", "auto", true=kernels_pdl.ALL, least=1, auto=True)
         if n is not None:
             kernels_pdl.set_max_tokens(n)
+
+    def _set_cublaslt(self) -> None:
+        """extra.cublaslt: auto (or unset) keeps the process's setting; else true, false or a token count sets it."""
+        n = self._token_count("cublaslt", "auto", true=blas.ALL, least=1, auto=True)
+        if n is not None:
+            blas.set_max_tokens(n)
 
     def _side_tokens(self) -> int:
         """Tokens up to which a LoRA call runs beside the base matmul (0: never), from extra.lora_stream."""

@@ -29,8 +29,8 @@ def _pairs(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _pdl(text: str) -> bool | int | str:
-    """--pdl: on/off as true/false, auto, or a token count >= 1 (engine extra pdl)."""
+def _switch(text: str) -> bool | int | str:
+    """--pdl, --cublaslt: on/off as true/false, auto, or a token count >= 1 (the engine extra of that name)."""
     t = text.strip().lower()
     if t in ("on", "off"):
         return t == "on"
@@ -44,13 +44,12 @@ def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for m in modes:
         try:
-            if m not in ("fold", "nofold", "rows", "segments", "srows", "sseg", "bfirst", "lt") \
-                    and not re.fullmatch(r"sm\d+", m):
+            if m not in ("fold", "nofold", "rows", "segments", "srows", "sseg", "bfirst"):
                 fused_mode(m)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{m!r}: give on, off, auto, fold, nofold, rows, segments, srows, sseg, bfirst, lt, sm<N> or a "
-                "token count, comma-separated") from None
+                f"{m!r}: give on, off, auto, fold, nofold, rows, segments, srows, sseg, bfirst or a token count, "
+                "comma-separated") from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
     return modes
@@ -96,12 +95,16 @@ def register(subparsers) -> None:
                    help="run the LoRA shrink on the main stream (default: a side stream beside the base matmul)")
     p.add_argument("--lora-stream-tokens", type=int, default=None, metavar="N",
                    help="LoRA calls of up to N tokens run beside the base matmul on a side stream (default 64)")
-    p.add_argument("--pdl", type=_pdl, default=None, metavar="auto|on|off|N",
+    p.add_argument("--pdl", type=_switch, default=None, metavar="auto|on|off|N",
                    help="programmatic dependent launch of the step's own Triton kernels on Hopper GPUs (engine extra "
                         "pdl): on for every call, off, for calls of up to N tokens, or auto (default: the engine's, "
                         "calls of up to 64 tokens unless LORA_FLEET_PDL says otherwise)")
+    p.add_argument("--cublaslt", type=_switch, default=None, metavar="auto|on|off|N",
+                   help="the base matmuls' library (engine extra cublaslt): cuBLASLt for every forward pass (on), "
+                        "never (off), for passes of up to N tokens, or auto (default: the engine's, passes of up to "
+                        "64 tokens)")
     p.add_argument("--fused-lora", type=_modes, default=("auto",),
-                   metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg|bfirst|lt|smN[,...]",
+                   metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg|bfirst[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
                         "lora_fold, the default on CUDA for calls that take the side stream; nofold: the default "
@@ -109,8 +112,7 @@ def register(subparsers) -> None:
                         "(engine extra lora_expand_rows=auto), or always by rows (rows) or by segments (segments); "
                         "the shrink goes by rows where the expand does (engine extra lora_shrink_rows, default true), "
                         "always by segments with sseg, or by rows even where the default would not with srows; "
-                        "the default's path with the base matmul launched before the side stream's LoRA (bfirst), "
-                        "through cuBLASLt (lt), or through cuBLASLt targeting all but N SMs (smN, e.g. sm16); "
+                        "the default's path with the base matmul launched before the side stream's LoRA (bfirst); "
                         "several (e.g. auto,segments) measure each decode point with each, the first for the targets")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                         many_slots=args.many_slots, many_rank=args.many_rank,
                         many_time_limit_s=args.many_time_limit, lora_stream=_side(args),
                         fused_lora=args.fused_lora, mixed_prompts=args.mixed_prompts,
-                        pdl=args.pdl)
+                        pdl=args.pdl, cublaslt=args.cublaslt)
     for flag, value in (("--rank", cfg.rank), ("--many-rank", cfg.many_rank), ("--iters", cfg.iters),
                         ("--rounds", cfg.rounds)):
         if value < 1:

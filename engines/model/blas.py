@@ -1,0 +1,63 @@
+"""Which library runs the base model's matrix products in a forward pass: cuBLASLt for passes of up to `max_tokens()`
+tokens, the process's own choice (torch's default, or TORCH_BLAS_PREFER_CUBLASLT) above.
+
+torch reads its preferred BLAS library when a matmul is launched or captured into a CUDA graph, so the model sets it
+at the start of each forward pass (`select`) and a captured graph keeps the library it was captured with. One
+setting for the process, as torch's is; the engine's extra `cublaslt` sets it.
+
+H200, run 16 (docs/performance.md; harness profile, 3 rounds, pipelined step): the base step of 64 tokens took
+5.84 ms through cuBLASLt against 6.02 ms through cuBLAS, and a LoRA step of 64 tokens over 64 adapters 6.44 against
+6.71 ms; at 1 token the two were level (4.49 / 4.48 ms), at 256 tokens cuBLASLt was slower (11.09 / 10.99 ms).
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_TOKENS = 64  # the default: passes of up to this many tokens go through cuBLASLt
+ALL = 1 << 62  # a token count no pass reaches: every pass
+
+_max_tokens = MAX_TOKENS
+_own: list = []  # the process's preferred library before the first select changed it
+_now: list = []  # the library select last set
+
+
+def set_max_tokens(n: int) -> None:
+    """Passes of up to n tokens go through cuBLASLt from the next forward pass on: MAX_TOKENS (the default rule),
+    ALL (every pass) or 0 (none; the process's own choice). Graphs captured before keep what they were captured
+    with."""
+    global _max_tokens
+    if n < 0:
+        raise ValueError(f"blas.set_max_tokens: {n} must be >= 0")
+    _max_tokens = int(n)
+
+
+def max_tokens() -> int:
+    return _max_tokens
+
+
+def in_effect(device: torch.device) -> int:
+    """The largest pass (tokens) whose base matmuls go through cuBLASLt on this device; 0: none."""
+    return _max_tokens if device.type == "cuda" and torch.version.cuda is not None else 0
+
+
+def describe(device: torch.device) -> str:
+    n = in_effect(device)
+    return ("the process's own (cuBLAS unless TORCH_BLAS_PREFER_CUBLASLT=1)" if n == 0 else
+            "cuBLASLt for every pass" if n >= ALL else f"cuBLASLt for passes of up to {n} tokens, the process's own above")
+
+
+def library(tokens: int) -> str | None:
+    """"cublaslt" where a pass of `tokens` tokens takes it, else None (the process's own choice)."""
+    return "cublaslt" if tokens <= _max_tokens else None
+
+
+def select(device: torch.device, tokens: int) -> None:
+    """Set torch's preferred BLAS library for a forward pass of `tokens` tokens on `device` (CUDA builds only)."""
+    if device.type != "cuda" or torch.version.cuda is None:
+        return
+    if not _own:
+        _own.append(torch.backends.cuda.preferred_blas_library())
+    want = library(tokens) or _own[0]
+    if _now != [want]:
+        torch.backends.cuda.preferred_blas_library(want)
+        _now[:] = [want]
