@@ -24,8 +24,6 @@ SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows wh
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
-BASE_FIRST = "bfirst"  # another: the default's path, the base matmul launched before the side stream's LoRA
-DEFAULT_LIKE = (NO_FOLD, BASE_FIRST)  # modes on the engine's default path with one change
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
     "batch1_one_adapter_tax_pct": ("<=", 5.0),
@@ -187,8 +185,8 @@ def _shrink_rows(mode) -> bool:
 
 
 def _fused_mode(mode):
-    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for the default's."""
-    return False if mode in PAIR_MODES else "auto" if mode in DEFAULT_LIKE else mode
+    """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD."""
+    return False if mode in PAIR_MODES else "auto" if mode == NO_FOLD else mode
 
 
 def _expand_rows(mode) -> int | str:
@@ -201,10 +199,8 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
-    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); BASE_FIRST is the default's path
-    with the folded calls' base matmul launched before their side-stream LoRA."""
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold)."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
-    eng.model.use_base_first(mode == BASE_FIRST)
     eng.model.use_shrink_rows(_shrink_rows(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())

@@ -10,14 +10,18 @@
 #                             #   (engines/model/blas.py; default: passes of up to 64 tokens) against off, profiles off,
 #                             #   auto, off, auto on one machine at batches 1, 64, 128, 256 over 0, 1, 64, 256 adapters,
 #                             #   each point also with bfirst; then the GPU tests of the switch, the fold, graph capture
+#                             #   (ran out of time in the graph capture tests)
+#   scripts/h200_run16.sh c   # after b (cuBLASLt at up to 64 tokens: 64 x 64 6.55-6.57 against 6.78-6.79 ms, bfirst no
+#                             #   better, removed): python -m engines.model.blas_bench, the base matmuls at 1-512 tokens
+#                             #   through each library, then the GPU tests of the switch and the fold
 #   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
-# Call a measured profile modes that were removed after it (lt, sm<N>: the engine extra cublaslt replaced them, and
-# the carve-outs lost to lt): run it at the commit it ran at (654f08d).
+# Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
+# them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
 # Results: $OUT/<call>.tgz (needs the wheels for s: carry .whl).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|s}
+call=${1:?usage: h200_run16.sh a|b|c|s}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -40,6 +44,12 @@ b)
   timeout 150 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_blas.py tests/test_engine_lora_fold.py \
       tests/test_engine_graph_capture.py > "$res/logs/b-tests.log" 2>&1
   tail -2 "$res/logs/b-tests.log" ;;
+c)
+  timeout 150 python3 -m engines.model.blas_bench --out "$res/runs/blas.json" > "$res/logs/c-blas.log" 2>&1
+  grep -A20 "^| tokens" "$res/logs/c-blas.log"; grep -E " x +(64|128|256) tokens" "$res/logs/c-blas.log"
+  timeout 200 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_blas.py tests/test_engine_lora_fold.py \
+      > "$res/logs/c-tests.log" 2>&1
+  tail -2 "$res/logs/c-tests.log" ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -49,6 +59,6 @@ s)
       --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c s)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

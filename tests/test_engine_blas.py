@@ -79,3 +79,27 @@ def test_on_the_gpu_the_library_follows_the_pass_and_the_tokens_do_not_change(re
     assert torch.backends.cuda.preferred_blas_library() == torch._C._BlasBackend.Cublaslt
     blas.select(torch.device("cuda"), 9)
     assert torch.backends.cuda.preferred_blas_library() == own
+
+
+def test_the_matmul_benchmark_times_every_base_matmul_beside_its_floors(tmp_path, capsys):
+    import json
+
+    from engines.model import blas_bench
+    from engines.model.config import ModelArgs
+    out = tmp_path / "blas.json"
+    assert blas_bench.main(["--model", "tiny", "--tokens", "1,3", "--device", "cpu", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    args = ModelArgs.from_name("tiny")
+    assert [(r["matmul"], r["tokens"]) for r in d["matmuls"]] == [
+        (m, t) for m in ("qkv", "o", "gate_up", "down", "lm_head") for t in (1, 3)]
+    qkv = d["matmuls"][1]
+    assert (qkv["out_features"], qkv["in_features"], qkv["per_step"]) == (args.q_size + 2 * args.kv_size, args.dim,
+                                                                          args.n_layers)
+    assert qkv["byte_floor_us"] == pytest.approx((qkv["out_features"] * qkv["in_features"] + 3 * args.dim
+                                                  + 3 * qkv["out_features"]) * 4 / d["copy_bytes_per_s"] * 1e6)
+    step = d["steps"][0]
+    assert step["own_ms"] == pytest.approx(sum(r["own_us"] * r["per_step"] for r in d["matmuls"] if r["tokens"] == 1)
+                                           / 1e3) == step["best_per_matmul_ms"]
+    assert d["command"].endswith("--tokens 1,3 --device cpu --out " + str(out))
+    assert "| 3 |" in capsys.readouterr().out
+    assert blas_bench.main(["--tokens", "0"]) == 2

@@ -81,12 +81,6 @@ def test_on_the_gpu_folded_lora_beside_the_base_matmul_gives_the_tokens_of_the_p
     got, folded = serve(eng)
     assert got == want and any(folded)
     eng.close()
-    eng = create_engine(EngineConfig(**gpu, extra={"lora_fold": True, "lora_stream": 64, "capture_graphs": False,
-                                                   "warmup": False}))
-    eng.model.use_base_first(True)  # before any graph: the base matmul launched before the side stream's LoRA
-    got, folded = serve(eng)
-    assert got == want and any(folded)
-    eng.close()
 
 
 def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
@@ -104,8 +98,7 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
         seen = {}
         for mode in ("auto", "off", prof.NO_FOLD, prof.FOLD, prof.SEGMENTS, prof.ROWS):
             model = SimpleNamespace(use_lora_fold=lambda on, m=mode: seen.__setitem__(m, on),
-                                    use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None,
-                                    use_base_first=lambda on: None)
+                                    use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None)
             runner = SimpleNamespace(use_expand_rows=lambda *rule: None)
             fake = SimpleNamespace(model=model, runner=runner, config=SimpleNamespace(extra={}), lora_fold=configured,
                                    _expand_rows=lambda: (0, 0.0, 0))
@@ -113,34 +106,3 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
         assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
                         prof.SEGMENTS: False, prof.ROWS: False}
     assert prof._fused_mode(prof.NO_FOLD) == "auto" and prof._fused_mode(prof.SEGMENTS) is False
-    assert prof._fused_mode(prof.BASE_FIRST) == "auto"
-
-
-def test_profile_mode_base_first_parses_and_configures():
-    """bfirst is the default's path with the folded calls' base matmul launched first; nonsense is refused."""
-    import argparse
-    from types import SimpleNamespace
-
-    import engines.profile as prof
-    from harness.commands.profile import _modes
-
-    assert _modes("auto,bfirst,nofold") == ("auto", "bfirst", "nofold")
-    with pytest.raises(argparse.ArgumentTypeError, match="bfirst"):
-        _modes("first")
-    seen = {}
-    for mode in ("auto", prof.BASE_FIRST, prof.NO_FOLD):
-        model = SimpleNamespace(use_lora_fold=lambda on: None, use_shrink_rows=lambda on: None,
-                                use_fused_lora=lambda m: None, use_base_first=lambda on, m=mode: seen.__setitem__(m, on))
-        fake = SimpleNamespace(model=model, runner=SimpleNamespace(use_expand_rows=lambda *rule: None),
-                               config=SimpleNamespace(extra={}), lora_fold=True, _expand_rows=lambda: (0, 0.0, 0))
-        prof.set_lora_path(fake, mode)
-    assert seen == {"auto": False, prof.BASE_FIRST: True, prof.NO_FOLD: False}
-
-
-def test_folded_lora_with_the_base_matmul_first_gives_the_tokens_of_the_pair(adapter_dir):
-    want, _ = serve(make(adapter_dir))
-    eng = make(adapter_dir, lora_fold=True)
-    eng.model.use_base_first(True)
-    assert all(s.base_first for s in eng.model.lora_stacks.values())
-    got, folded = serve(eng)
-    assert got == want and any(folded)

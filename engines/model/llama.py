@@ -72,7 +72,6 @@ class LoRAStack:
         self.stream: torch.cuda.Stream | None = None  # a side stream: shrink overlaps the base matmul
         self.side_tokens = SIDE_STREAM_MAX_TOKENS  # calls of up to this many tokens use the side stream
         self.fold = False  # and run shrink + expand there into a buffer that the next op adds (lora_linear_folded)
-        self.base_first = False  # with fold: launch the base matmul before the side stream's LoRA (profile mode bfirst)
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
         self.shrink_rows = False  # steps that expand by rows also shrink by rows (kernels/lora_shrink_rows.py)
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
@@ -211,11 +210,10 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if stack.stream is not None:
         stack.stream.wait_stream(torch.cuda.current_stream(x.device))
         side = torch.cuda.stream(stack.stream)
-    y = F.linear(x, weight, bias) if stack.base_first else None  # launched first; the side stream waits only
-    with side:                                                      # for what came before it (wait_stream above)
+    with side:  # launched before the base matmul: the base matmul first measured no faster (run 16, call b)
         buf = _shrink(x, a, stack, lora, buf)
         kops.lora_expand(buf, b, lora, stack.ranks, stack.slice_offsets, delta, lora.expand_rows, overwrite=True)
-    return (F.linear(x, weight, bias) if y is None else y), Folded(delta, stack.stream, (x, buf))
+    return F.linear(x, weight, bias), Folded(delta, stack.stream, (x, buf))
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -389,11 +387,6 @@ class Transformer(nn.Module):
         for group in ("qkv", "o"):
             if group in self.lora_stacks:
                 self.lora_stacks[group].fold = on
-
-    def use_base_first(self, on: bool) -> None:
-        """Folded LoRA calls launch the base matmul before their side-stream shrink and expand (else after)."""
-        for stack in self.lora_stacks.values():
-            stack.base_first = bool(on)
 
     def use_shrink_rows(self, on: bool) -> None:
         """Steps that expand LoRA by rows also shrink by rows (kernels/lora_shrink_rows.py; CUDA only, elsewhere the
