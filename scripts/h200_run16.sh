@@ -13,7 +13,12 @@
 #                             #   (ran out of time in the graph capture tests)
 #   scripts/h200_run16.sh c   # after b (cuBLASLt at up to 64 tokens: 64 x 64 6.55-6.57 against 6.78-6.79 ms, bfirst no
 #                             #   better, removed): python -m engines.model.blas_bench, the base matmuls at 1-512 tokens
-#                             #   through each library, then the GPU tests of the switch and the fold
+#                             #   through each library, then the GPU tests of the switch and the fold (ran out of time
+#                             #   in the fold's GPU test, after the switch's passed)
+#   scripts/h200_run16.sh d   # after c (blas_bench: cuBLASLt's matmuls of a step 4.24 against 4.42 ms at 64 tokens, 4.36
+#                             #   against 4.62 at 96, 4.34 against 4.28 at 16, level at 128-512): the default raised to
+#                             #   96 tokens, profiles off, auto, off, auto at batches 16, 64, 96 over 0 and 64 adapters;
+#                             #   then the GPU tests of the switch and the fold
 #   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
@@ -21,7 +26,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|c|s}
+call=${1:?usage: h200_run16.sh a|b|c|d|s}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -50,6 +55,15 @@ c)
   timeout 200 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_blas.py tests/test_engine_lora_fold.py \
       > "$res/logs/c-tests.log" 2>&1
   tail -2 "$res/logs/c-tests.log" ;;
+d)
+  for n in 1 2; do for lt in off auto; do
+    timeout 100 "${prof[@]}" --rounds 3 --batches 16,64,96 --adapters 0,64 --cublaslt $lt \
+        --out "$res/runs/profile-d$n-$lt.json" > "$res/logs/d$n-profile-$lt.log" 2>&1
+    echo "cublaslt $lt $n:"; decode_brief "$res/logs/d$n-profile-$lt.log"
+  done; done
+  timeout 200 python3 -m pytest -q -p no:randomly -rs --durations=5 --tb=short tests/test_engine_blas.py \
+      tests/test_engine_lora_fold.py > "$res/logs/d-tests.log" 2>&1
+  tail -9 "$res/logs/d-tests.log" ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -59,6 +73,6 @@ s)
       --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d s)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

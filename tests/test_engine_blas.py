@@ -17,8 +17,8 @@ def restore_blas():
 
 
 def test_the_rule_by_token_count_and_its_refusals(restore_blas):
-    assert blas.MAX_TOKENS == blas.max_tokens() == 64  # the default (H200, run 16)
-    assert (blas.library(1), blas.library(64), blas.library(65)) == ("cublaslt", "cublaslt", None)
+    assert blas.MAX_TOKENS == blas.max_tokens() == 96  # the default (H200, run 16)
+    assert (blas.library(1), blas.library(96), blas.library(97)) == ("cublaslt", "cublaslt", None)
     blas.set_max_tokens(0)
     assert blas.library(1) is None
     blas.set_max_tokens(blas.ALL)
@@ -62,7 +62,7 @@ def test_every_forward_pass_selects_the_library_for_its_own_token_count(monkeypa
 def test_on_the_gpu_the_library_follows_the_pass_and_the_tokens_do_not_change(restore_blas):
     def serve(value):
         eng = create_engine(EngineConfig(model="tiny", device="cuda", dtype="float32", num_kv_blocks=256,
-                                         extra={"cublaslt": value}))
+                                         extra={"cublaslt": value, "capture_graphs": False, "warmup": False}))
         for i in range(4):
             eng.add_request(Request(f"r{i}", [9 + i] * (70 + i), None, SamplingParams(max_tokens=6, ignore_eos=True)))
         toks = {}

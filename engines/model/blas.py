@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-MAX_TOKENS = 64  # the default: passes of up to this many tokens go through cuBLASLt
+MAX_TOKENS = 96  # the default: passes of up to this many tokens go through cuBLASLt
 ALL = 1 << 62  # a token count no pass reaches: every pass
 
 _max_tokens = MAX_TOKENS
