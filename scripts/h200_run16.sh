@@ -19,6 +19,8 @@
 #                             #   against 4.62 at 96, 4.34 against 4.28 at 16, level at 128-512): the default raised to
 #                             #   96 tokens, profiles off, auto, off, auto at batches 16, 64, 96 over 0 and 64 adapters;
 #                             #   then the GPU tests of the switch and the fold
+#   scripts/h200_run16.sh f   # the issue's table with the final code (cuBLASLt up to 96 tokens, call d): batches 1, 64, 256
+#                             #   over 0, 1, 64, 256 adapters, 3 rounds; then the graph-capture GPU tests
 #   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
@@ -26,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|c|d|s}
+call=${1:?usage: h200_run16.sh a|b|c|d|f|s}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -64,6 +66,13 @@ d)
   timeout 200 python3 -m pytest -q -p no:randomly -rs --durations=5 --tb=short tests/test_engine_blas.py \
       tests/test_engine_lora_fold.py > "$res/logs/d-tests.log" 2>&1
   tail -9 "$res/logs/d-tests.log" ;;
+f)
+  timeout 150 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
+      --out "$res/runs/profile-f.json" > "$res/logs/f-profile.log" 2>&1
+  decode_brief "$res/logs/f-profile.log"; grep -E "^\| batch" "$res/logs/f-profile.log" | head -6
+  timeout 200 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_graph_capture.py \
+      > "$res/logs/f-tests.log" 2>&1
+  tail -2 "$res/logs/f-tests.log" ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -73,6 +82,6 @@ s)
       --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c d s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d f s)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
