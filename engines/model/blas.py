@@ -5,9 +5,12 @@ torch reads its preferred BLAS library when a matmul is launched or captured int
 at the start of each forward pass (`select`) and a captured graph keeps the library it was captured with. One
 setting for the process, as torch's is; the engine's extra `cublaslt` sets it.
 
-H200, run 16 (docs/performance.md; harness profile, 3 rounds, pipelined step): the base step of 64 tokens took
-5.84 ms through cuBLASLt against 6.02 ms through cuBLAS, and a LoRA step of 64 tokens over 64 adapters 6.44 against
-6.71 ms; at 1 token the two were level (4.49 / 4.48 ms), at 256 tokens cuBLASLt was slower (11.09 / 10.99 ms).
+H200, run 16 (docs/performance.md; harness profile, 3 rounds, pipelined step, profiles without and with it in turn
+on one machine): the base step of 64 tokens 5.83 against 6.04 ms, of 96 tokens 6.67-6.70 against 6.93-6.95, a LoRA
+step of 64 tokens over 64 adapters 6.43-6.47 against 6.70-6.73 ms; at 16 tokens 0.04 ms slower (5.14-5.16 against
+5.10-5.12), at 1 token level (4.49 against 4.48 ms; 4.55-4.57 against 4.55 on another machine). `python -m engines.model.blas_bench` times
+each matmul both ways: cuBLASLt wins mostly on o and down at 32-96 tokens; at 128-512 tokens the two are level
+within 1%, so passes above 96 tokens keep torch's choice.
 """
 from __future__ import annotations
 
