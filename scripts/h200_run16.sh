@@ -21,6 +21,8 @@
 #                             #   then the GPU tests of the switch and the fold
 #   scripts/h200_run16.sh f   # the issue's table with the final code (cuBLASLt up to 96 tokens, call d): batches 1, 64, 256
 #                             #   over 0, 1, 64, 256 adapters, 3 rounds; then the graph-capture GPU tests
+#   scripts/h200_run16.sh t   # GPU tests of the paths the cuBLASLt switch now runs under: mixed steps, overlapped steps,
+#                             #   the expand by rows in the engine (graphs, fused ops, float32 token agreement)
 #   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
@@ -28,7 +30,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|c|d|f|s}
+call=${1:?usage: h200_run16.sh a|b|c|d|f|t|s}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -73,6 +75,10 @@ f)
   timeout 200 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_graph_capture.py \
       > "$res/logs/f-tests.log" 2>&1
   tail -2 "$res/logs/f-tests.log" ;;
+t)
+  timeout 270 python3 -m pytest -q -p no:randomly -rs --tb=short tests/test_engine_mixed.py tests/test_engine_overlap.py \
+      tests/test_engine_expand_rows.py > "$res/logs/t-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
 s)
   timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
       --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
@@ -82,6 +88,6 @@ s)
       --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
   d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
   python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c d f s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d f t s)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
