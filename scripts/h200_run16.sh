@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 15's work on one H200 (issue 15); one device call (under 10 minutes) per letter:
+# Run 16 (session 15) on one H200 (issue 15); one device call (under 10 minutes) per letter:
 #   scripts/h200_run16.sh a   # where the LoRA side stream's kernels land beside the base matmul at up to 64 tokens:
 #                             #   the default against the base matmul launched first (bfirst), the base matmuls through
 #                             #   cuBLASLt (lt) and through cuBLASLt targeting all but 8, 16, 32 SMs (sm8, sm16, sm32),
@@ -23,14 +23,13 @@
 #                             #   over 0, 1, 64, 256 adapters, 3 rounds; then the graph-capture GPU tests
 #   scripts/h200_run16.sh t   # GPU tests of the paths the cuBLASLt switch now runs under: mixed steps, overlapped steps,
 #                             #   the expand by rows in the engine (graphs, fused ops, float32 token agreement)
-#   scripts/h200_run16.sh s   # workloads/saturate.yaml at 130 req/s and the step at its context (as run 15's s)
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
-# Results: $OUT/<call>.tgz (needs the wheels for s: carry .whl).
+# Results: $OUT/<call>.tgz. Serving at saturation with the step at its context: scripts/h200_run15.sh s (not run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|c|d|f|t|s}
+call=${1:?usage: h200_run16.sh a|b|c|d|f|t}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -79,15 +78,6 @@ t)
   timeout 270 python3 -m pytest -q -p no:randomly -rs --tb=short tests/test_engine_mixed.py tests/test_engine_overlap.py \
       tests/test_engine_expand_rows.py > "$res/logs/t-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
-s)
-  timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
-      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
-      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/s-saturate.log" 2>&1
-  grep -E "^multilora|invalid|rror" "$res/logs/s-saturate.log" | head -3
-  timeout 200 "${prof[@]}" --rounds 2 --context 192 --batches 224,256 --adapters 0,30 --mixed-prompts 256,288 \
-      --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
-  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
-  python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
-*) echo "unknown call $call (a b c d f t s)" >&2; exit 2 ;;
+*) echo "unknown call $call (a b c d f t)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
