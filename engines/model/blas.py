@@ -8,9 +8,10 @@ setting for the process, as torch's is; the engine's extra `cublaslt` sets it.
 H200, run 16 (docs/performance.md; harness profile, 3 rounds, pipelined step, profiles without and with it in turn
 on one machine): the base step of 64 tokens 5.83 against 6.04 ms, of 96 tokens 6.67-6.70 against 6.93-6.95, a LoRA
 step of 64 tokens over 64 adapters 6.43-6.47 against 6.70-6.73 ms; at 16 tokens 0.04 ms slower (5.14-5.16 against
-5.10-5.12), at 1 token level (4.49 against 4.48 ms; 4.55-4.57 against 4.55 on another machine). `python -m engines.model.blas_bench` times
-each matmul both ways: cuBLASLt wins mostly on o and down at 32-96 tokens; at 128-512 tokens the two are level
-within 1%, so passes above 96 tokens keep torch's choice.
+5.10-5.12), at 1 token level (4.49 against 4.48 ms; 4.55-4.57 against 4.55 on another machine).
+`python -m engines.model.blas_bench` times each matmul both ways: cuBLASLt wins mostly on o and down at 32-96
+tokens; at 128-512 tokens the two are level within 1%, so passes above 96 tokens keep torch's choice. torch prints
+once a process that its preferred-library setting is experimental.
 """
 from __future__ import annotations
 
