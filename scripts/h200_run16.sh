@@ -23,13 +23,15 @@
 #                             #   over 0, 1, 64, 256 adapters, 3 rounds; then the graph-capture GPU tests
 #   scripts/h200_run16.sh t   # GPU tests of the paths the cuBLASLt switch now runs under: mixed steps, overlapped steps,
 #                             #   the expand by rows in the engine (graphs, fused ops, float32 token agreement)
+#   scripts/h200_run16.sh p   # the L2 prefetch probe (scripts/l2_prefetch_probe.py: a layer's adapter blocks read into L2
+#                             #   beside the MLP of the layer before, kernels/lora_prefetch.py) and the prefetch's GPU tests
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
 # Results: $OUT/<call>.tgz. Serving at saturation with the step at its context: scripts/h200_run15.sh s (not run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r16
-call=${1:?usage: h200_run16.sh a|b|c|d|f|t}
+call=${1:?usage: h200_run16.sh a|b|c|d|f|t|p}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -78,6 +80,11 @@ t)
   timeout 270 python3 -m pytest -q -p no:randomly -rs --tb=short tests/test_engine_mixed.py tests/test_engine_overlap.py \
       tests/test_engine_expand_rows.py > "$res/logs/t-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/t-tests.log" | tail -8 ;;
-*) echo "unknown call $call (a b c d f t)" >&2; exit 2 ;;
+p)
+  timeout 150 python3 scripts/l2_prefetch_probe.py --out "$res/runs/prefetch-probe.json" > "$res/logs/p-probe.log" 2>&1
+  grep -vi "warn" "$res/logs/p-probe.log" | tail -12
+  timeout 60 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_prefetch.py > "$res/logs/p-tests.log" 2>&1
+  tail -2 "$res/logs/p-tests.log" ;;
+*) echo "unknown call $call (a b c d f t p)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
