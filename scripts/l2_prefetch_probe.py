@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     for name in variants:
         got = [r["us_per_layer"] for r in rows if r["variant"] == name]
         mb = floors.get(name, floors["mlp+pair"] if name.startswith("mlp|") else floors["pair"])
-        floor = mb * 1e6 / bw  # the prefetched variants read the pair's bytes once from HBM, if L2 keeps them
+        floor = mb * 1e6 / bw * 1e6  # µs; the prefetched variants read the pair's bytes once from HBM, if L2 keeps them
         out_rows.append(dict(variant=name, us_per_layer=got, byte_floor_us=floor))
         print(f"| {name} | {' / '.join(f'{u:.1f}' for u in got)} | {floor:.1f} |")
     path = Path(a.out)
