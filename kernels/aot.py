@@ -110,13 +110,9 @@ def _lora_calls(case):
     from kernels.bench import fused_op, lora_ops, rows_pair_op
     from kernels.cases import lora_inputs
 
-    from kernels.lora_prefetch import lora_prefetch
-
     inp = lora_inputs(case, device="cpu")
     _, _, both = lora_ops(inp)
-    sink = torch.zeros(case.tokens)
-    return [both, fused_op(inp), rows_pair_op(inp),
-            lambda: lora_prefetch(inp.lora_a, inp.lora_b, inp.meta, case.tokens, sink)]
+    return [both, fused_op(inp), rows_pair_op(inp)]
 
 
 def _attention_calls(case):

@@ -27,6 +27,8 @@
 #                             #   beside the MLP of the layer before, kernels/lora_prefetch.py) and the prefetch's GPU tests
 # Calls a and b measured profile modes that were removed after them (lt, sm<N>: the engine extra cublaslt replaced
 # them, and the carve-outs lost to lt; bfirst: no faster): run them at the commits they ran at (a: 654f08d, b: d791ee5).
+# Call p's prefetch kernel and probe lost and were removed after it: run p at e60afb6 (it ran at c5671af, whose probe
+# printed its byte floors 1e6 too small).
 # Results: $OUT/<call>.tgz. Serving at saturation with the step at its context: scripts/h200_run15.sh s (not run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
