@@ -27,7 +27,7 @@ def test_the_rule_by_token_count_and_its_refusals(restore_blas):
         blas.set_max_tokens(-1)
     assert blas.max_tokens() == blas.ALL  # refused: unchanged
     cpu = torch.device("cpu")
-    assert blas.in_effect(cpu) == 0 and blas.describe(cpu).startswith("the process's own")
+    assert blas.in_effect(cpu) == 0 and blas.describe(cpu) == "torch's own on cpu (the switch applies to CUDA only)"
     before = torch.backends.cuda.preferred_blas_library()
     blas.select(cpu, 1)  # nothing to set off CUDA
     assert torch.backends.cuda.preferred_blas_library() == before

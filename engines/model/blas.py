@@ -45,6 +45,8 @@ def in_effect(device: torch.device) -> int:
 
 
 def describe(device: torch.device) -> str:
+    if device.type != "cuda" or torch.version.cuda is None:
+        return f"torch's own on {device.type} (the switch applies to CUDA only)"
     n = in_effect(device)
     return ("the process's own (cuBLAS unless TORCH_BLAS_PREFER_CUBLASLT=1)" if n == 0 else
             "cuBLASLt for every pass" if n >= ALL else f"cuBLASLt for passes of up to {n} tokens, the process's own above")
