@@ -33,6 +33,16 @@ def test_the_rule_by_token_count_and_its_refusals(restore_blas):
     assert torch.backends.cuda.preferred_blas_library() == before
 
 
+def test_the_profile_flag_states_the_default_it_leaves_in_place():
+    import argparse
+
+    from harness.commands.profile import register
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    help_text = sub.choices["profile"].format_help().replace("\n", " ")
+    assert f"passes of up to {blas.MAX_TOKENS} tokens" in " ".join(help_text.split())
+
+
 def test_the_engine_extra_sets_it_for_the_process_and_refuses_nonsense(restore_blas):
     for value, want in ((True, blas.ALL), (False, 0), (32, 32)):
         create_engine(EngineConfig(model="tiny", device="cpu", extra={"cublaslt": value})).close()

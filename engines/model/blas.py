@@ -21,8 +21,8 @@ MAX_TOKENS = 96  # the default: passes of up to this many tokens go through cuBL
 ALL = 1 << 62  # a token count no pass reaches: every pass
 
 _max_tokens = MAX_TOKENS
-_own: list = []  # the process's preferred library before the first select changed it
-_now: list = []  # the library select last set
+_own = None  # the process's preferred library, read at the first select on CUDA
+_now = None  # the library select last set
 
 
 def set_max_tokens(n: int) -> None:
@@ -39,15 +39,19 @@ def max_tokens() -> int:
     return _max_tokens
 
 
+def _applies(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.version.cuda is not None
+
+
 def in_effect(device: torch.device) -> int:
     """The largest pass (tokens) whose base matmuls go through cuBLASLt on this device; 0: none."""
-    return _max_tokens if device.type == "cuda" and torch.version.cuda is not None else 0
+    return _max_tokens if _applies(device) else 0
 
 
 def describe(device: torch.device) -> str:
-    if device.type != "cuda" or torch.version.cuda is None:
+    if not _applies(device):
         return f"torch's own on {device.type} (the switch applies to CUDA only)"
-    n = in_effect(device)
+    n = _max_tokens
     return ("the process's own (cuBLAS unless TORCH_BLAS_PREFER_CUBLASLT=1)" if n == 0 else
             "cuBLASLt for every pass" if n >= ALL else f"cuBLASLt for passes of up to {n} tokens, the process's own above")
 
@@ -59,11 +63,12 @@ def library(tokens: int) -> str | None:
 
 def select(device: torch.device, tokens: int) -> None:
     """Set torch's preferred BLAS library for a forward pass of `tokens` tokens on `device` (CUDA builds only)."""
-    if device.type != "cuda" or torch.version.cuda is None:
+    global _own, _now
+    if not _applies(device):
         return
-    if not _own:
-        _own.append(torch.backends.cuda.preferred_blas_library())
-    want = library(tokens) or _own[0]
-    if _now != [want]:
+    if _own is None:
+        _own = torch.backends.cuda.preferred_blas_library()
+    want = library(tokens) or _own
+    if want != _now:  # one torch call only when the library changes
         torch.backends.cuda.preferred_blas_library(want)
-        _now[:] = [want]
+        _now = want

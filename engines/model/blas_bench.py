@@ -34,13 +34,12 @@ def shapes(args: ModelArgs) -> list[tuple[str, int, int, int]]:
 def _time_cuda(weights, x, library: str, reps: int, replays: int) -> float:
     """Seconds per matmul: a graph of `reps` matmuls over the rotating weights, captured with `library`."""
     torch.backends.cuda.preferred_blas_library(library)
-    out = [None]
     F.linear(x, weights[0])  # the library's handle and workspace exist before capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         for i in range(reps):
-            out[0] = F.linear(x, weights[i % len(weights)])
+            F.linear(x, weights[i % len(weights)])
     g.replay()
     times = []
     for _ in range(replays):

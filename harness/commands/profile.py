@@ -102,7 +102,7 @@ def register(subparsers) -> None:
     p.add_argument("--cublaslt", type=_switch, default=None, metavar="auto|on|off|N",
                    help="the base matmuls' library (engine extra cublaslt): cuBLASLt for every forward pass (on), "
                         "never (off), for passes of up to N tokens, or auto (default: the engine's, passes of up to "
-                        "64 tokens)")
+                        "96 tokens)")
     p.add_argument("--fused-lora", type=_modes, default=("auto",),
                    metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
