@@ -23,6 +23,10 @@ class LoRAMeta:
       max_seg_len                 host int (longest segment: decides prefill vs decode tiling)
       expand_rows                 host bool: the step's LoRA expands by rows (kernels.lora_expand_rows), by the rule
                                   of use_expand_rows unless prepare is told
+      token_slot[:T]              each token's slot in the step's order (-1: none): the joint path's consumers read it
+      joint                       host int: 0, or the slots (0..joint-1, a power of two or all of them) whose A rows
+                                  ride in the base matmul of the joint path (engines/model/llama.py), by the rule of
+                                  use_joint unless prepare is told
     Buffers never change address, so CUDA graphs captured with this object replay after a refill.
     The grouping is computed on the host (the runner knows each sequence's slot) and copied once.
     """
@@ -35,7 +39,8 @@ class LoRAMeta:
         # step's metadata goes to the device in one copy (seg_start, seg_len, seg_slot, the segment count, then
         # sorted_slot and token_indices, the prefix a step fills)
         sizes = {"seg_start": max_segments, "seg_len": max_segments, "seg_slot": max_segments,
-                 "num_segments_dev": 1, "sorted_slot": max_tokens, "token_indices": max_tokens}
+                 "num_segments_dev": 1, "sorted_slot": max_tokens, "token_indices": max_tokens,
+                 "token_slot": max_tokens}
         self._at, end = {}, 0
         for name, n in sizes.items():
             self._at[name] = end
@@ -52,6 +57,9 @@ class LoRAMeta:
         self.rows_max_tokens, self.rows_max_per_tile = 0, 0.0  # the expand-by-rows rule (use_expand_rows): never
         self.rows_any_fill = 0
         self.expand_rows = False
+        self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = 0, 0, 0.0  # the joint rule: never
+        self.joint_min_span, self.joint_others = 1, False
+        self.joint = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         pin = self.device.type == "cuda"
         # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
@@ -73,9 +81,38 @@ class LoRAMeta:
         self.rows_max_tokens, self.rows_max_per_tile = int(max_tokens), float(max_per_tile)
         self.rows_any_fill = int(any_fill)
 
-    def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None) -> "LoRAMeta":
+    def use_joint(self, max_tokens: int, free_slots: int, ratio: float, min_span: int = 1,
+                  others: bool = False) -> None:
+        """The rule for the joint path (each slot's A rows in the base matmul, the consumer op expanding): steps of
+        up to max_tokens tokens (0: never) whose span of slots (the highest used + 1, rounded up to a power of two
+        of at least min_span, at most max_segments) is at most free_slots or at most ratio x the step's distinct
+        adapters: the matmul reads the A rows of the whole span, used or not. others: the model has LoRA groups the
+        joint path does not serve (their expand's path still matters on joint steps)."""
+        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1:
+            raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots} and "
+                             f"ratio={ratio} must be >= 0, min_span={min_span} >= 1")
+        self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = int(max_tokens), int(free_slots), float(ratio)
+        self.joint_min_span, self.joint_others = int(min_span), bool(others)
+
+    def joint_spans(self) -> list[int]:
+        """Every span the joint rule can give (the CUDA graphs a joint step may replay)."""
+        out, span = [], self.joint_min_span
+        while span < self.max_segments:
+            out.append(span)
+            span *= 2
+        return out + [self.max_segments]
+
+    def joint_span(self, highest_slot: int, distinct: int) -> int:
+        """The joint rule's span for a step whose highest slot and distinct adapters are given (0: not joint)."""
+        if highest_slot < 0:
+            return 0
+        span = min(max(self.joint_min_span, 1 << highest_slot.bit_length()), self.max_segments)
+        return span if span <= max(self.joint_free_slots, self.joint_ratio * distinct) else 0
+
+    def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None,
+                joint: int | None = None) -> "LoRAMeta":
         """Group the step's tokens by slot. token_slots[t] is token t's adapter slot, -1 for none. expand_rows:
-        the step's expand path (None: use_expand_rows's rule)."""
+        the step's expand path (None: use_expand_rows's rule); joint: its joint span (None: use_joint's rule)."""
         # numpy on the host: these few small arrays cost several times more as torch ops (scripts/host_step_bench.py)
         if isinstance(token_slots, torch.Tensor):
             token_slots = token_slots.detach().cpu().numpy()
@@ -107,7 +144,8 @@ class LoRAMeta:
         host[at["num_segments_dev"]] = n_seg
         put("sorted_slot", sorted_slots, -1, n_all)  # -1 past the adapter tokens, up to the step's token count
         put("token_indices", order, 0, n_all)
-        end = at["token_indices"] + n_all
+        put("token_slot", slots, -1, n_all)
+        end = at["token_slot"] + n_all
         self._dev[:end].copy_(dev_src[:end], non_blocking=self.device.type == "cuda")
         self.num_segments = n_seg
         self.num_lora_tokens = n_tok
@@ -117,7 +155,19 @@ class LoRAMeta:
             tiles = int(((counts + 15) // 16).sum()) if 0 < n_all <= self.rows_max_tokens else 0
             expand_rows = tiles > 0 and (n_tok <= self.rows_max_per_tile * tiles or n_all <= self.rows_any_fill)
         self.expand_rows = bool(expand_rows)
+        if joint is None:
+            joint = (self.joint_span(int(uniq[-1]) if n_seg else -1, n_seg)
+                     if 0 < n_all <= self.joint_max_tokens else 0)
+        if not 0 <= joint <= self.max_segments:
+            raise ValueError(f"LoRAMeta: joint span {joint} outside 0..{self.max_segments}")
+        self.joint = int(joint)
         return self
+
+    @property
+    def path(self) -> tuple[bool, int]:
+        """The step's LoRA path as a CUDA graph bakes it in: (expand by rows, joint span); a joint step expands in the
+        consumer ops, so the first is False there unless other LoRA groups expand too (use_joint's others)."""
+        return self.expand_rows and (not self.joint or self.joint_others), self.joint
 
     def counters(self, n: int) -> torch.Tensor:
         """Zeroed int32 semaphores (at least n) on the meta's device, kept for the object's lifetime.

@@ -144,6 +144,31 @@ def lora_expand_ref(buf: torch.Tensor, lora_b: torch.Tensor, meta: LoRAMeta, ran
     return y
 
 
+def joint_expand_ref(s: torch.Tensor, lora_b: torch.Tensor, token_slot: torch.Tensor, ranks: torch.Tensor,
+                     scales: torch.Tensor, slice_offsets: torch.Tensor, num_slices: int, max_rank: int) -> torch.Tensor:
+    """The joint path's LoRA output (engines/model/llama.py, JointOut), float32 (T, N_total):
+
+        for token t with slot k >= 0 and column c of slice i (slice_offsets[i] <= c < slice_offsets[i + 1]):
+            out[t, c] = scales[k] * sum over r < ranks[k] of s[t, (k S + i) R + r] * lora_b[k, c, r]
+
+    s: (T, span x S x R) rank vectors of slots 0..span-1 (R = max_rank, S = num_slices); token_slot (T,), -1 for
+    none (a zero row)."""
+    t, n_total = s.shape[0], lora_b.shape[1]
+    out = torch.zeros(t, n_total, dtype=torch.float64 if s.dtype == torch.float64 else torch.float32, device=s.device)
+    rows = (token_slot >= 0).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return out
+    k = token_slot[rows].long()
+    sv = _acc(s[rows]).view(rows.numel(), -1, num_slices, max_rank)[torch.arange(rows.numel()), k]  # (n, S, R)
+    sv = sv * (torch.arange(max_rank, device=s.device)[None, :] < ranks[k].long()[:, None])[:, None, :]
+    bk = _acc(lora_b[k])  # (n, N_total, R)
+    offs = slice_offsets.tolist()
+    for i in range(num_slices):
+        out[rows, offs[i]:offs[i + 1]] = torch.einsum("nr,ncr->nc", sv[:, i], bk[:, offs[i]:offs[i + 1]])
+    out[rows] *= scales[k][:, None].to(out.dtype)
+    return out
+
+
 def paged_decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                block_tables: torch.Tensor, context_lens: torch.Tensor,
                                scale: float, max_elements: int = 1 << 24) -> torch.Tensor:

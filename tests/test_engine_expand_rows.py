@@ -105,11 +105,12 @@ def test_on_the_gpu_auto_replays_by_rows_graphs_for_decode_over_distinct_adapter
     eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto"}))
     graphs = eng.runner.graphs
     at_start = set(graphs.graphs)
-    assert {k for k in at_start if k[2]} == {(b, True, True, None) for b in graphs.buckets if b <= ROWS_AUTO_TOKENS}
+    assert {k for k in at_start if k[2] == (True, 0)} == {(b, True, (True, 0), None) for b in graphs.buckets
+                                                          if b <= ROWS_AUTO_TOKENS}
     replayed, real = [], graphs.meta.prepare
 
-    def spy(slots, expand_rows=None):
-        meta = real(slots, expand_rows)
+    def spy(slots, expand_rows=None, joint=None):
+        meta = real(slots, expand_rows, joint)
         replayed.append(meta.expand_rows)
         return meta
     graphs.meta.prepare = spy

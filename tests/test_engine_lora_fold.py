@@ -99,9 +99,9 @@ def test_the_fold_is_the_default_on_cuda_only_and_the_profile_paths_follow_it():
         for mode in ("auto", "off", prof.NO_FOLD, prof.FOLD, prof.SEGMENTS, prof.ROWS):
             model = SimpleNamespace(use_lora_fold=lambda on, m=mode: seen.__setitem__(m, on),
                                     use_shrink_rows=lambda on: None, use_fused_lora=lambda mode: None)
-            runner = SimpleNamespace(use_expand_rows=lambda *rule: None)
+            runner = SimpleNamespace(use_expand_rows=lambda *rule: None, use_joint=lambda n: None)
             fake = SimpleNamespace(model=model, runner=runner, config=SimpleNamespace(extra={}), lora_fold=configured,
-                                   _expand_rows=lambda: (0, 0.0, 0))
+                                   _expand_rows=lambda: (0, 0.0, 0), joint_tokens=0)
             prof.set_lora_path(fake, mode)
         assert seen == {"auto": configured, "off": configured, prof.NO_FOLD: False, prof.FOLD: True,
                         prof.SEGMENTS: False, prof.ROWS: False}

@@ -64,8 +64,9 @@ def test_the_step_kind_in_effect_is_exported():
     eng.last_step_s, eng.step_s = 0.0, 2.5
     eng.sampler = types.SimpleNamespace(wait_s=1.0)
     eng.overlap = True
-    eng.runner = types.SimpleNamespace(lora_steps=5, expand_rows_steps=3)
+    eng.runner = types.SimpleNamespace(lora_steps=5, expand_rows_steps=3, joint_steps=2)
     stats = eng.stats()
     assert stats["lora_steps"] == 5 and stats["expand_rows_steps"] == 3  # the expand path the steps took
+    assert stats["joint_steps"] == 2  # and the joint path
     assert stats["step_seconds"] == 2.5 and stats["device_wait_seconds"] == 1.0  # the engine thread's time
     assert stats["mixed_steps"] == 1.0 and stats["step_tokens"] == 320 and stats["overlap"] == 1.0

@@ -13,6 +13,7 @@ from torch import nn
 from engines.model import blas
 from engines.model.config import ModelArgs
 from kernels import ops as kops
+from kernels import reference as kref
 from kernels.launch import SIDE_STREAM_MAX_TOKENS, fused_mode, fused_wanted
 from kernels.meta import LoRAMeta
 
@@ -57,9 +58,27 @@ class LoRAStack:
     """
 
     def __init__(self, n_layers: int, slots: int, in_features: int, out_sizes: tuple[int, ...],
-                 max_rank: int, scales: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
+                 max_rank: int, scales: torch.Tensor, dtype: torch.dtype, device: torch.device,
+                 base: list[nn.Linear] | None = None) -> None:
         n_total = sum(out_sizes)
-        self.a = torch.zeros(n_layers, slots, len(out_sizes), max_rank, in_features, dtype=dtype, device=device)
+        a_rows = slots * len(out_sizes) * max_rank
+        # base: each layer's Linear of the group. Its weight (and bias) then sit in front of the layer's A rows in
+        # one tensor, so one matmul over a prefix of the rows gives the base output and the rank vectors of the
+        # slots in the prefix (the joint path, lora_linear_folded); the Linear's parameters become views of it.
+        self.joint = self.joint_bias = None
+        if base is None:
+            self.a = torch.zeros(n_layers, slots, len(out_sizes), max_rank, in_features, dtype=dtype, device=device)
+        else:
+            self.joint = torch.zeros(n_layers, n_total + a_rows, in_features, dtype=dtype, device=device)
+            if base[0].bias is not None:
+                self.joint_bias = torch.zeros(n_layers, n_total + a_rows, dtype=dtype, device=device)
+            for layer, lin in enumerate(base):
+                self.joint[layer, :n_total].copy_(lin.weight)
+                lin.weight = nn.Parameter(self.joint[layer, :n_total], requires_grad=False)
+                if self.joint_bias is not None:
+                    self.joint_bias[layer, :n_total].copy_(lin.bias)
+                    lin.bias = nn.Parameter(self.joint_bias[layer, :n_total], requires_grad=False)
+            self.a = self.joint[:, n_total:].view(n_layers, slots, len(out_sizes), max_rank, in_features)
         self.b = torch.zeros(n_layers, slots, n_total, max_rank, dtype=dtype, device=device)
         self.ranks = torch.zeros(slots, dtype=torch.int32, device=device)
         self.scales = scales
@@ -75,9 +94,18 @@ class LoRAStack:
         self.fused: bool | int | str = "auto"  # kernels.launch.fused_mode: fused shrink+expand or the pair
         self.shrink_rows = False  # steps that expand by rows also shrink by rows (kernels/lora_shrink_rows.py)
         self.paths: dict[tuple, bool] = {}  # (tokens, dtype, device) -> fused? under `fused`: decided once
+        self.base_rows = n_total
 
     def nbytes(self) -> int:
+        """The adapter slots' bytes (A and B; not the base weight that shares the joint tensor)."""
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
+
+    def joint_rows(self, weight: torch.Tensor, layer: int, span: int) -> int:
+        """Rows of the layer's joint tensor a joint matmul over slots 0..span-1 reads; 0 when the stack has none or
+        `weight` is no longer its view (a copy put in its place)."""
+        if self.joint is None or span <= 0 or weight.data_ptr() != self.joint[layer].data_ptr():
+            return 0
+        return self.base_rows + span * self.num_slices * self.max_rank
 
 
 class RMSNorm(nn.Module):
@@ -87,9 +115,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
 
-def _plus(x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-    """x + delta rounded to x's dtype, as an add into x in float32 (the expand kernel's rounding)."""
-    return x if delta is None else (x.float() + delta).to(x.dtype)
+def _plus(x: torch.Tensor, delta) -> torch.Tensor:
+    """x + delta rounded to x's dtype, as an add into x in float32 (the expand kernel's rounding); delta a float32
+    tensor or a JointOut."""
+    if delta is None:
+        return x
+    return (x.float() + (delta.dense() if isinstance(delta, JointOut) else delta)).to(x.dtype)
 
 
 class TorchOps:
@@ -177,6 +208,30 @@ class Folded:
         return self.delta
 
 
+@dataclass
+class JointOut:
+    """The joint path's rank vectors, for the op that consumes the base output to expand and add: s (T, span x S x
+    R_max), the matmul's rows past the base output (slot k's slice i at columns (k S + i) R_max ...); each token
+    takes its own slot's, up to the slot's rank, times B and the slot's scale."""
+
+    s: torch.Tensor
+    b: torch.Tensor
+    token_slot: torch.Tensor
+    ranks: torch.Tensor
+    scales: torch.Tensor
+    slice_offsets: torch.Tensor
+    num_slices: int
+    max_rank: int
+
+    def join(self) -> "JointOut":
+        return self  # made on the main stream: nothing to wait for
+
+    def dense(self) -> torch.Tensor:
+        """The LoRA output, float32 (T, N_total)."""
+        return kref.joint_expand_ref(self.s, self.b, self.token_slot, self.ranks, self.scales, self.slice_offsets,
+                                     self.num_slices, self.max_rank)
+
+
 def _fused_path(stack: LoRAStack, x: torch.Tensor, b: torch.Tensor) -> bool:
     path = (x.shape[0], x.dtype, x.device)  # the same for every layer of a step: looked up once
     fused = stack.paths.get(path)
@@ -196,10 +251,17 @@ def _shrink(x: torch.Tensor, a: torch.Tensor, stack: LoRAStack, lora: LoRAMeta, 
 
 def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        stack: LoRAStack | None, layer: int, lora: LoRAMeta | None):
-    """(x W^T (+ b), Folded or None): with stack.fold, a call of up to stack.side_tokens tokens runs the LoRA
-    shrink and expand on the side stream into a float32 buffer while the base matmul runs, and the consumer
-    of the output adds it (the fused norm and RoPE kernels take it), so no LoRA kernel waits on the main
-    stream; otherwise lora_linear and None."""
+    """(x W^T (+ b), Folded, JointOut or None): on a step the meta gives a joint span, one matmul over the base
+    weight and the span's A rows, the consumer of the output expanding and adding (JointOut); with stack.fold, a
+    call of up to stack.side_tokens tokens runs the LoRA shrink and expand on the side stream into a float32
+    buffer while the base matmul runs, and the consumer of the output adds it (the fused norm and RoPE kernels
+    take it), so no LoRA kernel waits on the main stream; otherwise lora_linear and None."""
+    rows = stack.joint_rows(weight, layer, lora.joint) if stack is not None and lora is not None else 0
+    if rows:
+        out = F.linear(x, stack.joint[layer, :rows], None if bias is None else stack.joint_bias[layer, :rows])
+        n = stack.base_rows
+        return out[:, :n], JointOut(out[:, n:], stack.b[layer], lora.token_slot[:x.shape[0]], stack.ranks,
+                                    stack.scales, stack.slice_offsets, stack.num_slices, stack.max_rank)
     if stack is None or lora is None or not stack.fold or x.shape[0] > stack.side_tokens \
             or _fused_path(stack, x, stack.b[layer]):
         return lora_linear(x, weight, bias, stack, layer, lora), None
@@ -457,8 +519,10 @@ class Transformer(nn.Module):
         self.lora_scales = torch.zeros(slots, dtype=torch.float32, device=p.device)
         for g in groups:
             outs, fin = self.group_slices(g)
+            base = {"qkv": [blk.self_attn.qkv_proj for blk in self.model.layers],
+                    "o": [blk.self_attn.o_proj for blk in self.model.layers]}.get(g)  # the groups a joint path serves
             self.lora_stacks[g] = LoRAStack(self.args.n_layers, slots, fin, outs, max_rank, self.lora_scales,
-                                            p.dtype, p.device)
+                                            p.dtype, p.device, base)
         for blk in self.model.layers:
             blk.self_attn.lora = {g: s for g, s in self.lora_stacks.items() if g in ("qkv", "o")}
             blk.mlp.lora = {g: s for g, s in self.lora_stacks.items() if g in ("gate_up", "down")}

@@ -22,9 +22,10 @@ class DecodeGraphs:
     the scratch KV block 0 and belong to no adapter); the LoRA metadata lives in a LoRAMeta whose
     buffers the captured kernels read, so new adapter mixes replay the same graph.
 
-    Graphs are captured on first use per (bucket, with_lora, rows, weights_key); rows is the step's expand path
-    (LoRAMeta.use_expand_rows's rule: by rows or by segments, baked into the graph), weights_key names the set
-    of weights the graph reads (the merged baseline captures one set per resident copy).
+    Graphs are captured on first use per (bucket, with_lora, path, weights_key); path is the step's LoRA path
+    (LoRAMeta.path: by rows or by segments by use_expand_rows's rule, and the joint span by use_joint's, baked into
+    the graph), weights_key names the set of weights the graph reads (the merged baseline captures one set per
+    resident copy).
     """
 
     def __init__(self, model: Transformer, max_batch: int, max_blocks: int, lora_slots: int,
@@ -46,7 +47,7 @@ class DecodeGraphs:
         self.context_lens = torch.ones(self.max_batch, **i32)
         self.meta = LoRAMeta(self.max_batch, max(1, lora_slots), device)
         self.pool = None
-        self.graphs: dict[tuple[int, bool, bool, object], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool, tuple, object], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def bucket(self, n: int) -> int:
         return self.buckets[bisect.bisect_left(self.buckets, n)]
@@ -57,15 +58,16 @@ class DecodeGraphs:
         h = self.model(self.input_ids[:b], self.positions[:b], attn, self.meta if with_lora else None)
         return self.model.logits(h)
 
-    def capture(self, b: int, with_lora: bool, weights_key: object = None, rows: bool = False) -> None:
-        key = (b, with_lora, with_lora and rows, weights_key)
+    def capture(self, b: int, with_lora: bool, weights_key: object = None, path: tuple[bool, int] = (False, 0)) -> None:
+        path = path if with_lora else (False, 0)
+        key = (b, with_lora, path, weights_key)
         if key in self.graphs:
             return
         self.context_lens[:b].fill_(1)
         self.slot_mapping[:b].zero_()
         self.block_tables[:b].zero_()
         if with_lora:
-            self.meta.prepare([-1] * b, expand_rows=rows)
+            self.meta.prepare([-1] * b, expand_rows=path[0], joint=path[1])
         s = self.capture_stream
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -80,13 +82,19 @@ class DecodeGraphs:
         torch.cuda.synchronize()
 
     def capture_all(self, with_lora: bool, weights_key: object = None) -> None:
-        """Every bucket's graph; with LoRA and an expand-by-rows rule, also the by-rows graph of every bucket the
-        rule can pick, so no step captures while serving."""
-        rows = [False] + ([True] if with_lora and self.meta.rows_max_tokens > 0 else [])
+        """Every bucket's graph; with LoRA, also the by-rows graph of every bucket the expand-by-rows rule can pick
+        and the joint graph of every span the joint rule can, so no step captures while serving."""
         for b in reversed(self.buckets):  # largest first: smaller graphs reuse its pool memory
-            for r in rows:
-                if not r or b <= self.meta.rows_max_tokens:
-                    self.capture(b, with_lora, weights_key, r)
+            for path in (self.paths(b) if with_lora else [(False, 0)]):
+                self.capture(b, with_lora, weights_key, path)
+
+    def paths(self, b: int) -> list[tuple[bool, int]]:
+        """The LoRA paths (LoRAMeta.path) a step of bucket b can take under the meta's rules."""
+        m = self.meta
+        rows = [False] + ([True] if 0 < b <= m.rows_max_tokens else [])
+        spans = m.joint_spans() if 0 < b <= m.joint_max_tokens else []
+        return ([(r, 0) for r in rows]
+                + list(dict.fromkeys((r and m.joint_others, j) for j in spans for r in rows)))
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             block_tables: torch.Tensor, context_lens: torch.Tensor, token_slots: list[int] | None,
@@ -95,12 +103,14 @@ class DecodeGraphs:
         ids before the replay (tokens the previous step sampled and the host has not read)."""
         n = input_ids.shape[0]
         b = self.bucket(n)
-        with_lora, rows = token_slots is not None, False
-        if with_lora:  # the step's expand path (the rule of LoRAMeta.use_expand_rows) picks its graph
-            rows = self.meta.prepare(token_slots + [-1] * (b - n)).expand_rows
-            if (b, True, rows, weights_key) not in self.graphs:
-                self.capture(b, True, weights_key, rows)  # captures with blank metadata: refill after
-                self.meta.prepare(token_slots + [-1] * (b - n), expand_rows=rows)
+        with_lora, path = token_slots is not None, (False, 0)
+        if with_lora:  # the step's LoRA path (the rules of LoRAMeta.use_expand_rows and use_joint) picks its graph
+            meta = self.meta.prepare(token_slots + [-1] * (b - n))
+            path = meta.path
+            if (b, True, path, weights_key) not in self.graphs:
+                rows, joint = meta.expand_rows, meta.joint
+                self.capture(b, True, weights_key, path)  # captures with blank metadata: refill after
+                self.meta.prepare(token_slots + [-1] * (b - n), expand_rows=rows, joint=joint)
         else:
             self.capture(b, False, weights_key)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
@@ -112,6 +122,6 @@ class DecodeGraphs:
         self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables, non_blocking=True)
         self.context_lens[:n].copy_(context_lens, non_blocking=True)
         self.context_lens[n:b].fill_(1)
-        g, out = self.graphs[(b, with_lora, rows, weights_key)]
+        g, out = self.graphs[(b, with_lora, path, weights_key)]
         g.replay()
         return out[:n]

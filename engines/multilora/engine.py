@@ -25,7 +25,8 @@ from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
 from engines.model import blas
 from kernels import pdl as kernels_pdl
-from kernels.launch import ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS
+from kernels.launch import (JOINT_FREE_SLOTS, JOINT_MAX_TOKENS, JOINT_RATIO, ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE,
+                            ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS)
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -38,6 +39,8 @@ SHRINK_ROWS_DEFAULT = True
 # 6.6-6.7), and from +7.0% to +5.3% with PDL; to reach 64 tokens the side stream's bound went from 32 to 64 with
 # it (kernels/launch.py)
 FOLD_DEFAULT_CUDA = True
+# extra.lora_joint unset: off until measured on the GPU (scripts/h200_run17.sh)
+JOINT_DEFAULT_CUDA = False
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
@@ -49,6 +52,12 @@ EXTRA_KEYS = {
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default: true on CUDA, false elsewhere)",
+    "lora_joint": "steps of up to N tokens run the q,k,v and o LoRA shrink inside the base matmul (each slot's A "
+                  "rows after the base weight's, one matmul over the slots up to the highest a step uses) and expand "
+                  "in the op that consumes its output (RoPE + cache write, add + RMSNorm), where the step's span of "
+                  f"slots is at most {JOINT_FREE_SLOTS} or {JOINT_RATIO:g} x its adapters: auto (default: "
+                  + (f"{JOINT_MAX_TOKENS} tokens on CUDA, " if JOINT_DEFAULT_CUDA else "")
+                  + f"never), true ({JOINT_MAX_TOKENS} tokens), false or N",
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
                         f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "
                         f"tokens with at most {ROWS_AUTO_PER_TILE:g} adapter tokens per 16-row tile of the segment "
@@ -164,6 +173,8 @@ class MultiLoRAEngine(Engine):
             lora_slots=self._lora_slots(), cuda_graphs=config.cuda_graphs, graph_rows=self._graph_rows()),
             self.device, self.dtype)
         self.runner.use_expand_rows(*self._expand_rows())
+        self.joint_tokens = self._joint_tokens()
+        self.runner.use_joint(self.joint_tokens)
         self.sampler = Sampler(self.device, config.seed)
         self._seqs: dict[str, Sequence] = {}
         self._pinned: set[str] = set()
@@ -248,6 +259,13 @@ class MultiLoRAEngine(Engine):
         that expand by rows, from extra.lora_expand_rows."""
         n = self._token_count("lora_expand_rows", "auto", auto=True)
         return (ROWS_AUTO_TOKENS, ROWS_AUTO_PER_TILE, ROWS_ANY_FILL_TOKENS) if n is None else (n, math.inf, 0)
+
+    def _joint_tokens(self) -> int:
+        """Tokens up to which a step may take the joint path (0: never), from extra.lora_joint."""
+        n = self._token_count("lora_joint", "auto", true=JOINT_MAX_TOKENS, auto=True)
+        if n is None:
+            return JOINT_MAX_TOKENS if JOINT_DEFAULT_CUDA and self.device.type == "cuda" else 0
+        return n
 
     def _set_pdl(self) -> None:
         """extra.pdl: auto (or unset) keeps the process's setting; else true, false or a token count sets it."""
@@ -516,6 +534,7 @@ class MultiLoRAEngine(Engine):
             "overlap": float(self.overlap),  # steps launched before the one before is read
             "lora_steps": self.runner.lora_steps,  # forward passes with adapters, and of those the ones whose LoRA
             "expand_rows_steps": self.runner.expand_rows_steps,  # expand went by rows (extra lora_expand_rows)
+            "joint_steps": self.runner.joint_steps,  # the LoRA shrink rode in the base matmul (extra lora_joint)
         }
         out.update(self.pool.stats())
         return out

@@ -13,6 +13,7 @@ from engines.model.llama import AttnMeta, Transformer
 from engines.multilora.cuda_graphs import DecodeGraphs
 from engines.multilora.sampler import host_tensor, to_device
 from engines.multilora.sequence import Sequence
+from kernels.launch import JOINT_FREE_SLOTS, JOINT_MIN_SPAN, JOINT_RATIO
 from kernels.meta import LoRAMeta
 
 
@@ -69,7 +70,8 @@ class ModelRunner:
                              max(1, cfg.lora_slots), device)
         self.graphs = (DecodeGraphs(model, cfg.max_num_seqs + cfg.graph_rows, self.max_blocks, cfg.lora_slots, device)
                        if cfg.cuda_graphs and device.type == "cuda" else None)
-        self.lora_steps = self.expand_rows_steps = 0  # forward passes with adapters; those that expanded by rows
+        # forward passes with adapters; those that expanded by rows; those that took the joint path
+        self.lora_steps = self.expand_rows_steps = self.joint_steps = 0
 
     def use_expand_rows(self, max_tokens: int, max_per_tile: float = math.inf, any_fill: int = 0) -> None:
         """Steps of up to max_tokens tokens with at most max_per_tile adapter tokens per 16-row tile of the segment
@@ -77,6 +79,13 @@ class ModelRunner:
         segments always (LoRAMeta.use_expand_rows)."""
         for meta in [self.meta] + ([self.graphs.meta] if self.graphs is not None else []):
             meta.use_expand_rows(max_tokens, max_per_tile, any_fill)
+
+    def use_joint(self, max_tokens: int) -> None:
+        """Steps of up to max_tokens tokens (0: never) run the q,k,v and o LoRA shrink inside the base matmul where
+        the joint rule (kernels.launch JOINT_*; LoRAMeta.use_joint) allows."""
+        others = any(stack.joint is None for stack in self.model.lora_stacks.values())
+        for meta in [self.meta] + ([self.graphs.meta] if self.graphs is not None else []):
+            meta.use_joint(max_tokens, JOINT_FREE_SLOTS, JOINT_RATIO, JOINT_MIN_SPAN, others)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
         return to_device(data, dtype, self.device)
@@ -157,10 +166,12 @@ class ModelRunner:
         return self.model.logits(h.index_select(0, self._to_dev(_last_rows(len(decode), lens), torch.long)))
 
     def _count_path(self, meta: LoRAMeta | None) -> LoRAMeta | None:
-        """Count the step's LoRA expand path (expand_rows_steps: steps that expanded by rows); returns meta."""
+        """Count the step's LoRA path (expand_rows_steps: steps that expanded by rows; joint_steps: steps that took
+        the joint path); returns meta."""
         if meta is not None:
             self.lora_steps += 1
             self.expand_rows_steps += meta.expand_rows
+            self.joint_steps += meta.joint > 0
         return meta
 
     def _patch(self, carry: Carry | None):
