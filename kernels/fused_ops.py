@@ -135,45 +135,52 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
 
 @triton.jit
 def _add_rms_norm_joint_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, b_ptr, tslot_ptr, ranks_ptr, scales_ptr,
-                               n_cols, stride_x, stride_res, stride_out, stride_s, stride_b, eps, R_MAX,
-                               R_POW2: tl.constexpr, CHUNK: tl.constexpr, USE_GDC: tl.constexpr):
+                               part_ptr, cnt_ptr, n_cols, stride_x, stride_res, stride_out, stride_s, stride_b, eps,
+                               R_MAX, R_POW2: tl.constexpr, CHUNK: tl.constexpr, CHUNKS_POW2: tl.constexpr,
+                               USE_GDC: tl.constexpr):
     """_add_rms_norm_kernel with residual, its LoRA output made here (the joint path, one slice; see
     _rope_cache_kernel): res[r] = (x[r] + scales[k] x s[r, k R_MAX ...] B[k]^T) + res[r] with each add rounded to the
-    dtype, k = tslot[r]; out[r] = w * norm(res[r]). In chunks of CHUNK columns (B's rows of a slot are too many
-    for one tile): the sums first, storing res; then the norm from res as stored."""
+    dtype, k = tslot[r]; out[r] = w * norm(res[r]). Program (r, c) takes columns c CHUNK ... of row r (a slot's B
+    rows are too many for one program): it stores its share of res and of the sum of squares, and the row's last
+    program to arrive (cnt[r], reset after) normalizes the whole row from res as stored."""
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    n_chunks = tl.num_programs(1)
     k = tl.load(tslot_ptr + row)
     kk = tl.maximum(k, 0).to(tl.int64)
     rank = tl.where(k >= 0, tl.load(ranks_ptr + kk), 0)
     scale = tl.load(scales_ptr + kk)
     rr = tl.arange(0, R_POW2)
     rmask = rr < rank
-    b_slot = b_ptr + kk * stride_b
+    cols = chunk * CHUNK + tl.arange(0, CHUNK)
+    mask = cols < n_cols
+    bt = _joint_b(b_ptr + kk * stride_b, cols, mask, rr, rmask, R_MAX)
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
     sv = tl.load(s_ptr + row * stride_s + kk * R_MAX + rr, mask=rmask, other=0.0).to(tl.float32)
-    acc = tl.zeros([CHUNK], dtype=tl.float32)
-    for c0 in range(0, n_cols, CHUNK):
-        cols = c0 + tl.arange(0, CHUNK)
-        mask = cols < n_cols
-        d = tl.sum(_joint_b(b_slot, cols, mask, rr, rmask, R_MAX) * sv[None, :], axis=1) * scale
-        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + d).to(x_ptr.dtype.element_ty)
-        r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
-        tl.store(res_ptr + row * stride_res + cols, x, mask=mask)
-        xf = x.to(tl.float32)
-        acc += xf * xf
-    inv = tl.rsqrt(tl.sum(acc, axis=0) / n_cols + eps)
-    for c0 in range(0, n_cols, CHUNK):
-        cols = c0 + tl.arange(0, CHUNK)
-        mask = cols < n_cols
-        x = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        y = (x * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
-        tl.store(out_ptr + row * stride_out + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+    d = tl.sum(bt * sv[None, :], axis=1) * scale
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    x = (x.to(tl.float32) + d).to(x_ptr.dtype.element_ty)
+    r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
+    x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    tl.store(res_ptr + row * stride_res + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    tl.store(part_ptr + row * CHUNKS_POW2 + chunk, tl.sum(xf * xf, axis=0))
+    arrived = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel", scope="gpu")  # releases this program's stores
+    if arrived == n_chunks - 1:  # the row's last: every share is stored
+        ci = tl.arange(0, CHUNKS_POW2)
+        parts = tl.load(part_ptr + row * CHUNKS_POW2 + ci, mask=ci < n_chunks, other=0.0, cache_modifier=".cg")
+        inv = tl.rsqrt(tl.sum(parts, axis=0) / n_cols + eps)
+        tl.atomic_xchg(cnt_ptr + row, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+        for c0 in range(0, n_cols, CHUNK):
+            cc = c0 + tl.arange(0, CHUNK)
+            m = cc < n_cols
+            v = tl.load(res_ptr + row * stride_res + cc, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+            w = tl.load(w_ptr + cc, mask=m, other=0.0).to(tl.float32)
+            y = (v * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
+            tl.store(out_ptr + row * stride_out + cc, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -192,7 +199,7 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.conste
     tl.store(out_ptr + t * stride_out + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-JOINT_NORM_CHUNK = 512  # columns per step of the joint add + RMSNorm (a 512 x rank tile of B)
+JOINT_NORM_CHUNK = 512  # columns per program of the joint add + RMSNorm (a 512 x rank tile of B)
 
 
 def _pdl(t: torch.Tensor) -> dict:
@@ -247,11 +254,15 @@ class FusedOps:
         _rows(residual, "add_rms_norm")
         joint = _joint(delta, 1, "add_rms_norm")
         if joint is not None:
+            t, n = x.shape
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            _add_rms_norm_joint_kernel[(x.shape[0],)](
-                x, residual, w, out, joint.s, joint.b, joint.token_slot, joint.ranks, joint.scales, x.shape[1],
-                x.stride(0), residual.stride(0), out.stride(0), joint.s.stride(0), joint.b.stride(0), eps,
-                joint.max_rank, R_POW2=triton.next_power_of_2(joint.max_rank), CHUNK=JOINT_NORM_CHUNK, **_pdl(x))
+            chunks = triton.cdiv(n, JOINT_NORM_CHUNK)
+            parts = torch.empty(t, triton.next_power_of_2(chunks), dtype=torch.float32, device=x.device)
+            _add_rms_norm_joint_kernel[(t, chunks)](
+                x, residual, w, out, joint.s, joint.b, joint.token_slot, joint.ranks, joint.scales, parts,
+                joint.counters, n, x.stride(0), residual.stride(0), out.stride(0), joint.s.stride(0),
+                joint.b.stride(0), eps, joint.max_rank, R_POW2=triton.next_power_of_2(joint.max_rank),
+                CHUNK=JOINT_NORM_CHUNK, CHUNKS_POW2=triton.next_power_of_2(chunks), **_pdl(x))
             return out, residual
         if delta is not None:
             _rows(delta, "add_rms_norm")

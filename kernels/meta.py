@@ -61,6 +61,8 @@ class LoRAMeta:
         self.joint_min_span, self.joint_others = 1, False
         self.joint = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
+        # the joint path's consumer kernels count a row's programs in here (each resets its entry after)
+        self.joint_counters = torch.zeros(max_tokens, dtype=torch.int32, device=self.device)
         pin = self.device.type == "cuda"
         # two host staging buffers, used in turn: a step's copy may still be queued behind the step before it
         # while the host prepares the next one (engines that overlap host and device work)

@@ -4,12 +4,16 @@
 #                             #   base matmul, the expand in the RoPE + cache and add + RMSNorm kernels): its GPU tests
 #                             #   and the fused ops', then profiles with each point on both paths in turn (auto,joint
 #                             #   then joint,auto) at batches 1, 16, 64, 96 over 0, 1, 64 adapters
+#   scripts/h200_run17.sh b   # after a (joint slower everywhere but 96 x 64: 64 x 64 6.80 against 6.53 ms; its add + RMSNorm
+#                             #   kernel ran one program a row): the joint add + RMSNorm in row x 512-column programs, the
+#                             #   row's last normalizing; its GPU tests; scripts/step_breakdown.py by kernel name at 1x1,
+#                             #   64x0, 64x64 with and without the joint path; profile auto,joint at batches 1, 64, 96
 # (scripts/ext_gemm_probe.py ran first, in a call of its own: the extra rows' cost in the base matmul.)
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r17
-call=${1:?usage: h200_run17.sh a}
+call=${1:?usage: h200_run17.sh a|b}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -21,6 +25,18 @@ a)
         --out "$res/runs/profile-a-$order.json" > "$res/logs/a-profile-$order.log" 2>&1
     echo "$order:"; decode_brief "$res/logs/a-profile-$order.log"
   done ;;
-*) echo "unknown call $call (a)" >&2; exit 2 ;;
+b)
+  timeout 100 python3 -m pytest -q -p no:randomly --tb=short tests/test_engine_lora_joint.py tests/test_engine_fused_ops.py \
+      > "$res/logs/b-tests.log" 2>&1
+  tail -3 "$res/logs/b-tests.log"
+  for way in "" --joint; do
+    timeout 120 python3 scripts/step_breakdown.py --points 1x1,64x0,64x64 --steps 10 --names 14 $way \
+        --slots 64 --json "$res/runs/breakdown${way:+-joint}.json" > "$res/logs/b-breakdown${way:+-joint}.log" 2>&1
+    grep -vE "^\[|Warning|warn" "$res/logs/b-breakdown${way:+-joint}.log" | tail -60 | cut -c1-130
+  done
+  timeout 170 "${prof[@]}" --rounds 3 --batches 1,64,96 --adapters 0,1,64 --fused-lora auto,joint \
+      --out "$res/runs/profile-b.json" > "$res/logs/b-profile.log" 2>&1
+  decode_brief "$res/logs/b-profile.log" ;;
+*) echo "unknown call $call (a|b)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

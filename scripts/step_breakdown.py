@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engines.profile_mixed import _prompts  # noqa: E402
-from engines.profile import (ROWS, SEGMENTS, ProfileConfig, _engine, _load_all, adapter_bytes,  # noqa: E402
+from engines.profile import (JOINT, ROWS, SEGMENTS, ProfileConfig, _engine, _load_all, adapter_bytes,  # noqa: E402
                              decoding_seqs, fast_adapters, measure_bandwidth, measure_matmul, weight_bytes_per_step)
 
 KINDS = [  # (kind, pattern over the kernel's name), first match wins
@@ -80,10 +80,15 @@ def main(argv=None) -> int:
                      help="expand by rows at every step (the profile's --fused-lora rows)")
     way.add_argument("--expand-segments", action="store_true",
                      help="expand by segments at every step (--fused-lora segments; before run 9, the default)")
+    way.add_argument("--joint", action="store_true",
+                     help="the joint path where its rule allows (the profile's --fused-lora joint)")
+    ap.add_argument("--names", type=int, default=0, metavar="N",
+                    help="also print each point's N kernels that took the most time, by name")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     points = parse_points(args.points)
-    expand = ROWS if args.expand_rows else SEGMENTS if args.expand_segments else "off"  # off: the engine's choice
+    # off: the engine's choice
+    expand = ROWS if args.expand_rows else SEGMENTS if args.expand_segments else JOINT if args.joint else "off"
     cfg = ProfileConfig(model=args.model or ("llama3-8b" if cuda else "tiny"), context=args.context,
                         batches=tuple(sorted({b for b, _, _ in points})), adapters=(0,),
                         fused_lora=(expand,))  # the graphs are captured at start
@@ -129,15 +134,16 @@ def main(argv=None) -> int:
             if cuda:
                 torch.cuda.synchronize()
         by_kind: dict[str, list[float]] = {}
+        by_name: dict[str, list[float]] = {}
         for ev in prof.events():
             dev = getattr(ev, "device_type", None)
             if cuda and dev != torch.autograd.DeviceType.CUDA:
                 continue
             us = (ev.device_time if cuda else ev.cpu_time)  # microseconds
-            k = kind_of(ev.name)
-            by_kind.setdefault(k, [0.0, 0])
-            by_kind[k][0] += us
-            by_kind[k][1] += 1
+            for key, table in ((kind_of(ev.name), by_kind), (ev.name, by_name)):
+                table.setdefault(key, [0.0, 0])
+                table[key][0] += us
+                table[key][1] += 1
         byte_floor, flop = floors(a, cfg, elem, w_bytes, a_bytes, b_bytes, b, d, [len(s) for s in prompts])
         total = sum(v[0] for v in by_kind.values()) / args.steps
         for k, (us, n) in sorted(by_kind.items(), key=lambda kv_: -kv_[1][0]):
@@ -151,6 +157,8 @@ def main(argv=None) -> int:
                              kernels_per_step=n / args.steps, byte_floor_us=fb, flop_floor_us=ff,
                              x_floor=per / bound if bound else None))
         print(f"{b:5d} {d:8d} {p:6d} {'all kernels':<12} {total:9.1f}")
+        for name, (us, n) in sorted(by_name.items(), key=lambda kv_: -kv_[1][0])[:args.names]:
+            print(f"{'':>22}{us / args.steps:9.1f} us {n // args.steps:5d}x  {name[:90]}")
         for s_ in prompts:
             eng.blocks.free(s_)
     if args.json:

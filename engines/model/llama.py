@@ -222,6 +222,7 @@ class JointOut:
     slice_offsets: torch.Tensor
     num_slices: int
     max_rank: int
+    counters: torch.Tensor  # zeroed int32, one per token: the consumer's programs of a row count in (LoRAMeta)
 
     def join(self) -> "JointOut":
         return self  # made on the main stream: nothing to wait for
@@ -261,7 +262,8 @@ def lora_linear_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         out = F.linear(x, stack.joint[layer, :rows], None if bias is None else stack.joint_bias[layer, :rows])
         n = stack.base_rows
         return out[:, :n], JointOut(out[:, n:], stack.b[layer], lora.token_slot[:x.shape[0]], stack.ranks,
-                                    stack.scales, stack.slice_offsets, stack.num_slices, stack.max_rank)
+                                    stack.scales, stack.slice_offsets, stack.num_slices, stack.max_rank,
+                                    lora.joint_counters)
     if stack is None or lora is None or not stack.fold or x.shape[0] > stack.side_tokens \
             or _fused_path(stack, x, stack.b[layer]):
         return lora_linear(x, weight, bias, stack, layer, lora), None
