@@ -57,7 +57,7 @@ def loop_expand(j: JointOut) -> torch.Tensor:
 def test_the_reference_expand_takes_each_tokens_own_slot_up_to_its_rank():
     j = joint_out(5, 3, (8, 4, 4), 6, [6, 3, 0], [1, -1, 0, 2, 1], seed=1)
     got = joint_expand_ref(j.s, j.b, j.token_slot, j.ranks, j.scales, j.slice_offsets, 3, 6)
-    torch.testing.assert_close(got.double(), loop_expand(j), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.double().cpu(), loop_expand(j), atol=1e-5, rtol=1e-5)
     assert got[1].abs().max() == 0 and got[3].abs().max() == 0  # no adapter; a slot of rank 0
     assert got[0].abs().min() > 0  # every column of an adapted token moves
 
