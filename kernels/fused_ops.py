@@ -137,12 +137,12 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
 def _add_rms_norm_joint_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, b_ptr, tslot_ptr, ranks_ptr, scales_ptr,
                                part_ptr, cnt_ptr, n_cols, stride_x, stride_res, stride_out, stride_s, stride_b, eps,
                                R_MAX, R_POW2: tl.constexpr, CHUNK: tl.constexpr, CHUNKS_POW2: tl.constexpr,
-                               USE_GDC: tl.constexpr):
+                               BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
     """_add_rms_norm_kernel with residual, its LoRA output made here (the joint path, one slice; see
     _rope_cache_kernel): res[r] = (x[r] + scales[k] x s[r, k R_MAX ...] B[k]^T) + res[r] with each add rounded to the
     dtype, k = tslot[r]; out[r] = w * norm(res[r]). Program (r, c) takes columns c CHUNK ... of row r (a slot's B
     rows are too many for one program): it stores its share of res and of the sum of squares, and the row's last
-    program to arrive (cnt[r], reset after) normalizes the whole row from res as stored."""
+    program to arrive (cnt[r], reset after) normalizes the whole row (BLOCK columns, one load) from res as stored."""
     if USE_GDC:
         tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
@@ -174,13 +174,12 @@ def _add_rms_norm_joint_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, b_ptr, tsl
         parts = tl.load(part_ptr + row * CHUNKS_POW2 + ci, mask=ci < n_chunks, other=0.0, cache_modifier=".cg")
         inv = tl.rsqrt(tl.sum(parts, axis=0) / n_cols + eps)
         tl.atomic_xchg(cnt_ptr + row, 0, sem="relaxed", scope="gpu")  # ready for the next launch
-        for c0 in range(0, n_cols, CHUNK):
-            cc = c0 + tl.arange(0, CHUNK)
-            m = cc < n_cols
-            v = tl.load(res_ptr + row * stride_res + cc, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
-            w = tl.load(w_ptr + cc, mask=m, other=0.0).to(tl.float32)
-            y = (v * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
-            tl.store(out_ptr + row * stride_out + cc, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+        cc = tl.arange(0, BLOCK)
+        m = cc < n_cols
+        v = tl.load(res_ptr + row * stride_res + cc, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+        w = tl.load(w_ptr + cc, mask=m, other=0.0).to(tl.float32)
+        y = (v * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
+        tl.store(out_ptr + row * stride_out + cc, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -199,7 +198,10 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.conste
     tl.store(out_ptr + t * stride_out + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-JOINT_NORM_CHUNK = 512  # columns per program of the joint add + RMSNorm (a 512 x rank tile of B)
+# the joint path's consumer launches: columns per program of the add + RMSNorm (a CHUNK x rank tile of B), and warps
+JOINT_NORM_CHUNK = 256
+JOINT_NORM_WARPS = 4
+JOINT_ROPE_WARPS = 4
 
 
 def _pdl(t: torch.Tensor) -> dict:
@@ -262,7 +264,8 @@ class FusedOps:
                 x, residual, w, out, joint.s, joint.b, joint.token_slot, joint.ranks, joint.scales, parts,
                 joint.counters, n, x.stride(0), residual.stride(0), out.stride(0), joint.s.stride(0),
                 joint.b.stride(0), eps, joint.max_rank, R_POW2=triton.next_power_of_2(joint.max_rank),
-                CHUNK=JOINT_NORM_CHUNK, CHUNKS_POW2=triton.next_power_of_2(chunks), **_pdl(x))
+                CHUNK=JOINT_NORM_CHUNK, CHUNKS_POW2=triton.next_power_of_2(chunks), BLOCK=triton.next_power_of_2(n),
+                num_warps=JOINT_NORM_WARPS, **_pdl(x))
             return out, residual
         if delta is not None:
             _rows(delta, "add_rms_norm")
@@ -297,7 +300,7 @@ class FusedOps:
             n_heads, n_kv, j.s, j.b, j.token_slot, j.ranks, j.scales, j.s.stride(0), j.b.stride(0), HALF=half,
             HALF_POW2=triton.next_power_of_2(half), HAS_DELTA=delta is not None and joint is None,
             HAS_JOINT=joint is not None, S=j.num_slices, R_MAX=j.max_rank, R_POW2=triton.next_power_of_2(j.max_rank),
-            **_pdl(qkv))
+            num_warps=JOINT_ROPE_WARPS if joint is not None else 4, **_pdl(qkv))
         q = qkv[:, : n_heads * hd].view(t, n_heads, hd)
         k = qkv[:, n_heads * hd:(n_heads + n_kv) * hd].view(t, n_kv, hd)
         v = qkv[:, (n_heads + n_kv) * hd:].view(t, n_kv, hd)
