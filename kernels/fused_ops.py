@@ -198,10 +198,13 @@ def _silu_mul_kernel(gu_ptr, out_ptr, n, stride_gu, stride_out, BLOCK: tl.conste
     tl.store(out_ptr + t * stride_out + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-# the joint path's consumer launches: columns per program of the add + RMSNorm (a CHUNK x rank tile of B), and warps
-JOINT_NORM_CHUNK = 256
+# the joint path's consumer launches: columns per program of the add + RMSNorm (a CHUNK x rank tile of B), and warps.
+# On the H200 (scripts/joint_ops_probe.py, run 17; 64 tokens over 64 rank-16 slots, llama3-8b shapes) RoPE + cache
+# took 5.7 us with 2 warps against 7.7 with 4 (3.9 without LoRA, B floor 2.9); add + RMSNorm 5.1 us with 512 columns
+# and 4 warps against 5.9 with 256 (1.8 without LoRA, B floor 2.0)
+JOINT_NORM_CHUNK = 512
 JOINT_NORM_WARPS = 4
-JOINT_ROPE_WARPS = 4
+JOINT_ROPE_WARPS = 2
 
 
 def _pdl(t: torch.Tensor) -> dict:

@@ -8,12 +8,15 @@
 #                             #   kernel ran one program a row): the joint add + RMSNorm in row x 512-column programs, the
 #                             #   row's last normalizing; its GPU tests; scripts/step_breakdown.py by kernel name at 1x1,
 #                             #   64x0, 64x64 with and without the joint path; profile auto,joint at batches 1, 64, 96
-# (scripts/ext_gemm_probe.py ran first, in a call of its own: the extra rows' cost in the base matmul.)
+#   scripts/h200_run17.sh c   # after b (joint level at 64 x 64, ahead at 96 tokens) and scripts/joint_ops_probe.py (RoPE +
+#                             #   cache with 2 warps, add + RMSNorm 512 columns a program): profile auto,joint at batches
+#                             #   1, 16, 64, 96 over 0, 1, 64 adapters; step_breakdown --joint at 1x1, 64x64
+# (scripts/ext_gemm_probe.py ran first, and scripts/joint_ops_probe.py between b and c, each in a call of its own.)
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r17
-call=${1:?usage: h200_run17.sh a|b}
+call=${1:?usage: h200_run17.sh a|b|c}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -37,6 +40,13 @@ b)
   timeout 170 "${prof[@]}" --rounds 3 --batches 1,64,96 --adapters 0,1,64 --fused-lora auto,joint \
       --out "$res/runs/profile-b.json" > "$res/logs/b-profile.log" 2>&1
   decode_brief "$res/logs/b-profile.log" ;;
-*) echo "unknown call $call (a|b)" >&2; exit 2 ;;
+c)
+  timeout 200 "${prof[@]}" --rounds 3 --batches 1,16,64,96 --adapters 0,1,64 --fused-lora auto,joint \
+      --out "$res/runs/profile-c.json" > "$res/logs/c-profile.log" 2>&1
+  decode_brief "$res/logs/c-profile.log"
+  timeout 100 python3 scripts/step_breakdown.py --points 1x1,64x64 --steps 10 --names 10 --joint --slots 64 \
+      --json "$res/runs/breakdown-c-joint.json" > "$res/logs/c-breakdown-joint.log" 2>&1
+  grep -vE "^\[|Warning|warn" "$res/logs/c-breakdown-joint.log" | tail -32 | cut -c1-110 ;;
+*) echo "unknown call $call (a|b|c)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh
