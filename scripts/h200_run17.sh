@@ -11,12 +11,15 @@
 #   scripts/h200_run17.sh c   # after b (joint level at 64 x 64, ahead at 96 tokens) and scripts/joint_ops_probe.py (RoPE +
 #                             #   cache with 2 warps, add + RMSNorm 512 columns a program): profile auto,joint at batches
 #                             #   1, 16, 64, 96 over 0, 1, 64 adapters; step_breakdown --joint at 1x1, 64x64
+#   scripts/h200_run17.sh d   # after c (joint ahead at 16-96 tokens, level at 1; made the CUDA default): the issue's table
+#                             #   (batches 1, 64, 256 over 0, 1, 64, 256 adapters, 3 rounds), then the engine's GPU tests
+#                             #   under the new default (joint, graphs, mixed and overlapped steps, expand by rows, fold)
 # (scripts/ext_gemm_probe.py ran first, and scripts/joint_ops_probe.py between b and c, each in a call of its own.)
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r17
-call=${1:?usage: h200_run17.sh a|b|c}
+call=${1:?usage: h200_run17.sh a|b|c|d}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -47,6 +50,16 @@ c)
   timeout 100 python3 scripts/step_breakdown.py --points 1x1,64x64 --steps 10 --names 10 --joint --slots 64 \
       --json "$res/runs/breakdown-c-joint.json" > "$res/logs/c-breakdown-joint.log" 2>&1
   grep -vE "^\[|Warning|warn" "$res/logs/c-breakdown-joint.log" | tail -32 | cut -c1-110 ;;
-*) echo "unknown call $call (a|b|c)" >&2; exit 2 ;;
+d)
+  t0=$(date +%s)
+  timeout 250 "${prof[@]}" --rounds 3 --batches 1,64,256 --adapters 0,1,64,256 \
+      --out "$res/runs/profile-d.json" > "$res/logs/d-profile.log" 2>&1
+  decode_brief "$res/logs/d-profile.log"; echo "profile: $(( $(date +%s) - t0 )) s"
+  grep -E "graphs|captur" "$res/logs/d-profile.log" | head -3
+  timeout 270 python3 -m pytest -q -p no:randomly -rxXs --tb=short tests/test_engine_lora_joint.py \
+      tests/test_engine_expand_rows.py tests/test_engine_graph_capture.py tests/test_engine_mixed.py \
+      tests/test_engine_overlap.py tests/test_engine_lora_fold.py > "$res/logs/d-tests.log" 2>&1
+  grep -v "^  /\|Warning\|warn" "$res/logs/d-tests.log" | tail -8 ;;
+*) echo "unknown call $call (a|b|c|d)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

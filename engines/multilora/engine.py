@@ -39,8 +39,11 @@ SHRINK_ROWS_DEFAULT = True
 # 6.6-6.7), and from +7.0% to +5.3% with PDL; to reach 64 tokens the side stream's bound went from 32 to 64 with
 # it (kernels/launch.py)
 FOLD_DEFAULT_CUDA = True
-# extra.lora_joint unset: off until measured on the GPU (scripts/h200_run17.sh)
-JOINT_DEFAULT_CUDA = False
+# extra.lora_joint unset: on with CUDA. On the H200 (docs/performance.md, run 17 call c; the profile in 3 rounds, each
+# point on both paths in turn, pipelined) the joint path took the LoRA tax at 64 decodes over 64 adapters from +10.5%
+# to +9.3%, over one from +6.3% to +4.5%, at 16 over one from +5.6% to +2.7%, at 96 over 64 from +17.3% to +11.1%; at
+# one token it was level (+4.0% against +3.8%)
+JOINT_DEFAULT_CUDA = True
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
 EXTRA_KEYS = {
