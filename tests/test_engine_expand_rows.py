@@ -68,10 +68,13 @@ def test_auto_expands_decode_over_distinct_adapters_by_rows_and_prompts_by_segme
     assert 0 < stats["expand_rows_steps"] < stats["lora_steps"]
 
 
+PAIR = {"lora_joint": False}  # q,k,v and o LoRA through the pair on CUDA too (the joint path does not expand)
+
+
 def _gpu_by_segments(adapter_dir):  # noqa: F811
     """(the GPU engine config, the tokens it serves expanding by segments): the reference of the GPU tests."""
     gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
-    plain = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 0}))
+    plain = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 0, **PAIR}))
     want, _ = serve(plain)
     plain.close()
     return gpu, want
@@ -90,7 +93,7 @@ def test_on_the_gpu_the_expand_by_rows_gives_the_tokens_of_the_segment_expand(ad
     rows_mod.lora_expand_rows = count
     try:
         eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": 64, "capture_graphs": False,
-                                                       "warmup": False}))
+                                                       "warmup": False, **PAIR}))
         got, _ = serve(eng)
         eng.close()
     finally:
@@ -142,7 +145,7 @@ def test_on_the_gpu_the_shrink_by_rows_gives_the_tokens_of_the_segment_shrink(ad
     gpu, want = _gpu_by_segments(adapter_dir)
     for graphs in (False, True):  # eager (its partial planes read after the side stream's join), then graphed
         eng = create_engine(EngineConfig(**gpu, extra={"lora_expand_rows": "auto", "capture_graphs": graphs,
-                                                       "warmup": graphs}))  # the shrink by rows: the default
+                                                       "warmup": graphs, **PAIR}))  # the shrink by rows: the default
         got, _ = serve(eng)
         rows_steps = eng.stats()["expand_rows_steps"]
         eng.close()

@@ -70,13 +70,14 @@ def test_lora_stream_takes_a_token_count_and_refuses_nonsense(adapter_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream exists on a GPU only")
 def test_on_the_gpu_folded_lora_beside_the_base_matmul_gives_the_tokens_of_the_pair(adapter_dir):
     gpu = dict(model="tiny", device="cuda", dtype="float32", adapters=str(adapter_dir), num_kv_blocks=512)
-    plain = create_engine(EngineConfig(**gpu, extra={"lora_fold": False}))  # the pair (the fold is CUDA's default)
+    # the pair (the fold and the joint path are CUDA's defaults)
+    plain = create_engine(EngineConfig(**gpu, extra={"lora_fold": False, "lora_joint": False}))
     want, none_folded = serve(plain)
     plain.close()
     assert not any(none_folded)
     # graphs captured at first use, not at start, so the counting wrapper sees the calls they capture
     eng = create_engine(EngineConfig(**gpu, extra={"lora_fold": True, "lora_stream": 64, "capture_graphs": False,
-                                                   "warmup": False}))
+                                                   "warmup": False, "lora_joint": False}))
     assert eng.model.lora_stacks["qkv"].stream is not None
     got, folded = serve(eng)
     assert got == want and any(folded)
