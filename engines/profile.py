@@ -24,8 +24,20 @@ SEGMENTS = "segments"  # another: the pair expanding by segments always (the def
 SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
-JOINT = "joint"  # another: the default's path, with the joint path (engine extra lora_joint=true) where its rule allows
+JOINT = "joint"  # another: the default's path, with the joint path (engine extra lora_joint=true) where its rule allows;
+# "joint<N>": up to N tokens (lora_joint=N)
 NO_JOINT = "nojoint"  # another: the default's path without the joint path (lora_joint=false)
+
+
+def joint_tokens(mode) -> int | None:
+    """The joint path's token bound a decode sweep's LoRA path sets (None: the engine's)."""
+    if mode == JOINT:
+        return JOINT_MAX_TOKENS
+    if mode == NO_JOINT:
+        return 0
+    if isinstance(mode, str) and mode.startswith(JOINT) and mode[len(JOINT):].isdigit():
+        return int(mode[len(JOINT):])
+    return None
 PAIR_MODES = (FOLD, ROWS, SEGMENTS, SHRINK_ROWS, SHRINK_SEGMENTS)  # the rest: fused_lora's modes, the engine's rule
 ROWS_TOKENS = 512
 TARGETS = {  # issue 15, on the H200 with the llama3-8b shape, bf16, rank-16 adapters on q, k, v, o
@@ -177,7 +189,7 @@ def _engine(cfg: ProfileConfig, slots: int, rank: int, max_seqs: int, host_capac
                "fused_lora": _fused_mode(cfg.fused_lora[0]),
                "lora_expand_rows": _expand_rows(cfg.fused_lora[0]),
                "lora_shrink_rows": _shrink_rows(cfg.fused_lora[0]),
-               **({"lora_joint": cfg.fused_lora[0] == JOINT} if cfg.fused_lora[0] in (JOINT, NO_JOINT) else {}),
+               **({} if joint_tokens(cfg.fused_lora[0]) is None else {"lora_joint": joint_tokens(cfg.fused_lora[0])}),
                **({} if cfg.pdl is None else {"pdl": cfg.pdl}),
                **({} if cfg.cublaslt is None else {"cublaslt": cfg.cublaslt})}))
 
@@ -190,7 +202,7 @@ def _shrink_rows(mode) -> bool:
 
 def _fused_mode(mode):
     """Engine extra fused_lora of a decode sweep's LoRA path: off for the pair's paths, auto for NO_FOLD."""
-    return False if mode in PAIR_MODES else "auto" if mode in (NO_FOLD, JOINT, NO_JOINT) else mode
+    return False if mode in PAIR_MODES else "auto" if mode == NO_FOLD or joint_tokens(mode) is not None else mode
 
 
 def _expand_rows(mode) -> int | str:
@@ -203,14 +215,16 @@ def set_lora_path(eng: MultiLoRAEngine, mode) -> None:
     pair, expanding by rows), SEGMENTS (the pair, expanding by segments), SHRINK_ROWS or SHRINK_SEGMENTS (the pair,
     shrinking by rows where it expands by rows, or by segments always), NO_FOLD (the engine's default without the
     fold); all but ROWS and SEGMENTS expand as the engine's default rule picks (lora_expand_rows=auto); only the
-    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); JOINT and NO_JOINT take the joint
-    path where its rule allows (JOINT_MAX_TOKENS) and never, the rest as the engine was configured (eng.joint_tokens)."""
+    fused_lora modes and NO_FOLD fold as the engine was configured (eng.lora_fold); JOINT, joint<N> and NO_JOINT take
+    the joint path where its rule allows (up to JOINT_MAX_TOKENS or N tokens) and never, the rest as the engine was
+    configured (eng.joint_tokens)."""
     eng.model.use_lora_fold(mode == FOLD or (mode != NO_FOLD and eng.lora_fold and mode not in PAIR_MODES))
     eng.model.use_shrink_rows(_shrink_rows(mode))
     eng.config.extra["lora_expand_rows"] = _expand_rows(mode)  # the engine's own parse of it sets the rule
     eng.runner.use_expand_rows(*eng._expand_rows())
     eng.model.use_fused_lora(_fused_mode(mode))
-    eng.runner.use_joint(JOINT_MAX_TOKENS if mode == JOINT else 0 if mode == NO_JOINT else eng.joint_tokens)
+    n = joint_tokens(mode)
+    eng.runner.use_joint(eng.joint_tokens if n is None else n)
 
 
 def _fake_seqs(eng: MultiLoRAEngine, n: int, length: int, tag: str) -> list[Sequence]:

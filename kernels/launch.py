@@ -236,6 +236,9 @@ JOINT_MAX_TOKENS = 96
 JOINT_MIN_SPAN = 4
 JOINT_FREE_SLOTS = 16
 JOINT_RATIO = 2.0
+# Past JOINT_FLOP_TOKENS tokens the extra rows cost their FLOPs, not their bytes (the H200's 4.3 TB/s over 670-785
+# TFLOP/s, per byte of bf16 weight): the rule counts a span as span x tokens / JOINT_FLOP_TOKENS slots there
+JOINT_FLOP_TOKENS = 160
 # The expand's path per step under engine extra lora_expand_rows=auto (LoRAMeta.use_expand_rows): by rows for
 # steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_PER_TILE adapter tokens per 16-row tile of the
 # segment expand. On the H200 (docs/kernels.md, run 9; q,k,v over 256 tokens) by rows took 26.6 against 56.9 us

@@ -58,7 +58,7 @@ class LoRAMeta:
         self.rows_any_fill = 0
         self.expand_rows = False
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = 0, 0, 0.0  # the joint rule: never
-        self.joint_min_span, self.joint_others = 1, False
+        self.joint_min_span, self.joint_others, self.joint_flop_tokens = 1, False, 0
         self.joint = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         # the joint path's consumer kernels count a row's programs in here (each resets its entry after)
@@ -84,15 +84,17 @@ class LoRAMeta:
         self.rows_any_fill = int(any_fill)
 
     def use_joint(self, max_tokens: int, free_slots: int, ratio: float, min_span: int = 1,
-                  others: bool = False) -> None:
+                  others: bool = False, flop_tokens: int = 0) -> None:
         """The rule for the joint path (each slot's A rows in the base matmul, the consumer op expanding): steps of
         up to max_tokens tokens (0: never) whose span of slots (the highest used + 1, rounded up to a power of two
         of at least min_span, at most max_segments) is at most free_slots or at most ratio x the step's distinct
-        adapters: the matmul reads the A rows of the whole span, used or not. others: the model has LoRA groups the
-        joint path does not serve (their expand's path still matters on joint steps)."""
-        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1:
-            raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots} and "
-                             f"ratio={ratio} must be >= 0, min_span={min_span} >= 1")
+        adapters: the matmul reads the A rows of the whole span, used or not. Past flop_tokens tokens (0: never) the
+        span counts as span x tokens / flop_tokens slots (the extra rows cost their FLOPs there). others: the model
+        has LoRA groups the joint path does not serve (their expand's path still matters on joint steps)."""
+        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1 or flop_tokens < 0:
+            raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots}, "
+                             f"ratio={ratio} and flop_tokens={flop_tokens} must be >= 0, min_span={min_span} >= 1")
+        self.joint_flop_tokens = int(flop_tokens)
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = int(max_tokens), int(free_slots), float(ratio)
         self.joint_min_span, self.joint_others = int(min_span), bool(others)
 
@@ -104,12 +106,14 @@ class LoRAMeta:
             span *= 2
         return out + [self.max_segments]
 
-    def joint_span(self, highest_slot: int, distinct: int) -> int:
-        """The joint rule's span for a step whose highest slot and distinct adapters are given (0: not joint)."""
+    def joint_span(self, highest_slot: int, distinct: int, tokens: int = 0) -> int:
+        """The joint rule's span for a step of `tokens` tokens whose highest slot and distinct adapters are given (0:
+        not joint)."""
         if highest_slot < 0:
             return 0
         span = min(max(self.joint_min_span, 1 << highest_slot.bit_length()), self.max_segments)
-        return span if span <= max(self.joint_free_slots, self.joint_ratio * distinct) else 0
+        weight = max(1.0, tokens / self.joint_flop_tokens) if self.joint_flop_tokens else 1.0
+        return span if span * weight <= max(self.joint_free_slots, self.joint_ratio * distinct) else 0
 
     def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None,
                 joint: int | None = None) -> "LoRAMeta":
@@ -158,7 +162,7 @@ class LoRAMeta:
             expand_rows = tiles > 0 and (n_tok <= self.rows_max_per_tile * tiles or n_all <= self.rows_any_fill)
         self.expand_rows = bool(expand_rows)
         if joint is None:
-            joint = (self.joint_span(int(uniq[-1]) if n_seg else -1, n_seg)
+            joint = (self.joint_span(int(uniq[-1]) if n_seg else -1, n_seg, n_all)
                      if 0 < n_all <= self.joint_max_tokens else 0)
         if not 0 <= joint <= self.max_segments:
             raise ValueError(f"LoRAMeta: joint span {joint} outside 0..{self.max_segments}")

@@ -14,12 +14,14 @@
 #   scripts/h200_run17.sh d   # after c (joint ahead at 16-96 tokens, level at 1; made the CUDA default): the issue's table
 #                             #   (batches 1, 64, 256 over 0, 1, 64, 256 adapters, 3 rounds), then the engine's GPU tests
 #                             #   under the new default (joint, graphs, mixed and overlapped steps, expand by rows, fold)
+#   scripts/h200_run17.sh e   # the joint path past 96 tokens (the rule counting a span as span x tokens / 160 slots past
+#                             #   160 tokens): profile auto,joint512 at batches 128, 256 over 0, 1, 64, 256 adapters
 # (scripts/ext_gemm_probe.py ran first, and scripts/joint_ops_probe.py between b and c, each in a call of its own.)
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r17
-call=${1:?usage: h200_run17.sh a|b|c|d}
+call=${1:?usage: h200_run17.sh a|b|c|d|e}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -60,6 +62,10 @@ d)
       tests/test_engine_expand_rows.py tests/test_engine_graph_capture.py tests/test_engine_mixed.py \
       tests/test_engine_overlap.py tests/test_engine_lora_fold.py > "$res/logs/d-tests.log" 2>&1
   grep -v "^  /\|Warning\|warn" "$res/logs/d-tests.log" | tail -8 ;;
-*) echo "unknown call $call (a|b|c|d)" >&2; exit 2 ;;
+e)
+  timeout 300 "${prof[@]}" --rounds 2 --batches 128,256 --adapters 0,1,64,256 --fused-lora auto,joint512 \
+      --out "$res/runs/profile-e.json" > "$res/logs/e-profile.log" 2>&1
+  decode_brief "$res/logs/e-profile.log" ;;
+*) echo "unknown call $call (a|b|c|d|e)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

@@ -260,7 +260,19 @@ def test_on_the_gpu_joint_graphs_serve_the_tokens_of_the_pair(adapter_dir):
 def test_the_profiles_joint_and_nojoint_paths_set_the_rule_and_the_rest_keep_the_engines(adapter_dir):
     import engines.profile as prof
     eng = make(adapter_dir, lora_joint=8)
-    for mode, want in ((prof.JOINT, 96), (prof.NO_JOINT, 0), ("auto", 8), (prof.FOLD, 8)):
+    for mode, want in ((prof.JOINT, 96), (prof.NO_JOINT, 0), ("auto", 8), (prof.FOLD, 8), ("joint320", 320)):
         prof.set_lora_path(eng, mode)
         assert eng.runner.meta.joint_max_tokens == want, mode
     assert prof._fused_mode(prof.JOINT) == "auto" and prof._fused_mode(prof.NO_JOINT) == "auto"
+
+
+def test_past_the_flop_bound_a_span_counts_in_proportion_to_the_tokens():
+    meta = LoRAMeta(512, 256)
+    meta.use_joint(512, free_slots=16, ratio=2.0, min_span=4, flop_tokens=160)
+    assert meta.prepare([0] * 160).joint == 4 and meta.prepare([0] * 320).joint == 4  # 4 x 2 = 8 <= 16
+    assert meta.prepare([0] * 480 + [8]).joint == 0  # 16 x 3 = 48 > max(16, 2 x 2)
+    assert meta.prepare([0] * 96 + [8]).joint == 16  # under 160 tokens: 16 <= 16
+    assert meta.prepare(list(range(64)) * 4).joint == 64  # 256 tokens over 64 slots: 64 x 1.6 = 102 <= 2 x 64
+    assert meta.prepare(list(range(24, 64)) * 6 + [0] * 16).joint == 0  # over 41: 102 > 2 x 41
+    with pytest.raises(ValueError, match="flop_tokens"):
+        meta.use_joint(96, 16, 2.0, 4, flop_tokens=-1)

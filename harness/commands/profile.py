@@ -44,12 +44,13 @@ def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for m in modes:
         try:
-            if m not in ("fold", "nofold", "rows", "segments", "srows", "sseg", "joint", "nojoint"):
+            if m not in ("fold", "nofold", "rows", "segments", "srows", "sseg", "joint", "nojoint") \
+                    and not (m.startswith("joint") and m[5:].isdigit()):
                 fused_mode(m)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{m!r}: give on, off, auto, fold, nofold, rows, segments, srows, sseg, joint, nojoint or a token "
-                "count, "
+                f"{m!r}: give on, off, auto, fold, nofold, rows, segments, srows, sseg, joint, joint<N>, nojoint or "
+                "a token count, "
                 "comma-separated") from None
     if not modes:
         raise argparse.ArgumentTypeError("give at least one of on, off, auto")
@@ -105,7 +106,7 @@ def register(subparsers) -> None:
                         "never (off), for passes of up to N tokens, or auto (default: the engine's, passes of up to "
                         "96 tokens)")
     p.add_argument("--fused-lora", type=_modes, default=("auto",),
-                   metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg|joint|nojoint[,...]",
+                   metavar="on|off|auto|fold|nofold|rows|segments|srows|sseg|joint|jointN|nojoint[,...]",
                    help="LoRA path: the fused shrink+expand kernel (on), the pair (off), by size (auto, default), or "
                         "the pair beside the base matmul with its output added by the next op (fold: engine extra "
                         "lora_fold, the default on CUDA for calls that take the side stream; nofold: the default "
@@ -114,7 +115,7 @@ def register(subparsers) -> None:
                         "the shrink goes by rows where the expand does (engine extra lora_shrink_rows, default true), "
                         "always by segments with sseg, or by rows even where the default would not with srows; "
                         "joint: the q,k,v and o LoRA shrink inside the base matmul where the joint rule allows (engine "
-                        "extra lora_joint=true), nojoint: never; "
+                        "extra lora_joint=true; jointN: for steps of up to N tokens), nojoint: never; "
                         "several (e.g. auto,segments) measure each decode point with each, the first for the targets")
     p.add_argument("--out", default=None, help="JSON path (default docs/results/profile-<gpu>.json)")
     p.set_defaults(func=run)
