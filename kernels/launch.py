@@ -227,18 +227,22 @@ FUSED_MAX_TOKENS = 256  # the tuner tries the fused kernel up to this many token
 # the fused kernel runs after the base matmul.
 SIDE_STREAM_MAX_TOKENS = 64
 # The joint path (engines/model/llama.py, LoRAMeta.use_joint): the q,k,v and o LoRA shrink as extra rows of the base
-# matmul (the A rows of slots 0..span-1), the expand in the op that consumes its output. Up to JOINT_MAX_TOKENS tokens
-# the matmul stays bound by its bytes (at tokens x 4.3 TB/s / 785 TFLOP/s < 1 on the H200: ~160 tokens); spans are
-# powers of two from JOINT_MIN_SPAN (fewer CUDA graphs), used while at most JOINT_FREE_SLOTS slots or JOINT_RATIO x the
-# step's adapters. On the H200 (scripts/ext_gemm_probe.py, run 17) the extra rows cost about their bytes at 64 tokens:
+# matmul (the A rows of slots 0..span-1), the expand in the op that consumes its output; steps of up to JOINT_MAX_TOKENS
+# tokens. Spans are powers of two from JOINT_MIN_SPAN (fewer CUDA graphs), used while at most JOINT_FREE_SLOTS slots or
+# JOINT_RATIO x the step's adapters. On the H200 (scripts/ext_gemm_probe.py, run 17) the extra rows cost about their bytes at 64 tokens:
 # q,k,v over 64 slots +5.3 us (floor 5.9), o +2.0 (floor 2.0); over one slot +0.7 and +0.1.
-JOINT_MAX_TOKENS = 96
+JOINT_MAX_TOKENS = 256
 JOINT_MIN_SPAN = 4
 JOINT_FREE_SLOTS = 16
 JOINT_RATIO = 2.0
 # Past JOINT_FLOP_TOKENS tokens the extra rows cost their FLOPs, not their bytes (the H200's 4.3 TB/s over 670-785
-# TFLOP/s, per byte of bf16 weight): the rule counts a span as span x tokens / JOINT_FLOP_TOKENS slots there
+# TFLOP/s, per byte of bf16 weight): the rule counts a span as span x tokens / JOINT_FLOP_TOKENS slots there, and
+# never more than JOINT_MOST_SLOTS. On the H200 (run 17 call e, pipelined, 2 rounds) up to 512 tokens with no such cap
+# the joint path took the tax at 128 over 64 adapters from +17.0% to +9.5%, at 256 over 64 from +21.7% to +13.4%, at
+# 128 and 256 over one from +9.9% to +6.8% and level (+8.7%), and lost at 256 over 256 (+26.3% against +22.6%: 256
+# slots x 1.6 = 410 counted slots; 256 over 64 counts 102)
 JOINT_FLOP_TOKENS = 160
+JOINT_MOST_SLOTS = 128
 # The expand's path per step under engine extra lora_expand_rows=auto (LoRAMeta.use_expand_rows): by rows for
 # steps of up to ROWS_AUTO_TOKENS tokens with at most ROWS_AUTO_PER_TILE adapter tokens per 16-row tile of the
 # segment expand. On the H200 (docs/kernels.md, run 9; q,k,v over 256 tokens) by rows took 26.6 against 56.9 us

@@ -58,7 +58,7 @@ class LoRAMeta:
         self.rows_any_fill = 0
         self.expand_rows = False
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = 0, 0, 0.0  # the joint rule: never
-        self.joint_min_span, self.joint_others, self.joint_flop_tokens = 1, False, 0
+        self.joint_min_span, self.joint_others, self.joint_flop_tokens, self.joint_most = 1, False, 0, 0
         self.joint = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         # the joint path's consumer kernels count a row's programs in here (each resets its entry after)
@@ -84,27 +84,38 @@ class LoRAMeta:
         self.rows_any_fill = int(any_fill)
 
     def use_joint(self, max_tokens: int, free_slots: int, ratio: float, min_span: int = 1,
-                  others: bool = False, flop_tokens: int = 0) -> None:
+                  others: bool = False, flop_tokens: int = 0, most: int = 0) -> None:
         """The rule for the joint path (each slot's A rows in the base matmul, the consumer op expanding): steps of
         up to max_tokens tokens (0: never) whose span of slots (the highest used + 1, rounded up to a power of two
         of at least min_span, at most max_segments) is at most free_slots or at most ratio x the step's distinct
         adapters: the matmul reads the A rows of the whole span, used or not. Past flop_tokens tokens (0: never) the
-        span counts as span x tokens / flop_tokens slots (the extra rows cost their FLOPs there). others: the model
-        has LoRA groups the joint path does not serve (their expand's path still matters on joint steps)."""
-        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1 or flop_tokens < 0:
-            raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots}, "
-                             f"ratio={ratio} and flop_tokens={flop_tokens} must be >= 0, min_span={min_span} >= 1")
-        self.joint_flop_tokens = int(flop_tokens)
+        span counts as span x tokens / flop_tokens slots (the extra rows cost their FLOPs there), and never more than
+        `most` (0: no cap). others: the model has LoRA groups the joint path does not serve (their expand's path
+        still matters on joint steps)."""
+        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1 or flop_tokens < 0 or most < 0:
+            raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots}, ratio={ratio}, "
+                             f"flop_tokens={flop_tokens} and most={most} must be >= 0, min_span={min_span} >= 1")
+        self.joint_flop_tokens, self.joint_most = int(flop_tokens), int(most)
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = int(max_tokens), int(free_slots), float(ratio)
         self.joint_min_span, self.joint_others = int(min_span), bool(others)
 
-    def joint_spans(self) -> list[int]:
-        """Every span the joint rule can give (the CUDA graphs a joint step may replay)."""
+    def joint_spans(self, tokens: int = 0) -> list[int]:
+        """Every span the joint rule can give a step of `tokens` tokens (0: of any size; the CUDA graphs a joint step
+        may replay)."""
         out, span = [], self.joint_min_span
         while span < self.max_segments:
             out.append(span)
             span *= 2
-        return out + [self.max_segments]
+        out.append(self.max_segments)
+        if not tokens:
+            return out
+        return [s for s in out if self._joint_fits(s, min(tokens, self.max_segments), tokens)]
+
+    def _joint_fits(self, span: int, distinct: int, tokens: int) -> bool:
+        weight = max(1.0, tokens / self.joint_flop_tokens) if self.joint_flop_tokens else 1.0
+        counted = span * weight
+        return counted <= max(self.joint_free_slots, self.joint_ratio * distinct) and not (
+            self.joint_most and counted > self.joint_most)
 
     def joint_span(self, highest_slot: int, distinct: int, tokens: int = 0) -> int:
         """The joint rule's span for a step of `tokens` tokens whose highest slot and distinct adapters are given (0:
@@ -112,8 +123,7 @@ class LoRAMeta:
         if highest_slot < 0:
             return 0
         span = min(max(self.joint_min_span, 1 << highest_slot.bit_length()), self.max_segments)
-        weight = max(1.0, tokens / self.joint_flop_tokens) if self.joint_flop_tokens else 1.0
-        return span if span * weight <= max(self.joint_free_slots, self.joint_ratio * distinct) else 0
+        return span if self._joint_fits(span, distinct, tokens) else 0
 
     def prepare(self, token_slots: list[int] | torch.Tensor, expand_rows: bool | None = None,
                 joint: int | None = None) -> "LoRAMeta":

@@ -16,12 +16,15 @@
 #                             #   under the new default (joint, graphs, mixed and overlapped steps, expand by rows, fold)
 #   scripts/h200_run17.sh e   # the joint path past 96 tokens (the rule counting a span as span x tokens / 160 slots past
 #                             #   160 tokens): profile auto,joint512 at batches 128, 256 over 0, 1, 64, 256 adapters
+#   scripts/h200_run17.sh f   # after e (joint ahead at 128 and 256 over 64, behind at 256 over 256): the rule up to 256
+#                             #   tokens with at most 128 counted slots, the new default; profile auto,nojoint at batches
+#                             #   1, 64, 128, 256 over 0, 1, 64, 256 adapters (2 rounds): the issue's table and the A/B
 # (scripts/ext_gemm_probe.py ran first, and scripts/joint_ops_probe.py between b and c, each in a call of its own.)
 # Results: $OUT/<call>.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 res=/tmp/r17
-call=${1:?usage: h200_run17.sh a|b|c|d|e}
+call=${1:?usage: h200_run17.sh a|b|c|d|e|f}
 . scripts/gpu_call_start.sh
 case "$call" in
 a)
@@ -66,6 +69,10 @@ e)
   timeout 300 "${prof[@]}" --rounds 2 --batches 128,256 --adapters 0,1,64,256 --fused-lora auto,joint512 \
       --out "$res/runs/profile-e.json" > "$res/logs/e-profile.log" 2>&1
   decode_brief "$res/logs/e-profile.log" ;;
-*) echo "unknown call $call (a|b|c|d|e)" >&2; exit 2 ;;
+f)
+  timeout 330 "${prof[@]}" --rounds 2 --batches 1,64,128,256 --adapters 0,1,64,256 --fused-lora auto,nojoint \
+      --out "$res/runs/profile-f.json" > "$res/logs/f-profile.log" 2>&1
+  decode_brief "$res/logs/f-profile.log" ;;
+*) echo "unknown call $call (a|b|c|d|e|f)" >&2; exit 2 ;;
 esac
 . scripts/gpu_call_pack.sh

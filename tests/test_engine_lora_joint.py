@@ -221,7 +221,7 @@ def test_the_engine_serves_the_tokens_of_the_pair_on_the_joint_path(adapter_dir)
     stats = eng.stats()
     assert 0 < stats["joint_steps"] < stats["lora_steps"]  # decodes of up to 8 tokens; the prompts took the pair
     assert make(adapter_dir).joint_tokens == 0  # the CPU default: off
-    assert make(adapter_dir, lora_joint=True).joint_tokens == 96
+    assert make(adapter_dir, lora_joint=True).joint_tokens == 256
     for bad in (-1, "yes", 2.5):
         with pytest.raises(ValueError, match="extra.lora_joint"):
             make(adapter_dir, lora_joint=bad)
@@ -248,7 +248,9 @@ def test_on_the_gpu_joint_graphs_serve_the_tokens_of_the_pair(adapter_dir):
     eng = create_engine(EngineConfig(**gpu, extra={"lora_joint": True}))
     graphs = eng.runner.graphs
     at_start = set(graphs.graphs)
-    assert {k[2][1] for k in at_start if k[1]} == {0, *graphs.meta.joint_spans()}  # every span captured at start
+    meta = graphs.meta  # every span the rule can give a bucket captured at start
+    assert {k[2][1] for k in at_start if k[1]} == {0} | {s for b in graphs.buckets if b <= meta.joint_max_tokens
+                                                         for s in meta.joint_spans(b)}
     got, _ = serve(eng)
     stats = eng.stats()
     eng.close()
@@ -260,7 +262,7 @@ def test_on_the_gpu_joint_graphs_serve_the_tokens_of_the_pair(adapter_dir):
 def test_the_profiles_joint_and_nojoint_paths_set_the_rule_and_the_rest_keep_the_engines(adapter_dir):
     import engines.profile as prof
     eng = make(adapter_dir, lora_joint=8)
-    for mode, want in ((prof.JOINT, 96), (prof.NO_JOINT, 0), ("auto", 8), (prof.FOLD, 8), ("joint320", 320)):
+    for mode, want in ((prof.JOINT, 256), (prof.NO_JOINT, 0), ("auto", 8), (prof.FOLD, 8), ("joint320", 320)):
         prof.set_lora_path(eng, mode)
         assert eng.runner.meta.joint_max_tokens == want, mode
     assert prof._fused_mode(prof.JOINT) == "auto" and prof._fused_mode(prof.NO_JOINT) == "auto"
@@ -274,5 +276,11 @@ def test_past_the_flop_bound_a_span_counts_in_proportion_to_the_tokens():
     assert meta.prepare([0] * 96 + [8]).joint == 16  # under 160 tokens: 16 <= 16
     assert meta.prepare(list(range(64)) * 4).joint == 64  # 256 tokens over 64 slots: 64 x 1.6 = 102 <= 2 x 64
     assert meta.prepare(list(range(24, 64)) * 6 + [0] * 16).joint == 0  # over 41: 102 > 2 x 41
+    meta.use_joint(512, free_slots=16, ratio=2.0, min_span=4, flop_tokens=160, most=128)
+    assert meta.prepare(list(range(64)) * 4).joint == 64  # 102 counted slots, under the cap
+    assert meta.prepare(list(range(256))).joint == 0  # 256 x 1.6 = 410 > 128 (it was <= 2 x 256)
+    assert meta.prepare(list(range(128))).joint == 128  # 128 <= 128 below 160 tokens
+    assert meta.joint_spans(256) == [4, 8, 16, 32, 64] and meta.joint_spans(64) == [4, 8, 16, 32, 64, 128]
+    assert meta.joint_spans(8) == [4, 8, 16]  # 8 tokens: at most 8 adapters, so spans up to max(16, 2 x 8)
     with pytest.raises(ValueError, match="flop_tokens"):
         meta.use_joint(96, 16, 2.0, 4, flop_tokens=-1)
