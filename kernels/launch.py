@@ -232,6 +232,9 @@ SIDE_STREAM_MAX_TOKENS = 64
 # JOINT_RATIO x the step's adapters. On the H200 (scripts/ext_gemm_probe.py, run 17) the extra rows cost about their bytes at 64 tokens:
 # q,k,v over 64 slots +5.3 us (floor 5.9), o +2.0 (floor 2.0); over one slot +0.7 and +0.1.
 JOINT_MAX_TOKENS = 256
+# ... and of at least JOINT_MIN_TOKENS: at one token the joint path measured 0.2-0.3 points of tax behind the fold on the
+# H200 (run 17: +4.0% against +3.8% in call c, +5.2% against +4.9% in call f; at 16 tokens +2.7% against +5.6%)
+JOINT_MIN_TOKENS = 2
 JOINT_MIN_SPAN = 4
 JOINT_FREE_SLOTS = 16
 JOINT_RATIO = 2.0

@@ -59,6 +59,7 @@ class LoRAMeta:
         self.expand_rows = False
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = 0, 0, 0.0  # the joint rule: never
         self.joint_min_span, self.joint_others, self.joint_flop_tokens, self.joint_most = 1, False, 0, 0
+        self.joint_min_tokens = 1
         self.joint = 0
         self._counters: list[torch.Tensor] = []  # split-K semaphores; old ones stay alive for captured graphs
         # the joint path's consumer kernels count a row's programs in here (each resets its entry after)
@@ -84,18 +85,20 @@ class LoRAMeta:
         self.rows_any_fill = int(any_fill)
 
     def use_joint(self, max_tokens: int, free_slots: int, ratio: float, min_span: int = 1,
-                  others: bool = False, flop_tokens: int = 0, most: int = 0) -> None:
+                  others: bool = False, flop_tokens: int = 0, most: int = 0, min_tokens: int = 1) -> None:
         """The rule for the joint path (each slot's A rows in the base matmul, the consumer op expanding): steps of
-        up to max_tokens tokens (0: never) whose span of slots (the highest used + 1, rounded up to a power of two
+        min_tokens to max_tokens tokens (max_tokens 0: never) whose span of slots (the highest used + 1, rounded up to a power of two
         of at least min_span, at most max_segments) is at most free_slots or at most ratio x the step's distinct
         adapters: the matmul reads the A rows of the whole span, used or not. Past flop_tokens tokens (0: never) the
         span counts as span x tokens / flop_tokens slots (the extra rows cost their FLOPs there), and never more than
         `most` (0: no cap). others: the model has LoRA groups the joint path does not serve (their expand's path
         still matters on joint steps)."""
-        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min_span < 1 or flop_tokens < 0 or most < 0:
+        if max_tokens < 0 or free_slots < 0 or not ratio >= 0 or min(min_span, min_tokens) < 1 or flop_tokens < 0 \
+                or most < 0:
             raise ValueError(f"LoRAMeta.use_joint: max_tokens={max_tokens}, free_slots={free_slots}, ratio={ratio}, "
-                             f"flop_tokens={flop_tokens} and most={most} must be >= 0, min_span={min_span} >= 1")
-        self.joint_flop_tokens, self.joint_most = int(flop_tokens), int(most)
+                             f"flop_tokens={flop_tokens} and most={most} must be >= 0, min_span={min_span} and "
+                             f"min_tokens={min_tokens} >= 1")
+        self.joint_flop_tokens, self.joint_most, self.joint_min_tokens = int(flop_tokens), int(most), int(min_tokens)
         self.joint_max_tokens, self.joint_free_slots, self.joint_ratio = int(max_tokens), int(free_slots), float(ratio)
         self.joint_min_span, self.joint_others = int(min_span), bool(others)
 
@@ -173,7 +176,7 @@ class LoRAMeta:
         self.expand_rows = bool(expand_rows)
         if joint is None:
             joint = (self.joint_span(int(uniq[-1]) if n_seg else -1, n_seg, n_all)
-                     if 0 < n_all <= self.joint_max_tokens else 0)
+                     if self.joint_min_tokens <= n_all <= self.joint_max_tokens else 0)
         if not 0 <= joint <= self.max_segments:
             raise ValueError(f"LoRAMeta: joint span {joint} outside 0..{self.max_segments}")
         self.joint = int(joint)

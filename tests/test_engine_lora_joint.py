@@ -235,8 +235,9 @@ def test_cuda_graphs_are_keyed_by_the_joint_span(adapter_dir):
     graphs.meta.use_expand_rows(64)
     assert graphs.paths(8) == [(False, 0), (True, 0), (False, 4), (True, 4)]
     assert graphs.paths(24) == [(False, 0), (True, 0)]  # past the joint rule's tokens
-    graphs.meta.use_joint(16, 16, 2.0, 4, others=False)
+    graphs.meta.use_joint(16, 16, 2.0, 4, others=False, min_tokens=2)
     assert graphs.paths(8) == [(False, 0), (True, 0), (False, 4)]
+    assert graphs.paths(1) == [(False, 0), (True, 0)]  # below the rule's tokens
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and the compiled consumer kernels need a GPU")
@@ -276,7 +277,8 @@ def test_past_the_flop_bound_a_span_counts_in_proportion_to_the_tokens():
     assert meta.prepare([0] * 96 + [8]).joint == 16  # under 160 tokens: 16 <= 16
     assert meta.prepare(list(range(64)) * 4).joint == 64  # 256 tokens over 64 slots: 64 x 1.6 = 102 <= 2 x 64
     assert meta.prepare(list(range(24, 64)) * 6 + [0] * 16).joint == 0  # over 41: 102 > 2 x 41
-    meta.use_joint(512, free_slots=16, ratio=2.0, min_span=4, flop_tokens=160, most=128)
+    meta.use_joint(512, free_slots=16, ratio=2.0, min_span=4, flop_tokens=160, most=128, min_tokens=2)
+    assert meta.prepare([0]).joint == 0 and meta.prepare([0, -1]).joint == 4  # one token keeps the pair
     assert meta.prepare(list(range(64)) * 4).joint == 64  # 102 counted slots, under the cap
     assert meta.prepare(list(range(256))).joint == 0  # 256 x 1.6 = 410 > 128 (it was <= 2 x 256)
     assert meta.prepare(list(range(128))).joint == 128  # 128 <= 128 below 160 tokens

@@ -92,7 +92,7 @@ class DecodeGraphs:
         """The LoRA paths (LoRAMeta.path) a step of bucket b can take under the meta's rules."""
         m = self.meta
         rows = [False] + ([True] if 0 < b <= m.rows_max_tokens else [])
-        spans = m.joint_spans(b) if 0 < b <= m.joint_max_tokens else []
+        spans = m.joint_spans(b) if m.joint_min_tokens <= b <= m.joint_max_tokens else []
         return ([(r, 0) for r in rows]
                 + list(dict.fromkeys((r and m.joint_others, j) for j in spans for r in rows)))
 

@@ -25,8 +25,9 @@ from engines.multilora.scheduler import Batch, Scheduler, SchedulerConfig
 from engines.multilora.sequence import PENDING, Sequence, SeqStatus
 from engines.model import blas
 from kernels import pdl as kernels_pdl
-from kernels.launch import (JOINT_FLOP_TOKENS, JOINT_FREE_SLOTS, JOINT_MAX_TOKENS, JOINT_MOST_SLOTS, JOINT_RATIO,
-                            ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS, SIDE_STREAM_MAX_TOKENS)
+from kernels.launch import (JOINT_FLOP_TOKENS, JOINT_FREE_SLOTS, JOINT_MAX_TOKENS, JOINT_MIN_TOKENS, JOINT_MOST_SLOTS,
+                            JOINT_RATIO, ROWS_ANY_FILL_TOKENS, ROWS_AUTO_PER_TILE, ROWS_AUTO_TOKENS,
+                            SIDE_STREAM_MAX_TOKENS)
 
 CPU_KV_BLOCKS = 2048
 STEP_TOKENS = 2048  # default token budget of a mixed step
@@ -42,7 +43,7 @@ FOLD_DEFAULT_CUDA = True
 # extra.lora_joint unset: on with CUDA. On the H200 (docs/performance.md, run 17 call c; the profile in 3 rounds, each
 # point on both paths in turn, pipelined) the joint path took the LoRA tax at 64 decodes over 64 adapters from +10.5%
 # to +9.3%, over one from +6.3% to +4.5%, at 16 over one from +5.6% to +2.7%, at 96 over 64 from +17.3% to +11.1%; at
-# one token it was level (+4.0% against +3.8%); past 96 tokens see kernels/launch.py (call e)
+# one token it was behind by 0.2-0.3 points (so steps of one token keep the fold); past 96 tokens see kernels/launch.py
 JOINT_DEFAULT_CUDA = True
 MIXED_GRAPH_ROWS = 256  # prompt tokens a graphed mixed step carries beyond max_num_seqs (extra mixed_graphs)
 # engine-specific knobs in EngineConfig.extra and what they mean
@@ -55,12 +56,12 @@ EXTRA_KEYS = {
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default: true on CUDA, false elsewhere)",
-    "lora_joint": "steps of up to N tokens run the q,k,v and o LoRA shrink inside the base matmul (each slot's A "
+    "lora_joint": f"steps of {JOINT_MIN_TOKENS} to N tokens run the q,k,v and o LoRA shrink inside the base matmul (each slot's A "
                   "rows after the base weight's, one matmul over the slots up to the highest a step uses) and expand "
                   "in the op that consumes its output (RoPE + cache write, add + RMSNorm), where the step's span of "
                   f"slots is at most {JOINT_FREE_SLOTS} or {JOINT_RATIO:g} x its adapters (past {JOINT_FLOP_TOKENS} "
                   f"tokens a span counts in proportion to the tokens, and at most {JOINT_MOST_SLOTS}): auto (default: "
-                  + (f"{JOINT_MAX_TOKENS} tokens on CUDA, " if JOINT_DEFAULT_CUDA else "")
+                  + (f"{JOINT_MAX_TOKENS} tokens on CUDA, elsewhere " if JOINT_DEFAULT_CUDA else "")
                   + f"never), true ({JOINT_MAX_TOKENS} tokens), false or N",
     "lora_expand_rows": "steps of up to N tokens expand LoRA by rows: each token gathers its own adapter's B, no "
                         f"segments (kernels/lora_expand_rows.py); auto (default): steps of up to {ROWS_AUTO_TOKENS} "

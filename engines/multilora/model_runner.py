@@ -13,7 +13,8 @@ from engines.model.llama import AttnMeta, Transformer
 from engines.multilora.cuda_graphs import DecodeGraphs
 from engines.multilora.sampler import host_tensor, to_device
 from engines.multilora.sequence import Sequence
-from kernels.launch import JOINT_FLOP_TOKENS, JOINT_FREE_SLOTS, JOINT_MIN_SPAN, JOINT_MOST_SLOTS, JOINT_RATIO
+from kernels.launch import (JOINT_FLOP_TOKENS, JOINT_FREE_SLOTS, JOINT_MIN_SPAN, JOINT_MIN_TOKENS, JOINT_MOST_SLOTS,
+                            JOINT_RATIO)
 from kernels.meta import LoRAMeta
 
 
@@ -86,7 +87,7 @@ class ModelRunner:
         others = any(stack.joint is None for stack in self.model.lora_stacks.values())
         for meta in [self.meta] + ([self.graphs.meta] if self.graphs is not None else []):
             meta.use_joint(max_tokens, JOINT_FREE_SLOTS, JOINT_RATIO, JOINT_MIN_SPAN, others, JOINT_FLOP_TOKENS,
-                           JOINT_MOST_SLOTS)
+                           JOINT_MOST_SLOTS, JOINT_MIN_TOKENS)
 
     def _to_dev(self, data, dtype) -> torch.Tensor:
         return to_device(data, dtype, self.device)
