@@ -520,6 +520,7 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
     out["env"]["pdl_max_tokens"] = kernels_pdl.in_effect(device)  # as the engine set it: 0 for none
     print(f"programmatic dependent launch (engine extra pdl): {kernels_pdl.describe(device)}", flush=True)
     out["env"]["cublaslt_max_tokens"] = blas.in_effect(device)
+    out["env"]["lora_joint_max_tokens"] = eng.joint_tokens  # the engine's joint rule (0: never); paths may override
     print(f"base matmuls' library (engine extra cublaslt): {blas.describe(device)}", flush=True)
     bw = measure_bandwidth(device)
     flops = measure_matmul(device, dtype)

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -125,7 +126,8 @@ def _attention_calls(case):
 
 
 def _fused_ops_calls(_case=None):
-    """The norms, RoPE + cache write and SiLU-mul at llama3-8b's sizes (64 tokens)."""
+    """The norms, RoPE + cache write and SiLU-mul at llama3-8b's sizes (64 tokens), the first two also as the joint
+    path runs them (64 rank-16 slots)."""
     from kernels.fused_ops import FusedOps
 
     dim, heads, kv_heads, head_dim, inter, t = 4096, 32, 8, 128, 14336, 64  # llama3-8b (kernels sit below engines)
@@ -134,9 +136,19 @@ def _fused_ops_calls(_case=None):
     cache = torch.zeros(8, 16, kv_heads, head_dim, dtype=torch.bfloat16)
     rope = FusedOps.rope_tables(torch.arange(t), torch.ones(head_dim // 2))
     gu = torch.randn(t, 2 * inter, dtype=torch.bfloat16)
+
+    def joint(n_total: int, slices: int, slots: int = 64, rank: int = 16):  # the joint path's output (JointOut's fields)
+        return SimpleNamespace(s=torch.randn(t, slots * slices * rank, dtype=torch.bfloat16),
+                               b=torch.randn(slots, n_total, rank, dtype=torch.bfloat16),
+                               token_slot=torch.arange(t, dtype=torch.int32) % slots,
+                               ranks=torch.full((slots,), rank, dtype=torch.int32), scales=torch.ones(slots),
+                               num_slices=slices, max_rank=rank, counters=torch.zeros(t, dtype=torch.int32))
     return [lambda: FusedOps.add_rms_norm(x, x.clone(), w, 1e-5),
             lambda: FusedOps.rope_and_cache(qkv, rope, heads, kv_heads, head_dim, cache, cache.clone(),
                                             torch.arange(t)),
+            lambda: FusedOps.add_rms_norm(x, x.clone(), w, 1e-5, delta=joint(dim, 1)),
+            lambda: FusedOps.rope_and_cache(qkv, rope, heads, kv_heads, head_dim, cache, cache.clone(),
+                                            torch.arange(t), delta=joint(qkv.shape[1], 3)),
             lambda: FusedOps.silu_mul(gu)]
 
 
