@@ -24,8 +24,9 @@ SEGMENTS = "segments"  # another: the pair expanding by segments always (the def
 SHRINK_ROWS = "srows"  # another: the default's path, with the shrink by rows where the expand goes by rows
 SHRINK_SEGMENTS = "sseg"  # another: the default's path, with the shrink by segments always (the default before run 11)
 NO_FOLD = "nofold"  # another: the default's path with the fold off (the default before run 14)
-JOINT = "joint"  # another: the default's path, with the joint path (engine extra lora_joint=true) where its rule allows;
-# "joint<N>": up to N tokens (lora_joint=N)
+# another: the default's path, with the joint path (engine extra lora_joint=true) where its rule allows; "joint<N>": up
+# to N tokens (lora_joint=N)
+JOINT = "joint"
 NO_JOINT = "nojoint"  # another: the default's path without the joint path (lora_joint=false)
 
 

@@ -87,9 +87,9 @@ class LoRAMeta:
     def use_joint(self, max_tokens: int, free_slots: int, ratio: float, min_span: int = 1,
                   others: bool = False, flop_tokens: int = 0, most: int = 0, min_tokens: int = 1) -> None:
         """The rule for the joint path (each slot's A rows in the base matmul, the consumer op expanding): steps of
-        min_tokens to max_tokens tokens (max_tokens 0: never) whose span of slots (the highest used + 1, rounded up to a power of two
-        of at least min_span, at most max_segments) is at most free_slots or at most ratio x the step's distinct
-        adapters: the matmul reads the A rows of the whole span, used or not. Past flop_tokens tokens (0: never) the
+        min_tokens to max_tokens tokens (max_tokens 0: never) whose span of slots (the highest used + 1, rounded up
+        to a power of two of at least min_span, at most max_segments) is at most free_slots or at most ratio x the
+        step's distinct adapters: the matmul reads the A rows of the whole span, used or not. Past flop_tokens tokens (0: never) the
         span counts as span x tokens / flop_tokens slots (the extra rows cost their FLOPs there), and never more than
         `most` (0: no cap). others: the model has LoRA groups the joint path does not serve (their expand's path
         still matters on joint steps)."""

@@ -40,17 +40,17 @@ def joint_out(t, slots, out_sizes, max_rank, ranks, token_slot, seed, dtype=torc
 
 
 def loop_expand(j: JointOut) -> torch.Tensor:
-    """joint_expand_ref's formula, token by token and column by column."""
+    """joint_expand_ref's formula, token by token and slice by slice (float64, on the host)."""
     out = torch.zeros(j.s.shape[0], j.b.shape[1], dtype=torch.float64)
     offs = j.slice_offsets.tolist()
+    s, b = j.s.double().cpu(), j.b.double().cpu()
     for t, k in enumerate(j.token_slot.tolist()):
         if k < 0:
             continue
+        rank, scale = int(j.ranks[k]), float(j.scales[k])
         for i in range(j.num_slices):
-            for c in range(offs[i], offs[i + 1]):
-                for r in range(int(j.ranks[k])):
-                    out[t, c] += float(j.s[t, (k * j.num_slices + i) * j.max_rank + r]) * float(j.b[k, c, r])
-            out[t, offs[i]:offs[i + 1]] *= float(j.scales[k])
+            v = s[t, (k * j.num_slices + i) * j.max_rank:][:rank]  # the token's rank vector of slice i
+            out[t, offs[i]:offs[i + 1]] = scale * (b[k, offs[i]:offs[i + 1], :rank] @ v)
     return out
 
 

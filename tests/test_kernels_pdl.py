@@ -105,7 +105,8 @@ cases = ["decode-64x64-r16-qkv", "fused-ops-llama3-8b", "decode-attn-b16-ctx2048
 print(json.dumps({"on": check(cases, arch=90, pdl=True, ptx=True), "off": check(cases, arch=90, pdl=False, ptx=True)}))
 """
 PDL_KERNELS = {"_shrink_kernel", "_expand_kernel", "_shrink_rows_kernel", "_expand_rows_kernel", "_add_rms_norm_kernel",
-               "_rope_cache_kernel", "_silu_mul_kernel", "_attn_split_kernel", "_attn_reduce_kernel"}
+               "_add_rms_norm_joint_kernel", "_rope_cache_kernel", "_silu_mul_kernel", "_attn_split_kernel",
+               "_attn_reduce_kernel"}
 
 
 @pytest.fixture(scope="module")

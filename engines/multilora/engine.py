@@ -56,9 +56,9 @@ EXTRA_KEYS = {
     "lora_fold": "q,k,v and o LoRA calls that take the side stream run shrink and expand there, into a buffer the "
                  "next fused op adds (RoPE + cache write, add + RMSNorm), so no LoRA kernel waits on the main "
                  "stream (default: true on CUDA, false elsewhere)",
-    "lora_joint": f"steps of {JOINT_MIN_TOKENS} to N tokens run the q,k,v and o LoRA shrink inside the base matmul (each slot's A "
-                  "rows after the base weight's, one matmul over the slots up to the highest a step uses) and expand "
-                  "in the op that consumes its output (RoPE + cache write, add + RMSNorm), where the step's span of "
+    "lora_joint": f"steps of {JOINT_MIN_TOKENS} to N tokens run the q,k,v and o LoRA shrink inside the base matmul "
+                  "(each slot's A rows after the base weight's, one matmul over the slots up to the highest a step "
+                  "uses) and expand in the op that consumes its output (RoPE + cache write, add + RMSNorm), where the step's span of "
                   f"slots is at most {JOINT_FREE_SLOTS} or {JOINT_RATIO:g} x its adapters (past {JOINT_FLOP_TOKENS} "
                   f"tokens a span counts in proportion to the tokens, and at most {JOINT_MOST_SLOTS}): auto (default: "
                   + (f"{JOINT_MAX_TOKENS} tokens on CUDA, elsewhere " if JOINT_DEFAULT_CUDA else "")
