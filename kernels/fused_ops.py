@@ -42,6 +42,16 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, d_ptr, n_cols, stride_x
 
 
 @triton.jit
+def _joint_slot(tslot_ptr, ranks_ptr, scales_ptr, t, R_POW2: tl.constexpr):
+    """Token t's slot (0 for none, whose rank is then 0), its scale, the rank offsets and their mask."""
+    k = tl.load(tslot_ptr + t)
+    kk = tl.maximum(k, 0).to(tl.int64)
+    rank = tl.where(k >= 0, tl.load(ranks_ptr + kk), 0)
+    rr = tl.arange(0, R_POW2)
+    return kk, tl.load(scales_ptr + kk), rr, rr < rank
+
+
+@triton.jit
 def _joint_b(b_slot_ptr, cols, cmask, rr, rmask, R_MAX):
     """B rows `cols` of one slot (cols x rr, float32; rows R_MAX apart), zero past the rank."""
     return tl.load(b_slot_ptr + cols[:, None] * R_MAX + rr[None, :], mask=cmask[:, None] & rmask[None, :],
@@ -72,12 +82,7 @@ def _rope_cache_kernel(qkv_ptr, pos_ptr, inv_freq_ptr, slot_ptr, k_cache_ptr, v_
     f = pos * tl.load(inv_freq_ptr + offs, mask=mask, other=0.0)
     c, s = tl.cos(f), tl.sin(f)
     if HAS_JOINT:
-        k = tl.load(tslot_ptr + t)
-        kk = tl.maximum(k, 0).to(tl.int64)
-        rank = tl.where(k >= 0, tl.load(ranks_ptr + kk), 0)
-        scale = tl.load(scales_ptr + kk)
-        rr = tl.arange(0, R_POW2)
-        rmask = rr < rank
+        kk, scale, rr, rmask = _joint_slot(tslot_ptr, ranks_ptr, scales_ptr, t, R_POW2)
         b_slot = b_ptr + kk * stride_b
         col = h * (2 * HALF) + offs
         b1 = _joint_b(b_slot, col, mask, rr, rmask, R_MAX)
@@ -148,12 +153,7 @@ def _add_rms_norm_joint_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, b_ptr, tsl
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
-    k = tl.load(tslot_ptr + row)
-    kk = tl.maximum(k, 0).to(tl.int64)
-    rank = tl.where(k >= 0, tl.load(ranks_ptr + kk), 0)
-    scale = tl.load(scales_ptr + kk)
-    rr = tl.arange(0, R_POW2)
-    rmask = rr < rank
+    kk, scale, rr, rmask = _joint_slot(tslot_ptr, ranks_ptr, scales_ptr, row, R_POW2)
     cols = chunk * CHUNK + tl.arange(0, CHUNK)
     mask = cols < n_cols
     bt = _joint_b(b_ptr + kk * stride_b, cols, mask, rr, rmask, R_MAX)

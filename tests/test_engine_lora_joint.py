@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 
-from engines.adapters.synth import make_adapters
 from engines.config import EngineConfig
 from engines.model.config import ModelArgs
 from engines.model.llama import AttnMeta, JointOut, TorchOps, build_model
@@ -15,7 +14,7 @@ from engines.registry import create_engine
 from kernels.fused_ops import FusedOps
 from kernels.meta import LoRAMeta
 from kernels.reference import joint_expand_ref
-from tests.test_engine_lora_fold import serve
+from tests.test_engine_lora_fold import adapter_dir, make, serve  # noqa: F401  (adapter_dir: a fixture)
 
 ARGS = ModelArgs.from_name("tiny")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -199,18 +198,6 @@ def test_the_rule_picks_a_span_of_slots_per_step():
         meta.use_joint(-1, 16, 2.0)
     with pytest.raises(ValueError, match="joint span"):
         meta.prepare([0], joint=65)
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    make_adapters(ARGS, 4, [4, 8, 16], ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"], root,
-                  dtype=torch.float32)
-    return root
-
-
-def make(adapter_dir, **extra):
-    return create_engine(EngineConfig(model="tiny", device="cpu", adapters=str(adapter_dir), extra=extra))
 
 
 def test_the_engine_serves_the_tokens_of_the_pair_on_the_joint_path(adapter_dir):
