@@ -217,7 +217,7 @@ def _rows(x: torch.Tensor, name: str) -> None:
                          f"strides {x.stride()}")
 
 
-class _NO_JOINT:
+class _NoJoint:
     """Placeholder joint arguments of a launch without the joint path (the kernel does not read them)."""
 
     def __init__(self, t: torch.Tensor) -> None:
@@ -297,7 +297,7 @@ class FusedOps:
         t = qkv.shape[0]
         half = hd // 2
         d = qkv if delta is None or joint is not None else delta
-        j = joint or _NO_JOINT(qkv)
+        j = joint or _NoJoint(qkv)
         _rope_cache_kernel[(t, n_heads + n_kv)](
             qkv, positions, inv_freq, slot_mapping, k_cache, v_cache, d, qkv.stride(0), n_kv * hd, d.stride(0),
             n_heads, n_kv, j.s, j.b, j.token_slot, j.ranks, j.scales, j.s.stride(0), j.b.stride(0), HALF=half,
