@@ -522,6 +522,9 @@ def run_profile(cfg: ProfileConfig, check: bool = True, save=None) -> dict:
     print(f"programmatic dependent launch (engine extra pdl): {kernels_pdl.describe(device)}", flush=True)
     out["env"]["cublaslt_max_tokens"] = blas.in_effect(device)
     out["env"]["lora_joint_max_tokens"] = eng.joint_tokens  # the engine's joint rule (0: never); paths may override
+    print("joint LoRA path (engine extra lora_joint): "
+          + (f"steps of {eng.runner.meta.joint_min_tokens} to {eng.joint_tokens} tokens where its rule allows"
+             if eng.joint_tokens else "off"), flush=True)
     print(f"base matmuls' library (engine extra cublaslt): {blas.describe(device)}", flush=True)
     bw = measure_bandwidth(device)
     flops = measure_matmul(device, dtype)
