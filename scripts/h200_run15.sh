@@ -54,14 +54,7 @@ b)
       --out "$res/runs/profile-b.json" > "$res/logs/b-profile.log" 2>&1
   decode_brief "$res/logs/b-profile.log" ;;
 s)
-  timeout -s INT 200 python3 -m harness run workloads/saturate.yaml --machine cuda \
-      --set traffic.rate=130 --set duration_s=12 --set warmup_s=4 --set loadgen.drain_timeout_s=20 \
-      --runs-dir "$res/runs" --no-progress --engine multilora > "$res/logs/s-saturate.log" 2>&1
-  grep -E "^multilora|invalid|rror" "$res/logs/s-saturate.log" | head -3
-  timeout 200 "${prof[@]}" --rounds 2 --context 192 --batches 224,256 --adapters 0,30 --mixed-prompts 256,288 \
-      --out "$res/runs/profile-ctx192.json" > "$res/logs/s-profile.log" 2>&1
-  d=$(ls -d "$res"/runs/*-saturate-multilora | tail -1)
-  python3 scripts/served_vs_step.py "$d" "$res/runs/profile-ctx192.json" --json "$res/runs/served-vs-step.json" ;;
+  . scripts/gpu_saturate.sh ;;
 c|d)
   timeout 240 python3 -m pytest -q -p no:randomly --tb=short tests/test_kernels_rows_pair.py \
       tests/test_engine_one_launch.py tests/test_engine_lora_fold.py > "$res/logs/$call-tests.log" 2>&1
