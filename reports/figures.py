@@ -177,13 +177,18 @@ def capacity(points: pd.DataFrame, rate_per_adapter: float | None = None) -> go.
     return _style(fig, "Capacity: largest total rate meeting the SLO")
 
 
-def save_png(fig: go.Figure, path: str | Path, width: int = 1000, height: int = 500) -> Path:
-    """Write a figure as PNG; needs the optional kaleido package (plotly's image exporter)."""
+def require_png_export() -> None:
+    """RuntimeError that says what to install unless the optional kaleido package (plotly's image exporter) is there."""
     try:
         import kaleido  # noqa: F401
     except ModuleNotFoundError as exc:
         raise RuntimeError("PNG export needs the kaleido package, which is not installed: `pip install kaleido` "
                            "(or use `harness report RUNS --html OUT.html` for a static page)") from exc
+
+
+def save_png(fig: go.Figure, path: str | Path, width: int = 1000, height: int = 500) -> Path:
+    """Write a figure as PNG; needs the optional kaleido package (plotly's image exporter)."""
+    require_png_export()
     path = Path(path)
     fig.write_image(str(path), width=width, height=height)
     return path

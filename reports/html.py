@@ -98,7 +98,9 @@ def write_page(runs_root: str | Path, out: str | Path, **kwargs) -> Path:
 
 
 def write_pngs(runs_root: str | Path, out_dir: str | Path, *, sweeps_root: str | Path | None = None) -> list[Path]:
-    """Every figure of the page as a PNG in out_dir (needs kaleido: figures.save_png says so if it is missing)."""
+    """Every figure of the page as a PNG in out_dir (needs kaleido: says so before building any figure if it is
+    missing)."""
+    figures.require_png_export()
     _, sections = collect(runs_root, sweeps_root=sweeps_root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
