@@ -66,6 +66,7 @@ class LoRAStack:
         # one tensor, so one matmul over a prefix of the rows gives the base output and the rank vectors of the
         # slots in the prefix (the joint path, lora_linear_folded); the Linear's parameters become views of it.
         self.joint = self.joint_bias = None
+        self.joint_ptrs: list[int] = []  # each layer's base weight address in the joint tensor (joint_rows checks it)
         if base is None:
             self.a = torch.zeros(n_layers, slots, len(out_sizes), max_rank, in_features, dtype=dtype, device=device)
         else:
@@ -79,6 +80,7 @@ class LoRAStack:
                     self.joint_bias[layer, :n_total].copy_(lin.bias)
                     lin.bias = nn.Parameter(self.joint_bias[layer, :n_total], requires_grad=False)
             self.a = self.joint[:, n_total:].view(n_layers, slots, len(out_sizes), max_rank, in_features)
+            self.joint_ptrs = [lin.weight.data_ptr() for lin in base]
         self.b = torch.zeros(n_layers, slots, n_total, max_rank, dtype=dtype, device=device)
         self.ranks = torch.zeros(slots, dtype=torch.int32, device=device)
         self.scales = scales
@@ -103,7 +105,7 @@ class LoRAStack:
     def joint_rows(self, weight: torch.Tensor, layer: int, span: int) -> int:
         """Rows of the layer's joint tensor a joint matmul over slots 0..span-1 reads; 0 when the stack has none or
         `weight` is no longer its view (a copy put in its place)."""
-        if self.joint is None or span <= 0 or weight.data_ptr() != self.joint[layer].data_ptr():
+        if span <= 0 or not self.joint_ptrs or weight.data_ptr() != self.joint_ptrs[layer]:
             return 0
         return self.base_rows + span * self.num_slices * self.max_rank
 
@@ -519,12 +521,12 @@ class Transformer(nn.Module):
         """Allocate stacked slots for the given module groups (zeros: every slot starts empty)."""
         p = self.model.embed_tokens.weight
         self.lora_scales = torch.zeros(slots, dtype=torch.float32, device=p.device)
+        joint_bases = {"qkv": [blk.self_attn.qkv_proj for blk in self.model.layers],  # the groups the joint path
+                       "o": [blk.self_attn.o_proj for blk in self.model.layers]}  # serves, and their Linears
         for g in groups:
             outs, fin = self.group_slices(g)
-            base = {"qkv": [blk.self_attn.qkv_proj for blk in self.model.layers],
-                    "o": [blk.self_attn.o_proj for blk in self.model.layers]}.get(g)  # the groups a joint path serves
             self.lora_stacks[g] = LoRAStack(self.args.n_layers, slots, fin, outs, max_rank, self.lora_scales,
-                                            p.dtype, p.device, base)
+                                            p.dtype, p.device, joint_bases.get(g))
         for blk in self.model.layers:
             blk.self_attn.lora = {g: s for g, s in self.lora_stacks.items() if g in ("qkv", "o")}
             blk.mlp.lora = {g: s for g, s in self.lora_stacks.items() if g in ("gate_up", "down")}
