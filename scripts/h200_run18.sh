@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The next GPU session's work on one H200 (issue 15), prepared after run 17 (not yet run); one device call (under 10
-# minutes) per letter:
+# GPU work on one H200 (issue 15), prepared after run 17 and run as run 18 (docs/performance.md, results in
+# docs/results/h200/run18/); one device call (under 10 minutes) per letter:
 #   scripts/h200_run18.sh t   # GPU tests of what changed after run 17's last call (one-token steps back on the fold,
 #                             #   the joint kernels' shared slot helper): the joint path, fused ops, PDL, graph capture
 #   scripts/h200_run18.sh p   # the joint rule at small steps: profile auto,nojoint at batches 1, 2, 4, 8, 16, 64 over 0,
