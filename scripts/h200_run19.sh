@@ -6,7 +6,8 @@
 #                             #   test_engine_lora_fold.py in one process), each run with a fresh Triton cache, 3 times
 #                             #   as it is and 3 times with PDL off (LORA_FLEET_PDL=0)
 #   scripts/h200_run19.sh c   # where: the same sequence once under compute-sanitizer (memcheck), if the machine has
-#                             #   it, else with CUDA_LAUNCH_BLOCKING=1 (run 18: that run passed, as did 1 of 3 plain)
+#                             #   it, else with CUDA_LAUNCH_BLOCKING=1 (run 18: both blocking runs passed;
+#                             #   1 of the 4 plain cold runs that began with the first two files did)
 # Results: $OUT/<call>.tgz; each run's log in logs/, one line per run on stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
